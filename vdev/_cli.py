@@ -1,0 +1,77 @@
+"""``python -m vdev``: the device server's command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+import trio
+
+from ._server import Server, SocketInUse
+
+log = logging.getLogger("vdev")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m vdev",
+        description="ava-vdev: a vfio-user server exposing a paravirtual accelerator "
+                    "PCI device to QEMU's vfio-user-pci.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser(
+        "serve", help="serve the device on a UNIX socket",
+        description="Listen on a UNIX socket (created mode 0600) and serve one vfio-user "
+                    "client at a time, accepting the next after a disconnect. Point QEMU at it "
+                    "with -device '{\"driver\":\"vfio-user-pci\",\"socket\":{\"type\":\"unix\","
+                    "\"path\":\"PATH\"}}'. Stops cleanly on SIGINT/SIGTERM and removes its socket.")
+    serve.add_argument("--socket", required=True, metavar="PATH",
+                       help="socket path; a stale socket there is removed, a live one is "
+                            "never replaced")
+    serve.add_argument("-v", "--verbose", action="count", default=0,
+                       help="-v: log every vfio-user message with its decoded fields; "
+                            "-vv: also DMA and IRQ details")
+    serve.add_argument("-q", "--quiet", action="store_true",
+                       help="log only warnings and errors")
+    serve.add_argument("--stall-timeout", type=float, default=5.0, metavar="SECONDS",
+                       help="cut off a client that stops mid-message for this long (default 5)")
+    return parser
+
+
+def configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose >= 2 else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    if verbose >= 1:
+        logging.getLogger("vdev.msg").setLevel(logging.DEBUG)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    server = Server(args.socket, stall_timeout=args.stall_timeout)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve)
+
+            async def stop_on_signal() -> None:
+                async for signum in signals:
+                    log.info("received %s; shutting down", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(stop_on_signal)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose, args.quiet)
+    if args.command == "serve":
+        try:
+            trio.run(_serve, args)
+        except SocketInUse as exc:
+            log.error("%s", exc)
+            return 2
+        except OSError as exc:
+            log.error("cannot serve on %s: %s", args.socket, exc)
+            return 1
+    return 0

@@ -1,0 +1,222 @@
+"""The DMA map table: guest-physical ranges the client shared with us.
+
+Each fd-backed file is mmapped once (deduplicated on ``(st_dev, st_ino)``, as
+libvfio-user's fd cache does) and every range is a window into it.  Ranges
+that came without an fd are recorded but cannot be translated: the server
+never uses message-based DMA for its own work.  ``translate`` is the only way
+to reach guest memory and refuses anything that leaves a single range.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import logging
+import mmap
+import os
+from dataclasses import dataclass
+
+from protocols.vfio_user import DmaMapFlags
+
+log = logging.getLogger("vdev.dma")
+
+PAGE_SIZE = mmap.PAGESIZE
+
+
+class DmaError(Exception):
+    """A DMA request was refused; ``errno`` is what the reply carries."""
+
+    def __init__(self, errno_: int, message: str):
+        super().__init__(message)
+        self.errno = errno_
+
+
+class _MappedFile:
+    """One mmap of a whole file, shared by every range that points into it."""
+
+    def __init__(self, key: tuple[int, int], mm: mmap.mmap, size: int, writable: bool):
+        self.key = key
+        self.mm = mm
+        self.size = size
+        self.writable = writable
+        self.view = memoryview(mm)
+        self.users = 0
+
+    def close(self) -> None:
+        self.view.release()
+        try:
+            self.mm.close()
+        except BufferError:
+            # Someone still holds a view (a ring engine mid-command, say); the
+            # mapping goes away with the last view instead.
+            log.debug("mapping of file %s still has exported views; left to the GC", self.key)
+
+
+@dataclass
+class DmaRange:
+    iova: int
+    size: int
+    flags: int
+    offset: int
+    file: _MappedFile | None   # None: message access only
+
+    @property
+    def end(self) -> int:
+        return self.iova + self.size
+
+
+class DmaMap:
+    """Guest-physical address ranges and their host mappings."""
+
+    def __init__(self, max_ranges: int = 65535):
+        self.max_ranges = max_ranges
+        self._ranges: list[DmaRange] = []    # sorted by iova, non-overlapping
+        self._starts: list[int] = []
+        self._files: dict[tuple[int, int], _MappedFile] = {}
+
+    def __len__(self) -> int:
+        return len(self._ranges)
+
+    @property
+    def ranges(self) -> list[DmaRange]:
+        return list(self._ranges)
+
+    @property
+    def mapped_files(self) -> int:
+        return len(self._files)
+
+    # -- map / unmap ---------------------------------------------------------
+
+    def add(self, iova: int, size: int, flags: int, offset: int, fd: int | None) -> DmaRange:
+        """Record a range; takes ownership of ``fd`` (closed whatever happens)."""
+        try:
+            return self._add(iova, size, flags, offset, fd)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _add(self, iova: int, size: int, flags: int, offset: int, fd: int | None) -> DmaRange:
+        unknown = flags & ~(DmaMapFlags.READ | DmaMapFlags.WRITE)
+        if unknown:
+            raise DmaError(errno.EINVAL, f"unknown DMA_MAP flag bits {unknown:#x}")
+        if size == 0:
+            raise DmaError(errno.EINVAL, "DMA_MAP of size 0")
+        if iova + size > 1 << 64 or offset + size > 1 << 64:
+            raise DmaError(errno.EINVAL, f"range {iova:#x}+{size:#x} (offset {offset:#x}) wraps")
+        if iova % PAGE_SIZE or size % PAGE_SIZE:
+            raise DmaError(errno.EINVAL, f"range {iova:#x}+{size:#x} is not page-aligned")
+        i = bisect.bisect_right(self._starts, iova) - 1
+        # Identical re-map (QEMU does this while firmware reshuffles low memory).
+        if i >= 0 and self._ranges[i].iova == iova and self._ranges[i].size == size:
+            old = self._ranges[i]
+            if old.flags == flags and old.offset == offset and (old.file is None) == (fd is None):
+                if fd is None or self._file_key(fd) == old.file.key:
+                    return old
+        for cand in self._ranges[max(i, 0): i + 2]:
+            if cand.iova < iova + size and iova < cand.end:
+                raise DmaError(errno.EEXIST,
+                               f"range {iova:#x}+{size:#x} overlaps mapped {cand.iova:#x}+{cand.size:#x}")
+        if len(self._ranges) >= self.max_ranges:
+            raise DmaError(errno.ENOSPC, f"too many DMA ranges (limit {self.max_ranges})")
+        mfile = self._map_file(fd, offset, size, flags) if fd is not None else None
+        rng = DmaRange(iova, size, flags, offset, mfile)
+        if mfile:
+            mfile.users += 1
+        pos = bisect.bisect_left(self._starts, iova)
+        self._ranges.insert(pos, rng)
+        self._starts.insert(pos, iova)
+        return rng
+
+    @staticmethod
+    def _file_key(fd: int) -> tuple[int, int]:
+        st = os.fstat(fd)
+        return (st.st_dev, st.st_ino)
+
+    def _map_file(self, fd: int, offset: int, size: int, flags: int) -> _MappedFile:
+        try:
+            st = os.fstat(fd)
+        except OSError as exc:
+            raise DmaError(errno.EBADF, f"DMA_MAP fd is unusable: {exc}") from exc
+        key = (st.st_dev, st.st_ino)
+        mfile = self._files.get(key)
+        if mfile is None:
+            if st.st_size <= 0:
+                raise DmaError(errno.EINVAL, "DMA_MAP fd is not a sized file (memfd, hugetlbfs, tmpfs)")
+            try:
+                mm, writable = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED,
+                                         mmap.PROT_READ | mmap.PROT_WRITE), True
+            except PermissionError:
+                try:
+                    mm, writable = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, mmap.PROT_READ), False
+                except OSError as exc:
+                    raise DmaError(errno.EACCES, f"cannot mmap DMA_MAP fd: {exc}") from exc
+            except (OSError, ValueError) as exc:
+                raise DmaError(errno.EINVAL, f"cannot mmap DMA_MAP fd: {exc}") from exc
+            mfile = _MappedFile(key, mm, st.st_size, writable)
+            self._files[key] = mfile
+        if offset + size > mfile.size:
+            if not mfile.users:
+                self._drop_file(mfile)
+            raise DmaError(errno.EINVAL,
+                           f"range offset {offset:#x}+{size:#x} exceeds the file ({mfile.size:#x} bytes)")
+        if flags & DmaMapFlags.WRITE and not mfile.writable:
+            if not mfile.users:
+                self._drop_file(mfile)
+            raise DmaError(errno.EACCES, "writable DMA_MAP of a read-only fd")
+        return mfile
+
+    def _drop_file(self, mfile: _MappedFile) -> None:
+        self._files.pop(mfile.key, None)
+        mfile.close()
+
+    def remove(self, iova: int, size: int) -> DmaRange:
+        """Remove the range that matches exactly (the spec allows nothing else)."""
+        i = bisect.bisect_left(self._starts, iova)
+        if i == len(self._ranges) or self._ranges[i].iova != iova or self._ranges[i].size != size:
+            raise DmaError(errno.ENOENT, f"no DMA range {iova:#x}+{size:#x} to unmap")
+        rng = self._ranges.pop(i)
+        self._starts.pop(i)
+        self._release(rng)
+        return rng
+
+    def clear(self) -> None:
+        """Drop every range and close every mapping (UNMAP_ALL, disconnect)."""
+        for rng in self._ranges:
+            self._release(rng)
+        self._ranges.clear()
+        self._starts.clear()
+        for mfile in list(self._files.values()):
+            self._drop_file(mfile)
+
+    def _release(self, rng: DmaRange) -> None:
+        if rng.file is not None:
+            rng.file.users -= 1
+            if rng.file.users == 0:
+                self._drop_file(rng.file)
+
+    # -- access ------------------------------------------------------------------
+
+    def translate(self, iova: int, length: int, *, write: bool = False) -> memoryview:
+        """A view of guest memory ``[iova, iova+length)`` inside one fd-backed range.
+
+        Raises DmaError (EFAULT) for anything unmapped, crossing a range's end,
+        message-only, negative, or not permitted by the range's flags.
+        """
+        if iova < 0 or length < 0 or iova + length > 1 << 64:
+            raise DmaError(errno.EFAULT, f"bad DMA access {iova:#x}+{length:#x}")
+        i = bisect.bisect_right(self._starts, iova) - 1
+        if i < 0:
+            raise DmaError(errno.EFAULT, f"DMA address {iova:#x} is not mapped")
+        rng = self._ranges[i]
+        if iova + length > rng.end or iova >= rng.end:
+            raise DmaError(errno.EFAULT,
+                           f"DMA access {iova:#x}+{length:#x} leaves range {rng.iova:#x}+{rng.size:#x}")
+        if rng.file is None:
+            raise DmaError(errno.EFAULT, f"DMA range {rng.iova:#x} has no fd (message access only)")
+        needed = DmaMapFlags.WRITE if write else DmaMapFlags.READ
+        if not rng.flags & needed:
+            raise DmaError(errno.EFAULT, f"DMA range {rng.iova:#x} does not permit "
+                           f"{'writes' if write else 'reads'}")
+        start = rng.offset + (iova - rng.iova)
+        view = rng.file.view[start:start + length]
+        return view if write else view.toreadonly()

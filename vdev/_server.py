@@ -1,0 +1,105 @@
+"""The listening socket: one device, one client at a time.
+
+The socket is created mode 0600.  A live socket at the path (something
+answers a connect) is never clobbered; a stale one is removed.  A second
+client that connects while one is being served is told no (closed at once),
+rather than left waiting for a VERSION reply that QEMU would time out on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import stat
+
+import trio
+
+from ._device import AcceleratorDevice
+from ._session import Session, session_name
+
+log = logging.getLogger("vdev.server")
+
+
+class SocketInUse(Exception):
+    pass
+
+
+def _prepare_path(path: str) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise SocketInUse(f"{path} exists and is not a socket; refusing to replace it "
+                          "(remove it or choose another --socket)")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        log.info("removing stale socket %s", path)
+        os.unlink(path)
+        return
+    except OSError as exc:
+        raise SocketInUse(f"cannot probe existing socket {path}: {exc}") from exc
+    finally:
+        probe.close()
+    raise SocketInUse(f"another server is listening on {path}; stop it or choose another --socket")
+
+
+class Server:
+    """Owns the listening socket and the device; serves sessions one at a time."""
+
+    def __init__(self, path: str, device: AcceleratorDevice | None = None, *,
+                 stall_timeout: float = 5.0):
+        self.path = os.path.abspath(path)
+        self.device = device or AcceleratorDevice()
+        self.stall_timeout = stall_timeout
+        self.session: Session | None = None
+        self.sessions_served = 0
+        self._serial = 0
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        _prepare_path(self.path)
+        listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            await listener.bind(self.path)
+        finally:
+            os.umask(old_umask)
+        ino = os.stat(self.path).st_ino
+        try:
+            listener.listen(4)
+            log.info("listening on %s", self.path)
+            task_status.started(self)
+            async with trio.open_nursery() as nursery:
+                while True:
+                    conn, _ = await listener.accept()
+                    self._serial += 1
+                    name = session_name(self._serial, conn)
+                    if self.session is not None:
+                        log.warning("%s refused: %s is being served (one client at a time)",
+                                    name, self.session.name)
+                        conn.close()
+                        continue
+                    self.session = Session(self.device, conn, name=name,
+                                           stall_timeout=self.stall_timeout)
+                    nursery.start_soon(self._run_session, self.session, conn)
+        finally:
+            listener.close()
+            try:
+                if os.stat(self.path).st_ino == ino:
+                    os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+    async def _run_session(self, session: Session, conn) -> None:
+        try:
+            await session.run()
+        finally:
+            conn.close()
+            self.session = None
+            self.sessions_served += 1
+
+
+__all__ = ["Server", "SocketInUse"]
