@@ -49,6 +49,7 @@ def configure_logging(verbose: int, quiet: bool) -> None:
 
 async def _serve(args: argparse.Namespace) -> None:
     server = Server(args.socket, stall_timeout=args.stall_timeout)
+    server.bind()       # fail early, outside any nursery, with a plain error
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve)

@@ -96,7 +96,7 @@ class DmaMap:
                 os.close(fd)
 
     def _add(self, iova: int, size: int, flags: int, offset: int, fd: int | None) -> DmaRange:
-        unknown = flags & ~(DmaMapFlags.READ | DmaMapFlags.WRITE)
+        unknown = flags & ~int(DmaMapFlags.READ | DmaMapFlags.WRITE)
         if unknown:
             raise DmaError(errno.EINVAL, f"unknown DMA_MAP flag bits {unknown:#x}")
         if size == 0:

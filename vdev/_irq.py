@@ -107,7 +107,7 @@ class IrqController:
         if index not in self._counts:
             raise IrqError(errno.EINVAL, f"IRQ index {index} out of range")
         idx = IrqIndex(index)
-        unknown = flags & ~(IrqSetFlags.DATA_TYPE_MASK | IrqSetFlags.ACTION_TYPE_MASK)
+        unknown = flags & ~int(IrqSetFlags.DATA_TYPE_MASK | IrqSetFlags.ACTION_TYPE_MASK)
         data_type = flags & IrqSetFlags.DATA_TYPE_MASK
         action = flags & IrqSetFlags.ACTION_TYPE_MASK
         if unknown or bin(data_type).count("1") != 1 or bin(action).count("1") != 1:

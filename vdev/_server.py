@@ -58,16 +58,29 @@ class Server:
         self.session: Session | None = None
         self.sessions_served = 0
         self._serial = 0
+        self._listener = None
+        self._ino = 0
 
-    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    def bind(self) -> None:
+        """Create the socket (mode 0600) at ``path``; raises SocketInUse or OSError."""
+        if self._listener is not None:
+            return
         _prepare_path(self.path)
-        listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
         try:
-            await listener.bind(self.path)
+            sock.bind(self.path)
+        except BaseException:
+            sock.close()
+            raise
         finally:
             os.umask(old_umask)
-        ino = os.stat(self.path).st_ino
+        self._listener = trio.socket.from_stdlib_socket(sock)
+        self._ino = os.stat(self.path).st_ino
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        self.bind()
+        listener, ino = self._listener, self._ino
         try:
             listener.listen(4)
             log.info("listening on %s", self.path)
@@ -87,6 +100,7 @@ class Server:
                     nursery.start_soon(self._run_session, self.session, conn)
         finally:
             listener.close()
+            self._listener = None
             try:
                 if os.stat(self.path).st_ino == ino:
                     os.unlink(self.path)

@@ -141,11 +141,13 @@ class Session:
         try:
             reply = self._handle(msg)
         except VfioUserError as exc:
+            msg.close_fds()     # before replying: the client may count its fds then
             log.warning("%s: %s id=%d failed: %s (%s)", self.name, _cmd_name(msg.command),
                         msg.msg_id, exc, errno.errorcode.get(exc.errno, exc.errno))
             if not no_reply:
                 await self._send_quietly(vu.build_error_reply(msg.msg_id, msg.command, exc.errno))
             return
+        msg.close_fds()
         if no_reply:
             return
         data = vu.build_message(msg.msg_id, msg.command, reply or b"", flags=MsgType.REPLY)
@@ -215,7 +217,7 @@ class Session:
     def handle_dma_unmap(self, msg: Message) -> bytes:
         req = vu.DmaUnmap.parse(msg.payload)
         self._check_argsz("DMA_UNMAP", req.argsz, vu.DMA_UNMAP_SIZE, vu.DMA_UNMAP_SIZE)
-        if req.flags & ~vu.DmaUnmapFlags.ALL:
+        if req.flags & ~int(vu.DmaUnmapFlags.ALL):
             raise VfioUserError(errno.EINVAL, f"DMA_UNMAP flags {req.flags:#x} unsupported")
         if req.flags & vu.DmaUnmapFlags.ALL:
             if req.address or req.size:
