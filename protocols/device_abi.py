@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 
-from construct import Int32ul, Struct
+from construct import Bytes, Int16ul, Int32sl, Int32ul, Int64ul, Struct
 
 VENDOR_ID = 0x4156          # unassigned in pci.ids; nothing in QEMU or Linux binds it
 DEVICE_ID = 0x0C1A
@@ -61,6 +61,9 @@ Bar0 = Struct(
     "scratch" / Int32ul,            # RW: for tests
     "doorbell" / Int32ul,           # WO: queue index to wake; reads 0
     "irq_status" / Int32ul,         # RW1C: pending interrupt causes
+    "num_queues" / Int32ul,         # RO: how many queue windows exist
+    "queue_alloc" / Int32ul,        # RO, side effect: claims a free queue, returns its
+                                    #   index (NO_QUEUE when none is free)
 )
 
 
@@ -85,6 +88,160 @@ class Reg(enum.IntEnum):
     SCRATCH = _offsets(Bar0)["scratch"]
     DOORBELL = _offsets(Bar0)["doorbell"]
     IRQ_STATUS = _offsets(Bar0)["irq_status"]
+    NUM_QUEUES = _offsets(Bar0)["num_queues"]
+    QUEUE_ALLOC = _offsets(Bar0)["queue_alloc"]
 
 
 SCRATCH_RESET = 0x5CA7C400   # scratch's reset value, so tests can see a reset happen
+
+
+# --- queues ------------------------------------------------------------------------
+#
+# Each queue has its own register window in BAR0 (no shared "select" register,
+# so guest processes never race on one).  A guest process claims a queue by
+# reading QUEUE_ALLOC (the read is atomic: the server serialises accesses),
+# writes its ring's guest-physical address and size, its owner tag, then
+# writes ENABLE to CTRL.  The ring itself lives in guest RAM.
+
+NUM_QUEUES = 64
+NO_QUEUE = 0xFFFFFFFF
+QUEUE_WINDOW_BASE = 0x100
+QUEUE_WINDOW_SIZE = 0x20
+
+QueueWindow = Struct(
+    "ring_lo" / Int32ul,    # RW: guest-physical address of the ring (low 32 bits)
+    "ring_hi" / Int32ul,    # RW
+    "size" / Int32ul,       # RW: number of command slots, a power of two
+    "ctrl" / Int32ul,       # W: QueueCtrl command; R: QueueState
+    "owner" / Int32ul,      # RW: owner tag (the guest runtime writes its pid)
+    "error" / Int32ul,      # RO: errno of the last failed ENABLE, or of the failure
+    "reserved0" / Int32ul,
+    "reserved1" / Int32ul,
+)
+
+
+class QReg(enum.IntEnum):
+    """Offsets inside one queue's window (queue q is at QUEUE_WINDOW_BASE + q * QUEUE_WINDOW_SIZE)."""
+
+    RING_LO = _offsets(QueueWindow)["ring_lo"]
+    RING_HI = _offsets(QueueWindow)["ring_hi"]
+    SIZE = _offsets(QueueWindow)["size"]
+    CTRL = _offsets(QueueWindow)["ctrl"]
+    OWNER = _offsets(QueueWindow)["owner"]
+    ERROR = _offsets(QueueWindow)["error"]
+
+
+def queue_reg(queue: int, reg: int) -> int:
+    return QUEUE_WINDOW_BASE + queue * QUEUE_WINDOW_SIZE + reg
+
+
+class QueueCtrl(enum.IntEnum):
+    """Values written to a queue's CTRL register."""
+
+    ENABLE = 1     # validate ring address/size and start serving it
+    DISABLE = 2    # stop serving; keep the claim
+    RELEASE = 3    # stop serving, drop the claim, free what the queue's owner created
+
+
+class QueueState(enum.IntFlag):
+    """Bits read from a queue's CTRL register."""
+
+    CLAIMED = 1 << 0
+    ENABLED = 1 << 1
+    FAILED = 1 << 2
+
+
+MIN_RING_SLOTS = 2
+MAX_RING_SLOTS = 4096
+
+# --- ring memory (guest RAM) ------------------------------------------------------------
+#
+# Venus-style: tail, head and status on separate 64-byte lines, then the
+# command slots, then the completion slots.  The guest writes tail and its own
+# line; the host writes head, status and completions.
+
+CACHE_LINE = 64
+
+
+class RingStatus(enum.IntFlag):
+    IDLE = 1 << 0      # the host stopped polling: write DOORBELL after publishing tail
+    FAILED = 1 << 1    # the host stopped serving this ring (see the queue's ERROR)
+
+
+RingHeader = Struct(
+    "tail" / Int64ul,                      # guest: commands published so far
+    "_pad0" / Bytes(CACHE_LINE - 8),
+    "head" / Int64ul,                      # host: commands completed so far
+    "_pad1" / Bytes(CACHE_LINE - 8),
+    "status" / Int32ul,                    # host: RingStatus
+    "_pad2" / Bytes(CACHE_LINE - 4),
+    "irq_armed" / Int32ul,                 # guest: 1 = about to sleep, interrupt me
+    "_pad3" / Bytes(CACHE_LINE - 4),
+)
+RING_HEADER_SIZE = 4 * CACHE_LINE
+
+
+class CmdFlags(enum.IntFlag):
+    IRQ = 1 << 0          # always interrupt when this command completes
+    PAYLOAD_SG = 1 << 1   # payload_addr points at payload_len SgEntry records
+    REPLY_SG = 1 << 2     # reply_addr points at reply_len SgEntry records
+
+
+Command = Struct(
+    "opcode" / Int16ul,
+    "flags" / Int16ul,        # CmdFlags
+    "payload_len" / Int32ul,  # bytes, or SG entries with PAYLOAD_SG
+    "seq" / Int64ul,          # the ring index this command was published at
+    "payload_addr" / Int64ul, # guest-physical
+    "reply_addr" / Int64ul,   # guest-physical
+    "reply_len" / Int32ul,    # capacity in bytes, or SG entries with REPLY_SG
+    "reserved" / Int32ul,
+    "arg0" / Int64ul,
+    "arg1" / Int64ul,
+    "arg2" / Int64ul,
+)
+COMMAND_SIZE = 64
+
+Completion = Struct(
+    "seq" / Int64ul,          # equals the command's seq once it is complete
+    "status" / Int32sl,       # 0, or a negative errno
+    "result_len" / Int32ul,   # reply bytes written
+)
+COMPLETION_SIZE = 16
+
+SgEntry = Struct(
+    "addr" / Int64ul,
+    "len" / Int32ul,
+    "reserved" / Int32ul,
+)
+SG_ENTRY_SIZE = 16
+MAX_SG_ENTRIES = 1 << 20
+
+
+def ring_bytes(slots: int) -> int:
+    """Guest memory one ring of ``slots`` command slots occupies."""
+    return RING_HEADER_SIZE + slots * (COMMAND_SIZE + COMPLETION_SIZE)
+
+
+def command_offset(slots: int, index: int) -> int:
+    return RING_HEADER_SIZE + (index & (slots - 1)) * COMMAND_SIZE
+
+
+def completion_offset(slots: int, index: int) -> int:
+    return RING_HEADER_SIZE + slots * COMMAND_SIZE + (index & (slots - 1)) * COMPLETION_SIZE
+
+
+RING_TAIL = _offsets(RingHeader)["tail"]
+RING_HEAD = _offsets(RingHeader)["head"]
+RING_STATUS = _offsets(RingHeader)["status"]
+RING_IRQ_ARMED = _offsets(RingHeader)["irq_armed"]
+
+
+class SelftestOp(enum.IntEnum):
+    """Opcodes of the built-in ``test`` backend."""
+
+    NOP = 0      # completes with status 0
+    ECHO = 1     # copies the payload into the reply
+    FILL = 2     # fills reply_len bytes of the reply with the byte arg0
+    SLEEP = 3    # sleeps arg0 microseconds (a blocking command), then completes
+    FAIL = 4     # completes with status -arg0
