@@ -27,7 +27,7 @@ ABI_VERSION = (ABI_MAJOR << 16) | ABI_MINOR
 BAR0_SIZE = 0x1000
 MSIX_BAR = 2
 MSIX_BAR_SIZE = 0x1000
-MSIX_VECTORS = 8
+MSIX_VECTORS = 64          # one vector per queue (queue q fires vector q)
 MSIX_TABLE_OFFSET = 0x000
 MSIX_PBA_OFFSET = 0x800
 

@@ -351,7 +351,7 @@ async def test_fd_flood_is_closed(server, fds_before):
 
 
 @pytest.mark.parametrize("flags,index,start,count,nfds,data", [
-    (IrqSetFlags.DATA_EVENTFD | IrqSetFlags.ACTION_TRIGGER, IrqIndex.MSIX, 6, 4, 0, b""),
+    (IrqSetFlags.DATA_EVENTFD | IrqSetFlags.ACTION_TRIGGER, IrqIndex.MSIX, 62, 4, 0, b""),
     (IrqSetFlags.DATA_EVENTFD | IrqSetFlags.ACTION_TRIGGER, IrqIndex.MSIX, 0, 2, 1, b""),
     (IrqSetFlags.DATA_EVENTFD | IrqSetFlags.ACTION_TRIGGER, 7, 0, 1, 1, b""),
     (IrqSetFlags.DATA_EVENTFD | IrqSetFlags.ACTION_TRIGGER, IrqIndex.ERR, 0, 1, 1, b""),

@@ -224,9 +224,9 @@ class AcceleratorDevice:
         """Interrupt the guest: record the cause in IRQ_STATUS, then fire MSI-X/MSI
         ``vector`` if the guest enabled them, else assert INTx (level, until the
         guest clears IRQ_STATUS)."""
-        if not 0 <= vector < 32:
+        if not 0 <= vector < abi.MSIX_VECTORS:
             raise ValueError(f"vector {vector} out of range")
-        self.regs.values[Reg.IRQ_STATUS] |= 1 << vector
+        self.regs.values[Reg.IRQ_STATUS] |= 1 << (vector % 32)
         if self.irq.raise_vector(vector) == IrqIndex.INTX:
             self.irq.set_intx_level(True)
 
