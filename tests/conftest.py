@@ -29,6 +29,7 @@ def sock_dir():
 @pytest.fixture
 async def server(nursery, sock_dir):
     srv = Server(os.path.join(sock_dir, "vdev.sock"), stall_timeout=0.5)
+    srv.busy_wait = 0.2
     await nursery.start(srv.serve)
     yield srv
     nursery.cancel_scope.cancel()

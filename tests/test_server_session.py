@@ -247,7 +247,7 @@ async def test_msi_vector(client, server):
 
 async def test_doorbell_reaches_the_device(client, server):
     seen = []
-    server.device._on_doorbell = seen.append
+    server.device.on_doorbell = seen.append
     await client.write32(Reg.DOORBELL, 3, posted=True)
     await client.write32(Reg.DOORBELL, 5)
     assert seen == [3, 5]

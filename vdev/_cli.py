@@ -9,7 +9,7 @@ import sys
 
 import trio
 
-from ._server import Server, SocketInUse
+from ._server import BACKENDS, Server, SocketInUse
 
 log = logging.getLogger("vdev")
 
@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--socket", required=True, metavar="PATH",
                        help="socket path; a stale socket there is removed, a live one is "
                             "never replaced")
+    serve.add_argument("--backend", default="test", choices=sorted(BACKENDS),
+                       help="what executes the guest's commands: 'test' is the built-in "
+                            "diagnostic backend (nop, echo, fill, sleep, fail) (default: test)")
     serve.add_argument("-v", "--verbose", action="count", default=0,
                        help="-v: log every vfio-user message with its decoded fields; "
                             "-vv: also DMA and IRQ details")
@@ -48,7 +51,7 @@ def configure_logging(verbose: int, quiet: bool) -> None:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    server = Server(args.socket, stall_timeout=args.stall_timeout)
+    server = Server(args.socket, backend=args.backend, stall_timeout=args.stall_timeout)
     server.bind()       # fail early, outside any nursery, with a plain error
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:

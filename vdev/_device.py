@@ -18,12 +18,13 @@ from construct import Int32ul
 
 from protocols import device_abi as abi
 from protocols import pci
-from protocols.device_abi import DeviceStatus, Reg
+from protocols.device_abi import DeviceStatus, QReg, Reg
 from protocols.pci import BarFlags, BarSpec, Capability, CapId
 from protocols.vfio_user import IrqIndex, RegionFlags, RegionIndex
 
 from ._config import ConfigSpace
 from ._irq import IrqController
+from ._queues import QueueTable
 
 log = logging.getLogger("vdev.device")
 
@@ -70,9 +71,22 @@ class Bar0Registers:
         out = bytearray()
         base = offset & ~3
         for dword in range(base, offset + count, 4):
-            out += Int32ul.build(self.values.get(dword, 0) if dword != Reg.DOORBELL else 0)
+            out += Int32ul.build(self._read_dword(dword))
         skip = offset - base
         return bytes(out[skip:skip + count])
+
+    def _read_dword(self, reg: int) -> int:
+        queues = self._dev.queues
+        if reg >= abi.QUEUE_WINDOW_BASE:
+            q, qreg = divmod(reg - abi.QUEUE_WINDOW_BASE, abi.QUEUE_WINDOW_SIZE)
+            return queues.read(q, qreg) if q < queues.count else 0
+        if reg == Reg.QUEUE_ALLOC:
+            return queues.alloc()
+        if reg == Reg.NUM_QUEUES:
+            return queues.count
+        if reg == Reg.DOORBELL:
+            return 0
+        return self.values.get(reg, 0)
 
     def write(self, offset: int, data: bytes) -> None:
         base = offset & ~3
@@ -86,6 +100,13 @@ class Bar0Registers:
             self._write_dword(base + i, value, mask)
 
     def _write_dword(self, reg: int, value: int, mask: int) -> None:
+        if reg >= abi.QUEUE_WINDOW_BASE:
+            queues = self._dev.queues
+            q, qreg = divmod(reg - abi.QUEUE_WINDOW_BASE, abi.QUEUE_WINDOW_SIZE)
+            if q < queues.count:
+                old = 0 if qreg == QReg.CTRL else queues.read(q, qreg)
+                queues.write(q, qreg, (old & ~mask) | (value & mask))
+            return
         old = self.values.get(reg)
         merged = ((old or 0) & ~mask) | (value & mask)
         if reg in (Reg.DRIVER_FEATURES_LO, Reg.DRIVER_FEATURES_HI):
@@ -158,9 +179,10 @@ class AcceleratorDevice:
             revision=abi.REVISION, subsys_vendor=abi.SUBSYS_VENDOR_ID, subsys_id=abi.SUBSYS_ID,
             bars=bars, int_pin=1, caps=caps, on_command=self._command_written,
             intx_level=lambda: self.irq.intx_level)
+        self.queues = QueueTable()
         self.regs = Bar0Registers(self)
         self.msix = MsixBar(abi.MSIX_VECTORS)
-        self._on_doorbell = on_doorbell
+        self.on_doorbell = on_doorbell
         self.reset_hooks: list[Callable[[], None]] = []
         self.doorbells = 0
         self.resets = 0
@@ -234,12 +256,13 @@ class AcceleratorDevice:
 
     def doorbell(self, value: int) -> None:
         self.doorbells += 1
-        if self._on_doorbell is not None:
-            self._on_doorbell(value)
+        if self.on_doorbell is not None:
+            self.on_doorbell(value)
 
     def reset(self) -> None:
         """Every register back to its reset value; the INTx line drops."""
         self.resets += 1
+        self.queues.release_all()
         self.regs.reset()
         self.msix.reset()
         self.config.reset()

@@ -14,6 +14,7 @@ import errno
 import logging
 import mmap
 import os
+import threading
 from dataclasses import dataclass
 
 from protocols.vfio_user import DmaMapFlags
@@ -73,6 +74,8 @@ class DmaMap:
         self._ranges: list[DmaRange] = []    # sorted by iova, non-overlapping
         self._starts: list[int] = []
         self._files: dict[tuple[int, int], _MappedFile] = {}
+        # The ring engine translates from its own thread while the session maps.
+        self._lock = threading.RLock()
 
     def __len__(self) -> int:
         return len(self._ranges)
@@ -90,7 +93,8 @@ class DmaMap:
     def add(self, iova: int, size: int, flags: int, offset: int, fd: int | None) -> DmaRange:
         """Record a range; takes ownership of ``fd`` (closed whatever happens)."""
         try:
-            return self._add(iova, size, flags, offset, fd)
+            with self._lock:
+                return self._add(iova, size, flags, offset, fd)
         finally:
             if fd is not None:
                 os.close(fd)
@@ -171,6 +175,10 @@ class DmaMap:
 
     def remove(self, iova: int, size: int) -> DmaRange:
         """Remove the range that matches exactly (the spec allows nothing else)."""
+        with self._lock:
+            return self._remove(iova, size)
+
+    def _remove(self, iova: int, size: int) -> DmaRange:
         i = bisect.bisect_left(self._starts, iova)
         if i == len(self._ranges) or self._ranges[i].iova != iova or self._ranges[i].size != size:
             raise DmaError(errno.ENOENT, f"no DMA range {iova:#x}+{size:#x} to unmap")
@@ -181,6 +189,10 @@ class DmaMap:
 
     def clear(self) -> None:
         """Drop every range and close every mapping (UNMAP_ALL, disconnect)."""
+        with self._lock:
+            self._clear()
+
+    def _clear(self) -> None:
         for rng in self._ranges:
             self._release(rng)
         self._ranges.clear()
@@ -204,6 +216,10 @@ class DmaMap:
         """
         if iova < 0 or length < 0 or iova + length > 1 << 64:
             raise DmaError(errno.EFAULT, f"bad DMA access {iova:#x}+{length:#x}")
+        with self._lock:
+            return self._translate(iova, length, write)
+
+    def _translate(self, iova: int, length: int, write: bool) -> memoryview:
         i = bisect.bisect_right(self._starts, iova) - 1
         if i < 0:
             raise DmaError(errno.EFAULT, f"DMA address {iova:#x} is not mapped")

@@ -16,7 +16,11 @@ import stat
 import trio
 
 from ._device import AcceleratorDevice
+from ._selftest import SelftestBackend
 from ._session import Session, session_name
+
+#: Backends by name; each session gets a fresh instance.
+BACKENDS = {"test": SelftestBackend}
 
 log = logging.getLogger("vdev.server")
 
@@ -51,7 +55,10 @@ class Server:
     """Owns the listening socket and the device; serves sessions one at a time."""
 
     def __init__(self, path: str, device: AcceleratorDevice | None = None, *,
-                 stall_timeout: float = 5.0):
+                 backend: str = "test", stall_timeout: float = 5.0):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
+        self.backend_name = backend
         self.path = os.path.abspath(path)
         self.device = device or AcceleratorDevice()
         self.stall_timeout = stall_timeout
@@ -60,6 +67,8 @@ class Server:
         self._serial = 0
         self._listener = None
         self._ino = 0
+        self._one_at_a_time = trio.Lock()
+        self.busy_wait = 1.0
 
     def bind(self) -> None:
         """Create the socket (mode 0600) at ``path``; raises SocketInUse or OSError."""
@@ -89,15 +98,7 @@ class Server:
                 while True:
                     conn, _ = await listener.accept()
                     self._serial += 1
-                    name = session_name(self._serial, conn)
-                    if self.session is not None:
-                        log.warning("%s refused: %s is being served (one client at a time)",
-                                    name, self.session.name)
-                        conn.close()
-                        continue
-                    self.session = Session(self.device, conn, name=name,
-                                           stall_timeout=self.stall_timeout)
-                    nursery.start_soon(self._run_session, self.session, conn)
+                    nursery.start_soon(self._serve_connection, conn, self._serial)
         finally:
             listener.close()
             self._listener = None
@@ -107,13 +108,27 @@ class Server:
             except FileNotFoundError:
                 pass
 
-    async def _run_session(self, session: Session, conn) -> None:
+    async def _serve_connection(self, conn, serial: int) -> None:
+        """Serve ``conn`` once the device is free; refuse it if that takes over a second
+        (a client that just left may still be tearing down)."""
+        name = session_name(serial, conn)
         try:
-            await session.run()
+            acquired = False
+            with trio.move_on_after(self.busy_wait):
+                await self._one_at_a_time.acquire()
+                acquired = True
+            if not acquired:
+                busy = self.session.name if self.session else "another client"
+                log.warning("%s refused: %s is being served (one client at a time)", name, busy)
+                return
+            try:
+                self.session = Session(self.device, conn, name=name,
+                                       backend=BACKENDS[self.backend_name](),
+                                       stall_timeout=self.stall_timeout)
+                await self.session.run()
+            finally:
+                self.session = None
+                self.sessions_served += 1
+                self._one_at_a_time.release()
         finally:
             conn.close()
-            self.session = None
-            self.sessions_served += 1
-
-
-__all__ = ["Server", "SocketInUse"]

@@ -12,6 +12,7 @@ import errno
 import logging
 import socket
 import struct
+from functools import partial
 from typing import Callable
 
 import trio
@@ -20,9 +21,11 @@ from construct import ConstructError
 from protocols import vfio_user as vu
 from protocols.vfio_user import Command, HeaderFlags, MsgType
 
+from ._backend import Backend
 from ._device import NUM_REGIONS, AcceleratorDevice, RegionError
 from ._dma import DmaError, DmaMap
 from ._irq import IrqError
+from ._rings import RingEngine
 from ._transport import ConnectionLost, FramingError, Message, MessageStream
 
 log = logging.getLogger("vdev.session")
@@ -55,16 +58,16 @@ class Session:
     FD_LIMITS = {Command.DMA_MAP: 1, Command.DEVICE_SET_IRQS: MAX_MSG_FDS}
 
     def __init__(self, device: AcceleratorDevice, sock: trio.socket.SocketType, *,
-                 name: str, stall_timeout: float = 5.0,
-                 on_dma_change: Callable[[], None] | None = None):
+                 name: str, backend: Backend, stall_timeout: float = 5.0):
         self.device = device
+        self.backend = backend
+        self.engine: RingEngine | None = None
         self.name = name
         self.stream = MessageStream(sock, max_size=MAX_MESSAGE, stall_timeout=stall_timeout)
         self.dma = DmaMap()
         self.negotiated = False
         self.client_caps: dict = {}
         self.messages = 0
-        self._on_dma_change = on_dma_change
         self._handlers: dict[int, Callable[[Message], bytes | None]] = {
             Command.VERSION: self.handle_version,
             Command.DMA_MAP: self.handle_dma_map,
@@ -81,21 +84,33 @@ class Session:
     # -- the loop ------------------------------------------------------------------
 
     async def run(self) -> None:
-        log.info("%s: connected", self.name)
+        log.info("%s: connected (backend %s)", self.name, self.backend.name)
+        device = self.device
         try:
             async with trio.open_nursery() as nursery:
-                self.device.irq.attach_nursery(nursery)
+                device.irq.attach_nursery(nursery)
+                self.engine = RingEngine(self.dma, self.backend, raise_irq=device.raise_irq,
+                                         fail_queue=device.queues.fail)
+                device.queues.listener = self.engine
+                device.on_doorbell = self.engine.kick
+                nursery.start_soon(partial(trio.to_thread.run_sync, self.engine.run))
                 try:
                     await self._loop()
                 finally:
+                    self.engine.stop()
                     nursery.cancel_scope.cancel()
         finally:
-            self.device.irq.attach_nursery(None)
-            self.device.irq.close()
+            device.on_doorbell = None
+            device.queues.release_all()
+            device.queues.listener = None
+            device.irq.attach_nursery(None)
+            device.irq.close()
             self.dma.clear()
-            if self._on_dma_change:
-                self._on_dma_change()
-            log.info("%s: closed after %d messages; DMA maps and IRQ fds released",
+            try:
+                self.backend.close()
+            except Exception:
+                log.exception("%s: backend %s failed to close", self.name, self.backend.name)
+            log.info("%s: closed after %d messages; queues, DMA maps and IRQ fds released",
                      self.name, self.messages)
 
     async def _loop(self) -> None:
@@ -210,8 +225,8 @@ class Session:
         self.dma.add(req.address, req.size, req.flags, req.offset, fds[0] if fds else None)
         log.debug("%s: mapped %#x+%#x flags %#x %s", self.name, req.address, req.size, req.flags,
                   "with fd" if fds else "message-only")
-        if self._on_dma_change:
-            self._on_dma_change()
+        if self.engine is not None:
+            self.engine.dma_changed()
         return None
 
     def handle_dma_unmap(self, msg: Message) -> bytes:
@@ -225,8 +240,8 @@ class Session:
             self.dma.clear()
         else:
             self.dma.remove(req.address, req.size)
-        if self._on_dma_change:
-            self._on_dma_change()
+        if self.engine is not None:
+            self.engine.dma_changed()
         return msg.payload[:vu.DMA_UNMAP_SIZE]
 
     def handle_get_info(self, msg: Message) -> bytes:

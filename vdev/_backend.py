@@ -1,0 +1,106 @@
+"""What the ring engine hands decoded commands to.
+
+A backend sees one command at a time through a ``CommandContext``: the
+opcode, flags, three scalar arguments, and lazily resolved views of the
+payload and the reply (plain ranges or scatter lists in guest memory, every
+element bounds-checked through the DMA map).  It returns ``(status,
+result_len)``.  Opcodes listed in ``blocking_opcodes`` run on a worker thread
+of their own queue, so they never hold up another queue.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+from typing import Callable, Protocol
+
+from protocols import device_abi as abi
+from protocols.device_abi import CmdFlags
+
+from ._dma import DmaError, DmaMap
+
+_SG = struct.Struct("<QII")
+#: Total bytes one command may reference (payload or reply).
+MAX_TRANSFER = 1 << 32
+
+
+class Backend(Protocol):
+    name: str
+    blocking_opcodes: frozenset[int]
+
+    def execute(self, ctx: "CommandContext") -> tuple[int, int]:
+        """Run one command; return (status: 0 or -errno, reply bytes written)."""
+
+    def release_queue(self, queue: int) -> None:
+        """Free everything commands on ``queue`` created (its owner is gone)."""
+
+    def close(self) -> None:
+        """Free everything (the session ended)."""
+
+
+class CommandContext:
+    """One command's arguments and guest buffers; reused per queue (no per-command churn)."""
+
+    __slots__ = ("dma", "queue", "opcode", "flags", "payload_len", "payload_addr",
+                 "reply_addr", "reply_len", "arg0", "arg1", "arg2")
+
+    def __init__(self, dma: DmaMap, queue: int):
+        self.dma = dma
+        self.queue = queue
+
+    def _views(self, addr: int, length: int, is_sg: bool, write: bool) -> list[memoryview]:
+        if not is_sg:
+            return [self.dma.translate(addr, length, write=write)] if length else []
+        if length > abi.MAX_SG_ENTRIES:
+            raise DmaError(errno.E2BIG, f"{length} scatter entries (limit {abi.MAX_SG_ENTRIES})")
+        table = bytes(self.dma.translate(addr, length * abi.SG_ENTRY_SIZE))   # copied once
+        views, total = [], 0
+        for ent_addr, ent_len, _ in _SG.iter_unpack(table):
+            total += ent_len
+            if total > MAX_TRANSFER:
+                raise DmaError(errno.E2BIG, "scatter list longer than 4 GiB")
+            if ent_len:
+                views.append(self.dma.translate(ent_addr, ent_len, write=write))
+        return views
+
+    def payload(self) -> list[memoryview]:
+        return self._views(self.payload_addr, self.payload_len,
+                           bool(self.flags & CmdFlags.PAYLOAD_SG), write=False)
+
+    def reply(self) -> list[memoryview]:
+        return self._views(self.reply_addr, self.reply_len,
+                           bool(self.flags & CmdFlags.REPLY_SG), write=True)
+
+    def read_payload(self) -> bytes:
+        views = self.payload()
+        return bytes(views[0]) if len(views) == 1 else b"".join(views)
+
+    def write_reply(self, data: bytes | memoryview) -> int:
+        """Scatter ``data`` into the reply; -EMSGSIZE-worthy if it does not fit."""
+        return scatter(self.reply(), [memoryview(data)])
+
+
+def total_len(views: list[memoryview]) -> int:
+    return sum(v.nbytes for v in views)
+
+
+def scatter(dst: list[memoryview], src: list[memoryview]) -> int:
+    """Copy the concatenation of ``src`` into ``dst``; raises if it does not fit."""
+    need = total_len(src)
+    if need > total_len(dst):
+        raise DmaError(errno.EMSGSIZE, f"reply buffer holds {total_len(dst)} bytes, need {need}")
+    di, doff = 0, 0
+    for s in src:
+        soff, n = 0, s.nbytes
+        while soff < n:
+            d = dst[di]
+            chunk = min(n - soff, d.nbytes - doff)
+            d[doff:doff + chunk] = s[soff:soff + chunk]
+            soff += chunk
+            doff += chunk
+            if doff == d.nbytes:
+                di, doff = di + 1, 0
+    return need
+
+
+BackendFactory = Callable[[], Backend]

@@ -1,0 +1,159 @@
+"""Queue windows in BAR0: claims, ring addresses, enable/disable/release.
+
+This is register state only.  Whoever serves rings (the ring engine of the
+current session) registers as the listener and is told about enable, disable
+and release; without one, ENABLE fails with ENODEV.  All methods take a lock:
+the ring engine's thread reports failures while the trio thread handles
+register accesses.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Protocol
+
+from protocols import device_abi as abi
+from protocols.device_abi import QReg, QueueCtrl, QueueState
+
+log = logging.getLogger("vdev.queues")
+
+
+class QueueListener(Protocol):
+    def enable_queue(self, queue: int, ring_addr: int, slots: int) -> int:
+        """Start serving; return 0 or an errno."""
+
+    def disable_queue(self, queue: int) -> None: ...
+
+    def release_queue(self, queue: int) -> None: ...
+
+
+@dataclass
+class QueueRegs:
+    ring_lo: int = 0
+    ring_hi: int = 0
+    size: int = 0
+    owner: int = 0
+    error: int = 0
+    state: int = 0
+
+    @property
+    def ring_addr(self) -> int:
+        return self.ring_hi << 32 | self.ring_lo
+
+
+class QueueTable:
+    def __init__(self, count: int = abi.NUM_QUEUES):
+        self.count = count
+        self.regs = [QueueRegs() for _ in range(count)]
+        self.listener: QueueListener | None = None
+        self._lock = threading.RLock()
+
+    def alloc(self) -> int:
+        """QUEUE_ALLOC read: claim the lowest free queue."""
+        with self._lock:
+            for q, regs in enumerate(self.regs):
+                if not regs.state & QueueState.CLAIMED:
+                    self.regs[q] = QueueRegs(state=QueueState.CLAIMED)
+                    log.debug("queue %d claimed", q)
+                    return q
+        log.warning("QUEUE_ALLOC: all %d queues are claimed", self.count)
+        return abi.NO_QUEUE
+
+    def read(self, queue: int, reg: int) -> int:
+        with self._lock:
+            r = self.regs[queue]
+            return {QReg.RING_LO: r.ring_lo, QReg.RING_HI: r.ring_hi, QReg.SIZE: r.size,
+                    QReg.CTRL: r.state, QReg.OWNER: r.owner, QReg.ERROR: r.error}.get(reg, 0)
+
+    def write(self, queue: int, reg: int, value: int) -> None:
+        with self._lock:
+            r = self.regs[queue]
+            if reg == QReg.CTRL:
+                self._ctrl(queue, value)
+                return
+            if reg not in (QReg.RING_LO, QReg.RING_HI, QReg.SIZE, QReg.OWNER):
+                return
+            if r.state & QueueState.ENABLED:
+                log.warning("queue %d: register %#x written while enabled; ignored", queue, reg)
+                return
+            if reg == QReg.RING_LO:
+                r.ring_lo = value
+            elif reg == QReg.RING_HI:
+                r.ring_hi = value
+            elif reg == QReg.SIZE:
+                r.size = value
+            else:
+                r.owner = value
+
+    def _ctrl(self, queue: int, value: int) -> None:
+        r = self.regs[queue]
+        if value == QueueCtrl.ENABLE:
+            if r.state & QueueState.ENABLED:
+                return
+            err = self._validate(queue, r)
+            if not err:
+                err = self.listener.enable_queue(queue, r.ring_addr, r.size)
+            if err:
+                r.state = (r.state | QueueState.FAILED) & ~QueueState.ENABLED
+                r.error = err
+                log.warning("queue %d: ENABLE failed: %s (ring %#x, %d slots, owner %d)", queue,
+                            errno.errorcode.get(err, err), r.ring_addr, r.size, r.owner)
+            else:
+                r.state = (r.state | QueueState.ENABLED) & ~QueueState.FAILED
+                r.error = 0
+                log.info("queue %d enabled: ring %#x, %d slots, owner %d", queue, r.ring_addr,
+                         r.size, r.owner)
+        elif value == QueueCtrl.DISABLE:
+            self._disable(queue)
+        elif value == QueueCtrl.RELEASE:
+            self.release(queue)
+        else:
+            log.warning("queue %d: unknown CTRL value %#x ignored", queue, value)
+
+    def _validate(self, queue: int, r: QueueRegs) -> int:
+        if not r.state & QueueState.CLAIMED:
+            return errno.EPERM
+        if self.listener is None:
+            return errno.ENODEV
+        if not abi.MIN_RING_SLOTS <= r.size <= abi.MAX_RING_SLOTS or r.size & (r.size - 1):
+            return errno.EINVAL
+        if r.ring_addr % abi.CACHE_LINE:
+            return errno.EINVAL
+        return 0
+
+    def _disable(self, queue: int) -> None:
+        r = self.regs[queue]
+        if r.state & QueueState.ENABLED:
+            r.state &= ~QueueState.ENABLED
+            if self.listener is not None:
+                self.listener.disable_queue(queue)
+
+    def release(self, queue: int) -> None:
+        """Stop serving, drop the claim, free what the queue created."""
+        with self._lock:
+            if not self.regs[queue].state & QueueState.CLAIMED:
+                return
+            self._disable(queue)
+            if self.listener is not None:
+                self.listener.release_queue(queue)
+            self.regs[queue] = QueueRegs()
+            log.info("queue %d released", queue)
+
+    def fail(self, queue: int, err: int) -> None:
+        """The engine gave up on a ring (bad tail, memory gone)."""
+        with self._lock:
+            r = self.regs[queue]
+            if r.state & QueueState.ENABLED:
+                r.state = (r.state & ~QueueState.ENABLED) | QueueState.FAILED
+                r.error = err
+
+    def release_all(self) -> None:
+        for q in range(self.count):
+            self.release(q)
+
+    def enabled(self) -> list[int]:
+        with self._lock:
+            return [q for q, r in enumerate(self.regs) if r.state & QueueState.ENABLED]

@@ -1,0 +1,272 @@
+"""The ring engine: polls guest rings, runs commands, writes completions back.
+
+One poller thread per session serves every enabled ring.  It spins briefly
+after work, then sleeps with growing back-off, and after ``idle_timeout``
+sets IDLE in every ring, re-checks the tails (closing the race with a guest
+that published just before), and sleeps until a doorbell.  Commands whose
+opcode the backend marks blocking run on a worker thread while their queue is
+paused, so other queues keep going.  Everything read from a ring is copied
+before it is validated; every guest address goes through the DMA map.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import errno
+import logging
+import os
+import struct
+import threading
+import time
+from typing import Callable
+
+import trio
+
+from protocols import device_abi as abi
+from protocols.device_abi import CmdFlags, RingStatus
+
+from ._backend import Backend, CommandContext
+from ._dma import DmaError, DmaMap
+
+log = logging.getLogger("vdev.rings")
+
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+_CMD = struct.Struct("<HHIQQQII QQQ".replace(" ", ""))
+_CQE = struct.Struct("<QiI")
+assert _CMD.size == abi.COMMAND_SIZE and _CQE.size == abi.COMPLETION_SIZE
+
+
+class Ring:
+    """Host-side state of one enabled queue."""
+
+    __slots__ = ("queue", "addr", "slots", "mask", "view", "head", "generation", "busy",
+                 "ctx", "cmd_base", "cq_base", "commands")
+
+    def __init__(self, queue: int, addr: int, slots: int, view: memoryview, dma: DmaMap):
+        self.queue = queue
+        self.addr = addr
+        self.slots = slots
+        self.mask = slots - 1
+        self.view = view
+        self.head = 0
+        self.generation = 0
+        self.busy = False
+        self.ctx = CommandContext(dma, queue)
+        self.cmd_base = abi.RING_HEADER_SIZE
+        self.cq_base = abi.RING_HEADER_SIZE + slots * abi.COMMAND_SIZE
+        self.commands = 0
+
+    def set_status(self, value: int) -> None:
+        _U32.pack_into(self.view, abi.RING_STATUS, value)
+
+
+class RingEngine:
+    """Serves the rings of one session (implements the QueueTable listener)."""
+
+    def __init__(self, dma: DmaMap, backend: Backend, *,
+                 raise_irq: Callable[[int], None], fail_queue: Callable[[int, int], None],
+                 trio_token: trio.lowlevel.TrioToken | None = None,
+                 spin_s: float = 50e-6, idle_timeout: float = 2e-3, max_sleep: float = 200e-6):
+        self.dma = dma
+        self.backend = backend
+        self.spin_s = spin_s
+        self.idle_timeout = idle_timeout
+        self.max_sleep = max_sleep
+        self._raise_irq = raise_irq
+        self._fail_queue = fail_queue
+        self._token = trio_token or trio.lowlevel.current_trio_token()
+        self._rings: dict[int, Ring] = {}
+        self._active: tuple[Ring, ...] = ()
+        self._lock = threading.RLock()
+        self._fence_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = False
+        self._workers = concurrent.futures.ThreadPoolExecutor(
+            max_workers=abi.NUM_QUEUES, thread_name_prefix="vdev-blocking")
+        self.idle = False
+        self.sleeps = 0
+
+    # -- queue listener (trio thread) ---------------------------------------------
+
+    def enable_queue(self, queue: int, ring_addr: int, slots: int) -> int:
+        try:
+            view = self.dma.translate(ring_addr, abi.ring_bytes(slots), write=True)
+        except DmaError as exc:
+            log.warning("queue %d: ring %#x unusable: %s", queue, ring_addr, exc)
+            return exc.errno
+        ring = Ring(queue, ring_addr, slots, view, self.dma)
+        _U64.pack_into(view, abi.RING_HEAD, 0)
+        ring.set_status(0)
+        with self._lock:
+            self._rings[queue] = ring
+            self._active = tuple(self._rings.values())
+        self.kick(queue)
+        return 0
+
+    def disable_queue(self, queue: int) -> None:
+        with self._lock:
+            ring = self._rings.pop(queue, None)
+            if ring is not None:
+                ring.generation += 1
+            self._active = tuple(self._rings.values())
+
+    def release_queue(self, queue: int) -> None:
+        self.disable_queue(queue)
+        try:
+            self.backend.release_queue(queue)
+        except Exception:
+            log.exception("backend failed to release queue %d", queue)
+
+    def kick(self, queue: int = 0) -> None:
+        """A doorbell (or anything that may have made work appear)."""
+        self._wake.set()
+
+    def dma_changed(self) -> None:
+        """Re-check every ring against the DMA map; fail the ones whose memory left."""
+        with self._lock:
+            for ring in list(self._rings.values()):
+                try:
+                    ring.view = self.dma.translate(ring.addr, abi.ring_bytes(ring.slots), write=True)
+                except DmaError as exc:
+                    self._fail(ring, errno.EFAULT, f"ring memory unmapped ({exc})", write_status=False)
+
+    # -- the poller thread ------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop = True
+        self._wake.set()
+
+    def run(self) -> None:
+        """Thread body: poll until ``stop``."""
+        try:
+            last_work = time.monotonic()
+            backoff = 0.0
+            while not self._stop:
+                if self.poll_once():
+                    last_work = time.monotonic()
+                    backoff = 0.0
+                    continue
+                idle_for = time.monotonic() - last_work
+                if idle_for < self.spin_s:
+                    os.sched_yield()
+                elif idle_for < self.idle_timeout:
+                    backoff = min(max(backoff * 2, 10e-6), self.max_sleep)
+                    time.sleep(backoff)
+                else:
+                    self._sleep_until_doorbell()
+                    last_work = time.monotonic()
+                    backoff = 0.0
+        finally:
+            self._workers.shutdown(wait=True, cancel_futures=True)
+
+    def _fence(self) -> None:
+        # A locked RMW orders our stores before the loads that follow (x86 TSO
+        # otherwise lets a load pass an earlier store).
+        self._fence_lock.acquire()
+        self._fence_lock.release()
+
+    def _sleep_until_doorbell(self) -> None:
+        self._wake.clear()
+        rings = self._active
+        for ring in rings:
+            ring.set_status(RingStatus.IDLE)
+        self._fence()
+        if not self._has_work(rings):
+            self.idle = True
+            self.sleeps += 1
+            self._wake.wait()
+            self.idle = False
+        for ring in self._active:
+            ring.set_status(0)
+
+    def _has_work(self, rings) -> bool:
+        for ring in rings:
+            if not ring.busy and _U64.unpack_from(ring.view, abi.RING_TAIL)[0] != ring.head:
+                return True
+        return False
+
+    def poll_once(self) -> int:
+        """Run every command published on every ring; returns how many."""
+        done = 0
+        for ring in self._active:
+            if ring.busy:
+                continue
+            view = ring.view
+            tail = _U64.unpack_from(view, abi.RING_TAIL)[0]
+            head = ring.head
+            if tail == head:
+                continue
+            if not 0 < tail - head <= ring.slots:
+                self._fail(ring, errno.EINVAL, f"tail {tail} is not within {ring.slots} of head {head}")
+                continue
+            gen = ring.generation
+            while head < tail and ring.generation == gen:
+                if not self._process(ring, head):
+                    break       # handed to a worker; the queue waits for it
+                head += 1
+                done += 1
+        return done
+
+    def _process(self, ring: Ring, index: int) -> bool:
+        """Run command ``index``; False if it went to a worker thread."""
+        (opcode, flags, payload_len, seq, payload_addr, reply_addr, reply_len, _,
+         arg0, arg1, arg2) = _CMD.unpack_from(ring.view, ring.cmd_base + (index & ring.mask) * 64)
+        if seq != index:
+            self._complete(ring, index, -errno.EINVAL, 0, flags)
+            return True
+        ctx = ring.ctx
+        ctx.opcode, ctx.flags = opcode, flags
+        ctx.payload_len, ctx.payload_addr = payload_len, payload_addr
+        ctx.reply_len, ctx.reply_addr = reply_len, reply_addr
+        ctx.arg0, ctx.arg1, ctx.arg2 = arg0, arg1, arg2
+        if opcode in self.backend.blocking_opcodes:
+            ring.busy = True
+            self._workers.submit(self._run_blocking, ring, index, ring.generation, flags)
+            return False
+        status, result_len = self._execute(ctx)
+        self._complete(ring, index, status, result_len, flags)
+        return True
+
+    def _execute(self, ctx: CommandContext) -> tuple[int, int]:
+        try:
+            return self.backend.execute(ctx)
+        except DmaError as exc:
+            log.debug("queue %d opcode %d: %s", ctx.queue, ctx.opcode, exc)
+            return -exc.errno, 0
+        except Exception:
+            log.exception("queue %d: backend %s failed on opcode %d", ctx.queue,
+                          self.backend.name, ctx.opcode)
+            return -errno.EIO, 0
+
+    def _run_blocking(self, ring: Ring, index: int, generation: int, flags: int) -> None:
+        status, result_len = self._execute(ring.ctx)
+        with self._lock:
+            if ring.generation == generation:
+                self._complete(ring, index, status, result_len, flags)
+            ring.busy = False
+        self._wake.set()
+
+    def _complete(self, ring: Ring, index: int, status: int, result_len: int, flags: int) -> None:
+        view = ring.view
+        _CQE.pack_into(view, ring.cq_base + (index & ring.mask) * 16, index, status, result_len)
+        ring.head = index + 1
+        _U64.pack_into(view, abi.RING_HEAD, index + 1)
+        ring.commands += 1
+        self._fence()
+        if flags & CmdFlags.IRQ or _U32.unpack_from(view, abi.RING_IRQ_ARMED)[0]:
+            _U32.pack_into(view, abi.RING_IRQ_ARMED, 0)
+            self._request_irq(ring.queue)
+
+    def _request_irq(self, queue: int) -> None:
+        try:
+            self._token.run_sync_soon(self._raise_irq, queue)
+        except trio.RunFinishedError:
+            pass
+
+    def _fail(self, ring: Ring, err: int, why: str, *, write_status: bool = True) -> None:
+        log.warning("queue %d failed: %s", ring.queue, why)
+        if write_status:
+            ring.set_status(RingStatus.FAILED)
+        self.disable_queue(ring.queue)
+        self._fail_queue(ring.queue, err)
