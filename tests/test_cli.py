@@ -130,3 +130,35 @@ def test_verbose_logs_every_message_decoded(server_proc):
     assert "VERSION major=0 minor=0" in err and "max_msg_fds" in err
     assert "REGION_WRITE offset=0x1c region=0 count=4" in err
     assert "REGION_READ offset=0x1c region=0 count=4" in err
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_idle_server_burns_no_cpu(server_proc):
+    """A guest connected with an enabled ring and nothing to do: under 2 % of a core."""
+    from ringutil import Allocator, PyRing, connect_guest
+    from vdev.client import GuestMemory
+    from protocols.device_abi import SelftestOp
+
+    proc, path = server_proc()
+    used = {}
+
+    async def idle_guest():
+        with GuestMemory(8 << 20) as mem:
+            cli = await connect_guest(path, mem)
+            ring = await PyRing.create(cli, mem, Allocator(mem.size))
+            assert await ring.call(SelftestOp.NOP) == (0, 0)
+            await trio.sleep(0.5)               # let it settle into IDLE
+            before = cpu_seconds(proc.pid)
+            await trio.sleep(5)
+            used["cpu"] = cpu_seconds(proc.pid) - before
+            assert await ring.call(SelftestOp.NOP) == (0, 0), "still serving after idling"
+            await cli.aclose()
+
+    trio.run(idle_guest)
+    assert stop(proc)[0] == 0
+    assert used["cpu"] < 0.1, f"idle server used {used['cpu']:.2f} s of CPU in 5 s"

@@ -41,9 +41,11 @@ class _MappedFile:
         self.size = size
         self.writable = writable
         self.view = memoryview(mm)
+        self.view_ro = self.view.toreadonly()
         self.users = 0
 
     def close(self) -> None:
+        self.view_ro.release()
         self.view.release()
         try:
             self.mm.close()
@@ -76,6 +78,7 @@ class DmaMap:
         self._files: dict[tuple[int, int], _MappedFile] = {}
         # The ring engine translates from its own thread while the session maps.
         self._lock = threading.RLock()
+        self._last: DmaRange | None = None     # translate's one-entry cache
 
     def __len__(self) -> int:
         return len(self._ranges)
@@ -179,6 +182,7 @@ class DmaMap:
             return self._remove(iova, size)
 
     def _remove(self, iova: int, size: int) -> DmaRange:
+        self._last = None
         i = bisect.bisect_left(self._starts, iova)
         if i == len(self._ranges) or self._ranges[i].iova != iova or self._ranges[i].size != size:
             raise DmaError(errno.ENOENT, f"no DMA range {iova:#x}+{size:#x} to unmap")
@@ -193,6 +197,7 @@ class DmaMap:
             self._clear()
 
     def _clear(self) -> None:
+        self._last = None
         for rng in self._ranges:
             self._release(rng)
         self._ranges.clear()
@@ -214,8 +219,14 @@ class DmaMap:
         Raises DmaError (EFAULT) for anything unmapped, crossing a range's end,
         message-only, negative, or not permitted by the range's flags.
         """
-        if iova < 0 or length < 0 or iova + length > 1 << 64:
+        if iova < 0 or length < 0:
             raise DmaError(errno.EFAULT, f"bad DMA access {iova:#x}+{length:#x}")
+        # Hot path: the range the last access hit (rings and staging repeat).
+        rng = self._last
+        if rng is not None and rng.iova <= iova and iova + length <= rng.iova + rng.size \
+                and rng.file is not None and rng.flags & (2 if write else 1):
+            start = rng.offset + (iova - rng.iova)
+            return (rng.file.view if write else rng.file.view_ro)[start:start + length]
         with self._lock:
             return self._translate(iova, length, write)
 
@@ -233,6 +244,6 @@ class DmaMap:
         if not rng.flags & needed:
             raise DmaError(errno.EFAULT, f"DMA range {rng.iova:#x} does not permit "
                            f"{'writes' if write else 'reads'}")
+        self._last = rng
         start = rng.offset + (iova - rng.iova)
-        view = rng.file.view[start:start + length]
-        return view if write else view.toreadonly()
+        return (rng.file.view if write else rng.file.view_ro)[start:start + length]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import errno
 import time
 
-from protocols.device_abi import SelftestOp
+from protocols.device_abi import CmdFlags, SelftestOp
 
 from ._backend import CommandContext, scatter, total_len
 
 MAX_SLEEP_US = 10_000_000
+_SG_FLAGS = int(CmdFlags.PAYLOAD_SG | CmdFlags.REPLY_SG)
 
 
 class SelftestBackend:
@@ -40,6 +41,14 @@ class SelftestBackend:
 
     @staticmethod
     def _echo(ctx: CommandContext) -> tuple[int, int]:
+        if not ctx.flags & _SG_FLAGS:           # the common case, without lists
+            n = ctx.payload_len
+            dst = ctx.dma.translate(ctx.reply_addr, ctx.reply_len, write=True)
+            src = ctx.dma.translate(ctx.payload_addr, n)
+            if n > ctx.reply_len:
+                return -errno.EMSGSIZE, 0
+            dst[:n] = src
+            return 0, n
         src, dst = ctx.payload(), ctx.reply()
         if total_len(src) > total_len(dst):
             return -errno.EMSGSIZE, 0
