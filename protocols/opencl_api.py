@@ -1,0 +1,321 @@
+"""The annotated OpenCL API: one entry per function, the single source for both ends.
+
+Each entry declares, per argument, what kind of thing crosses the device:
+a scalar, a handle of a given object type, an array of handles, an input or
+output buffer with its size expression, a string list, a property list, an
+output scalar (``size_t *param_value_size_ret``) or the ``errcode_ret`` of a
+creating function.  Per function it declares whether it creates or releases
+objects and whether it may block (then the host runs it off the poller).
+
+The opcode of a function is ``OPCODE_BASE`` plus its index in the Khronos ICD
+dispatch table (``cl_icd.h``), so numbering is stable and standard.
+
+Wire format (little-endian, every field 8-byte aligned), inputs in argument
+order: Scalar u64 | Handle u64 id (0 = NULL) | Handles/OutHandles u64 count
+(NULL_LEN = absent) then ids | InBuffer, CString u64 length (NULL_LEN = NULL)
+then the bytes padded to 8 | OutBuffer, OutScalar u64 capacity (NULL_LEN = NULL
+pointer) | Strings u64 count, then per string u64 length + bytes padded |
+Properties u64 pair count (NULL_LEN = NULL) then key/value pairs.  A creating
+function's first input is the guest-assigned id of the new object.  The reply
+is i64 status (the return value, or ``*errcode_ret``), then for each output
+argument in order: OutBuffer u64 length written + bytes padded, OutScalar u64
+value, OutHandles u64 count + ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+OPCODE_BASE = 0x100
+NULL_LEN = 0xFFFFFFFFFFFFFFFF
+
+#: OpenCL object types that travel as ids.
+OBJECT_TYPES = ("cl_platform_id", "cl_device_id", "cl_context", "cl_command_queue", "cl_mem",
+                "cl_program", "cl_kernel", "cl_event", "cl_sampler")
+
+#: C integer types used by scalars, with their width in bytes and signedness.
+SCALAR_TYPES = {
+    "cl_uint": (4, False), "cl_int": (4, True), "cl_bool": (4, False), "size_t": (8, False),
+    "cl_ulong": (8, False), "cl_bitfield": (8, False), "cl_device_type": (8, False),
+    "cl_mem_flags": (8, False), "cl_command_queue_properties": (8, False),
+    "cl_platform_info": (4, False), "cl_device_info": (4, False), "cl_context_info": (4, False),
+    "cl_command_queue_info": (4, False), "cl_mem_info": (4, False),
+    "cl_program_info": (4, False), "cl_program_build_info": (4, False),
+    "cl_kernel_info": (4, False), "cl_kernel_work_group_info": (4, False),
+    "cl_event_info": (4, False), "cl_profiling_info": (4, False),
+    "cl_context_properties": (8, True), "cl_queue_properties": (8, False),
+}
+
+
+# -- argument kinds -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Scalar:
+    ctype: str
+
+
+@dataclass(frozen=True)
+class Handle:
+    obj: str
+    nullable: bool = False
+
+
+@dataclass(frozen=True)
+class Handles:
+    """An input array of handles; ``count`` names the scalar argument holding its length."""
+    obj: str
+    count: str
+
+
+@dataclass(frozen=True)
+class OutHandles:
+    """An output array of existing objects (enumeration): ids are assigned by the host."""
+    obj: str
+    count: str
+
+
+@dataclass(frozen=True)
+class InBuffer:
+    """Bytes the function reads; ``size`` names the scalar argument holding its length."""
+    size: str
+    ctype: str = "void"
+
+
+@dataclass(frozen=True)
+class CString:
+    """A NUL-terminated string: the guest sends strlen + 1 bytes (NULL_LEN for NULL);
+    the host refuses one whose last byte is not NUL."""
+    nullable: bool = True
+
+
+@dataclass(frozen=True)
+class OutBuffer:
+    """Bytes the function writes (info queries).  ``handle_params`` maps a param_name
+    value to the object type the result holds, so the host turns pointers into ids."""
+    size: str
+    param: str | None = None
+    handle_params: dict = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass(frozen=True)
+class OutScalar:
+    ctype: str
+
+
+@dataclass(frozen=True)
+class Strings:
+    """``count`` strings with optional ``lengths`` (clCreateProgramWithSource)."""
+    count: str
+    lengths: str
+
+
+@dataclass(frozen=True)
+class Properties:
+    """A 0-terminated list of key/value pairs; ``handle_keys`` maps keys whose value is
+    a handle to its object type."""
+    ctype: str
+    handle_keys: dict = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """An argument the remoting does not carry yet (callbacks); must be NULL."""
+    ctype: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ErrcodeRet:
+    pass
+
+
+@dataclass(frozen=True)
+class Arg:
+    name: str
+    kind: object
+
+
+@dataclass(frozen=True)
+class Function:
+    name: str
+    index: int                       # position in the ICD dispatch table
+    args: tuple
+    returns: str = "cl_int"          # or the object type a creating function returns
+    creates: str | None = None
+    releases: str | None = None
+    retains: str | None = None
+    blocking: bool = False
+
+    @property
+    def opcode(self) -> int:
+        return OPCODE_BASE + self.index
+
+
+def _fn(name, index, *args, **kw) -> Function:
+    return Function(name, index, tuple(Arg(n, k) for n, k in args), **kw)
+
+
+# Param names whose results hold handles (cl.h values).
+CL_DEVICE_PLATFORM = 0x1031
+CL_DEVICE_PARENT_DEVICE = 0x1042
+CL_CONTEXT_DEVICES = 0x1081
+CL_CONTEXT_PLATFORM = 0x1084
+CL_QUEUE_CONTEXT = 0x1090
+CL_QUEUE_DEVICE = 0x1091
+CL_MEM_CONTEXT = 0x1106
+CL_MEM_ASSOCIATED_MEMOBJECT = 0x1107
+CL_PROGRAM_CONTEXT = 0x1161
+CL_PROGRAM_DEVICES = 0x1163
+CL_KERNEL_CONTEXT = 0x1193
+CL_KERNEL_PROGRAM = 0x1194
+CL_EVENT_COMMAND_QUEUE = 0x11D0
+CL_EVENT_CONTEXT = 0x11D4
+
+
+def _info(name, index, obj, info_type, handle_params=None, blocking=False):
+    handle_params = handle_params or {}
+    return _fn(name, index,
+               ("object", Handle(obj)),
+               ("param_name", Scalar(info_type)),
+               ("param_value_size", Scalar("size_t")),
+               ("param_value", OutBuffer("param_value_size", "param_name", handle_params)),
+               ("param_value_size_ret", OutScalar("size_t")),
+               blocking=blocking)
+
+
+_WAIT = (("num_events_in_wait_list", Scalar("cl_uint")),
+         ("event_wait_list", Handles("cl_event", "num_events_in_wait_list")))
+# The event an enqueue returns: guest-assigned like any created object.
+_EVENT_OUT = ("event", OutScalar("cl_event"))
+
+FUNCTIONS: tuple[Function, ...] = (
+    _fn("clGetPlatformIDs", 0,
+        ("num_entries", Scalar("cl_uint")),
+        ("platforms", OutHandles("cl_platform_id", "num_entries")),
+        ("num_platforms", OutScalar("cl_uint"))),
+    _info("clGetPlatformInfo", 1, "cl_platform_id", "cl_platform_info"),
+    _fn("clGetDeviceIDs", 2,
+        ("platform", Handle("cl_platform_id", nullable=True)),
+        ("device_type", Scalar("cl_device_type")),
+        ("num_entries", Scalar("cl_uint")),
+        ("devices", OutHandles("cl_device_id", "num_entries")),
+        ("num_devices", OutScalar("cl_uint"))),
+    _info("clGetDeviceInfo", 3, "cl_device_id", "cl_device_info",
+          {CL_DEVICE_PLATFORM: "cl_platform_id", CL_DEVICE_PARENT_DEVICE: "cl_device_id"}),
+    _fn("clCreateContext", 4,
+        ("properties", Properties("cl_context_properties", {CL_CONTEXT_PLATFORM: "cl_platform_id"})),
+        ("num_devices", Scalar("cl_uint")),
+        ("devices", Handles("cl_device_id", "num_devices")),
+        ("pfn_notify", Ignored("void *", "context error callbacks are not forwarded yet")),
+        ("user_data", Ignored("void *", "goes with pfn_notify")),
+        ("errcode_ret", ErrcodeRet()),
+        returns="cl_context", creates="cl_context"),
+    _fn("clRetainContext", 6, ("context", Handle("cl_context")), retains="cl_context"),
+    _fn("clReleaseContext", 7, ("context", Handle("cl_context")), releases="cl_context"),
+    _info("clGetContextInfo", 8, "cl_context", "cl_context_info",
+          {CL_CONTEXT_DEVICES: "cl_device_id"}),
+    _fn("clCreateCommandQueue", 9,
+        ("context", Handle("cl_context")),
+        ("device", Handle("cl_device_id")),
+        ("properties", Scalar("cl_command_queue_properties")),
+        ("errcode_ret", ErrcodeRet()),
+        returns="cl_command_queue", creates="cl_command_queue"),
+    _fn("clRetainCommandQueue", 10, ("command_queue", Handle("cl_command_queue")),
+        retains="cl_command_queue"),
+    _fn("clReleaseCommandQueue", 11, ("command_queue", Handle("cl_command_queue")),
+        releases="cl_command_queue", blocking=True),
+    _info("clGetCommandQueueInfo", 12, "cl_command_queue", "cl_command_queue_info",
+          {CL_QUEUE_CONTEXT: "cl_context", CL_QUEUE_DEVICE: "cl_device_id"}),
+    _fn("clCreateBuffer", 14,
+        ("context", Handle("cl_context")),
+        ("flags", Scalar("cl_mem_flags")),
+        ("size", Scalar("size_t")),
+        ("host_ptr", InBuffer("size")),
+        ("errcode_ret", ErrcodeRet()),
+        returns="cl_mem", creates="cl_mem"),
+    _fn("clRetainMemObject", 17, ("memobj", Handle("cl_mem")), retains="cl_mem"),
+    _fn("clReleaseMemObject", 18, ("memobj", Handle("cl_mem")), releases="cl_mem"),
+    _info("clGetMemObjectInfo", 20, "cl_mem", "cl_mem_info",
+          {CL_MEM_CONTEXT: "cl_context", CL_MEM_ASSOCIATED_MEMOBJECT: "cl_mem"}),
+    _fn("clCreateProgramWithSource", 26,
+        ("context", Handle("cl_context")),
+        ("count", Scalar("cl_uint")),
+        ("strings", Strings("count", "lengths")),
+        ("errcode_ret", ErrcodeRet()),
+        returns="cl_program", creates="cl_program"),
+    _fn("clRetainProgram", 28, ("program", Handle("cl_program")), retains="cl_program"),
+    _fn("clReleaseProgram", 29, ("program", Handle("cl_program")), releases="cl_program"),
+    _fn("clBuildProgram", 30,
+        ("program", Handle("cl_program")),
+        ("num_devices", Scalar("cl_uint")),
+        ("device_list", Handles("cl_device_id", "num_devices")),
+        ("options", CString()),
+        ("pfn_notify", Ignored("void *", "build callbacks are not forwarded yet")),
+        ("user_data", Ignored("void *", "goes with pfn_notify")),
+        blocking=True),
+    _info("clGetProgramInfo", 32, "cl_program", "cl_program_info",
+          {CL_PROGRAM_CONTEXT: "cl_context", CL_PROGRAM_DEVICES: "cl_device_id"}),
+    _fn("clGetProgramBuildInfo", 33,
+        ("program", Handle("cl_program")),
+        ("device", Handle("cl_device_id")),
+        ("param_name", Scalar("cl_program_build_info")),
+        ("param_value_size", Scalar("size_t")),
+        ("param_value", OutBuffer("param_value_size", "param_name")),
+        ("param_value_size_ret", OutScalar("size_t"))),
+    _fn("clCreateKernel", 34,
+        ("program", Handle("cl_program")),
+        ("kernel_name", CString(nullable=False)),
+        ("errcode_ret", ErrcodeRet()),
+        returns="cl_kernel", creates="cl_kernel"),
+    _fn("clRetainKernel", 36, ("kernel", Handle("cl_kernel")), retains="cl_kernel"),
+    _fn("clReleaseKernel", 37, ("kernel", Handle("cl_kernel")), releases="cl_kernel"),
+    _info("clGetKernelInfo", 39, "cl_kernel", "cl_kernel_info",
+          {CL_KERNEL_CONTEXT: "cl_context", CL_KERNEL_PROGRAM: "cl_program"}),
+    _fn("clWaitForEvents", 41,
+        ("num_events", Scalar("cl_uint")),
+        ("event_list", Handles("cl_event", "num_events")),
+        blocking=True),
+    _info("clGetEventInfo", 42, "cl_event", "cl_event_info",
+          {CL_EVENT_COMMAND_QUEUE: "cl_command_queue", CL_EVENT_CONTEXT: "cl_context"}),
+    _fn("clRetainEvent", 43, ("event", Handle("cl_event")), retains="cl_event"),
+    _fn("clReleaseEvent", 44, ("event", Handle("cl_event")), releases="cl_event"),
+    _fn("clFlush", 46, ("command_queue", Handle("cl_command_queue"))),
+    _fn("clFinish", 47, ("command_queue", Handle("cl_command_queue")), blocking=True),
+)
+
+BY_NAME = {f.name: f for f in FUNCTIONS}
+BY_OPCODE = {f.opcode: f for f in FUNCTIONS}
+
+#: Functions of OpenCL 1.2 not forwarded yet, with the reason (the guest returns
+#: the error the spec prescribes for an unsupported operation).
+NOT_YET = {
+    "clSetKernelArg": "kernel arguments need the pointer-vs-value table from program build",
+    "clEnqueueNDRangeKernel": "next: work sizes and events",
+    "clEnqueueReadBuffer": "next: large payloads by reference",
+    "clEnqueueWriteBuffer": "next: large payloads by reference",
+}
+
+
+def validate() -> None:
+    """Refuse an inconsistent spec: duplicate indices, dangling size/count names."""
+    seen: dict[int, str] = {}
+    for fn in FUNCTIONS:
+        if fn.index in seen:
+            raise ValueError(f"{fn.name} and {seen[fn.index]} share ICD index {fn.index}")
+        seen[fn.index] = fn.name
+        names = {a.name for a in fn.args}
+        for a in fn.args:
+            k = a.kind
+            ref = getattr(k, "count", None) or getattr(k, "size", None)
+            if ref is not None and ref not in names:
+                raise ValueError(f"{fn.name}.{a.name} refers to unknown argument {ref!r}")
+            for t in (getattr(k, "obj", None),):
+                if t is not None and t not in OBJECT_TYPES:
+                    raise ValueError(f"{fn.name}.{a.name}: unknown object type {t}")
+            if isinstance(k, Scalar) and k.ctype not in SCALAR_TYPES:
+                raise ValueError(f"{fn.name}.{a.name}: unknown scalar type {k.ctype}")
+        if fn.creates and fn.returns != fn.creates:
+            raise ValueError(f"{fn.name} creates {fn.creates} but returns {fn.returns}")
+
+
+validate()
