@@ -206,7 +206,7 @@ FUNCTIONS: tuple[Function, ...] = (
         ("properties", Properties("cl_context_properties", {CL_CONTEXT_PLATFORM: "cl_platform_id"})),
         ("num_devices", Scalar("cl_uint")),
         ("devices", Handles("cl_device_id", "num_devices")),
-        ("pfn_notify", Ignored("void *", "context error callbacks are not forwarded yet")),
+        ("pfn_notify", Ignored("ava_context_notify", "context error callbacks are not forwarded yet")),
         ("user_data", Ignored("void *", "goes with pfn_notify")),
         ("errcode_ret", ErrcodeRet()),
         returns="cl_context", creates="cl_context"),
@@ -250,7 +250,7 @@ FUNCTIONS: tuple[Function, ...] = (
         ("num_devices", Scalar("cl_uint")),
         ("device_list", Handles("cl_device_id", "num_devices")),
         ("options", CString()),
-        ("pfn_notify", Ignored("void *", "build callbacks are not forwarded yet")),
+        ("pfn_notify", Ignored("ava_program_notify", "build callbacks are not forwarded yet")),
         ("user_data", Ignored("void *", "goes with pfn_notify")),
         blocking=True),
     _info("clGetProgramInfo", 32, "cl_program", "cl_program_info",
@@ -294,6 +294,61 @@ NOT_YET = {
     "clEnqueueReadBuffer": "next: large payloads by reference",
     "clEnqueueWriteBuffer": "next: large payloads by reference",
 }
+
+
+def c_params(fn: Function) -> list[str]:
+    """The C parameter declarations of ``fn``, in order (as cl.h declares them)."""
+    out = []
+    for a in fn.args:
+        k, n = a.kind, a.name
+        if isinstance(k, Scalar):
+            out.append(f"{k.ctype} {n}")
+        elif isinstance(k, Handle):
+            out.append(f"{k.obj} {n}")
+        elif isinstance(k, Handles):
+            out.append(f"const {k.obj} *{n}")
+        elif isinstance(k, OutHandles):
+            out.append(f"{k.obj} *{n}")
+        elif isinstance(k, InBuffer):
+            out.append(f"const {k.ctype} *{n}")
+        elif isinstance(k, CString):
+            out.append(f"const char *{n}")
+        elif isinstance(k, OutBuffer):
+            out.append(f"void *{n}")
+        elif isinstance(k, OutScalar):
+            out.append(f"{k.ctype} *{n}")
+        elif isinstance(k, Strings):
+            out += [f"const char **{n}", f"const size_t *{k.lengths}"]
+        elif isinstance(k, Properties):
+            out.append(f"const {k.ctype} *{n}")
+        elif isinstance(k, Ignored):
+            out.append(f"{k.ctype} {n}")
+        elif isinstance(k, ErrcodeRet):
+            out.append(f"cl_int *{n}")
+        else:
+            raise TypeError(f"{fn.name}.{n}: unknown kind {k!r}")
+    return out
+
+
+def c_declaration(fn: Function) -> str:
+    return f"{fn.returns} {fn.name}({', '.join(c_params(fn))});"
+
+
+#: C typedefs that make the declarations above self-contained (for cffi).
+C_TYPEDEFS = """
+typedef int32_t cl_int; typedef uint32_t cl_uint; typedef uint64_t cl_ulong;
+typedef cl_uint cl_bool; typedef cl_ulong cl_bitfield; typedef cl_bitfield cl_device_type;
+typedef cl_bitfield cl_mem_flags; typedef cl_bitfield cl_command_queue_properties;
+typedef cl_ulong cl_queue_properties; typedef intptr_t cl_context_properties;
+typedef cl_uint cl_platform_info; typedef cl_uint cl_device_info; typedef cl_uint cl_context_info;
+typedef cl_uint cl_command_queue_info; typedef cl_uint cl_mem_info; typedef cl_uint cl_program_info;
+typedef cl_uint cl_program_build_info; typedef cl_uint cl_kernel_info;
+typedef cl_uint cl_kernel_work_group_info; typedef cl_uint cl_event_info;
+typedef cl_uint cl_profiling_info;
+""" + "".join(f"typedef struct _{t} *{t};\n" for t in OBJECT_TYPES) + """
+typedef void (*ava_context_notify)(const char *, const void *, size_t, void *);
+typedef void (*ava_program_notify)(cl_program, void *);
+"""
 
 
 def validate() -> None:

@@ -31,8 +31,9 @@ class Backend(Protocol):
     def execute(self, ctx: "CommandContext") -> tuple[int, int]:
         """Run one command; return (status: 0 or -errno, reply bytes written)."""
 
-    def release_queue(self, queue: int) -> None:
-        """Free everything commands on ``queue`` created (its owner is gone)."""
+    def release_queue(self, queue: int, owner: int, last: bool) -> None:
+        """``queue`` is gone; ``last`` says no other queue of its ``owner`` (a guest
+        process) is left, so everything that owner created can be freed."""
 
     def close(self) -> None:
         """Free everything (the session ended)."""
@@ -41,12 +42,13 @@ class Backend(Protocol):
 class CommandContext:
     """One command's arguments and guest buffers; reused per queue (no per-command churn)."""
 
-    __slots__ = ("dma", "queue", "opcode", "flags", "payload_len", "payload_addr",
+    __slots__ = ("dma", "queue", "owner", "opcode", "flags", "payload_len", "payload_addr",
                  "reply_addr", "reply_len", "arg0", "arg1", "arg2")
 
-    def __init__(self, dma: DmaMap, queue: int):
+    def __init__(self, dma: DmaMap, queue: int, owner: int = 0):
         self.dma = dma
         self.queue = queue
+        self.owner = owner      # the queue's OWNER register: which guest process
 
     def _views(self, addr: int, length: int, is_sg: bool, write: bool) -> list[memoryview]:
         if not is_sg:

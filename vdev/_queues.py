@@ -22,12 +22,13 @@ log = logging.getLogger("vdev.queues")
 
 
 class QueueListener(Protocol):
-    def enable_queue(self, queue: int, ring_addr: int, slots: int) -> int:
+    def enable_queue(self, queue: int, ring_addr: int, slots: int, owner: int) -> int:
         """Start serving; return 0 or an errno."""
 
     def disable_queue(self, queue: int) -> None: ...
 
-    def release_queue(self, queue: int) -> None: ...
+    def release_queue(self, queue: int, owner: int, last: bool) -> None:
+        """``last``: no other claimed queue has this owner."""
 
 
 @dataclass
@@ -95,7 +96,7 @@ class QueueTable:
                 return
             err = self._validate(queue, r)
             if not err:
-                err = self.listener.enable_queue(queue, r.ring_addr, r.size)
+                err = self.listener.enable_queue(queue, r.ring_addr, r.size, r.owner)
             if err:
                 r.state = (r.state | QueueState.FAILED) & ~QueueState.ENABLED
                 r.error = err
@@ -137,9 +138,12 @@ class QueueTable:
             if not self.regs[queue].state & QueueState.CLAIMED:
                 return
             self._disable(queue)
-            if self.listener is not None:
-                self.listener.release_queue(queue)
+            owner = self.regs[queue].owner
             self.regs[queue] = QueueRegs()
+            if self.listener is not None:
+                last = not any(r.state & QueueState.CLAIMED and r.owner == owner
+                               for r in self.regs)
+                self.listener.release_queue(queue, owner, last)
             log.info("queue %d released", queue)
 
     def fail(self, queue: int, err: int) -> None:

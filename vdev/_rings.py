@@ -43,7 +43,8 @@ class Ring:
     __slots__ = ("queue", "addr", "slots", "mask", "view", "head", "generation", "busy",
                  "ctx", "cmd_base", "cq_base", "commands")
 
-    def __init__(self, queue: int, addr: int, slots: int, view: memoryview, dma: DmaMap):
+    def __init__(self, queue: int, addr: int, slots: int, view: memoryview, dma: DmaMap,
+                 owner: int = 0):
         self.queue = queue
         self.addr = addr
         self.slots = slots
@@ -52,7 +53,7 @@ class Ring:
         self.head = 0
         self.generation = 0
         self.busy = False
-        self.ctx = CommandContext(dma, queue)
+        self.ctx = CommandContext(dma, queue, owner)
         self.cmd_base = abi.RING_HEADER_SIZE
         self.cq_base = abi.RING_HEADER_SIZE + slots * abi.COMMAND_SIZE
         self.commands = 0
@@ -89,13 +90,13 @@ class RingEngine:
 
     # -- queue listener (trio thread) ---------------------------------------------
 
-    def enable_queue(self, queue: int, ring_addr: int, slots: int) -> int:
+    def enable_queue(self, queue: int, ring_addr: int, slots: int, owner: int = 0) -> int:
         try:
             view = self.dma.translate(ring_addr, abi.ring_bytes(slots), write=True)
         except DmaError as exc:
             log.warning("queue %d: ring %#x unusable: %s", queue, ring_addr, exc)
             return exc.errno
-        ring = Ring(queue, ring_addr, slots, view, self.dma)
+        ring = Ring(queue, ring_addr, slots, view, self.dma, owner)
         _U64.pack_into(view, abi.RING_HEAD, 0)
         ring.set_status(0)
         with self._lock:
@@ -111,10 +112,10 @@ class RingEngine:
                 ring.generation += 1
             self._active = tuple(self._rings.values())
 
-    def release_queue(self, queue: int) -> None:
+    def release_queue(self, queue: int, owner: int = 0, last: bool = True) -> None:
         self.disable_queue(queue)
         try:
-            self.backend.release_queue(queue)
+            self.backend.release_queue(queue, owner, last)
         except Exception:
             log.exception("backend failed to release queue %d", queue)
 

@@ -76,7 +76,7 @@ class SelftestBackend:
             return -errno.EINVAL, 0
         return -ctx.arg0, 0
 
-    def release_queue(self, queue: int) -> None:
+    def release_queue(self, queue: int, owner: int = 0, last: bool = True) -> None:
         self.released.append(queue)
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ rather than left waiting for a VERSION reply that QEMU would time out on.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
@@ -19,8 +20,17 @@ from ._device import AcceleratorDevice
 from ._selftest import SelftestBackend
 from ._session import Session, session_name
 
-#: Backends by name; each session gets a fresh instance.
-BACKENDS = {"test": SelftestBackend}
+#: Backends by name; each session gets a fresh instance.  Real backends live
+#: in host_backend/ and are imported only when chosen.
+BACKENDS = {"test": SelftestBackend, "opencl": "host_backend:OpenClBackend"}
+
+
+def make_backend(name: str):
+    factory = BACKENDS[name]
+    if isinstance(factory, str):
+        module, _, attr = factory.partition(":")
+        factory = getattr(importlib.import_module(module), attr)
+    return factory()
 
 log = logging.getLogger("vdev.server")
 
@@ -123,7 +133,7 @@ class Server:
                 return
             try:
                 self.session = Session(self.device, conn, name=name,
-                                       backend=BACKENDS[self.backend_name](),
+                                       backend=make_backend(self.backend_name),
                                        stall_timeout=self.stall_timeout)
                 await self.session.run()
             finally:

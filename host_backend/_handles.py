@@ -1,0 +1,111 @@
+"""Per-session handle tables: guest ids to real OpenCL objects, never the reverse leak.
+
+Guest-assigned ids (created objects) live below ``HOST_ID_BASE``; ids the host
+hands out for enumerated objects (platforms, devices) live above it, so the
+two never collide.  Each created object remembers its owner (the guest
+process that created it, by queue owner tag); another owner cannot use it.
+A mirror of the user-visible reference count decides when an id dies.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+HOST_ID_BASE = 1 << 63
+
+
+class LimitExceeded(Exception):
+    pass
+
+
+@dataclass
+class Entry:
+    obj_type: str
+    ptr: object          # cffi pointer
+    owner: int | None    # None: shared (platforms, devices)
+    refs: int = 1
+    nbytes: int = 0
+
+
+class HandleTable:
+    def __init__(self, *, max_objects: int = 65536, max_bytes: int = 8 << 30):
+        self.max_objects = max_objects
+        self.max_bytes = max_bytes
+        self.bytes_used = 0
+        self._entries: dict[int, Entry] = {}
+        self._by_ptr: dict[tuple[str, int], int] = {}     # (type, real address) -> id
+        self._next_host_id = itertools.count(HOST_ID_BASE + 1)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, obj_type: str, handle: int, owner: int):
+        """The real pointer for ``handle``, or None if it is not a live object of that
+        type visible to ``owner``."""
+        entry = self._entries.get(handle)
+        if entry is None or entry.obj_type != obj_type:
+            return None
+        if entry.owner is not None and entry.owner != owner:
+            return None
+        return entry.ptr
+
+    def id_for_shared(self, obj_type: str, ptr, address: int) -> int:
+        """A stable host id for an enumerated object (platform, device)."""
+        key = (obj_type, address)
+        handle = self._by_ptr.get(key)
+        if handle is None:
+            handle = next(self._next_host_id)
+            self._by_ptr[key] = handle
+            self._entries[handle] = Entry(obj_type, ptr, None)
+        return handle
+
+    def id_for_existing(self, obj_type: str, address: int) -> int | None:
+        """The id of a known object by its real address (for info results)."""
+        return self._by_ptr.get((obj_type, address))
+
+    def check_new(self, handle: int, nbytes: int = 0) -> str | None:
+        """Why a guest-assigned id cannot be used for a new object (None if it can)."""
+        if not 0 < handle < HOST_ID_BASE:
+            return f"id {handle:#x} is outside the guest range"
+        if handle in self._entries:
+            return f"id {handle:#x} is already in use"
+        if len(self._entries) >= self.max_objects:
+            return f"object limit {self.max_objects} reached"
+        if self.bytes_used + nbytes > self.max_bytes:
+            return f"memory limit {self.max_bytes} bytes reached"
+        return None
+
+    def add(self, handle: int, obj_type: str, ptr, owner: int, nbytes: int = 0) -> None:
+        self._entries[handle] = Entry(obj_type, ptr, owner, 1, nbytes)
+        self._by_ptr[(obj_type, _address(ptr))] = handle
+        self.bytes_used += nbytes
+
+    def retain(self, handle: int) -> None:
+        self._entries[handle].refs += 1
+
+    def release(self, handle: int) -> bool:
+        """Drop one user reference; True when the id died."""
+        entry = self._entries[handle]
+        if entry.owner is None:
+            return False
+        entry.refs -= 1
+        if entry.refs > 0:
+            return False
+        self.forget(handle)
+        return True
+
+    def owned_by(self, owner: int) -> list[tuple[int, Entry]]:
+        return [(h, e) for h, e in self._entries.items() if e.owner == owner]
+
+    def forget(self, handle: int) -> Entry | None:
+        entry = self._entries.pop(handle, None)
+        if entry is not None:
+            self.bytes_used -= entry.nbytes
+            self._by_ptr.pop((entry.obj_type, _address(entry.ptr)), None)
+        return entry
+
+
+def _address(ptr) -> int:
+    from ._cl import ffi
+    return int(ffi.cast("uintptr_t", ptr))

@@ -1,0 +1,351 @@
+"""The OpenCL backend: decodes a call by its spec entry, runs it on the host's
+OpenCL through raw entry points, and encodes the outputs.
+
+Nothing here is written per function: the spec (``protocols.opencl_api``)
+says what each argument is, and this interpreter treats each kind once.
+Guest ids are translated through the session's handle table in both
+directions, so no host pointer ever reaches the guest.  A malformed encoding
+ends in a transport error (negative errno in the completion); a bad handle
+ends in the OpenCL error the implementation gives for an invalid object.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import struct
+import threading
+
+from protocols import opencl_api as api
+from protocols.opencl_api import NULL_LEN
+
+from ._cl import ffi, lib
+from ._handles import HOST_ID_BASE, HandleTable
+from ._wire import Decoder, Encoder, WireError
+
+log = logging.getLogger("host_backend.opencl")
+
+CL_SUCCESS = 0
+CL_OUT_OF_RESOURCES = -5
+CL_OUT_OF_HOST_MEMORY = -6
+CL_INVALID_VALUE = -30
+
+INVALID_HANDLE = {
+    "cl_platform_id": -32, "cl_device_id": -33, "cl_context": -34, "cl_command_queue": -36,
+    "cl_mem": -38, "cl_sampler": -41, "cl_program": -44, "cl_kernel": -48, "cl_event": -58,
+}
+#: How to drop a reference of each created type, in the order objects are torn down.
+RELEASE_ORDER = (("cl_event", "clReleaseEvent"), ("cl_kernel", "clReleaseKernel"),
+                 ("cl_program", "clReleaseProgram"), ("cl_mem", "clReleaseMemObject"),
+                 ("cl_command_queue", "clReleaseCommandQueue"), ("cl_context", "clReleaseContext"))
+
+#: Per-call caps on what a guest may make the host allocate.
+MAX_OUT_BUFFER = 64 << 20
+MAX_ARRAY = 1 << 16
+MAX_PROPERTIES = 256
+
+
+class CallError(Exception):
+    """Stop decoding: the call's status is ``status`` (an OpenCL error code)."""
+
+    def __init__(self, status: int, why: str):
+        super().__init__(why)
+        self.status = status
+
+
+class _Call:
+    """Per-call state (calls run concurrently on the poller and worker threads)."""
+
+    __slots__ = ("errcode", "size_ret", "target", "index")
+
+    def __init__(self) -> None:
+        self.errcode = None      # cl_int * for a creating function
+        self.size_ret = None     # the size_t * an OutBuffer's size comes back in
+        self.target = None       # the first handle argument (what retain/release act on)
+        self.index: dict[str, int] = {}    # argument name -> position in the C call
+
+
+def _signed(value: int, width: int) -> int:
+    bits = width * 8
+    value &= (1 << bits) - 1
+    return value - (1 << bits) if value >> (bits - 1) else value
+
+
+class OpenClBackend:
+    name = "opencl"
+
+    def __init__(self, *, max_objects: int = 65536, max_bytes: int = 8 << 30):
+        self.blocking_opcodes = frozenset(fn.opcode for fn in api.FUNCTIONS if fn.blocking)
+        self.handles = HandleTable(max_objects=max_objects, max_bytes=max_bytes)
+        self._lock = threading.Lock()
+        self.calls = 0
+
+    # -- Backend protocol --------------------------------------------------------------
+
+    def execute(self, ctx) -> tuple[int, int]:
+        fn = api.BY_OPCODE.get(ctx.opcode)
+        if fn is None:
+            return -errno.ENOSYS, 0
+        self.calls += 1
+        try:
+            reply = self.call(fn, ctx.read_payload(), ctx.owner)
+        except WireError as exc:
+            log.warning("queue %d: malformed %s: %s", ctx.queue, fn.name, exc)
+            return -errno.EINVAL, 0
+        return 0, ctx.write_reply(reply)
+
+    def release_queue(self, queue: int, owner: int | None = None, last: bool = True) -> None:
+        if last and owner is not None:
+            self._release_objects(lambda entry: entry.owner == owner)
+
+    def close(self) -> None:
+        self._release_objects(lambda entry: entry.owner is not None)
+
+    def _release_objects(self, which) -> None:
+        with self._lock:
+            doomed = [(h, e) for h, e in self.handles._entries.items() if which(e)]
+            for h, _ in doomed:
+                self.handles.forget(h)
+        for obj_type, release_name in RELEASE_ORDER:
+            release = getattr(lib(), release_name)
+            for handle, entry in doomed:
+                if entry.obj_type == obj_type:
+                    for _ in range(entry.refs):
+                        release(entry.ptr)
+        if doomed:
+            log.info("released %d objects", len(doomed))
+
+    # -- one call -------------------------------------------------------------------------
+
+    def call(self, fn: api.Function, payload: bytes, owner: int) -> bytes:
+        """Run ``fn`` with the encoded ``payload``; returns the encoded reply."""
+        enc = Encoder()
+        dec = Decoder(payload)
+        try:
+            call = _Call()
+            with self._lock:
+                new_id = self._claim_id(fn, dec)
+                cargs, posts = self._decode(fn, dec, owner, call)
+                dec.done()
+            result = getattr(lib(), fn.name)(*cargs)
+            with self._lock:
+                status = self._account(fn, result, cargs, new_id, owner, call)
+                enc.set_status(status)
+                for post in posts:
+                    post(status, enc)
+        except CallError as exc:
+            log.debug("%s: %s (%d)", fn.name, exc, exc.status)
+            enc = Encoder(exc.status)
+        return enc.bytes()
+
+    def _claim_id(self, fn: api.Function, dec: Decoder) -> int | None:
+        if not fn.creates:
+            return None
+        new_id = dec.u64()
+        why = self.handles.check_new(new_id)
+        if why:
+            raise CallError(CL_OUT_OF_RESOURCES if "limit" in why else CL_INVALID_VALUE,
+                            f"new {fn.creates}: {why}")
+        return new_id
+
+    def _account(self, fn, result, cargs, new_id, owner, call: _Call) -> int:
+        """The call's status, and the handle table updated to match what it did."""
+        if fn.creates:
+            status = call.errcode[0]
+            if status == CL_SUCCESS and result != ffi.NULL:
+                nbytes = cargs[call.index["size"]] if fn.creates == "cl_mem" else 0
+                self.handles.add(new_id, fn.creates, result, owner, nbytes)
+            return status
+        status = int(result)
+        if status == CL_SUCCESS:
+            handle = call.target
+            if fn.retains:
+                self.handles.retain(handle)
+            elif fn.releases:
+                self.handles.release(handle)
+        return status
+
+    def _decode(self, fn: api.Function, dec: Decoder, owner: int, call: _Call):
+        cargs: list = []
+        posts: list = []
+        scalars: dict[str, int] = {}
+        for arg in fn.args:
+            kind = arg.kind
+            call.index[arg.name] = len(cargs)
+            if isinstance(kind, api.Scalar):
+                width, signed = api.SCALAR_TYPES[kind.ctype]
+                raw = dec.u64()
+                if width < 8 and raw >> (width * 8):
+                    raise WireError(f"{arg.name}={raw:#x} does not fit {kind.ctype}")
+                value = _signed(raw, width) if signed else raw
+                scalars[arg.name] = value
+                cargs.append(value)
+            elif isinstance(kind, api.Handle):
+                handle = dec.u64()
+                cargs.append(self._resolve(kind.obj, handle, owner, fn, arg))
+                if call.target is None:
+                    call.target = handle
+            elif isinstance(kind, api.Handles):
+                n = dec.u64()
+                if n == NULL_LEN:
+                    cargs.append(ffi.NULL)
+                    continue
+                if n != scalars.get(kind.count) or n > MAX_ARRAY:
+                    raise WireError(f"{arg.name} has {n} entries, {kind.count} says {scalars.get(kind.count)}")
+                ptrs = [self._resolve(kind.obj, h, owner, fn, arg) for h in dec.u64s(n)]
+                cargs.append(ffi.new(f"{kind.obj}[]", ptrs) if ptrs else ffi.new(f"{kind.obj}[1]"))
+            elif isinstance(kind, api.OutHandles):
+                cap = dec.u64()
+                if cap == NULL_LEN:
+                    cargs.append(ffi.NULL)
+                    continue
+                if cap > MAX_ARRAY:
+                    raise WireError(f"{arg.name} capacity {cap}")
+                out = ffi.new(f"{kind.obj}[]", max(cap, 1))
+                cargs.append(out)
+                posts.append(self._post_out_handles(kind.obj, out, cap))
+            elif isinstance(kind, api.InBuffer):
+                data = dec.blob()
+                if data is None:
+                    cargs.append(ffi.NULL)
+                    continue
+                size = scalars.get(kind.size)
+                if len(data) != size:
+                    raise WireError(f"{arg.name} carries {len(data)} bytes, {kind.size} says {size}")
+                cargs.append(ffi.from_buffer(data))
+            elif isinstance(kind, api.CString):
+                data = dec.blob()
+                if data is None:
+                    cargs.append(ffi.NULL)
+                elif not data or data[-1] != 0 or 0 in data[:-1]:
+                    raise CallError(CL_INVALID_VALUE, f"{arg.name} is not one NUL-terminated string")
+                else:
+                    cargs.append(ffi.new("char[]", data))
+            elif isinstance(kind, api.OutBuffer):
+                cap = dec.u64()
+                if cap == NULL_LEN:
+                    cargs.append(ffi.NULL)
+                    continue
+                if cap != scalars.get(kind.size):
+                    raise WireError(f"{arg.name} capacity {cap}, {kind.size} says {scalars.get(kind.size)}")
+                alloc = min(cap, MAX_OUT_BUFFER)
+                cargs[call.index[kind.size]] = alloc
+                out = ffi.new("char[]", max(alloc, 1))
+                cargs.append(out)
+                posts.append(self._post_out_buffer(kind, out, alloc, scalars, call))
+            elif isinstance(kind, api.OutScalar):
+                flag = dec.u64()
+                if flag not in (1, NULL_LEN):
+                    raise WireError(f"{arg.name} presence flag {flag:#x}")
+                present = flag == 1
+                if not present and call.size_ret is not None or not present and not any(
+                        isinstance(a.kind, api.OutBuffer) for a in fn.args):
+                    cargs.append(ffi.NULL)       # NULL stays NULL: the implementation decides
+                    continue
+                # An info query's size comes back here even when the guest passed NULL:
+                # the reply needs it to know how many bytes were written.
+                cell = ffi.new(f"{kind.ctype} *")
+                cargs.append(cell)
+                if call.size_ret is None:
+                    call.size_ret = cell
+                posts.append(self._post_out_scalar(cell, present))
+            elif isinstance(kind, api.Strings):
+                count = dec.u64()
+                if count != scalars.get(kind.count) or count > MAX_ARRAY:
+                    raise WireError(f"{count} strings, {kind.count} says {scalars.get(kind.count)}")
+                blobs = []
+                for _ in range(count):
+                    b = dec.blob()
+                    if b is None:
+                        raise CallError(CL_INVALID_VALUE, f"{arg.name} holds a NULL string")
+                    blobs.append(b)
+                keep = [ffi.new("char[]", b) for b in blobs]
+                cargs.append(ffi.new("char *[]", keep) if keep else ffi.NULL)
+                cargs.append(ffi.new("size_t[]", [len(b) for b in blobs]) if blobs else ffi.NULL)
+                posts.append(lambda status, enc, keep=keep: None)    # keeps the strings alive
+            elif isinstance(kind, api.Properties):
+                n = dec.u64()
+                if n == NULL_LEN:
+                    cargs.append(ffi.NULL)
+                    continue
+                if n > MAX_PROPERTIES:
+                    raise WireError(f"{n} properties")
+                flat = dec.u64s(2 * n)
+                values = []
+                for key, value in zip(flat[0::2], flat[1::2]):
+                    if key == 0:
+                        raise CallError(CL_INVALID_VALUE, "property key 0 inside the list")
+                    obj = kind.handle_keys.get(key)
+                    if obj is not None:
+                        value = int(ffi.cast("intptr_t", self._resolve(obj, value, owner, fn, arg)))
+                    values += [_signed(key, 8), _signed(value, 8)]
+                cargs.append(ffi.new(f"{kind.ctype}[]", values + [0]))
+            elif isinstance(kind, api.Ignored):
+                if dec.u64() != 0:
+                    raise CallError(CL_INVALID_VALUE, f"{arg.name}: {kind.reason}")
+                cargs.append(ffi.NULL)
+            elif isinstance(kind, api.ErrcodeRet):
+                call.errcode = ffi.new("cl_int *")
+                cargs.append(call.errcode)
+            else:
+                raise TypeError(f"{fn.name}.{arg.name}: no decoder for {kind!r}")
+        return cargs, posts
+
+    def _resolve(self, obj_type: str, handle: int, owner: int, fn, arg):
+        if handle == 0:
+            return ffi.NULL          # the implementation reports NULL itself
+        ptr = self.handles.lookup(obj_type, handle, owner)
+        if ptr is None:
+            raise CallError(INVALID_HANDLE[obj_type],
+                            f"{fn.name}.{arg.name}: {handle:#x} is not a live {obj_type}")
+        return ptr
+
+    # -- outputs -------------------------------------------------------------------------
+
+    def _shared_or_known_id(self, obj_type: str, address: int) -> int:
+        if address == 0:
+            return 0
+        known = self.handles.id_for_existing(obj_type, address)
+        if known is not None:
+            return known
+        if obj_type in ("cl_platform_id", "cl_device_id"):
+            return self.handles.id_for_shared(obj_type, ffi.cast(obj_type, address), address)
+        return 0     # an object the guest never saw (created internally): opaque NULL
+
+    def _post_out_handles(self, obj_type: str, out, cap: int):
+        def post(status: int, enc: Encoder) -> None:
+            ids = []
+            if status == CL_SUCCESS:
+                for i in range(cap):
+                    address = int(ffi.cast("uintptr_t", out[i]))
+                    if address == 0:
+                        break
+                    ids.append(self._shared_or_known_id(obj_type, address))
+            enc.u64(len(ids))
+            enc.u64s(ids)
+        return post
+
+    def _post_out_buffer(self, kind: api.OutBuffer, out, alloc: int, scalars: dict, call: _Call):
+        def post(status: int, enc: Encoder) -> None:
+            if status != CL_SUCCESS:
+                enc.blob(b"")
+                return
+            written = min(alloc, int(call.size_ret[0]))
+            data = bytes(ffi.buffer(out, written))
+            obj = kind.handle_params.get(scalars.get(kind.param))
+            if obj is not None and written % 8 == 0:
+                addrs = struct.unpack(f"<{written // 8}Q", data)
+                data = struct.pack(f"<{len(addrs)}Q",
+                                   *(self._shared_or_known_id(obj, a) for a in addrs))
+            enc.blob(data)
+        return post
+
+    @staticmethod
+    def _post_out_scalar(cell, present: bool):
+        def post(status: int, enc: Encoder) -> None:
+            if present:
+                enc.u64(int(cell[0]))
+        return post
+
+
+__all__ = ["OpenClBackend", "HOST_ID_BASE"]

@@ -1,0 +1,81 @@
+"""A Python guest-side encoder for OpenCL calls, driven by the same spec as the host.
+
+``encode(fn, **args)`` takes C-level values (ints for scalars, guest ids for
+handles, bytes for buffers and strings, None for NULL) and returns the payload;
+``decode(fn, reply)`` returns ``(status, {output name: value})``.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from protocols import opencl_api as api
+from protocols.opencl_api import NULL_LEN
+
+
+def _u64(v: int) -> bytes:
+    return struct.pack("<Q", v & 0xFFFFFFFFFFFFFFFF)
+
+
+def _blob(b: bytes | None) -> bytes:
+    if b is None:
+        return _u64(NULL_LEN)
+    return _u64(len(b)) + b + bytes(-len(b) % 8)
+
+
+def encode(fn: api.Function, new_id: int | None = None, **values) -> bytes:
+    out = [_u64(new_id)] if fn.creates else []
+    for arg in fn.args:
+        k, v = arg.kind, values.get(arg.name)
+        if isinstance(k, (api.Scalar, api.Handle)):
+            out.append(_u64(v or 0))
+        elif isinstance(k, api.Handles):
+            out.append(_u64(NULL_LEN) if v is None else _u64(len(v)) + b"".join(map(_u64, v)))
+        elif isinstance(k, (api.OutHandles,)):
+            out.append(_u64(NULL_LEN if v is None else v))          # capacity
+        elif isinstance(k, api.OutBuffer):
+            out.append(_u64(NULL_LEN if v is None else v))          # capacity
+        elif isinstance(k, api.OutScalar):
+            out.append(_u64(1 if v else NULL_LEN))
+        elif isinstance(k, (api.InBuffer, api.CString)):
+            out.append(_blob(v))
+        elif isinstance(k, api.Strings):
+            out.append(_u64(len(v)) + b"".join(_blob(s) for s in v))
+        elif isinstance(k, api.Properties):
+            out.append(_u64(NULL_LEN) if v is None else
+                       _u64(len(v)) + b"".join(_u64(x) for pair in v for x in pair))
+        elif isinstance(k, (api.Ignored, api.ErrcodeRet)):
+            if isinstance(k, api.Ignored):
+                out.append(_u64(v or 0))
+        else:
+            raise TypeError(k)
+    return b"".join(out)
+
+
+def decode(fn: api.Function, reply: bytes, **requested) -> tuple[int, dict]:
+    """Outputs come back only for arguments the call asked for (non-NULL)."""
+    status = struct.unpack_from("<q", reply, 0)[0]
+    pos, outs = 8, {}
+
+    def u64():
+        nonlocal pos
+        v = struct.unpack_from("<Q", reply, pos)[0]
+        pos += 8
+        return v
+
+    if len(reply) == 8:
+        return status, outs
+    for arg in fn.args:
+        k = arg.kind
+        if requested.get(arg.name) is None:
+            continue
+        if isinstance(k, api.OutHandles):
+            n = u64()
+            outs[arg.name] = [u64() for _ in range(n)]
+        elif isinstance(k, api.OutBuffer):
+            n = u64()
+            outs[arg.name] = reply[pos:pos + n]
+            pos += (n + 7) & ~7
+        elif isinstance(k, api.OutScalar):
+            outs[arg.name] = u64()
+    return status, outs

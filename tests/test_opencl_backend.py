@@ -1,0 +1,240 @@
+"""The OpenCL backend against the host's real OpenCL: spec-driven calls, handle
+translation, exact status codes, isolation and cleanup."""
+
+import itertools
+
+import pytest
+
+from clwire import decode, encode
+from host_backend import OpenClBackend
+from host_backend._handles import HOST_ID_BASE
+from protocols import opencl_api as api
+
+F = api.BY_NAME
+CL_DEVICE_TYPE_ALL = 0xFFFFFFFF
+CL_PLATFORM_NAME = 0x0902
+CL_DEVICE_NAME = 0x102B
+CL_DEVICE_PLATFORM = 0x1031
+CL_CONTEXT_DEVICES = 0x1081
+CL_CONTEXT_REFERENCE_COUNT = 0x1080
+CL_MEM_SIZE = 0x1102
+CL_MEM_CONTEXT = 0x1106
+CL_MEM_READ_WRITE = 1
+CL_MEM_COPY_HOST_PTR = 1 << 5
+CL_PROGRAM_BUILD_LOG = 0x1183
+
+ids = itertools.count(1)
+
+
+class Guest:
+    """One guest process (owner) talking to a backend."""
+
+    def __init__(self, backend, owner=1000):
+        self.backend = backend
+        self.owner = owner
+
+    def call(self, name, new_id=None, **values):
+        fn = F[name]
+        reply = self.backend.call(fn, encode(fn, new_id, **values), self.owner)
+        return decode(fn, reply, **values)
+
+    def platform(self):
+        status, out = self.call("clGetPlatformIDs", num_entries=4, platforms=4, num_platforms=True)
+        assert status == 0 and out["num_platforms"] >= 1
+        return out["platforms"][0]
+
+    def device(self):
+        status, out = self.call("clGetDeviceIDs", platform=self.platform(),
+                                device_type=CL_DEVICE_TYPE_ALL, num_entries=1, devices=1)
+        assert status == 0
+        return out["devices"][0]
+
+    def context(self):
+        dev = self.device()
+        cid = next(ids)
+        status, _ = self.call("clCreateContext", cid, properties=None, num_devices=1,
+                              devices=[dev])
+        assert status == 0
+        return cid, dev
+
+
+@pytest.fixture
+def backend():
+    b = OpenClBackend()
+    yield b
+    b.close()
+
+
+def test_platform_and_device_queries(backend):
+    g = Guest(backend)
+    platform = g.platform()
+    assert platform > HOST_ID_BASE, "enumerated objects get host ids, never pointers"
+    status, out = g.call("clGetPlatformInfo", object=platform, param_name=CL_PLATFORM_NAME,
+                         param_value_size=256, param_value=256, param_value_size_ret=True)
+    assert status == 0 and out["param_value"].rstrip(b"\0")
+    assert out["param_value_size_ret"] == len(out["param_value"])
+    # Size query first, as real programs do.
+    status, out = g.call("clGetPlatformInfo", object=platform, param_name=CL_PLATFORM_NAME,
+                         param_value_size=0, param_value=None, param_value_size_ret=True)
+    assert status == 0 and out["param_value_size_ret"] > 1
+    device = g.device()
+    status, out = g.call("clGetDeviceInfo", object=device, param_name=CL_DEVICE_PLATFORM,
+                         param_value_size=8, param_value=8)
+    assert status == 0 and int.from_bytes(out["param_value"], "little") == platform
+    assert g.platform() == platform, "ids are stable"
+
+
+def test_exact_status_codes_for_bad_arguments(backend):
+    g = Guest(backend)
+    platform = g.platform()
+    # Too small a buffer: CL_INVALID_VALUE from the implementation itself.
+    status, _ = g.call("clGetPlatformInfo", object=platform, param_name=CL_PLATFORM_NAME,
+                       param_value_size=1, param_value=1)
+    assert status == -30
+    # Unknown param: CL_INVALID_VALUE.
+    status, _ = g.call("clGetPlatformInfo", object=platform, param_name=0x7777,
+                       param_value_size=8, param_value=8)
+    assert status == -30
+    # num_entries 0 with a non-NULL array: CL_INVALID_VALUE.
+    status, _ = g.call("clGetPlatformIDs", num_entries=0, platforms=0)
+    assert status == -30
+    # Forged handles of each kind.
+    assert g.call("clGetDeviceInfo", object=12345, param_name=CL_DEVICE_NAME,
+                  param_value_size=8, param_value=8)[0] == -33
+    assert g.call("clReleaseContext", context=999999)[0] == -34
+    assert g.call("clGetDeviceInfo", object=platform, param_name=CL_DEVICE_NAME,
+                  param_value_size=8, param_value=8)[0] == -33, "a platform id is not a device"
+
+
+def test_context_buffer_lifecycle_and_info_translation(backend):
+    g = Guest(backend)
+    ctx, dev = g.context()
+    status, out = g.call("clGetContextInfo", object=ctx, param_name=CL_CONTEXT_DEVICES,
+                         param_value_size=8, param_value=8)
+    assert status == 0 and int.from_bytes(out["param_value"], "little") == dev
+    buf = next(ids)
+    data = bytes(range(256)) * 4
+    status, _ = g.call("clCreateBuffer", buf, context=ctx, flags=CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR,
+                       size=len(data), host_ptr=data)
+    assert status == 0
+    status, out = g.call("clGetMemObjectInfo", object=buf, param_name=CL_MEM_CONTEXT,
+                         param_value_size=8, param_value=8)
+    assert int.from_bytes(out["param_value"], "little") == ctx, "host pointer became the guest id"
+    status, out = g.call("clGetMemObjectInfo", object=buf, param_name=CL_MEM_SIZE,
+                         param_value_size=8, param_value=8)
+    assert int.from_bytes(out["param_value"], "little") == len(data)
+    assert g.call("clRetainMemObject", memobj=buf)[0] == 0
+    assert g.call("clReleaseMemObject", memobj=buf)[0] == 0
+    assert g.call("clReleaseMemObject", memobj=buf)[0] == 0
+    assert g.call("clReleaseMemObject", memobj=buf)[0] == -38, "the id died with its last reference"
+    assert g.call("clReleaseContext", context=ctx)[0] == 0
+    assert len(backend.handles) == 2       # the platform and the device remain known
+
+
+def test_creating_with_a_taken_or_bad_id(backend):
+    g = Guest(backend)
+    ctx, dev = g.context()
+    status, _ = g.call("clCreateContext", ctx, properties=None, num_devices=1, devices=[dev])
+    assert status == -30
+    status, _ = g.call("clCreateContext", HOST_ID_BASE + 5, properties=None, num_devices=1,
+                       devices=[dev])
+    assert status == -30
+
+
+def test_property_lists(backend):
+    g = Guest(backend)
+    platform, dev = g.platform(), g.device()
+    CL_CONTEXT_PLATFORM = 0x1084
+    status, _ = g.call("clCreateContext", next(ids), properties=[(CL_CONTEXT_PLATFORM, platform)],
+                       num_devices=1, devices=[dev])
+    assert status == 0
+    status, _ = g.call("clCreateContext", next(ids), properties=[(CL_CONTEXT_PLATFORM, 4242)],
+                       num_devices=1, devices=[dev])
+    assert status == -32, "a forged platform inside a property list"
+    status, _ = g.call("clCreateContext", next(ids), properties=[(0x7777, 1)],
+                       num_devices=1, devices=[dev])
+    assert status == -64, "unknown property: CL_INVALID_PROPERTY from the implementation"
+
+
+def test_program_build_and_kernel(backend):
+    g = Guest(backend)
+    ctx, dev = g.context()
+    prog = next(ids)
+    src = b"__kernel void twice(__global int *a) { a[get_global_id(0)] *= 2; }"
+    assert g.call("clCreateProgramWithSource", prog, context=ctx, count=1, strings=[src])[0] == 0
+    assert g.call("clBuildProgram", program=prog, num_devices=1, device_list=[dev],
+                  options=b"-cl-std=CL1.2\0")[0] == 0
+    kern = next(ids)
+    assert g.call("clCreateKernel", kern, program=prog, kernel_name=b"twice\0")[0] == 0
+    assert g.call("clCreateKernel", next(ids), program=prog, kernel_name=b"nope\0")[0] == -46
+    assert g.call("clCreateKernel", next(ids), program=prog, kernel_name=b"twice")[0] == -30, \
+        "a string without its terminator"
+    bad = next(ids)
+    assert g.call("clCreateProgramWithSource", bad, context=ctx, count=1,
+                  strings=[b"__kernel void broken( {"])[0] == 0
+    assert g.call("clBuildProgram", program=bad, num_devices=1, device_list=[dev])[0] == -11
+    status, out = g.call("clGetProgramBuildInfo", program=bad, device=dev,
+                         param_name=CL_PROGRAM_BUILD_LOG, param_value_size=65536,
+                         param_value=65536)
+    assert status == 0 and b"error" in out["param_value"]
+
+
+def test_handles_of_another_owner_are_invalid(backend):
+    alice, mallory = Guest(backend, owner=1), Guest(backend, owner=2)
+    ctx, dev = alice.context()
+    assert mallory.call("clRetainContext", context=ctx)[0] == -34
+    assert mallory.call("clGetContextInfo", object=ctx, param_name=CL_CONTEXT_REFERENCE_COUNT,
+                        param_value_size=4, param_value=4)[0] == -34
+    # Enumerated devices are shared.
+    assert mallory.device() == dev
+
+
+def test_owner_gone_releases_everything_it_created(backend):
+    g = Guest(backend, owner=77)
+    ctx, _ = g.context()
+    buf = next(ids)
+    assert g.call("clCreateBuffer", buf, context=ctx, flags=CL_MEM_READ_WRITE, size=4096)[0] == 0
+    before = len(backend.handles)
+    backend.release_queue(3, owner=77, last=False)
+    assert len(backend.handles) == before, "another queue of the process is still alive"
+    backend.release_queue(3, owner=77, last=True)
+    assert len(backend.handles) == before - 2
+    assert backend.handles.bytes_used == 0
+
+
+def test_limits(backend):
+    small = OpenClBackend(max_objects=4, max_bytes=1 << 20)
+    g = Guest(small)
+    ctx, _ = g.context()      # 3 objects: platform, device, context
+    assert g.call("clCreateBuffer", next(ids), context=ctx, flags=CL_MEM_READ_WRITE,
+                  size=4096)[0] == 0
+    assert g.call("clCreateBuffer", next(ids), context=ctx, flags=CL_MEM_READ_WRITE,
+                  size=4096)[0] == -5, "object limit: CL_OUT_OF_RESOURCES"
+    small.close()
+
+
+@pytest.mark.parametrize("payload", [
+    b"",                                   # truncated
+    b"\x01" * 7,
+    (1).to_bytes(8, "little"),             # num_entries only
+])
+def test_malformed_encodings_are_refused(backend, payload):
+    from host_backend._wire import WireError
+    with pytest.raises(WireError):
+        backend.call(F["clGetPlatformIDs"], payload, 1)
+
+
+def test_malformed_arrays_and_sizes(backend):
+    from host_backend._wire import WireError
+    g = Guest(backend)
+    fn = F["clCreateContext"]
+    bad = encode(fn, next(ids), properties=None, num_devices=2, devices=[g.device()])
+    with pytest.raises(WireError):
+        backend.call(fn, bad, 1)                     # count disagrees with num_devices
+    fn = F["clGetPlatformIDs"]
+    with pytest.raises(WireError):
+        backend.call(fn, encode(fn, num_entries=1 << 40, platforms=1), 1)   # does not fit cl_uint
+    huge = (1 << 40).to_bytes(8, "little")
+    with pytest.raises(WireError):
+        backend.call(F["clCreateProgramWithSource"], (5).to_bytes(8, "little") + b"\0" * 8
+                     + (1).to_bytes(8, "little") + (1).to_bytes(8, "little") + huge, 1)
