@@ -56,13 +56,18 @@ class CallError(Exception):
 class _Call:
     """Per-call state (calls run concurrently on the poller and worker threads)."""
 
-    __slots__ = ("errcode", "size_ret", "target", "index")
+    __slots__ = ("errcode", "size_ret", "target", "index", "events")
 
     def __init__(self) -> None:
         self.errcode = None      # cl_int * for a creating function
         self.size_ret = None     # the size_t * an OutBuffer's size comes back in
         self.target = None       # the first handle argument (what retain/release act on)
         self.index: dict[str, int] = {}    # argument name -> position in the C call
+        self.events: list[tuple[int, object]] = []     # (guest id, cl_event * cell)
+
+
+def call_names(fn: api.Function) -> set[str]:
+    return {a.name for a in fn.args}
 
 
 def _signed(value: int, width: int) -> int:
@@ -88,7 +93,7 @@ class OpenClBackend:
             return -errno.ENOSYS, 0
         self.calls += 1
         try:
-            reply = self.call(fn, ctx.read_payload(), ctx.owner)
+            reply = self.call(fn, ctx.read_payload(), ctx.owner, ctx.dma)
         except WireError as exc:
             log.warning("queue %d: malformed %s: %s", ctx.queue, fn.name, exc)
             return -errno.EINVAL, 0
@@ -117,15 +122,16 @@ class OpenClBackend:
 
     # -- one call -------------------------------------------------------------------------
 
-    def call(self, fn: api.Function, payload: bytes, owner: int) -> bytes:
-        """Run ``fn`` with the encoded ``payload``; returns the encoded reply."""
+    def call(self, fn: api.Function, payload: bytes, owner: int, dma=None) -> bytes:
+        """Run ``fn`` with the encoded ``payload``; returns the encoded reply.  ``dma``
+        resolves guest addresses (application data passed by reference)."""
         enc = Encoder()
         dec = Decoder(payload)
         try:
             call = _Call()
             with self._lock:
                 new_id = self._claim_id(fn, dec)
-                cargs, posts = self._decode(fn, dec, owner, call)
+                cargs, posts = self._decode(fn, dec, owner, call, dma)
                 dec.done()
             result = getattr(lib(), fn.name)(*cargs)
             with self._lock:
@@ -150,10 +156,13 @@ class OpenClBackend:
 
     def _account(self, fn, result, cargs, new_id, owner, call: _Call) -> int:
         """The call's status, and the handle table updated to match what it did."""
+        for event_id, cell in call.events:
+            if cell[0] != ffi.NULL:
+                self.handles.add(event_id, "cl_event", cell[0], owner)
         if fn.creates:
             status = call.errcode[0]
             if status == CL_SUCCESS and result != ffi.NULL:
-                nbytes = cargs[call.index["size"]] if fn.creates == "cl_mem" else 0
+                nbytes = cargs[call.index["size"]] if fn.name == "clCreateBuffer" else 0
                 self.handles.add(new_id, fn.creates, result, owner, nbytes)
             return status
         status = int(result)
@@ -165,10 +174,11 @@ class OpenClBackend:
                 self.handles.release(handle)
         return status
 
-    def _decode(self, fn: api.Function, dec: Decoder, owner: int, call: _Call):
+    def _decode(self, fn: api.Function, dec: Decoder, owner: int, call: _Call, dma=None):
         cargs: list = []
         posts: list = []
         scalars: dict[str, int] = {}
+        checks: list = []          # length checks against arguments decoded later
         for arg in fn.args:
             kind = arg.kind
             call.index[arg.name] = len(cargs)
@@ -209,9 +219,10 @@ class OpenClBackend:
                 if data is None:
                     cargs.append(ffi.NULL)
                     continue
-                size = scalars.get(kind.size)
-                if len(data) != size:
-                    raise WireError(f"{arg.name} carries {len(data)} bytes, {kind.size} says {size}")
+                if kind.size in call_names(fn):
+                    checks.append((arg.name, kind.size, len(data)))
+                elif len(data) > 4096:
+                    raise WireError(f"{arg.name}: {len(data)} bytes")
                 cargs.append(ffi.from_buffer(data))
             elif isinstance(kind, api.CString):
                 data = dec.blob()
@@ -287,9 +298,89 @@ class OpenClBackend:
             elif isinstance(kind, api.ErrcodeRet):
                 call.errcode = ffi.new("cl_int *")
                 cargs.append(call.errcode)
+            elif isinstance(kind, api.InArray):
+                n = dec.u64()
+                if n == NULL_LEN:
+                    cargs.append(ffi.NULL)
+                    continue
+                if n != scalars.get(kind.count) or n > MAX_ARRAY:
+                    raise WireError(f"{arg.name} has {n} entries, {kind.count} says {scalars.get(kind.count)}")
+                cargs.append(ffi.new(f"{kind.ctype}[]", dec.u64s(n)) if n else ffi.new(f"{kind.ctype}[1]"))
+            elif isinstance(kind, api.EventOut):
+                new_id = dec.u64()
+                if new_id == 0:
+                    cargs.append(ffi.NULL)
+                    continue
+                why = self.handles.check_new(new_id)
+                if why or any(new_id == e for e, _ in call.events):
+                    raise CallError(CL_OUT_OF_RESOURCES if why and "limit" in why else CL_INVALID_VALUE,
+                                    f"new event: {why or 'id used twice'}")
+                cell = ffi.new("cl_event *")
+                call.events.append((new_id, cell))
+                cargs.append(cell)
+            elif isinstance(kind, api.KernelArg):
+                size, tag = dec.u64(), dec.u64()
+                scalars[kind.size] = size
+                cargs.append(size)
+                if tag == api.KARG_BYTES:
+                    data = dec.blob()
+                    if data is None or len(data) != size:
+                        raise WireError(f"kernel argument bytes disagree with arg_size {size}")
+                    cargs.append(ffi.from_buffer(data))
+                elif tag in (api.KARG_MEM, api.KARG_SAMPLER):
+                    obj = "cl_mem" if tag == api.KARG_MEM else "cl_sampler"
+                    cargs.append(ffi.new(f"{obj} *", self._resolve(obj, dec.u64(), owner, fn, arg)))
+                elif tag == api.KARG_LOCAL:
+                    cargs.append(ffi.NULL)
+                else:
+                    raise WireError(f"kernel argument tag {tag}")
+            elif isinstance(kind, api.HostData):
+                cargs.append(self._host_data(kind, arg, dec, scalars, call, cargs, posts, dma))
             else:
                 raise TypeError(f"{fn.name}.{arg.name}: no decoder for {kind!r}")
+        for name, size_name, length in checks:
+            if scalars.get(size_name) != length:
+                raise WireError(f"{name} carries {length} bytes, {size_name} says {scalars.get(size_name)}")
         return cargs, posts
+
+    def _host_data(self, kind: api.HostData, arg, dec: Decoder, scalars, call, cargs, posts, dma):
+        """Application memory by reference: a view of guest RAM the implementation reads
+        or writes in place (zero copy), or a bounce buffer for a scatter list."""
+        mode = dec.u64()
+        if mode == NULL_LEN:
+            return ffi.NULL
+        if dma is None:
+            raise WireError(f"{arg.name}: guest memory reference without a DMA map")
+        size = scalars.get(kind.size)
+        if mode == api.HOSTDATA_RANGE:
+            addr, length = dec.u64(), dec.u64()
+            if length != size:
+                raise WireError(f"{arg.name} is {length} bytes, {kind.size} says {size}")
+            return ffi.from_buffer(dma.translate(addr, length, write=kind.out))
+        if mode != api.HOSTDATA_SG:
+            raise WireError(f"{arg.name}: unknown reference mode {mode}")
+        table, count = dec.u64(), dec.u64()
+        if count > (1 << 20):
+            raise WireError(f"{arg.name}: {count} scatter entries")
+        raw = bytes(dma.translate(table, count * 16))
+        views = [dma.translate(a, n, write=kind.out)
+                 for a, n, _ in struct.iter_unpack("<QII", raw) if n]
+        if sum(v.nbytes for v in views) != size:
+            raise WireError(f"{arg.name}: scatter list does not add up to {kind.size}={size}")
+        if not kind.out:
+            return ffi.from_buffer(b"".join(views))
+        bounce = bytearray(size)
+        if kind.blocking:                   # the bounce must be filled before we reply
+            cargs[call.index[kind.blocking]] = 1
+
+        def scatter_back(status: int, enc: Encoder) -> None:
+            if status == CL_SUCCESS:
+                pos = 0
+                for v in views:
+                    v[:] = bounce[pos:pos + v.nbytes]
+                    pos += v.nbytes
+        posts.append(scatter_back)
+        return ffi.from_buffer(bounce)
 
     def _resolve(self, obj_type: str, handle: int, owner: int, fn, arg):
         if handle == 0:

@@ -44,6 +44,8 @@ SCALAR_TYPES = {
     "cl_kernel_info": (4, False), "cl_kernel_work_group_info": (4, False),
     "cl_event_info": (4, False), "cl_profiling_info": (4, False),
     "cl_context_properties": (8, True), "cl_queue_properties": (8, False),
+    "cl_kernel_arg_info": (4, False), "cl_buffer_create_type": (4, False),
+    "cl_mem_migration_flags": (8, False),
 }
 
 
@@ -79,6 +81,7 @@ class InBuffer:
     """Bytes the function reads; ``size`` names the scalar argument holding its length."""
     size: str
     ctype: str = "void"
+    const: bool = True       # cl.h declares clCreateBuffer's host_ptr without const
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,44 @@ class ErrcodeRet:
 
 
 @dataclass(frozen=True)
+class InArray:
+    """``count`` scalars of ``ctype`` (work sizes); u64 count (NULL_LEN = NULL) then values."""
+    ctype: str
+    count: str
+
+
+@dataclass(frozen=True)
+class EventOut:
+    """``cl_event *event`` of an enqueue: the guest assigns the new event's id (0 = NULL),
+    so an enqueue needs no round trip to learn it."""
+
+
+@dataclass(frozen=True)
+class KernelArg:
+    """``arg_size`` + ``arg_value`` of clSetKernelArg: u64 tag, then per tag:
+    KARG_BYTES blob (length = arg_size) | KARG_MEM/KARG_SAMPLER u64 id | KARG_LOCAL
+    nothing (NULL value: local memory of arg_size bytes)."""
+    size: str
+
+
+KARG_BYTES, KARG_MEM, KARG_SAMPLER, KARG_LOCAL = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class HostData:
+    """Application memory an enqueue reads (``out=False``) or writes (``out=True``),
+    passed by reference to guest memory: u64 mode (NULL_LEN = NULL pointer), then
+    HOSTDATA_RANGE u64 address + u64 length, or HOSTDATA_SG u64 table address + u64
+    entry count.  The length must equal the ``size`` argument."""
+    size: str
+    out: bool
+    blocking: str | None = None      # the argument that makes the call block
+
+
+HOSTDATA_RANGE, HOSTDATA_SG = 0, 1
+
+
+@dataclass(frozen=True)
 class Arg:
     name: str
     kind: object
@@ -172,10 +213,12 @@ CL_EVENT_COMMAND_QUEUE = 0x11D0
 CL_EVENT_CONTEXT = 0x11D4
 
 
-def _info(name, index, obj, info_type, handle_params=None, blocking=False):
+def _info(name, index, obj, info_type, handle_params=None, blocking=False, extra=()):
+    """An info query: object, [extra selector args], param_name, size, value, size_ret."""
     handle_params = handle_params or {}
     return _fn(name, index,
                ("object", Handle(obj)),
+               *extra,
                ("param_name", Scalar(info_type)),
                ("param_value_size", Scalar("size_t")),
                ("param_value", OutBuffer("param_value_size", "param_name", handle_params)),
@@ -184,9 +227,9 @@ def _info(name, index, obj, info_type, handle_params=None, blocking=False):
 
 
 _WAIT = (("num_events_in_wait_list", Scalar("cl_uint")),
-         ("event_wait_list", Handles("cl_event", "num_events_in_wait_list")))
-# The event an enqueue returns: guest-assigned like any created object.
-_EVENT_OUT = ("event", OutScalar("cl_event"))
+         ("event_wait_list", Handles("cl_event", "num_events_in_wait_list")),
+         ("event", EventOut()))
+_QUEUE = ("command_queue", Handle("cl_command_queue"))
 
 FUNCTIONS: tuple[Function, ...] = (
     _fn("clGetPlatformIDs", 0,
@@ -230,7 +273,7 @@ FUNCTIONS: tuple[Function, ...] = (
         ("context", Handle("cl_context")),
         ("flags", Scalar("cl_mem_flags")),
         ("size", Scalar("size_t")),
-        ("host_ptr", InBuffer("size")),
+        ("host_ptr", InBuffer("size", const=False)),
         ("errcode_ret", ErrcodeRet()),
         returns="cl_mem", creates="cl_mem"),
     _fn("clRetainMemObject", 17, ("memobj", Handle("cl_mem")), retains="cl_mem"),
@@ -255,13 +298,8 @@ FUNCTIONS: tuple[Function, ...] = (
         blocking=True),
     _info("clGetProgramInfo", 32, "cl_program", "cl_program_info",
           {CL_PROGRAM_CONTEXT: "cl_context", CL_PROGRAM_DEVICES: "cl_device_id"}),
-    _fn("clGetProgramBuildInfo", 33,
-        ("program", Handle("cl_program")),
-        ("device", Handle("cl_device_id")),
-        ("param_name", Scalar("cl_program_build_info")),
-        ("param_value_size", Scalar("size_t")),
-        ("param_value", OutBuffer("param_value_size", "param_name")),
-        ("param_value_size_ret", OutScalar("size_t"))),
+    _info("clGetProgramBuildInfo", 33, "cl_program", "cl_program_build_info",
+          extra=(("device", Handle("cl_device_id")),)),
     _fn("clCreateKernel", 34,
         ("program", Handle("cl_program")),
         ("kernel_name", CString(nullable=False)),
@@ -281,6 +319,78 @@ FUNCTIONS: tuple[Function, ...] = (
     _fn("clReleaseEvent", 44, ("event", Handle("cl_event")), releases="cl_event"),
     _fn("clFlush", 46, ("command_queue", Handle("cl_command_queue"))),
     _fn("clFinish", 47, ("command_queue", Handle("cl_command_queue")), blocking=True),
+    _fn("clSetKernelArg", 38,
+        ("kernel", Handle("cl_kernel")),
+        ("arg_index", Scalar("cl_uint")),
+        ("arg_value", KernelArg("arg_size"))),
+    _info("clGetKernelWorkGroupInfo", 40, "cl_kernel", "cl_kernel_work_group_info",
+          extra=(("device", Handle("cl_device_id", nullable=True)),)),
+    _info("clGetEventProfilingInfo", 45, "cl_event", "cl_profiling_info"),
+    _fn("clEnqueueReadBuffer", 48, _QUEUE,
+        ("buffer", Handle("cl_mem")),
+        ("blocking_read", Scalar("cl_bool")),
+        ("offset", Scalar("size_t")),
+        ("size", Scalar("size_t")),
+        ("ptr", HostData("size", out=True, blocking="blocking_read")),
+        *_WAIT, blocking=True),
+    _fn("clEnqueueWriteBuffer", 49, _QUEUE,
+        ("buffer", Handle("cl_mem")),
+        ("blocking_write", Scalar("cl_bool")),
+        ("offset", Scalar("size_t")),
+        ("size", Scalar("size_t")),
+        ("ptr", HostData("size", out=False, blocking="blocking_write")),
+        *_WAIT, blocking=True),
+    _fn("clEnqueueCopyBuffer", 50, _QUEUE,
+        ("src_buffer", Handle("cl_mem")),
+        ("dst_buffer", Handle("cl_mem")),
+        ("src_offset", Scalar("size_t")),
+        ("dst_offset", Scalar("size_t")),
+        ("size", Scalar("size_t")),
+        *_WAIT),
+    _fn("clEnqueueNDRangeKernel", 59, _QUEUE,
+        ("kernel", Handle("cl_kernel")),
+        ("work_dim", Scalar("cl_uint")),
+        ("global_work_offset", InArray("size_t", "work_dim")),
+        ("global_work_size", InArray("size_t", "work_dim")),
+        ("local_work_size", InArray("size_t", "work_dim")),
+        *_WAIT),
+    _fn("clEnqueueTask", 60, _QUEUE, ("kernel", Handle("cl_kernel")), *_WAIT),
+    _fn("clCreateSubBuffer", 82,
+        ("buffer", Handle("cl_mem")),
+        ("flags", Scalar("cl_mem_flags")),
+        ("buffer_create_type", Scalar("cl_buffer_create_type")),
+        ("buffer_create_info", InBuffer("buffer_create_info_size")),
+        ("errcode_ret", ErrcodeRet()),
+        returns="cl_mem", creates="cl_mem"),
+    _fn("clCreateUserEvent", 84,
+        ("context", Handle("cl_context")),
+        ("errcode_ret", ErrcodeRet()),
+        returns="cl_event", creates="cl_event"),
+    _fn("clSetUserEventStatus", 85,
+        ("event", Handle("cl_event")),
+        ("execution_status", Scalar("cl_int"))),
+    _info("clGetKernelArgInfo", 101, "cl_kernel", "cl_kernel_arg_info",
+          extra=(("arg_index", Scalar("cl_uint")),)),
+    _fn("clEnqueueFillBuffer", 102, _QUEUE,
+        ("buffer", Handle("cl_mem")),
+        ("pattern", InBuffer("pattern_size")),
+        ("pattern_size", Scalar("size_t")),
+        ("offset", Scalar("size_t")),
+        ("size", Scalar("size_t")),
+        *_WAIT),
+    _fn("clEnqueueMigrateMemObjects", 104, _QUEUE,
+        ("num_mem_objects", Scalar("cl_uint")),
+        ("mem_objects", Handles("cl_mem", "num_mem_objects")),
+        ("flags", Scalar("cl_mem_migration_flags")),
+        *_WAIT),
+    _fn("clEnqueueMarkerWithWaitList", 105, _QUEUE, *_WAIT),
+    _fn("clEnqueueBarrierWithWaitList", 106, _QUEUE, *_WAIT),
+    _fn("clCreateCommandQueueWithProperties", 123,
+        ("context", Handle("cl_context")),
+        ("device", Handle("cl_device_id")),
+        ("properties", Properties("cl_queue_properties")),
+        ("errcode_ret", ErrcodeRet()),
+        returns="cl_command_queue", creates="cl_command_queue"),
 )
 
 BY_NAME = {f.name: f for f in FUNCTIONS}
@@ -289,10 +399,17 @@ BY_OPCODE = {f.opcode: f for f in FUNCTIONS}
 #: Functions of OpenCL 1.2 not forwarded yet, with the reason (the guest returns
 #: the error the spec prescribes for an unsupported operation).
 NOT_YET = {
-    "clSetKernelArg": "kernel arguments need the pointer-vs-value table from program build",
-    "clEnqueueNDRangeKernel": "next: work sizes and events",
-    "clEnqueueReadBuffer": "next: large payloads by reference",
-    "clEnqueueWriteBuffer": "next: large payloads by reference",
+    "clGetExtensionFunctionAddress": "answered in the guest (ICD loader contract)",
+    "clEnqueueMapBuffer": "needs guest-memory mappings kept coherent on unmap",
+    "clEnqueueUnmapMemObject": "goes with clEnqueueMapBuffer",
+    "clCreateImage": "images and samplers are the next group",
+    "clSetEventCallback": "callbacks need the host-to-guest notification ring",
+    "clSetMemObjectDestructorCallback": "callbacks need the host-to-guest notification ring",
+    "clCreateProgramWithBinary": "next group: binaries and compile/link",
+    "clEnqueueReadBufferRect": "next group: rectangular transfers",
+    "clEnqueueWriteBufferRect": "next group: rectangular transfers",
+    "clEnqueueCopyBufferRect": "next group: rectangular transfers",
+    "clCreateSubDevices": "next group: device partitioning",
 }
 
 
@@ -310,7 +427,7 @@ def c_params(fn: Function) -> list[str]:
         elif isinstance(k, OutHandles):
             out.append(f"{k.obj} *{n}")
         elif isinstance(k, InBuffer):
-            out.append(f"const {k.ctype} *{n}")
+            out.append(f"{'const ' if k.const else ''}{k.ctype} *{n}")
         elif isinstance(k, CString):
             out.append(f"const char *{n}")
         elif isinstance(k, OutBuffer):
@@ -325,6 +442,14 @@ def c_params(fn: Function) -> list[str]:
             out.append(f"{k.ctype} {n}")
         elif isinstance(k, ErrcodeRet):
             out.append(f"cl_int *{n}")
+        elif isinstance(k, InArray):
+            out.append(f"const {k.ctype} *{n}")
+        elif isinstance(k, EventOut):
+            out.append(f"cl_event *{n}")
+        elif isinstance(k, KernelArg):
+            out += [f"size_t {k.size}", f"const void *{n}"]
+        elif isinstance(k, HostData):
+            out.append(f"{'' if k.out else 'const '}void *{n}")
         else:
             raise TypeError(f"{fn.name}.{n}: unknown kind {k!r}")
     return out
@@ -344,7 +469,8 @@ typedef cl_uint cl_platform_info; typedef cl_uint cl_device_info; typedef cl_uin
 typedef cl_uint cl_command_queue_info; typedef cl_uint cl_mem_info; typedef cl_uint cl_program_info;
 typedef cl_uint cl_program_build_info; typedef cl_uint cl_kernel_info;
 typedef cl_uint cl_kernel_work_group_info; typedef cl_uint cl_event_info;
-typedef cl_uint cl_profiling_info;
+typedef cl_uint cl_profiling_info; typedef cl_uint cl_kernel_arg_info;
+typedef cl_uint cl_buffer_create_type; typedef cl_bitfield cl_mem_migration_flags;
 """ + "".join(f"typedef struct _{t} *{t};\n" for t in OBJECT_TYPES) + """
 typedef void (*ava_context_notify)(const char *, const void *, size_t, void *);
 typedef void (*ava_program_notify)(cl_program, void *);
@@ -362,7 +488,8 @@ def validate() -> None:
         for a in fn.args:
             k = a.kind
             ref = getattr(k, "count", None) or getattr(k, "size", None)
-            if ref is not None and ref not in names:
+            implicit = isinstance(k, KernelArg) or fn.name == "clCreateSubBuffer"
+            if ref is not None and ref not in names and not implicit:
                 raise ValueError(f"{fn.name}.{a.name} refers to unknown argument {ref!r}")
             for t in (getattr(k, "obj", None),):
                 if t is not None and t not in OBJECT_TYPES:

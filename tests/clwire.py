@@ -44,6 +44,25 @@ def encode(fn: api.Function, new_id: int | None = None, **values) -> bytes:
         elif isinstance(k, api.Properties):
             out.append(_u64(NULL_LEN) if v is None else
                        _u64(len(v)) + b"".join(_u64(x) for pair in v for x in pair))
+        elif isinstance(k, api.InArray):
+            out.append(_u64(NULL_LEN) if v is None else _u64(len(v)) + b"".join(map(_u64, v)))
+        elif isinstance(k, api.EventOut):
+            out.append(_u64(v or 0))                                  # guest-assigned id
+        elif isinstance(k, api.KernelArg):
+            tag, value = v                                            # (KARG_*, bytes | id | size)
+            if tag == api.KARG_BYTES:
+                out.append(_u64(len(value)) + _u64(tag) + _blob(value))
+            elif tag == api.KARG_LOCAL:
+                out.append(_u64(value) + _u64(tag))
+            else:
+                out.append(_u64(8) + _u64(tag) + _u64(value))
+        elif isinstance(k, api.HostData):
+            if v is None:
+                out.append(_u64(NULL_LEN))
+            elif v[0] == api.HOSTDATA_RANGE:
+                out.append(_u64(v[0]) + _u64(v[1]) + _u64(v[2]))      # (mode, addr, len)
+            else:
+                out.append(_u64(v[0]) + _u64(v[1]) + _u64(v[2]))      # (mode, table, count)
         elif isinstance(k, (api.Ignored, api.ErrcodeRet)):
             if isinstance(k, api.Ignored):
                 out.append(_u64(v or 0))

@@ -173,7 +173,7 @@ def test_program_build_and_kernel(backend):
     assert g.call("clCreateProgramWithSource", bad, context=ctx, count=1,
                   strings=[b"__kernel void broken( {"])[0] == 0
     assert g.call("clBuildProgram", program=bad, num_devices=1, device_list=[dev])[0] == -11
-    status, out = g.call("clGetProgramBuildInfo", program=bad, device=dev,
+    status, out = g.call("clGetProgramBuildInfo", object=bad, device=dev,
                          param_name=CL_PROGRAM_BUILD_LOG, param_value_size=65536,
                          param_value=65536)
     assert status == 0 and b"error" in out["param_value"]

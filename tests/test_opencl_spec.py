@@ -1,0 +1,39 @@
+"""The annotated spec agrees with the Khronos headers: C signatures and ICD indices."""
+
+import re
+import subprocess
+
+import pytest
+
+from protocols import opencl_api as api
+
+CL_ICD_H = "/usr/include/CL/cl_icd.h"
+
+
+def test_signatures_match_cl_h(tmp_path):
+    """Redeclaring every function after <CL/cl.h> compiles only if the types agree."""
+    src = tmp_path / "sig.c"
+    body = "\n".join(
+        f"CL_API_ENTRY {api.c_declaration(fn)}" for fn in api.FUNCTIONS)
+    src.write_text("#define CL_TARGET_OPENCL_VERSION 300\n#include <CL/cl.h>\n"
+                   "typedef void (*ava_context_notify)(const char *, const void *, size_t, void *);\n"
+                   "typedef void (*ava_program_notify)(cl_program, void *);\n" + body + "\n")
+    subprocess.run(["gcc", "-std=c11", "-Wall", "-Werror", "-fsyntax-only", str(src)], check=True)
+
+
+def test_icd_indices_match_the_dispatch_table():
+    with open(CL_ICD_H) as f:
+        text = f.read()
+    struct = text[text.index("typedef struct _cl_icd_dispatch"):]
+    struct = struct[:struct.index("} cl_icd_dispatch;")]
+    order = re.findall(r"(?:cl_api_\w+|void\s*\*)\s+(\w+)\s*;", struct)
+    assert order[:2] == ["clGetPlatformIDs", "clGetPlatformInfo"]
+    for fn in api.FUNCTIONS:
+        assert order[fn.index] == fn.name, f"{fn.name} is at {order.index(fn.name)}, spec says {fn.index}"
+
+
+def test_spec_validation_refuses_inconsistencies(monkeypatch):
+    bad = api.Function("clBogus", 0, (api.Arg("x", api.Handles("cl_mem", "missing")),))
+    monkeypatch.setattr(api, "FUNCTIONS", api.FUNCTIONS + (bad,))
+    with pytest.raises(ValueError, match="share ICD index|unknown argument"):
+        api.validate()
