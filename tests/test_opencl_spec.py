@@ -37,3 +37,18 @@ def test_spec_validation_refuses_inconsistencies(monkeypatch):
     monkeypatch.setattr(api, "FUNCTIONS", api.FUNCTIONS + (bad,))
     with pytest.raises(ValueError, match="share ICD index|unknown argument"):
         api.validate()
+
+
+def test_generated_icd_stubs_are_fresh():
+    from guest_driver import gen_icd
+    assert gen_icd.main(["--check"]) == 0, "run `python -m guest_driver.gen_icd` and commit"
+
+
+def test_icd_sources_compile_cleanly(tmp_path):
+    import glob
+    import os
+    from guest_driver import gen_icd
+    for src in sorted(glob.glob(os.path.join(gen_icd.ICD_DIR, "*.c"))):
+        subprocess.run(["gcc", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror",
+                        "-fPIC", "-I", gen_icd.ICD_DIR, "-c", "-o",
+                        str(tmp_path / (os.path.basename(src) + ".o")), src], check=True)

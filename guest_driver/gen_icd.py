@@ -1,0 +1,219 @@
+"""Generate the guest ICD's OpenCL entry points from ``protocols.opencl_api``.
+
+Each spec entry becomes one C function that encodes its arguments with the
+``ava_enc_*`` helpers (``icd/ava_icd.h``), makes the call through the device
+(``ava_icd_invoke``) and decodes the outputs back into the caller's memory;
+the dispatch table is filled from the same entries.  Nothing here is written
+per function: argument kinds are rendered once each, both ends agree because
+they read the same spec.
+
+    python -m guest_driver.gen_icd [--check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import inspect
+import os
+import sys
+
+from protocols import opencl_api as api
+
+ICD_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "icd")
+OUTPUT = os.path.join(ICD_DIR, "ava_icd_stubs.c")
+
+OBJ_ENUM = {t: f"AVA_OBJ_{t[3:].upper().replace('_ID', '')}" for t in api.OBJECT_TYPES}
+
+
+def _spec_hash() -> str:
+    return hashlib.sha256(inspect.getsource(api).encode()).hexdigest()[:16]
+
+
+def _reply_capacity(fn: api.Function) -> str:
+    """C expression for the reply bytes this call can need."""
+    terms = ["8"]
+    for a in fn.args:
+        k = a.kind
+        if isinstance(k, api.OutBuffer):
+            terms.append(f"(({a.name} ? {k.size} : 0) + 15)")
+        elif isinstance(k, api.OutScalar):
+            terms.append("8")
+        elif isinstance(k, api.OutHandles):
+            terms.append(f"(8 + 8 * (size_t)({a.name} ? {k.count} : 0))")
+    return " + ".join(terms)
+
+
+def _encode(fn: api.Function) -> list[str]:
+    out = []
+    # Application data goes through DMA staging that is copied back when the call
+    # returns, so the host must finish the transfer before replying: such calls are
+    # made blocking (completing early is always allowed).
+    forced = {a.kind.blocking for a in fn.args if isinstance(a.kind, api.HostData) and a.kind.blocking}
+    for a in fn.args:
+        k, n = a.kind, a.name
+        if isinstance(k, api.Scalar) and n in forced:
+            out.append(f"(void){n}; ava_enc_u64(&e, 1);   /* staged data: transfer before replying */")
+        elif isinstance(k, api.Scalar):
+            out.append(f"ava_enc_u64(&e, (uint64_t){n});")
+        elif isinstance(k, api.Handle):
+            out.append(f"ava_enc_handle(&e, {OBJ_ENUM[k.obj]}, {n});")
+        elif isinstance(k, api.Handles):
+            out.append(f"ava_enc_handles(&e, {OBJ_ENUM[k.obj]}, (const void *const *){n}, {k.count});")
+        elif isinstance(k, api.OutHandles):
+            out.append(f"ava_enc_u64(&e, {n} ? (uint64_t){k.count} : AVA_NULL_LEN);")
+        elif isinstance(k, api.InBuffer):
+            if k.size in {x.name for x in fn.args}:
+                out.append(f"ava_enc_blob(&e, {n}, {k.size});")
+            else:   # implicit size (clCreateSubBuffer's region)
+                out.append(f"ava_enc_blob(&e, {n}, ava_icd_create_info_size(buffer_create_type));")
+        elif isinstance(k, api.CString):
+            out.append(f"ava_enc_cstring(&e, {n});")
+        elif isinstance(k, api.OutBuffer):
+            out.append(f"ava_enc_u64(&e, {n} ? (uint64_t){k.size} : AVA_NULL_LEN);")
+        elif isinstance(k, api.OutScalar):
+            out.append(f"ava_enc_u64(&e, {n} ? 1 : AVA_NULL_LEN);")
+        elif isinstance(k, api.Strings):
+            out.append(f"ava_enc_strings(&e, {n}, {k.lengths}, {k.count});")
+        elif isinstance(k, api.Properties):
+            keys = ", ".join(f"{{{key:#x}, {OBJ_ENUM[obj]}}}" for key, obj in k.handle_keys.items())
+            out.append(f"{{ static const struct ava_handle_key keys[] = {{ {keys or '{0, 0}'} }};")
+            out.append(f"  ava_enc_properties(&e, (const int64_t *){n}, keys, "
+                       f"{len(k.handle_keys)}); }}")
+        elif isinstance(k, api.Ignored):
+            out.append(f"ava_enc_u64(&e, {n} ? 1 : 0);   /* {k.reason} */")
+        elif isinstance(k, api.ErrcodeRet):
+            pass
+        elif isinstance(k, api.InArray):
+            out.append(f"ava_enc_sizes(&e, {n}, {k.count});")
+        elif isinstance(k, api.EventOut):
+            out.append(f"ava_enc_u64(&e, new_{n} ? ava_obj_id(new_{n}) : 0);")
+        elif isinstance(k, api.KernelArg):
+            out.append(f"ava_enc_kernel_arg(&e, {k.size}, {n});")
+        elif isinstance(k, api.HostData):
+            out.append(f"if (ava_enc_host_data(&e, &stage_{n}, {n}, {k.size}, {int(k.out)})) "
+                       f"{{ status = CL_OUT_OF_RESOURCES; goto done; }}")
+        else:
+            raise TypeError(f"{fn.name}.{n}: no encoder for {k!r}")
+    return out
+
+
+def _decode(fn: api.Function) -> list[str]:
+    out = []
+    for a in fn.args:
+        k, n = a.kind, a.name
+        if isinstance(k, api.OutBuffer):
+            if k.handle_params:
+                cases = " ".join(f"case {p:#x}: htype = {OBJ_ENUM[o]}; break;"
+                                 for p, o in k.handle_params.items())
+                out.append(f"{{ int htype = 0; switch ({k.param}) {{ {cases} default: break; }}")
+                out.append(f"  if ({n}) ava_dec_out_buffer(&d, {n}, {k.size}, htype); }}")
+            else:
+                out.append(f"if ({n}) ava_dec_out_buffer(&d, {n}, {k.size}, 0);")
+        elif isinstance(k, api.OutScalar):
+            out.append(f"if ({n}) *{n} = ({k.ctype})ava_dec_u64(&d);")
+        elif isinstance(k, api.OutHandles):
+            out.append(f"if ({n}) ava_dec_out_handles(&d, {OBJ_ENUM[k.obj]}, (void **){n}, {k.count});")
+    return out
+
+
+def render_function(fn: api.Function) -> str:
+    """One entry point: allocate what the call creates, encode, invoke, decode, and a
+    single exit path that frees whatever the call did not hand to the caller."""
+    params = ", ".join(api.c_params(fn))
+    creates = fn.creates
+    events = [a.name for a in fn.args if isinstance(a.kind, api.EventOut)]
+    stages = [a.name for a in fn.args if isinstance(a.kind, api.HostData)]
+    body = ["struct ava_enc e;", "struct ava_dec d = {0};", "int64_t status = CL_SUCCESS;",
+            "ava_enc_init(&e);"]
+    # Everything the exit path looks at is declared (and initialised) before any goto.
+    body += [f"struct ava_stage stage_{n} = {{0}};" for n in stages]
+    if creates:
+        body.append(f"{creates} obj = NULL;")
+    body += [f"cl_event new_{n} = NULL;" for n in events]
+    if creates:
+        body.append(f"obj = ava_obj_new({OBJ_ENUM[creates]});")
+        body.append("if (!obj) { status = CL_OUT_OF_HOST_MEMORY; goto done; }")
+    for n in events:
+        body.append(f"if ({n} && !(new_{n} = ava_obj_new({OBJ_ENUM['cl_event']}))) "
+                    f"{{ status = CL_OUT_OF_HOST_MEMORY; goto done; }}")
+    if creates:
+        body.append("ava_enc_u64(&e, ava_obj_id(obj));")
+    body += _encode(fn)
+    body.append(f"status = ava_icd_invoke({fn.opcode:#x}, \"{fn.name}\", &e, "
+                f"{_reply_capacity(fn)}, &d);")
+    body += _decode(fn)
+    if fn.retains:
+        body.append(f"if (status == CL_SUCCESS) ava_obj_retain({fn.args[0].name});")
+    if fn.releases:
+        body.append(f"if (status == CL_SUCCESS) ava_obj_release({fn.args[0].name});")
+    if creates or events or stages:
+        body.append("done:")
+    body += [f"ava_stage_finish(&stage_{n}, status == CL_SUCCESS);" for n in stages]
+    for n in events:
+        body.append(f"if (new_{n}) {{ if (status == CL_SUCCESS) *{n} = new_{n}; "
+                    f"else ava_obj_free(new_{n}); }}")
+    body += ["ava_dec_free(&d);", "ava_enc_free(&e);"]
+    if creates:
+        body.append("if (errcode_ret) *errcode_ret = (cl_int)status;")
+        body.append("if (status != CL_SUCCESS) { if (obj) ava_obj_free(obj); return NULL; }")
+        body.append("return obj;")
+    else:
+        body.append("return (cl_int)status;")
+    lines = [f"CL_API_ENTRY {fn.returns} CL_API_CALL", f"ava_{fn.name}({params})", "{"]
+    lines += [("" if line.endswith(":") else "    ") + line for line in body]
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def render() -> str:
+    parts = [
+        f"/* AUTOGENERATED by guest_driver/gen_icd.py from protocols/opencl_api.py "
+        f"(spec {_spec_hash()}).",
+        " * Do not edit: change the spec and run `python -m guest_driver.gen_icd`. */",
+        '#include "ava_icd.h"',
+        "",
+    ]
+    for fn in sorted(api.FUNCTIONS, key=lambda f: f.index):
+        parts.append(render_function(fn))
+        parts.append("")
+    parts.append("void ava_icd_fill_dispatch(struct _cl_icd_dispatch *t)")
+    parts.append("{")
+    for fn in sorted(api.FUNCTIONS, key=lambda f: f.index):
+        parts.append(f"    t->{fn.name} = ava_{fn.name};")
+    parts.append("}")
+    parts.append("")
+    parts.append("const char *const ava_icd_forwarded[] = {")
+    for fn in sorted(api.FUNCTIONS, key=lambda f: f.name):
+        parts.append(f'    "{fn.name}",')
+    parts.append("    NULL,")
+    parts.append("};")
+    return "\n".join(parts) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m guest_driver.gen_icd",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true",
+                        help="change nothing; exit 1 if the generated file on disk is stale")
+    args = parser.parse_args(argv)
+    text = render()
+    try:
+        with open(OUTPUT) as f:
+            current = f.read()
+    except FileNotFoundError:
+        current = None
+    if current == text:
+        return 0
+    if args.check:
+        print(f"{OUTPUT} is stale: run `python -m guest_driver.gen_icd`", file=sys.stderr)
+        return 1
+    os.makedirs(ICD_DIR, exist_ok=True)
+    with open(OUTPUT, "w") as f:
+        f.write(text)
+    print(f"wrote {OUTPUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

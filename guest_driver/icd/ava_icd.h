@@ -1,0 +1,132 @@
+/* The guest ICD's internal interface: argument encoding, guest objects, and the
+ * call path into the device.  The OpenCL entry points themselves are generated
+ * (ava_icd_stubs.c, from protocols/opencl_api.py); this header is what they use.
+ *
+ * Conventions (libvfio-user style): functions returning int give 0 or -1/-errno;
+ * an OpenCL status travels as int64_t.  Encoders never fail individually: an
+ * allocation failure marks the encoder and the call then fails with
+ * CL_OUT_OF_HOST_MEMORY. */
+#ifndef AVA_ICD_H
+#define AVA_ICD_H
+
+#define CL_TARGET_OPENCL_VERSION 300
+#define CL_USE_DEPRECATED_OPENCL_1_0_APIS
+#define CL_USE_DEPRECATED_OPENCL_1_1_APIS
+#define CL_USE_DEPRECATED_OPENCL_1_2_APIS
+#define CL_USE_DEPRECATED_OPENCL_2_0_APIS
+#include <CL/cl.h>
+#include <CL/cl_icd.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define AVA_NULL_LEN UINT64_MAX
+
+/* Kernel argument tags and data reference modes: protocols/opencl_api.py. */
+#define AVA_KARG_BYTES 0
+#define AVA_KARG_MEM 1
+#define AVA_KARG_SAMPLER 2
+#define AVA_KARG_LOCAL 3
+#define AVA_HOSTDATA_RANGE 0
+#define AVA_HOSTDATA_SG 1
+
+typedef void (*ava_context_notify)(const char *, const void *, size_t, void *);
+typedef void (*ava_program_notify)(cl_program, void *);
+
+/* ---- guest objects ------------------------------------------------------------ */
+
+enum ava_obj_type {
+    AVA_OBJ_NONE = 0,
+    AVA_OBJ_PLATFORM, AVA_OBJ_DEVICE, AVA_OBJ_CONTEXT, AVA_OBJ_COMMAND_QUEUE, AVA_OBJ_MEM,
+    AVA_OBJ_PROGRAM, AVA_OBJ_KERNEL, AVA_OBJ_EVENT, AVA_OBJ_SAMPLER,
+    AVA_OBJ_TYPES
+};
+
+/* Every object the application sees starts with the ICD dispatch pointer. */
+struct ava_object {
+    const struct _cl_icd_dispatch *dispatch;
+    uint32_t magic;          /* AVA_OBJ_MAGIC ^ type while alive */
+    uint32_t type;
+    uint64_t id;             /* what the host knows it by */
+    uint32_t refs;           /* mirror of the user-visible reference count */
+};
+
+void *ava_obj_new(int type);                  /* fresh guest-assigned id; NULL on ENOMEM */
+void ava_obj_free(void *obj);                 /* a creation that failed */
+uint64_t ava_obj_id(const void *obj);
+/* The id to send for an application-supplied object of ``type``: 0 for NULL, an id
+ * the host rejects (so it answers with the right CL_INVALID_*) for anything that is
+ * not a live object of ours of that type. */
+uint64_t ava_obj_wire_id(int type, const void *obj);
+void *ava_obj_from_id(int type, uint64_t id); /* host ids (platforms, devices) and known ids */
+int ava_obj_is(const void *obj, int type);
+void ava_obj_retain(void *obj);
+void ava_obj_release(void *obj);              /* frees the guest struct at zero */
+
+/* ---- encoding ------------------------------------------------------------------- */
+
+struct ava_enc {
+    uint8_t *buf;
+    size_t len, cap;
+    int oom;
+};
+
+struct ava_dec {
+    uint8_t *buf;            /* owned: freed by ava_dec_free */
+    size_t len, pos;
+};
+
+struct ava_handle_key {
+    int64_t key;
+    int type;
+};
+
+/* Application memory handed to an enqueue, staged in DMA memory. */
+struct ava_stage {
+    void *app;               /* the caller's pointer */
+    void *dma;               /* the staging copy */
+    size_t len;
+    int out;                 /* copy back to app on success */
+    void *priv;              /* transport's allocation */
+};
+
+void ava_enc_init(struct ava_enc *e);
+void ava_enc_free(struct ava_enc *e);
+void ava_enc_u64(struct ava_enc *e, uint64_t v);
+void ava_enc_blob(struct ava_enc *e, const void *p, size_t n);
+void ava_enc_cstring(struct ava_enc *e, const char *s);
+void ava_enc_handle(struct ava_enc *e, int type, const void *obj);
+void ava_enc_handles(struct ava_enc *e, int type, const void *const *objs, uint64_t n);
+void ava_enc_sizes(struct ava_enc *e, const size_t *v, uint64_t n);
+void ava_enc_strings(struct ava_enc *e, const char **strings, const size_t *lengths, uint64_t n);
+void ava_enc_properties(struct ava_enc *e, const int64_t *props, const struct ava_handle_key *keys,
+                        size_t nkeys);
+void ava_enc_kernel_arg(struct ava_enc *e, size_t size, const void *value);
+int ava_enc_host_data(struct ava_enc *e, struct ava_stage *st, const void *p, size_t n, int out);
+void ava_stage_finish(struct ava_stage *st, int success);
+size_t ava_icd_create_info_size(cl_buffer_create_type type);
+
+uint64_t ava_dec_u64(struct ava_dec *d);
+void ava_dec_out_buffer(struct ava_dec *d, void *dst, size_t cap, int handle_type);
+void ava_dec_out_handles(struct ava_dec *d, int type, void **dst, uint64_t cap);
+void ava_dec_free(struct ava_dec *d);
+
+/* ---- the call --------------------------------------------------------------------- */
+
+/* Send the encoded call; on return ``d`` holds the outputs after the status.  Returns
+ * the OpenCL status: the host's, or CL_OUT_OF_HOST_MEMORY / CL_OUT_OF_RESOURCES when
+ * the call could not be made (the reason goes to stderr once, see AVA_ICD_DEBUG). */
+int64_t ava_icd_invoke(uint16_t opcode, const char *name, struct ava_enc *e, size_t reply_cap,
+                       struct ava_dec *d);
+
+/* Transport hooks (icd_transport.c, over the guest runtime). */
+int ava_transport_call(uint16_t opcode, const void *payload, size_t len, void *reply,
+                       size_t cap, size_t *reply_len);
+int ava_transport_stage_alloc(struct ava_stage *st, uint64_t *mode, uint64_t *addr,
+                              uint64_t *len_or_count);
+void ava_transport_stage_free(struct ava_stage *st);
+
+extern struct _cl_icd_dispatch ava_dispatch;   /* filled at load time */
+void ava_icd_fill_dispatch(struct _cl_icd_dispatch *t);
+extern const char *const ava_icd_forwarded[];
+
+#endif

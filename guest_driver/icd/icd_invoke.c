@@ -1,0 +1,45 @@
+/* One call through the device: payload out, reply in, status out of the reply. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ava_icd.h"
+
+static int debug = -1;
+
+static void report(const char *name, int err)
+{
+    static int reported;
+    if (debug < 0)
+        debug = getenv("AVA_ICD_DEBUG") != NULL;
+    if (!reported || debug) {
+        reported = 1;
+        fprintf(stderr, "ava-vdev ICD: %s could not reach the device: %s\n", name, strerror(err));
+    }
+}
+
+int64_t ava_icd_invoke(uint16_t opcode, const char *name, struct ava_enc *e, size_t reply_cap,
+                       struct ava_dec *d)
+{
+    memset(d, 0, sizeof(*d));
+    if (e->oom)
+        return CL_OUT_OF_HOST_MEMORY;
+    d->buf = malloc(reply_cap);
+    if (!d->buf)
+        return CL_OUT_OF_HOST_MEMORY;
+    size_t got = 0;
+    int rc = ava_transport_call(opcode, e->buf, e->len, d->buf, reply_cap, &got);
+    if (rc != 0) {
+        report(name, rc < 0 ? -rc : EIO);
+        return CL_OUT_OF_RESOURCES;
+    }
+    if (got < 8)
+        return CL_OUT_OF_RESOURCES;
+    d->len = got;
+    d->pos = 0;
+    int64_t status = (int64_t)ava_dec_u64(d);
+    if (debug > 0)
+        fprintf(stderr, "ava-vdev ICD: %s -> %lld\n", name, (long long)status);
+    return status;
+}

@@ -1,0 +1,204 @@
+/* Guest objects: what the application holds, each with the id the host knows.
+ *
+ * Ids of created objects are assigned here (pid in the high half, a counter in the
+ * low half), so creating calls need no round trip to learn them.  Platforms and
+ * devices get the ids the host enumerates them with.  A pointer table answers
+ * "is this one of our live objects?" without dereferencing what the application
+ * passed, so a stray pointer becomes an invalid-object error, not a crash. */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ava_icd.h"
+
+#define AVA_OBJ_MAGIC 0x41564f42u   /* "AVOB" */
+#define INVALID_WIRE_ID 0x7fffffffffffffffull
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t counter;
+
+/* Open-addressing sets keyed by pointer and by id. */
+struct slot {
+    uintptr_t key;
+    struct ava_object *obj;
+};
+static struct slot *by_ptr, *by_id;
+static size_t cap, used;
+
+static size_t hash(uintptr_t k)
+{
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdull;
+    k ^= k >> 33;
+    return (size_t)k;
+}
+
+static struct slot *find(struct slot *t, uintptr_t key)
+{
+    if (!cap)
+        return NULL;
+    for (size_t i = hash(key) & (cap - 1);; i = (i + 1) & (cap - 1)) {
+        if (t[i].key == key)
+            return &t[i];
+        if (!t[i].key)
+            return NULL;
+    }
+}
+
+static void put(struct slot *t, uintptr_t key, struct ava_object *obj)
+{
+    size_t i = hash(key) & (cap - 1);
+    while (t[i].key && t[i].key != key)
+        i = (i + 1) & (cap - 1);
+    t[i].key = key;
+    t[i].obj = obj;
+}
+
+static void del(struct slot *t, uintptr_t key)
+{
+    struct slot *s = find(t, key);
+    if (!s)
+        return;
+    /* Backward-shift deletion keeps probe chains intact. */
+    size_t i = (size_t)(s - t);
+    for (size_t j = (i + 1) & (cap - 1); t[j].key; j = (j + 1) & (cap - 1)) {
+        size_t home = hash(t[j].key) & (cap - 1);
+        if ((j > i && (home <= i || home > j)) || (j < i && (home <= i && home > j))) {
+            t[i] = t[j];
+            i = j;
+        }
+    }
+    t[i].key = 0;
+    t[i].obj = NULL;
+}
+
+static int grow(void)
+{
+    if ((used + 1) * 2 <= cap)
+        return 0;
+    size_t ncap = cap ? cap * 2 : 256;
+    struct slot *np = calloc(ncap, sizeof(*np)), *ni = calloc(ncap, sizeof(*ni));
+    if (!np || !ni) {
+        free(np);
+        free(ni);
+        return -1;
+    }
+    struct slot *op = by_ptr, *oi = by_id;
+    size_t ocap = cap;
+    by_ptr = np;
+    by_id = ni;
+    cap = ncap;
+    for (size_t i = 0; i < ocap; i++) {
+        if (op[i].key)
+            put(by_ptr, op[i].key, op[i].obj);
+        if (oi[i].key)
+            put(by_id, oi[i].key, oi[i].obj);
+    }
+    free(op);
+    free(oi);
+    return 0;
+}
+
+static struct ava_object *insert(int type, uint64_t id)
+{
+    struct ava_object *o = calloc(1, sizeof(*o));
+    if (!o)
+        return NULL;
+    o->dispatch = &ava_dispatch;
+    o->magic = AVA_OBJ_MAGIC ^ (uint32_t)type;
+    o->type = (uint32_t)type;
+    o->id = id;
+    o->refs = 1;
+    if (grow() != 0) {
+        free(o);
+        return NULL;
+    }
+    put(by_ptr, (uintptr_t)o, o);
+    put(by_id, (uintptr_t)id, o);
+    used++;
+    return o;
+}
+
+static void remove_locked(struct ava_object *o)
+{
+    del(by_ptr, (uintptr_t)o);
+    del(by_id, (uintptr_t)o->id);
+    used--;
+    o->magic = 0;
+    free(o);
+}
+
+void *ava_obj_new(int type)
+{
+    pthread_mutex_lock(&lock);
+    uint64_t id = ((uint64_t)getpid() << 32) | (++counter & 0xffffffffu);
+    struct ava_object *o = insert(type, id);
+    pthread_mutex_unlock(&lock);
+    return o;
+}
+
+void ava_obj_free(void *obj)
+{
+    pthread_mutex_lock(&lock);
+    if (find(by_ptr, (uintptr_t)obj))
+        remove_locked(obj);
+    pthread_mutex_unlock(&lock);
+}
+
+uint64_t ava_obj_id(const void *obj)
+{
+    return ((const struct ava_object *)obj)->id;
+}
+
+int ava_obj_is(const void *obj, int type)
+{
+    pthread_mutex_lock(&lock);
+    struct slot *s = find(by_ptr, (uintptr_t)obj);
+    int ok = s && s->obj->type == (uint32_t)type;
+    pthread_mutex_unlock(&lock);
+    return ok;
+}
+
+uint64_t ava_obj_wire_id(int type, const void *obj)
+{
+    if (!obj)
+        return 0;
+    pthread_mutex_lock(&lock);
+    struct slot *s = find(by_ptr, (uintptr_t)obj);
+    uint64_t id = (s && s->obj->type == (uint32_t)type) ? s->obj->id : INVALID_WIRE_ID;
+    pthread_mutex_unlock(&lock);
+    return id;
+}
+
+void *ava_obj_from_id(int type, uint64_t id)
+{
+    if (!id)
+        return NULL;
+    pthread_mutex_lock(&lock);
+    struct slot *s = find(by_id, (uintptr_t)id);
+    struct ava_object *o = s ? s->obj : NULL;
+    if (!o && (type == AVA_OBJ_PLATFORM || type == AVA_OBJ_DEVICE))
+        o = insert(type, id);          /* enumerated objects live as long as the process */
+    pthread_mutex_unlock(&lock);
+    return o;
+}
+
+void ava_obj_retain(void *obj)
+{
+    pthread_mutex_lock(&lock);
+    struct slot *s = find(by_ptr, (uintptr_t)obj);
+    if (s)
+        s->obj->refs++;
+    pthread_mutex_unlock(&lock);
+}
+
+void ava_obj_release(void *obj)
+{
+    pthread_mutex_lock(&lock);
+    struct slot *s = find(by_ptr, (uintptr_t)obj);
+    if (s && s->obj->type != AVA_OBJ_PLATFORM && s->obj->type != AVA_OBJ_DEVICE &&
+        --s->obj->refs == 0)
+        remove_locked(s->obj);
+    pthread_mutex_unlock(&lock);
+}

@@ -1,0 +1,242 @@
+/* Argument encoding and reply decoding (the wire format of protocols/opencl_api.py). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "ava_icd.h"
+
+void ava_enc_init(struct ava_enc *e)
+{
+    memset(e, 0, sizeof(*e));
+}
+
+void ava_enc_free(struct ava_enc *e)
+{
+    free(e->buf);
+    memset(e, 0, sizeof(*e));
+}
+
+static uint8_t *enc_reserve(struct ava_enc *e, size_t n)
+{
+    if (e->oom)
+        return NULL;
+    if (e->len + n > e->cap) {
+        size_t cap = e->cap ? e->cap : 256;
+        while (cap < e->len + n)
+            cap *= 2;
+        uint8_t *buf = realloc(e->buf, cap);
+        if (!buf) {
+            e->oom = 1;
+            return NULL;
+        }
+        e->buf = buf;
+        e->cap = cap;
+    }
+    uint8_t *p = e->buf + e->len;
+    e->len += n;
+    return p;
+}
+
+void ava_enc_u64(struct ava_enc *e, uint64_t v)
+{
+    uint8_t *p = enc_reserve(e, 8);
+    if (p)
+        memcpy(p, &v, 8);
+}
+
+void ava_enc_blob(struct ava_enc *e, const void *data, size_t n)
+{
+    if (!data) {
+        ava_enc_u64(e, AVA_NULL_LEN);
+        return;
+    }
+    ava_enc_u64(e, n);
+    size_t padded = (n + 7) & ~(size_t)7;
+    uint8_t *p = enc_reserve(e, padded);
+    if (p) {
+        memcpy(p, data, n);
+        memset(p + n, 0, padded - n);
+    }
+}
+
+void ava_enc_cstring(struct ava_enc *e, const char *s)
+{
+    ava_enc_blob(e, s, s ? strlen(s) + 1 : 0);
+}
+
+void ava_enc_handle(struct ava_enc *e, int type, const void *obj)
+{
+    ava_enc_u64(e, ava_obj_wire_id(type, obj));
+}
+
+void ava_enc_handles(struct ava_enc *e, int type, const void *const *objs, uint64_t n)
+{
+    if (!objs) {
+        ava_enc_u64(e, AVA_NULL_LEN);
+        return;
+    }
+    ava_enc_u64(e, n);
+    for (uint64_t i = 0; i < n; i++)
+        ava_enc_u64(e, ava_obj_wire_id(type, objs[i]));
+}
+
+/* Work sizes: never read more than 3 entries (the host pads an invalid work_dim, so
+ * the implementation still answers CL_INVALID_WORK_DIMENSION itself). */
+void ava_enc_sizes(struct ava_enc *e, const size_t *v, uint64_t n)
+{
+    if (!v) {
+        ava_enc_u64(e, AVA_NULL_LEN);
+        return;
+    }
+    uint64_t k = n < 3 ? n : 3;
+    ava_enc_u64(e, k);
+    for (uint64_t i = 0; i < k; i++)
+        ava_enc_u64(e, v[i]);
+}
+
+void ava_enc_strings(struct ava_enc *e, const char **strings, const size_t *lengths, uint64_t n)
+{
+    if (!strings) {
+        ava_enc_u64(e, AVA_NULL_LEN);
+        return;
+    }
+    ava_enc_u64(e, n);
+    for (uint64_t i = 0; i < n; i++) {
+        if (!strings[i]) {
+            ava_enc_u64(e, AVA_NULL_LEN);
+            continue;
+        }
+        size_t len = (lengths && lengths[i]) ? lengths[i] : strlen(strings[i]);
+        ava_enc_blob(e, strings[i], len);
+    }
+}
+
+void ava_enc_properties(struct ava_enc *e, const int64_t *props, const struct ava_handle_key *keys,
+                        size_t nkeys)
+{
+    if (!props) {
+        ava_enc_u64(e, AVA_NULL_LEN);
+        return;
+    }
+    uint64_t pairs = 0;
+    while (props[2 * pairs] != 0 && pairs < 256)
+        pairs++;
+    ava_enc_u64(e, pairs);
+    for (uint64_t i = 0; i < pairs; i++) {
+        int64_t key = props[2 * i], value = props[2 * i + 1];
+        uint64_t wire = (uint64_t)value;
+        for (size_t k = 0; k < nkeys; k++)
+            if (keys[k].key == key)
+                wire = ava_obj_wire_id(keys[k].type, (const void *)(intptr_t)value);
+        ava_enc_u64(e, (uint64_t)key);
+        ava_enc_u64(e, wire);
+    }
+}
+
+/* A cl_mem or cl_sampler argument is recognised by what it points at: one of our live
+ * objects.  Anything else is bytes, and NULL is local memory. */
+void ava_enc_kernel_arg(struct ava_enc *e, size_t size, const void *value)
+{
+    ava_enc_u64(e, size);
+    if (!value) {
+        ava_enc_u64(e, AVA_KARG_LOCAL);
+        return;
+    }
+    if (size == sizeof(void *)) {
+        const void *obj = *(const void *const *)value;
+        if (obj && ava_obj_is(obj, AVA_OBJ_MEM)) {
+            ava_enc_u64(e, AVA_KARG_MEM);
+            ava_enc_u64(e, ava_obj_id(obj));
+            return;
+        }
+        if (obj && ava_obj_is(obj, AVA_OBJ_SAMPLER)) {
+            ava_enc_u64(e, AVA_KARG_SAMPLER);
+            ava_enc_u64(e, ava_obj_id(obj));
+            return;
+        }
+    }
+    ava_enc_u64(e, AVA_KARG_BYTES);
+    ava_enc_blob(e, value, size);
+}
+
+int ava_enc_host_data(struct ava_enc *e, struct ava_stage *st, const void *p, size_t n, int out)
+{
+    memset(st, 0, sizeof(*st));
+    if (!p) {
+        ava_enc_u64(e, AVA_NULL_LEN);
+        return 0;
+    }
+    st->app = (void *)p;
+    st->len = n;
+    st->out = out;
+    uint64_t mode, addr, count;
+    if (ava_transport_stage_alloc(st, &mode, &addr, &count) != 0)
+        return -1;
+    if (!out && n)
+        memcpy(st->dma, p, n);
+    ava_enc_u64(e, mode);
+    ava_enc_u64(e, addr);
+    ava_enc_u64(e, count);
+    return 0;
+}
+
+void ava_stage_finish(struct ava_stage *st, int success)
+{
+    if (!st->priv)
+        return;
+    if (success && st->out && st->len)
+        memcpy(st->app, st->dma, st->len);
+    ava_transport_stage_free(st);
+    memset(st, 0, sizeof(*st));
+}
+
+size_t ava_icd_create_info_size(cl_buffer_create_type type)
+{
+    return type == CL_BUFFER_CREATE_TYPE_REGION ? sizeof(cl_buffer_region) : 0;
+}
+
+/* ---- decoding ---------------------------------------------------------------------- */
+
+uint64_t ava_dec_u64(struct ava_dec *d)
+{
+    uint64_t v = 0;
+    if (d->pos + 8 <= d->len)
+        memcpy(&v, d->buf + d->pos, 8);
+    d->pos += 8;
+    return v;
+}
+
+void ava_dec_out_buffer(struct ava_dec *d, void *dst, size_t cap, int handle_type)
+{
+    uint64_t n = ava_dec_u64(d);
+    if (d->pos > d->len || n > d->len - d->pos)
+        return;
+    size_t take = n < cap ? (size_t)n : cap;
+    if (handle_type && take % 8 == 0) {
+        /* Object-valued results come back as ids: give the application our objects. */
+        for (size_t i = 0; i < take / 8; i++) {
+            uint64_t id;
+            memcpy(&id, d->buf + d->pos + 8 * i, 8);
+            void *obj = ava_obj_from_id(handle_type, id);
+            memcpy((uint8_t *)dst + 8 * i, &obj, 8);
+        }
+    } else {
+        memcpy(dst, d->buf + d->pos, take);
+    }
+    d->pos += (n + 7) & ~(uint64_t)7;
+}
+
+void ava_dec_out_handles(struct ava_dec *d, int type, void **dst, uint64_t cap)
+{
+    uint64_t n = ava_dec_u64(d);
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t id = ava_dec_u64(d);
+        if (i < cap)
+            dst[i] = ava_obj_from_id(type, id);
+    }
+}
+
+void ava_dec_free(struct ava_dec *d)
+{
+    free(d->buf);
+    memset(d, 0, sizeof(*d));
+}
