@@ -46,6 +46,8 @@ SCALAR_TYPES = {
     "cl_context_properties": (8, True), "cl_queue_properties": (8, False),
     "cl_kernel_arg_info": (4, False), "cl_buffer_create_type": (4, False),
     "cl_mem_migration_flags": (8, False),
+    "cl_addressing_mode": (4, False), "cl_filter_mode": (4, False), "cl_sampler_info": (4, False),
+    "cl_image_info": (4, False),
 }
 
 
@@ -211,6 +213,8 @@ CL_KERNEL_CONTEXT = 0x1193
 CL_KERNEL_PROGRAM = 0x1194
 CL_EVENT_COMMAND_QUEUE = 0x11D0
 CL_EVENT_CONTEXT = 0x11D4
+CL_SAMPLER_CONTEXT = 0x1151
+CL_IMAGE_BUFFER = 0x1118
 
 
 def _info(name, index, obj, info_type, handle_params=None, blocking=False, extra=()):
@@ -253,6 +257,13 @@ FUNCTIONS: tuple[Function, ...] = (
         ("user_data", Ignored("void *", "goes with pfn_notify")),
         ("errcode_ret", ErrcodeRet()),
         returns="cl_context", creates="cl_context"),
+    _fn("clCreateContextFromType", 5,
+        ("properties", Properties("cl_context_properties", {CL_CONTEXT_PLATFORM: "cl_platform_id"})),
+        ("device_type", Scalar("cl_device_type")),
+        ("pfn_notify", Ignored("ava_context_notify", "context error callbacks are not forwarded yet")),
+        ("user_data", Ignored("void *", "goes with pfn_notify")),
+        ("errcode_ret", ErrcodeRet()),
+        returns="cl_context", creates="cl_context", blocking=True),
     _fn("clRetainContext", 6, ("context", Handle("cl_context")), retains="cl_context"),
     _fn("clReleaseContext", 7, ("context", Handle("cl_context")), releases="cl_context"),
     _info("clGetContextInfo", 8, "cl_context", "cl_context_info",
@@ -280,6 +291,18 @@ FUNCTIONS: tuple[Function, ...] = (
     _fn("clReleaseMemObject", 18, ("memobj", Handle("cl_mem")), releases="cl_mem"),
     _info("clGetMemObjectInfo", 20, "cl_mem", "cl_mem_info",
           {CL_MEM_CONTEXT: "cl_context", CL_MEM_ASSOCIATED_MEMOBJECT: "cl_mem"}),
+    _info("clGetImageInfo", 21, "cl_mem", "cl_image_info", {CL_IMAGE_BUFFER: "cl_mem"}),
+    _fn("clCreateSampler", 22,
+        ("context", Handle("cl_context")),
+        ("normalized_coords", Scalar("cl_bool")),
+        ("addressing_mode", Scalar("cl_addressing_mode")),
+        ("filter_mode", Scalar("cl_filter_mode")),
+        ("errcode_ret", ErrcodeRet()),
+        returns="cl_sampler", creates="cl_sampler"),
+    _fn("clRetainSampler", 23, ("sampler", Handle("cl_sampler")), retains="cl_sampler"),
+    _fn("clReleaseSampler", 24, ("sampler", Handle("cl_sampler")), releases="cl_sampler"),
+    _info("clGetSamplerInfo", 25, "cl_sampler", "cl_sampler_info",
+          {CL_SAMPLER_CONTEXT: "cl_context"}),
     _fn("clCreateProgramWithSource", 26,
         ("context", Handle("cl_context")),
         ("count", Scalar("cl_uint")),
@@ -305,6 +328,7 @@ FUNCTIONS: tuple[Function, ...] = (
         ("kernel_name", CString(nullable=False)),
         ("errcode_ret", ErrcodeRet()),
         returns="cl_kernel", creates="cl_kernel"),
+    _fn("clUnloadCompiler", 31),
     _fn("clRetainKernel", 36, ("kernel", Handle("cl_kernel")), retains="cl_kernel"),
     _fn("clReleaseKernel", 37, ("kernel", Handle("cl_kernel")), releases="cl_kernel"),
     _info("clGetKernelInfo", 39, "cl_kernel", "cl_kernel_info",
@@ -355,6 +379,11 @@ FUNCTIONS: tuple[Function, ...] = (
         ("local_work_size", InArray("size_t", "work_dim")),
         *_WAIT),
     _fn("clEnqueueTask", 60, _QUEUE, ("kernel", Handle("cl_kernel")), *_WAIT),
+    _fn("clEnqueueMarker", 62, _QUEUE, ("event", EventOut())),
+    _fn("clEnqueueWaitForEvents", 63, _QUEUE,
+        ("num_events", Scalar("cl_uint")),
+        ("event_list", Handles("cl_event", "num_events"))),
+    _fn("clEnqueueBarrier", 64, _QUEUE),
     _fn("clCreateSubBuffer", 82,
         ("buffer", Handle("cl_mem")),
         ("flags", Scalar("cl_mem_flags")),
@@ -362,6 +391,9 @@ FUNCTIONS: tuple[Function, ...] = (
         ("buffer_create_info", InBuffer("buffer_create_info_size")),
         ("errcode_ret", ErrcodeRet()),
         returns="cl_mem", creates="cl_mem"),
+    _fn("clRetainDevice", 94, ("device", Handle("cl_device_id")), retains="cl_device_id"),
+    _fn("clReleaseDevice", 95, ("device", Handle("cl_device_id")), releases="cl_device_id"),
+    _fn("clUnloadPlatformCompiler", 100, ("platform", Handle("cl_platform_id"))),
     _fn("clCreateUserEvent", 84,
         ("context", Handle("cl_context")),
         ("errcode_ret", ErrcodeRet()),
@@ -471,6 +503,8 @@ typedef cl_uint cl_program_build_info; typedef cl_uint cl_kernel_info;
 typedef cl_uint cl_kernel_work_group_info; typedef cl_uint cl_event_info;
 typedef cl_uint cl_profiling_info; typedef cl_uint cl_kernel_arg_info;
 typedef cl_uint cl_buffer_create_type; typedef cl_bitfield cl_mem_migration_flags;
+typedef cl_uint cl_addressing_mode; typedef cl_uint cl_filter_mode; typedef cl_uint cl_sampler_info;
+typedef cl_uint cl_image_info;
 """ + "".join(f"typedef struct _{t} *{t};\n" for t in OBJECT_TYPES) + """
 typedef void (*ava_context_notify)(const char *, const void *, size_t, void *);
 typedef void (*ava_program_notify)(cl_program, void *);

@@ -238,3 +238,27 @@ def test_malformed_arrays_and_sizes(backend):
     with pytest.raises(WireError):
         backend.call(F["clCreateProgramWithSource"], (5).to_bytes(8, "little") + b"\0" * 8
                      + (1).to_bytes(8, "little") + (1).to_bytes(8, "little") + huge, 1)
+
+
+def test_samplers_and_device_refcounts(backend):
+    g = Guest(backend)
+    ctx, dev = g.context()
+    smp = next(ids)
+    CL_ADDRESS_CLAMP, CL_FILTER_NEAREST, CL_SAMPLER_CONTEXT = 0x1132, 0x1140, 0x1151
+    status, _ = g.call("clCreateSampler", smp, context=ctx, normalized_coords=0,
+                       addressing_mode=CL_ADDRESS_CLAMP, filter_mode=CL_FILTER_NEAREST)
+    assert status in (0, -59), "PoCL may lack image support (CL_INVALID_OPERATION)"
+    if status == 0:
+        status, out = g.call("clGetSamplerInfo", object=smp, param_name=CL_SAMPLER_CONTEXT,
+                             param_value_size=8, param_value=8)
+        assert int.from_bytes(out["param_value"], "little") == ctx
+        assert g.call("clReleaseSampler", sampler=smp)[0] == 0
+    assert g.call("clCreateSampler", next(ids), context=ctx, normalized_coords=0,
+                  addressing_mode=0x7777, filter_mode=CL_FILTER_NEAREST)[0] in (-30, -59)
+    assert g.call("clRetainDevice", device=dev)[0] == 0
+    assert g.call("clReleaseDevice", device=dev)[0] == 0
+    assert g.call("clReleaseDevice", device=dev)[0] == 0, "root devices ignore refcounts"
+    assert g.device() == dev
+    status, _ = g.call("clCreateContextFromType", next(ids), properties=None,
+                       device_type=CL_DEVICE_TYPE_ALL)
+    assert status == 0
