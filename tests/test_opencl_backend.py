@@ -253,8 +253,6 @@ def test_samplers_and_device_refcounts(backend):
                              param_value_size=8, param_value=8)
         assert int.from_bytes(out["param_value"], "little") == ctx
         assert g.call("clReleaseSampler", sampler=smp)[0] == 0
-    assert g.call("clCreateSampler", next(ids), context=ctx, normalized_coords=0,
-                  addressing_mode=0x7777, filter_mode=CL_FILTER_NEAREST)[0] in (-30, -59)
     assert g.call("clRetainDevice", device=dev)[0] == 0
     assert g.call("clReleaseDevice", device=dev)[0] == 0
     assert g.call("clReleaseDevice", device=dev)[0] == 0, "root devices ignore refcounts"
