@@ -354,7 +354,7 @@ async def test_fd_flood_is_closed(server, fds_before):
     (IrqSetFlags.DATA_EVENTFD | IrqSetFlags.ACTION_TRIGGER, IrqIndex.MSIX, 62, 4, 0, b""),
     (IrqSetFlags.DATA_EVENTFD | IrqSetFlags.ACTION_TRIGGER, IrqIndex.MSIX, 0, 2, 1, b""),
     (IrqSetFlags.DATA_EVENTFD | IrqSetFlags.ACTION_TRIGGER, 7, 0, 1, 1, b""),
-    (IrqSetFlags.DATA_EVENTFD | IrqSetFlags.ACTION_TRIGGER, IrqIndex.ERR, 0, 1, 1, b""),
+    (IrqSetFlags.DATA_EVENTFD | IrqSetFlags.ACTION_TRIGGER, IrqIndex.REQ, 0, 1, 1, b""),
     (IrqSetFlags.DATA_NONE | IrqSetFlags.DATA_BOOL | IrqSetFlags.ACTION_TRIGGER, 0, 0, 1, 0, b""),
     (IrqSetFlags.DATA_NONE | IrqSetFlags.ACTION_TRIGGER | IrqSetFlags.ACTION_MASK, 0, 0, 1, 0, b""),
     (IrqSetFlags.DATA_BOOL | IrqSetFlags.ACTION_TRIGGER, IrqIndex.MSIX, 0, 2, 0, b"\1"),

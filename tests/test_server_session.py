@@ -40,7 +40,11 @@ async def test_qemu_connect_sequence(server, guest_ram):
             sizes[index] = ri.size
         assert sizes == {0: abi.BAR0_SIZE, 1: 0, 2: abi.MSIX_BAR_SIZE, 3: 0, 4: 0, 5: 0, 7: 256}
         err = await cli.irq_info(IrqIndex.ERR)
-        assert err.count == 0
+        assert err.count == 1
+        err_fd = os.eventfd(0)
+        await cli.set_irqs(IrqIndex.ERR, IrqSetFlags.DATA_EVENTFD | IrqSetFlags.ACTION_TRIGGER,
+                           0, 1, [err_fd])
+        os.close(err_fd)
         config = await cli.region_read(RegionIndex.CONFIG, 0, 256)
         hdr = pci.Type0Header.parse(config)
         assert (hdr.vendor_id, hdr.device_id) == (abi.VENDOR_ID, abi.DEVICE_ID)

@@ -4,7 +4,9 @@ INTx is level-triggered and automasked: asserting the line signals once and
 masks; an UNMASK (a message, or the resample eventfd KVM signals on the
 guest's EOI) re-arms it and re-signals while the line is still high.  MSI and
 MSI-X vectors signal their eventfd; a masked vector remembers one pending
-signal.  Masking of MSI/MSI-X is normally QEMU's job.
+signal.  Masking of MSI/MSI-X is normally QEMU's job.  ERR has one vector
+(QEMU attaches an eventfd to it; signalling it would stop the VM, which the
+device never does); REQ has none.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class IrqController:
     def __init__(self, *, msi_vectors: int, msix_vectors: int,
                  intx_gate: Callable[[], bool] = lambda: True):
         self._counts = {IrqIndex.INTX: 1, IrqIndex.MSI: msi_vectors,
-                        IrqIndex.MSIX: msix_vectors, IrqIndex.ERR: 0, IrqIndex.REQ: 0}
+                        IrqIndex.MSIX: msix_vectors, IrqIndex.ERR: 1, IrqIndex.REQ: 0}
         self._flags = {
             IrqIndex.INTX: IrqInfoFlags.EVENTFD | IrqInfoFlags.MASKABLE | IrqInfoFlags.AUTOMASKED,
             IrqIndex.MSI: IrqInfoFlags.EVENTFD | IrqInfoFlags.NORESIZE,
