@@ -1,0 +1,425 @@
+/* Device lifecycle, queues, and the submit/wait path shared by both transports. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "rt_internal.h"
+
+static __thread char last_error[512];
+
+const char *ava_last_error(void)
+{
+    return last_error[0] ? last_error : "no error";
+}
+
+int rt_error(int err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_error, sizeof(last_error), fmt, ap);
+    va_end(ap);
+    if (getenv("AVA_VDEV_DEBUG"))
+        fprintf(stderr, "ava-vdev: %s\n", last_error);
+    return -(err ? err : EIO);
+}
+
+uint32_t ava_read_reg(struct ava_device *dev, uint32_t off)
+{
+    return dev->ops->read32(dev, off);
+}
+
+void ava_write_reg(struct ava_device *dev, uint32_t off, uint32_t value)
+{
+    dev->ops->write32(dev, off, value, 0);
+}
+
+const char *ava_transport_name(const struct ava_device *dev)
+{
+    return dev->ops->name;
+}
+
+/* ---- queues ----------------------------------------------------------------------- */
+
+struct ava_queue {
+    struct ava_device *dev;
+    unsigned index, slots;
+    uint8_t *ring;
+    uint64_t ring_gpa;
+    size_t ring_bytes;
+    uint8_t *staging;          /* per slot: payload then reply, AVA_STAGING_SIZE each */
+    uint64_t staging_gpa;
+    uint64_t tail;             /* next seq to publish */
+    int irq_fd;
+    int dead;                  /* the device dropped this queue (reset, failure) */
+};
+
+static volatile uint64_t *ring_tail(struct ava_queue *q) { return (volatile uint64_t *)(q->ring + 0); }
+static volatile uint64_t *ring_head(struct ava_queue *q) { return (volatile uint64_t *)(q->ring + 64); }
+static volatile uint32_t *ring_status(struct ava_queue *q) { return (volatile uint32_t *)(q->ring + 128); }
+static volatile uint32_t *ring_armed(struct ava_queue *q) { return (volatile uint32_t *)(q->ring + 192); }
+
+static struct ava_command *slot_cmd(struct ava_queue *q, uint64_t seq)
+{
+    return (struct ava_command *)(q->ring + AVA_RING_HEADER_SIZE + (seq & (q->slots - 1)) * AVA_COMMAND_SIZE);
+}
+
+static volatile struct ava_completion *slot_cq(struct ava_queue *q, uint64_t seq)
+{
+    return (volatile struct ava_completion *)(q->ring + AVA_RING_HEADER_SIZE +
+                                              q->slots * AVA_COMMAND_SIZE +
+                                              (seq & (q->slots - 1)) * AVA_COMPLETION_SIZE);
+}
+
+static uint32_t qreg(unsigned q, uint32_t reg)
+{
+    return AVA_QUEUE_WINDOW_BASE + q * AVA_QUEUE_WINDOW_SIZE + reg;
+}
+
+/* Release queues whose owner process is gone (VM path: processes share the device). */
+static void reclaim_dead_owners(struct ava_device *dev)
+{
+    for (int q = 0; q < dev->num_queues; q++) {
+        uint32_t state = ava_read_reg(dev, qreg((unsigned)q, AVA_QREG_CTRL));
+        if (!(state & AVA_QUEUE_STATE_CLAIMED))
+            continue;
+        uint32_t owner = ava_read_reg(dev, qreg((unsigned)q, AVA_QREG_OWNER));
+        if (owner && (pid_t)owner != getpid() && kill((pid_t)owner, 0) != 0 && errno == ESRCH)
+            ava_write_reg(dev, qreg((unsigned)q, AVA_QREG_CTRL), AVA_QUEUE_CTRL_RELEASE);
+    }
+}
+
+int ava_queue_create(struct ava_device *dev, unsigned slots, struct ava_queue **out)
+{
+    if (slots < AVA_MIN_RING_SLOTS || slots > AVA_MAX_RING_SLOTS || (slots & (slots - 1)))
+        return rt_error(EINVAL, "queue of %u slots: need a power of two in [%u, %u]", slots,
+                        AVA_MIN_RING_SLOTS, AVA_MAX_RING_SLOTS);
+    struct ava_queue *q = calloc(1, sizeof(*q));
+    if (!q)
+        return rt_error(ENOMEM, "out of memory");
+    q->dev = dev;
+    q->slots = slots;
+    q->irq_fd = -1;
+    uint32_t idx = ava_read_reg(dev, AVA_REG_QUEUE_ALLOC);
+    if (idx == AVA_NO_QUEUE) {
+        reclaim_dead_owners(dev);
+        idx = ava_read_reg(dev, AVA_REG_QUEUE_ALLOC);
+    }
+    if (idx == AVA_NO_QUEUE || idx >= (uint32_t)dev->num_queues) {
+        free(q);
+        return rt_error(EBUSY, "all %d device queues are in use (one per thread)", dev->num_queues);
+    }
+    q->index = idx;
+    q->ring_bytes = AVA_RING_HEADER_SIZE + slots * (AVA_COMMAND_SIZE + AVA_COMPLETION_SIZE);
+    q->ring = rt_dma_alloc_contig(dev, q->ring_bytes, &q->ring_gpa);
+    /* staging: slots * 2 * 4 KiB, in chunk-sized pieces so each slot is contiguous */
+    size_t staging = (size_t)slots * 2 * AVA_STAGING_SIZE;
+    q->staging = staging <= CHUNK ? rt_dma_alloc_contig(dev, staging, &q->staging_gpa) : NULL;
+    int rc = 0;
+    if (!q->ring || !q->staging) {
+        rc = staging > CHUNK ? rt_error(EINVAL, "%u slots need too much staging", slots) : -ENOMEM;
+        goto fail;
+    }
+    ava_write_reg(dev, qreg(idx, AVA_QREG_RING_LO), (uint32_t)q->ring_gpa);
+    ava_write_reg(dev, qreg(idx, AVA_QREG_RING_HI), (uint32_t)(q->ring_gpa >> 32));
+    ava_write_reg(dev, qreg(idx, AVA_QREG_SIZE), slots);
+    ava_write_reg(dev, qreg(idx, AVA_QREG_OWNER), (uint32_t)getpid());
+    ava_write_reg(dev, qreg(idx, AVA_QREG_CTRL), AVA_QUEUE_CTRL_ENABLE);
+    uint32_t state = ava_read_reg(dev, qreg(idx, AVA_QREG_CTRL));
+    if (!(state & AVA_QUEUE_STATE_ENABLED)) {
+        uint32_t err = ava_read_reg(dev, qreg(idx, AVA_QREG_ERROR));
+        rc = rt_error((int)err, "the device refused queue %u (ring at %#llx, %u slots): %s", idx,
+                      (unsigned long long)q->ring_gpa, slots, strerror((int)err));
+        goto fail;
+    }
+    q->irq_fd = dev->ops->irq_fd(dev, idx);     /* may fail: waits then poll on a timer */
+    *out = q;
+    return 0;
+fail:
+    ava_write_reg(dev, qreg(idx, AVA_QREG_CTRL), AVA_QUEUE_CTRL_RELEASE);
+    rt_dma_free(dev, q->ring, q->ring_bytes);
+    rt_dma_free(dev, q->staging, staging);
+    free(q);
+    return rc ? rc : rt_error(ENOMEM, "out of DMA memory for a queue");
+}
+
+void ava_queue_destroy(struct ava_queue *q)
+{
+    if (!q)
+        return;
+    struct ava_device *dev = q->dev;
+    ava_write_reg(dev, qreg(q->index, AVA_QREG_CTRL), AVA_QUEUE_CTRL_RELEASE);
+    if (q->irq_fd >= 0 && q->irq_fd != dev->uio_fd)
+        close(q->irq_fd);
+    rt_dma_free(dev, q->ring, q->ring_bytes);
+    rt_dma_free(dev, q->staging, (size_t)q->slots * 2 * AVA_STAGING_SIZE);
+    free(q);
+}
+
+unsigned ava_queue_index(const struct ava_queue *q) { return q->index; }
+unsigned ava_queue_slots(const struct ava_queue *q) { return q->slots; }
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static int check_alive(struct ava_queue *q)
+{
+    if (q->dead)
+        return -EIO;
+    uint32_t state = ava_read_reg(q->dev, qreg(q->index, AVA_QREG_CTRL));
+    if (!(state & AVA_QUEUE_STATE_ENABLED) || (*ring_status(q) & AVA_RING_STATUS_FAILED)) {
+        q->dead = 1;
+        return rt_error(EIO, "queue %u was dropped by the device (reset or failure, error %u); "
+                        "in-flight commands are lost", q->index,
+                        ava_read_reg(q->dev, qreg(q->index, AVA_QREG_ERROR)));
+    }
+    return 0;
+}
+
+int ava_submit(struct ava_queue *q, const struct ava_cmd *cmd, uint64_t *seq)
+{
+    if (q->dead)
+        return rt_error(EIO, "queue %u is dead (device reset); make a new one", q->index);
+    uint64_t t = q->tail;
+    uint64_t start = 0;
+    while (t - __atomic_load_n(ring_head(q), __ATOMIC_ACQUIRE) >= q->slots) {
+        if (!start)
+            start = now_ns();
+        else if (now_ns() - start > 1000000000ull) {
+            int rc = check_alive(q);
+            if (rc)
+                return rc;
+            start = now_ns();
+        }
+        sched_yield();
+    }
+    struct ava_command *c = slot_cmd(q, t);
+    c->opcode = cmd->opcode;
+    c->flags = cmd->flags;
+    c->payload_len = cmd->payload_len;
+    c->seq = t;
+    c->payload_addr = cmd->payload_addr;
+    c->reply_addr = cmd->reply_addr;
+    c->reply_len = cmd->reply_len;
+    c->reserved = 0;
+    c->arg0 = cmd->arg[0];
+    c->arg1 = cmd->arg[1];
+    c->arg2 = cmd->arg[2];
+    q->tail = t + 1;
+    __atomic_store_n(ring_tail(q), t + 1, __ATOMIC_RELEASE);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (*ring_status(q) & AVA_RING_STATUS_IDLE)
+        q->dev->ops->write32(q->dev, AVA_REG_DOORBELL, q->index, 1);
+    if (seq)
+        *seq = t;
+    return 0;
+}
+
+static int done(struct ava_queue *q, uint64_t seq)
+{
+    return __atomic_load_n(ring_head(q), __ATOMIC_ACQUIRE) > seq && slot_cq(q, seq)->seq == seq;
+}
+
+int ava_wait(struct ava_queue *q, uint64_t seq, struct ava_result *res)
+{
+    uint64_t start = now_ns(), last_check = start;
+    unsigned spins = 0;
+    while (!done(q, seq)) {
+        if (q->dead)
+            return rt_error(EIO, "queue %u is dead (device reset)", q->index);
+        uint64_t t = now_ns();
+        if (t - start < 20000) {                    /* spin 20 us */
+            __builtin_ia32_pause();
+            continue;
+        }
+        if (t - start < 200000 || spins++ < 64) {   /* then yield */
+            sched_yield();
+            continue;
+        }
+        if (t - last_check > 500000000ull) {       /* every 0.5 s: is the queue still there? */
+            last_check = t;
+            int rc = check_alive(q);
+            if (rc)
+                return rc;
+        }
+        /* Sleep on the interrupt: arm, re-check, block (10 ms safety net). */
+        __atomic_store_n(ring_armed(q), 1, __ATOMIC_SEQ_CST);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        if (done(q, seq))
+            break;
+        if (q->irq_fd >= 0) {
+            struct pollfd p = {.fd = q->irq_fd, .events = POLLIN};
+            if (poll(&p, 1, 10) > 0)
+                q->dev->ops->irq_ack(q->dev, q->irq_fd);
+        } else {
+            usleep(1000);
+        }
+    }
+    volatile struct ava_completion *cq = slot_cq(q, seq);
+    if (res) {
+        res->status = cq->status;
+        res->result_len = cq->result_len;
+    }
+    return 0;
+}
+
+int ava_call(struct ava_queue *q, uint16_t opcode, const void *payload, size_t len, void *reply,
+             size_t cap, const uint64_t args[3], struct ava_result *res)
+{
+    struct ava_device *dev = q->dev;
+    struct ava_buffer big_in = {0}, big_out = {0};
+    struct ava_cmd cmd = {.opcode = opcode};
+    if (args)
+        memcpy(cmd.arg, args, sizeof(cmd.arg));
+    uint64_t slot = q->tail & (q->slots - 1);
+    uint8_t *in = q->staging + slot * 2 * AVA_STAGING_SIZE, *out = in + AVA_STAGING_SIZE;
+    uint64_t in_gpa = q->staging_gpa + slot * 2 * AVA_STAGING_SIZE, out_gpa = in_gpa + AVA_STAGING_SIZE;
+    int rc = 0;
+    if (len > AVA_STAGING_SIZE) {
+        if ((rc = ava_buffer_alloc(dev, len, &big_in)))
+            return rc;
+        memcpy(big_in.ptr, payload, len);
+        cmd.flags |= AVA_CMD_FLAG_PAYLOAD_SG;
+        cmd.payload_addr = big_in.sg_gpa;
+        cmd.payload_len = big_in.nsg;
+    } else {
+        if (len)
+            memcpy(in, payload, len);
+        cmd.payload_addr = in_gpa;
+        cmd.payload_len = (uint32_t)len;
+    }
+    if (cap > AVA_STAGING_SIZE) {
+        if ((rc = ava_buffer_alloc(dev, cap, &big_out)))
+            goto out;
+        cmd.flags |= AVA_CMD_FLAG_REPLY_SG;
+        cmd.reply_addr = big_out.sg_gpa;
+        cmd.reply_len = big_out.nsg;
+    } else {
+        cmd.reply_addr = out_gpa;
+        cmd.reply_len = (uint32_t)cap;
+    }
+    /* The staging slot belongs to the command at q->tail: wait for everything
+     * before it so no earlier asynchronous command still uses that slot. */
+    uint64_t seq;
+    if ((rc = ava_submit(q, &cmd, &seq)) == 0 && (rc = ava_wait(q, seq, res)) == 0 && reply) {
+        size_t n = res->result_len < cap ? res->result_len : cap;
+        memcpy(reply, cap > AVA_STAGING_SIZE ? big_out.ptr : out, n);
+    }
+out:
+    ava_buffer_free(dev, &big_in);
+    ava_buffer_free(dev, &big_out);
+    return rc;
+}
+
+/* ---- device ------------------------------------------------------------------------ */
+
+static void thread_queue_dtor(void *p)
+{
+    ava_queue_destroy(p);
+}
+
+int ava_open(struct ava_device **out)
+{
+    struct ava_device *dev = calloc(1, sizeof(*dev));
+    if (!dev)
+        return rt_error(ENOMEM, "out of memory");
+    dev->sock = dev->memfd = dev->uio_fd = -1;
+    const char *sock = getenv("AVA_VDEV_SOCKET");
+    int rc = sock && *sock ? rt_loopback_open(dev, sock) : rt_uio_open(dev);
+    if (rc == 0)
+        rc = rt_arena_init(dev);
+    if (rc == 0) {
+        uint32_t magic = ava_read_reg(dev, AVA_REG_MAGIC);
+        uint32_t ver = ava_read_reg(dev, AVA_REG_ABI_VERSION);
+        if (magic != AVA_MAGIC)
+            rc = rt_error(ENODEV, "BAR0 magic is %#x, expected %#x: not an ava-vdev device", magic,
+                          AVA_MAGIC);
+        else if (ver >> 16 != AVA_ABI_MAJOR)
+            rc = rt_error(EPROTO, "device ABI %u.%u, this runtime speaks %u.x", ver >> 16,
+                          ver & 0xffff, AVA_ABI_MAJOR);
+    }
+    if (rc == 0) {
+        uint32_t offered = ava_read_reg(dev, AVA_REG_DEVICE_FEATURES_LO);
+        ava_write_reg(dev, AVA_REG_DRIVER_FEATURES_LO, offered & (AVA_FEATURE_INTX | AVA_FEATURE_MSIX));
+        uint32_t status = ava_read_reg(dev, AVA_REG_STATUS);
+        if (!(status & AVA_DEVICE_STATUS_DRIVER_OK))   /* first user: never reset a shared device */
+            ava_write_reg(dev, AVA_REG_STATUS, AVA_DEVICE_STATUS_ACKNOWLEDGE | AVA_DEVICE_STATUS_DRIVER_OK);
+        dev->num_queues = (int)ava_read_reg(dev, AVA_REG_NUM_QUEUES);
+        if (dev->num_queues > (int)AVA_NUM_QUEUES)
+            dev->num_queues = AVA_NUM_QUEUES;
+        if (dev->ops == NULL || strcmp(dev->ops->name, "uio") == 0)
+            reclaim_dead_owners(dev);
+        if (pthread_key_create(&dev->queue_key, thread_queue_dtor) != 0)
+            rc = rt_error(EAGAIN, "out of thread keys");
+    }
+    if (rc != 0) {
+        if (dev->ops)
+            dev->ops->close(dev);
+        rt_arena_fini(dev);
+        free(dev);
+        return rc;
+    }
+    *out = dev;
+    return 0;
+}
+
+void ava_close(struct ava_device *dev)
+{
+    if (!dev)
+        return;
+    struct ava_queue *q = pthread_getspecific(dev->queue_key);
+    if (q) {
+        pthread_setspecific(dev->queue_key, NULL);
+        ava_queue_destroy(q);
+    }
+    pthread_key_delete(dev->queue_key);
+    dev->ops->close(dev);
+    rt_arena_fini(dev);
+    free(dev);
+}
+
+struct ava_queue *ava_thread_queue(struct ava_device *dev)
+{
+    struct ava_queue *q = pthread_getspecific(dev->queue_key);
+    if (q && q->dead) {                 /* the device was reset: start over */
+        pthread_setspecific(dev->queue_key, NULL);
+        ava_queue_destroy(q);
+        q = NULL;
+    }
+    if (!q) {
+        if (ava_queue_create(dev, 256, &q) != 0)
+            return NULL;
+        pthread_setspecific(dev->queue_key, q);
+    }
+    return q;
+}
+
+static pthread_once_t default_once = PTHREAD_ONCE_INIT;
+static struct ava_device *default_dev;
+static char default_error[512];
+
+static void open_default(void)
+{
+    if (ava_open(&default_dev) != 0) {
+        default_dev = NULL;
+        snprintf(default_error, sizeof(default_error), "%s", ava_last_error());
+    }
+}
+
+struct ava_device *ava_default_device(void)
+{
+    pthread_once(&default_once, open_default);
+    if (!default_dev)
+        rt_error(ENODEV, "%s", default_error);
+    return default_dev;
+}

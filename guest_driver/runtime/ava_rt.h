@@ -1,0 +1,87 @@
+/* ava-vdev guest runtime: find the device, own DMA memory, run commands on rings.
+ *
+ * The same code serves two transports, chosen at ava_open():
+ *   - VM: the PCI device through uio_pci_generic (BAR0 mmapped from sysfs, INTx via
+ *     /dev/uioN), DMA memory from 2 MiB hugepages translated through
+ *     /proc/self/pagemap (root needed);
+ *   - loopback: with AVA_VDEV_SOCKET=PATH set, a vfio-user client of the server at
+ *     PATH; a memfd (AVA_VDEV_MEM bytes, default 1 GiB, sparse) is shared as "guest
+ *     RAM" and BAR0 is reached by REGION_READ/REGION_WRITE messages.
+ *
+ * Conventions: functions returning int give 0 or a negative errno; the reason,
+ * with context and a hint, is in ava_last_error() (per thread).  One queue per
+ * thread (ava_thread_queue), released when the thread exits. */
+#ifndef AVA_RT_H
+#define AVA_RT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct ava_device;
+struct ava_queue;
+
+/* DMA memory: ptr is ours to fill; the device reaches it through gpa (one range)
+ * when contiguous, else through the scatter table at sg_gpa (nsg entries). */
+struct ava_buffer {
+    void *ptr;
+    size_t size;
+    uint64_t gpa;        /* 0 when not contiguous */
+    uint64_t sg_gpa;     /* always valid: table of struct ava_sg_entry */
+    uint32_t nsg;
+    void *priv;
+};
+
+struct ava_cmd {
+    uint16_t opcode;
+    uint16_t flags;          /* AVA_CMD_FLAG_* */
+    uint32_t payload_len;    /* bytes, or SG entries with PAYLOAD_SG */
+    uint64_t payload_addr;
+    uint64_t reply_addr;
+    uint32_t reply_len;
+    uint64_t arg[3];
+};
+
+struct ava_result {
+    int32_t status;          /* the device's: 0 or a negative errno */
+    uint32_t result_len;
+};
+
+const char *ava_last_error(void);
+
+int ava_open(struct ava_device **out);
+void ava_close(struct ava_device *dev);
+/* The process-wide device, opened on first use (NULL on failure, see ava_last_error). */
+struct ava_device *ava_default_device(void);
+const char *ava_transport_name(const struct ava_device *dev);
+uint32_t ava_read_reg(struct ava_device *dev, uint32_t off);
+void ava_write_reg(struct ava_device *dev, uint32_t off, uint32_t value);
+
+int ava_buffer_alloc(struct ava_device *dev, size_t size, struct ava_buffer *out);
+void ava_buffer_free(struct ava_device *dev, struct ava_buffer *buf);
+
+/* The calling thread's queue (created on first use; NULL on failure). */
+struct ava_queue *ava_thread_queue(struct ava_device *dev);
+int ava_queue_create(struct ava_device *dev, unsigned slots, struct ava_queue **out);
+void ava_queue_destroy(struct ava_queue *q);
+unsigned ava_queue_index(const struct ava_queue *q);
+unsigned ava_queue_slots(const struct ava_queue *q);
+
+/* Publish a command without waiting for it (blocks only while the ring is full). */
+int ava_submit(struct ava_queue *q, const struct ava_cmd *cmd, uint64_t *seq);
+/* Wait for command seq: spin, back off, then sleep on the interrupt. */
+int ava_wait(struct ava_queue *q, uint64_t seq, struct ava_result *res);
+/* Synchronous call with payload and reply copied through the slot's staging area
+ * (or a temporary DMA buffer when larger).  *reply_len gets result_len. */
+int ava_call(struct ava_queue *q, uint16_t opcode, const void *payload, size_t len,
+             void *reply, size_t cap, const uint64_t args[3], struct ava_result *res);
+/* Staging area of the slot the next ava_call will use (for zero-copy callers). */
+#define AVA_STAGING_SIZE 4096
+
+#ifdef __cplusplus
+}
+#endif
+#endif

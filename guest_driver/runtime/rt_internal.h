@@ -1,0 +1,56 @@
+/* Runtime internals shared by the transports, the allocator and the rings. */
+#ifndef AVA_RT_INTERNAL_H
+#define AVA_RT_INTERNAL_H
+
+#include <pthread.h>
+#include <stdarg.h>
+
+#include "ava_abi.h"
+#include "ava_rt.h"
+
+#define CHUNK (2u << 20)     /* DMA memory comes in 2 MiB physically contiguous chunks */
+
+struct transport_ops {
+    const char *name;
+    uint32_t (*read32)(struct ava_device *dev, uint32_t off);
+    void (*write32)(struct ava_device *dev, uint32_t off, uint32_t v, int posted);
+    /* Make queue q's interrupt reachable; returns an fd to poll, or -errno. */
+    int (*irq_fd)(struct ava_device *dev, unsigned q);
+    /* After an interrupt woke us: re-arm it. */
+    void (*irq_ack)(struct ava_device *dev, int fd);
+    void (*close)(struct ava_device *dev);
+};
+
+struct ava_device {
+    const struct transport_ops *ops;
+    /* DMA arena: chunks of CHUNK bytes, virtually contiguous from base */
+    uint8_t *base;
+    size_t arena_size;
+    uint64_t *chunk_gpa;     /* per chunk */
+    size_t nchunks;
+    pthread_mutex_t alloc_lock;
+    struct free_range *free;
+    /* transport state */
+    int sock;                /* loopback */
+    pthread_mutex_t sock_lock;
+    uint16_t msg_id;
+    int memfd;
+    volatile uint32_t *bar0; /* uio */
+    int uio_fd;
+    char bdf[32];
+    pthread_key_t queue_key;
+    int num_queues;
+};
+
+int rt_error(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+int rt_loopback_open(struct ava_device *dev, const char *path);
+int rt_uio_open(struct ava_device *dev);
+int rt_arena_init(struct ava_device *dev);
+void rt_arena_fini(struct ava_device *dev);
+/* Contiguous DMA memory (never crosses a chunk), zeroed; returns ptr and gpa. */
+void *rt_dma_alloc_contig(struct ava_device *dev, size_t size, uint64_t *gpa);
+void rt_dma_free(struct ava_device *dev, void *ptr, size_t size);
+uint64_t rt_gpa(struct ava_device *dev, const void *ptr);
+
+#endif
