@@ -7,6 +7,18 @@
 struct _cl_icd_dispatch ava_dispatch;
 
 CL_API_ENTRY cl_int CL_API_CALL ava_clGetPlatformIDs(cl_uint, cl_platform_id *, cl_uint *);
+CL_API_ENTRY cl_int CL_API_CALL ava_clGetPlatformInfo(cl_platform_id, cl_platform_info, size_t,
+                                                      void *, size_t *);
+
+/* ocl-icd (Debian 12's 2.3.1) looks this symbol up in the ICD itself before using
+ * the dispatch table, and drops an ICD that lacks it. */
+CL_API_ENTRY cl_int CL_API_CALL
+clGetPlatformInfo(cl_platform_id platform, cl_platform_info param_name, size_t param_value_size,
+                  void *param_value, size_t *param_value_size_ret)
+{
+    return ava_clGetPlatformInfo(platform, param_name, param_value_size, param_value,
+                                 param_value_size_ret);
+}
 
 CL_API_ENTRY cl_int CL_API_CALL
 clIcdGetPlatformIDsKHR(cl_uint num_entries, cl_platform_id *platforms, cl_uint *num_platforms)

@@ -1,0 +1,84 @@
+"""``build``: compile the runtime, the ICD and the tools with the local compiler.
+
+Output (default ``$AVA_BUILD_DIR`` or ``~/.cache/ava-vdev/build``; the checkout
+may be read-only, as it is in the lab guest): ``libava_icd.so`` (the ICD, with
+the runtime inside, so ``OCL_ICD_FILENAMES`` alone is enough), ``libava_rt.so``,
+``ava-echo`` and ``ava-bench``.  Sources are hashed: an unchanged tree rebuilds
+nothing.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RUNTIME = HERE / "runtime"
+ICD = HERE / "icd"
+TOOLS = HERE / "tools"
+CFLAGS = ["-std=gnu11", "-O2", "-g", "-Wall", "-Wextra", "-Werror", "-pthread", "-fPIC",
+          f"-I{RUNTIME}", f"-I{ICD}"]
+
+
+class BuildError(Exception):
+    pass
+
+
+def default_out() -> Path:
+    env = os.environ.get("AVA_BUILD_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "ava-vdev" / "build"
+
+
+def _sources() -> list[Path]:
+    files = []
+    for pattern in ("runtime/*.c", "runtime/*.h", "icd/*.c", "icd/*.h", "tools/*.c"):
+        files += sorted(Path(p) for p in glob.glob(str(HERE / pattern)))
+    return files
+
+
+def _digest(cc: str) -> str:
+    h = hashlib.sha256(" ".join([cc] + CFLAGS).encode())
+    for path in _sources():
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _cc(cc: str, args: list[str]) -> None:
+    proc = subprocess.run([cc, *CFLAGS, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BuildError(f"{cc} failed ({' '.join(args[-3:])}):\n{proc.stderr.strip()}")
+
+
+def build(out: Path | None = None, *, force: bool = False, verbose: bool = False) -> Path:
+    """Build everything into ``out``; returns the ICD library's absolute path."""
+    out = (out or default_out()).resolve()
+    cc = os.environ.get("CC", "cc")
+    if shutil.which(cc) is None:
+        raise BuildError(f"no C compiler ({cc}); install gcc and libc6-dev")
+    if not Path("/usr/include/CL/cl_icd.h").exists():
+        raise BuildError("OpenCL headers missing (/usr/include/CL/cl_icd.h); install opencl-c-headers")
+    out.mkdir(parents=True, exist_ok=True)
+    icd_lib = out / "libava_icd.so"
+    stamp = out / ".digest"
+    digest = _digest(cc)
+    if not force and icd_lib.exists() and stamp.exists() and stamp.read_text() == digest:
+        return icd_lib
+    runtime = [str(p) for p in sorted(RUNTIME.glob("*.c"))]
+    icd = [str(p) for p in sorted(ICD.glob("*.c"))]
+    steps = [
+        (["-shared", "-o", str(out / "libava_rt.so"), *runtime], "libava_rt.so"),
+        (["-shared", "-o", str(icd_lib), *icd, *runtime], "libava_icd.so"),
+        (["-o", str(out / "ava-echo"), str(TOOLS / "ava_echo.c"), *runtime], "ava-echo"),
+        (["-o", str(out / "ava-bench"), str(TOOLS / "ava_bench.c"), *runtime], "ava-bench"),
+    ]
+    for args, name in steps:
+        if verbose:
+            print(f"cc {name}", flush=True)
+        _cc(cc, args)
+    stamp.write_text(digest)
+    return icd_lib
