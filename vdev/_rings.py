@@ -159,7 +159,9 @@ class RingEngine:
                     last_work = time.monotonic()
                     backoff = 0.0
         finally:
-            self._workers.shutdown(wait=True, cancel_futures=True)
+            # A blocking command still running (its guest may be gone) finishes on its
+            # own; its completion is discarded (the queue's generation moved on).
+            self._workers.shutdown(wait=False, cancel_futures=True)
 
     def _fence(self) -> None:
         # A locked RMW orders our stores before the loads that follow (x86 TSO
