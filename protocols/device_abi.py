@@ -237,6 +237,11 @@ RING_STATUS = _offsets(RingHeader)["status"]
 RING_IRQ_ARMED = _offsets(RingHeader)["irq_armed"]
 
 
+#: Opcodes below this are transport diagnostics (SelftestOp) that every backend
+#: serves, so echo, status and benchmarks work whatever runs the API calls.
+DIAG_OPCODE_LIMIT = 0x100
+
+
 class SelftestOp(enum.IntEnum):
     """Opcodes of the built-in ``test`` backend."""
 

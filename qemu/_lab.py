@@ -52,6 +52,9 @@ GUEST_PACKAGES = (
     "python3", "python3-pyopencl", "python3-numpy", "ocl-icd-libopencl1",
     "ocl-icd-opencl-dev", "opencl-c-headers", "clinfo", "pciutils", "gcc", "make",
     "libc6-dev", "python3-imageio", "python3-pil", "python-pyopencl-doc",
+    # the guest driver's own Python side (protocols/ and `check`), and mako for
+    # pyopencl's templated examples
+    "python3-construct", "python3-pyelftools", "python3-mako",
 )
 # dpkg leaves these out of the root (smaller, faster): manuals and translations.
 DPKG_EXCLUDES = ("/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*")

@@ -50,5 +50,6 @@ def test_icd_sources_compile_cleanly(tmp_path):
     from guest_driver import gen_icd
     for src in sorted(glob.glob(os.path.join(gen_icd.ICD_DIR, "*.c"))):
         subprocess.run(["gcc", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror",
-                        "-fPIC", "-I", gen_icd.ICD_DIR, "-c", "-o",
+                        "-fPIC", "-I", gen_icd.ICD_DIR, "-I",
+                        os.path.join(os.path.dirname(gen_icd.ICD_DIR), "runtime"), "-c", "-o",
                         str(tmp_path / (os.path.basename(src) + ".o")), src], check=True)

@@ -106,3 +106,29 @@ def scatter(dst: list[memoryview], src: list[memoryview]) -> int:
 
 
 BackendFactory = Callable[[], Backend]
+
+
+class WithDiagnostics:
+    """A backend plus the diagnostic opcodes (below DIAG_OPCODE_LIMIT) of another."""
+
+    def __init__(self, primary: Backend, diag: Backend):
+        self.primary = primary
+        self.diag = diag
+        self.name = primary.name
+        self.blocking_opcodes = frozenset(primary.blocking_opcodes | diag.blocking_opcodes)
+
+    def execute(self, ctx: CommandContext) -> tuple[int, int]:
+        if ctx.opcode < abi.DIAG_OPCODE_LIMIT:
+            return self.diag.execute(ctx)
+        return self.primary.execute(ctx)
+
+    def release_queue(self, queue: int, owner: int, last: bool) -> None:
+        self.diag.release_queue(queue, owner, last)
+        self.primary.release_queue(queue, owner, last)
+
+    def close(self) -> None:
+        self.diag.close()
+        self.primary.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self.primary, name)      # e.g. the OpenCL backend's handle table

@@ -17,6 +17,7 @@ import stat
 import trio
 
 from ._device import AcceleratorDevice
+from ._backend import WithDiagnostics
 from ._selftest import SelftestBackend
 from ._session import Session, session_name
 
@@ -27,10 +28,10 @@ BACKENDS = {"test": SelftestBackend, "opencl": "host_backend:OpenClBackend"}
 
 def make_backend(name: str):
     factory = BACKENDS[name]
-    if isinstance(factory, str):
-        module, _, attr = factory.partition(":")
-        factory = getattr(importlib.import_module(module), attr)
-    return factory()
+    if factory is SelftestBackend:
+        return SelftestBackend()
+    module, _, attr = factory.partition(":")
+    return WithDiagnostics(getattr(importlib.import_module(module), attr)(), SelftestBackend())
 
 log = logging.getLogger("vdev.server")
 
