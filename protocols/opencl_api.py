@@ -47,7 +47,7 @@ SCALAR_TYPES = {
     "cl_kernel_arg_info": (4, False), "cl_buffer_create_type": (4, False),
     "cl_mem_migration_flags": (8, False),
     "cl_addressing_mode": (4, False), "cl_filter_mode": (4, False), "cl_sampler_info": (4, False),
-    "cl_image_info": (4, False),
+    "cl_image_info": (4, False), "cl_mem_object_type": (4, False),
 }
 
 
@@ -100,6 +100,7 @@ class OutBuffer:
     size: str
     param: str | None = None
     handle_params: dict = field(default_factory=dict, hash=False, compare=False)
+    elem: int = 1            # bytes per unit of ``size`` (an array of structs)
 
 
 @dataclass(frozen=True)
@@ -292,6 +293,13 @@ FUNCTIONS: tuple[Function, ...] = (
     _info("clGetMemObjectInfo", 20, "cl_mem", "cl_mem_info",
           {CL_MEM_CONTEXT: "cl_context", CL_MEM_ASSOCIATED_MEMOBJECT: "cl_mem"}),
     _info("clGetImageInfo", 21, "cl_mem", "cl_image_info", {CL_IMAGE_BUFFER: "cl_mem"}),
+    _fn("clGetSupportedImageFormats", 19,
+        ("context", Handle("cl_context")),
+        ("flags", Scalar("cl_mem_flags")),
+        ("image_type", Scalar("cl_mem_object_type")),
+        ("num_entries", Scalar("cl_uint")),
+        ("image_formats", OutBuffer("num_entries", elem=8)),
+        ("num_image_formats", OutScalar("cl_uint"))),
     _fn("clCreateSampler", 22,
         ("context", Handle("cl_context")),
         ("normalized_coords", Scalar("cl_bool")),
@@ -463,7 +471,7 @@ def c_params(fn: Function) -> list[str]:
         elif isinstance(k, CString):
             out.append(f"const char *{n}")
         elif isinstance(k, OutBuffer):
-            out.append(f"void *{n}")
+            out.append("cl_image_format *" + n if k.elem == 8 else f"void *{n}")
         elif isinstance(k, OutScalar):
             out.append(f"{k.ctype} *{n}")
         elif isinstance(k, Strings):
@@ -504,7 +512,8 @@ typedef cl_uint cl_kernel_work_group_info; typedef cl_uint cl_event_info;
 typedef cl_uint cl_profiling_info; typedef cl_uint cl_kernel_arg_info;
 typedef cl_uint cl_buffer_create_type; typedef cl_bitfield cl_mem_migration_flags;
 typedef cl_uint cl_addressing_mode; typedef cl_uint cl_filter_mode; typedef cl_uint cl_sampler_info;
-typedef cl_uint cl_image_info;
+typedef cl_uint cl_image_info; typedef cl_uint cl_mem_object_type;
+typedef struct { cl_uint image_channel_order; cl_uint image_channel_data_type; } cl_image_format;
 """ + "".join(f"typedef struct _{t} *{t};\n" for t in OBJECT_TYPES) + """
 typedef void (*ava_context_notify)(const char *, const void *, size_t, void *);
 typedef void (*ava_program_notify)(cl_program, void *);

@@ -53,3 +53,13 @@ def test_icd_sources_compile_cleanly(tmp_path):
                         "-fPIC", "-I", gen_icd.ICD_DIR, "-I",
                         os.path.join(os.path.dirname(gen_icd.ICD_DIR), "runtime"), "-c", "-o",
                         str(tmp_path / (os.path.basename(src) + ".o")), src], check=True)
+
+
+def test_dispatch_table_data_matches_the_header():
+    from protocols.opencl_icd_table import DISPATCH
+    with open(CL_ICD_H) as f:
+        text = f.read()
+    struct = text[text.index("typedef struct _cl_icd_dispatch"):]
+    struct = struct[:struct.index("} cl_icd_dispatch;")]
+    order = re.findall(r"(?:cl_api_\w+|void\s*\*)\s+(\w+)\s*;", struct)
+    assert tuple(order[:len(DISPATCH)]) == DISPATCH
