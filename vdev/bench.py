@@ -1,0 +1,117 @@
+"""``python -m vdev.bench ring``: transport figures beside their native baselines.
+
+Runs the guest runtime's ``ava-bench`` against a real server over the loopback
+transport on this machine, and with ``--vm`` also inside a lab guest (uio path;
+slow under TCG).  Every figure is printed next to the native baseline measured
+in the same run (a function call for latency, memcpy for bandwidth)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGETS = {"null_rt_median_us": 20.0, "async_cmds_per_s": 200_000, "echo_64m_ratio": 0.5}
+
+
+def build_tools() -> str:
+    out = subprocess.run([sys.executable, "-m", "guest_driver", "build"], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    return os.path.dirname(out.strip().splitlines()[-1])
+
+
+def run_loopback(build_dir: str, quick: bool) -> dict:
+    with tempfile.TemporaryDirectory(prefix="ava-bench-", dir="/tmp") as d:
+        sock = os.path.join(d, "bench.sock")
+        server = subprocess.Popen([sys.executable, "-m", "vdev", "serve", "--socket", sock, "-q"],
+                                  cwd=ROOT)
+        try:
+            deadline = time.monotonic() + 10
+            while not os.path.exists(sock):
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("the device server did not start")
+                time.sleep(0.02)
+            res = subprocess.run([os.path.join(build_dir, "ava-bench")] + (["--quick"] if quick else []),
+                                 env=dict(os.environ, AVA_VDEV_SOCKET=sock), capture_output=True,
+                                 text=True, timeout=600)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=15)
+    if res.returncode != 0:
+        raise SystemExit(f"ava-bench failed: {res.stderr}")
+    return json.loads(res.stdout)
+
+
+def run_vm(quick: bool) -> dict:
+    script = ("cd /mnt/ava && python3 -m guest_driver build --out /tmp/b >/dev/null && "
+              f"AVA_VDEV_MEM=400M /tmp/b/ava-bench {'--quick' if quick else ''}")
+    res = subprocess.run([sys.executable, "-m", "qemu", "run", "--hugepages", "256", "--timeout",
+                          "900", "--", "sh", "-c", script], cwd=ROOT, capture_output=True,
+                         text=True, timeout=960)
+    if res.returncode != 0:
+        raise SystemExit(f"the VM run failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
+
+
+def report(name: str, f: dict) -> str:
+    call_us = f["native_call_ns"] / 1000
+    rows = [
+        ("null round trip, median", f"{f['null_rt_us']['median']:.2f} us",
+         f"{call_us:.4f} us (call)", f"{f['null_rt_us']['median'] / call_us:,.0f}x"),
+        ("null round trip, p99", f"{f['null_rt_us']['p99']:.2f} us", f"{call_us:.4f} us (call)",
+         f"{f['null_rt_us']['p99'] / call_us:,.0f}x"),
+        ("asynchronous commands", f"{f['async_cmds_per_s']:,.0f}/s",
+         f"{f['native_calls_per_s']:,.0f}/s (calls)",
+         f"{f['async_cmds_per_s'] / f['native_calls_per_s']:.2%}"),
+    ]
+    for e in f["echo"]:
+        rows.append((f"echo {_size(e['size'])}", f"{e['bytes_per_s'] / 1e9:.2f} GB/s",
+                     f"{e['memcpy_bytes_per_s'] / 1e9:.2f} GB/s (memcpy)",
+                     f"{e['bytes_per_s'] / e['memcpy_bytes_per_s']:.0%}"))
+    lines = [f"ring benchmark, {name} ({f['transport']} transport)",
+             f"  {'':28} {'device':>14} {'native':>26} {'ratio':>8}"]
+    lines += [f"  {a:28} {b:>14} {c:>26} {d:>8}" for a, b, c, d in rows]
+    big = f["echo"][-1]
+    checks = [
+        (f"null round trip median <= {TARGETS['null_rt_median_us']:g} us",
+         f["null_rt_us"]["median"] <= TARGETS["null_rt_median_us"]),
+        (f">= {TARGETS['async_cmds_per_s']:,} asynchronous commands/s",
+         f["async_cmds_per_s"] >= TARGETS["async_cmds_per_s"]),
+        (f"echo {_size(big['size'])} >= {TARGETS['echo_64m_ratio']:.0%} of memcpy",
+         big["bytes_per_s"] >= TARGETS["echo_64m_ratio"] * big["memcpy_bytes_per_s"]),
+    ]
+    lines.append("  targets: " + "; ".join(f"{t}: {'met' if ok else 'NOT met'}" for t, ok in checks))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vdev.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", choices=["ring"], help="what to measure")
+    parser.add_argument("--vm", action="store_true", help="also measure inside a lab guest")
+    parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke test)")
+    parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
+    args = parser.parse_args(argv)
+    build_dir = build_tools()
+    results = {"loopback": run_loopback(build_dir, args.quick)}
+    if args.vm:
+        results["vm"] = run_vm(args.quick)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for name, figures in results.items():
+            print(report("host loopback" if name == "loopback" else "lab guest", figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
