@@ -218,9 +218,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         if command:
             parser.error("demo takes no command")
-        from ._demo import DEMO_COMMAND
-        _err("demo: booting a lab guest with the ava device; running lspci and a BAR0 "
-             "register round trip in it")
+        import os
+
+        from ._demo import DEMO_COMMAND, host_native_outputs
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        examples = os.path.join(str(Lab(args.dir).path), "root", "usr", "share", "doc",
+                                "python-pyopencl-doc", "examples")
+        print("=== on the host, natively (the host's own OpenCL) ===", flush=True)
+        print(host_native_outputs(repo, examples), flush=True)
+        print("\n=== in a lab guest: the same programs through the ava-vdev device ===",
+              flush=True)
+        _err("demo: booting a lab guest with the ava device (server backend: opencl)")
+        args.server_arg = ["--backend", "opencl", *args.server_arg]
         return run_command(args, DEMO_COMMAND)
     parser.error(f"unknown command {args.command}")
     return 2
