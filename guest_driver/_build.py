@@ -20,8 +20,10 @@ HERE = Path(__file__).resolve().parent
 RUNTIME = HERE / "runtime"
 ICD = HERE / "icd"
 TOOLS = HERE / "tools"
+#: Where <CL/cl.h> and <CL/cl_icd.h> live (AVA_CL_INCLUDE overrides /usr/include).
+CL_INCLUDE = Path(os.environ.get("AVA_CL_INCLUDE", "/usr/include"))
 CFLAGS = ["-std=gnu11", "-O2", "-g", "-Wall", "-Wextra", "-Werror", "-pthread", "-fPIC",
-          f"-I{RUNTIME}", f"-I{ICD}"]
+          f"-I{RUNTIME}", f"-I{ICD}"] + ([f"-I{CL_INCLUDE}"] if str(CL_INCLUDE) != "/usr/include" else [])
 
 
 class BuildError(Exception):
@@ -60,8 +62,9 @@ def build(out: Path | None = None, *, force: bool = False, verbose: bool = False
     cc = os.environ.get("CC", "cc")
     if shutil.which(cc) is None:
         raise BuildError(f"no C compiler ({cc}); install gcc and libc6-dev")
-    if not Path("/usr/include/CL/cl_icd.h").exists():
-        raise BuildError("OpenCL headers missing (/usr/include/CL/cl_icd.h); install opencl-c-headers")
+    if not (CL_INCLUDE / "CL" / "cl_icd.h").exists():
+        raise BuildError(f"OpenCL headers missing ({CL_INCLUDE}/CL/cl_icd.h); install "
+                         "opencl-c-headers or set AVA_CL_INCLUDE")
     out.mkdir(parents=True, exist_ok=True)
     icd_lib = out / "libava_icd.so"
     stamp = out / ".digest"
