@@ -99,3 +99,11 @@ def test_build_is_incremental_and_prints_the_icd_path(build_dir):
                          cwd=ROOT, capture_output=True, text=True, check=True)
     assert res.stdout.strip().splitlines()[-1] == str(build_dir / "libava_icd.so")
     assert "cc " not in res.stdout, "nothing changed: nothing rebuilt"
+
+
+def test_runtime_recovers_from_a_device_reset(build_dir, loopback_server):
+    res = run_tool(build_dir, loopback_server[0], "ava-echo", "--iters", "300", "--reset-at", "100",
+                   timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "in-flight call failed" in res.stdout and "dropped by the device" in res.stdout
+    assert "recovered from the reset" in res.stdout and ": ok," in res.stdout

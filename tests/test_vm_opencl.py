@@ -1,5 +1,6 @@
 """The guest side for real (one boot, TCG-safe): the shim is built and installed in
-the guest, the runtime does 10,000 verified echo round trips over uio, and
+the guest, the runtime does 10,000 verified echo round trips over uio, two
+processes share the device, a killed process's queue is reclaimed by the next, and
 unmodified OpenCL programs (clinfo, a C sample compiled in the guest, a pyopencl
 example) run on the host's OpenCL through the device."""
 
@@ -10,13 +11,36 @@ import subprocess
 
 import pytest
 
+from protocols import device_abi as abi
+
 pytestmark = pytest.mark.vm
+
+# Lists claimed queues straight from BAR0 (no runtime, which would reclaim first).
+QUEUE_OWNERS = f"""
+import glob, mmap, os
+for d in glob.glob("/sys/bus/pci/devices/*"):
+    if open(d + "/vendor").read().strip() == "{abi.VENDOR_ID:#06x}":
+        fd = os.open(d + "/resource0", os.O_RDWR | os.O_SYNC)
+        regs = memoryview(mmap.mmap(fd, {abi.BAR0_SIZE})).cast("I")
+        for q in range({abi.NUM_QUEUES}):
+            if regs[{abi.queue_reg(0, abi.QReg.CTRL)} // 4 + q * {abi.QUEUE_WINDOW_SIZE // 4}] & 1:
+                owner = regs[{abi.queue_reg(0, abi.QReg.OWNER)} // 4 + q * {abi.QUEUE_WINDOW_SIZE // 4}]
+                print("queue %d owner pid %d" % (q, owner))
+"""
 
 GUEST_SCRIPT = r"""
 set -e
 cd /mnt/ava
 echo "== build"; python3 -m guest_driver build --out /tmp/b | tail -1
 echo "== echo"; /tmp/b/ava-echo --iters 10000 --size 1024
+echo "== procs"; export AVA_VDEV_MEM=8M
+/tmp/b/ava-echo --iters 3000 --size 512 & A=$!; /tmp/b/ava-echo --iters 3000 --size 512 & B=$!
+wait $A; wait $B; echo "both processes done"
+echo "== reclaim"; /tmp/b/ava-echo --sleep-us 3000000 & P=$!; sleep 1; kill -9 $P; wait $P || true
+echo "victim $P"; python3 -c "$QUEUE_OWNERS"
+/tmp/b/ava-echo --iters 200 | tail -1
+echo "after:"; python3 -c "$QUEUE_OWNERS"
+unset AVA_VDEV_MEM
 echo "== install"; python3 -m guest_driver install --out /tmp/b
 echo "== status"; python3 -m guest_driver status --out /tmp/b
 echo "== clinfo"; clinfo
@@ -39,12 +63,18 @@ def properties(clinfo_text: str) -> dict[str, str]:
 
 def test_opencl_programs_in_the_guest(lab_run):
     res = lab_run("--timeout", "600", "--server-arg=--backend", "--server-arg=opencl", "--",
-                  "sh", "-c", GUEST_SCRIPT, timeout=660)
+                  "env", f"QUEUE_OWNERS={QUEUE_OWNERS}", "sh", "-c", GUEST_SCRIPT, timeout=660)
     out = res.stdout
     assert res.returncode == 0, out[-4000:] + res.stderr[-4000:]
     sections = dict(part.split("\n", 1) for part in out.split("== ")[1:])
     assert "10000 verified round trips" in sections["echo"] and "over uio: ok" in sections["echo"]
     assert "via uio" in sections["status"] and "ABI:        0.1" in sections["status"]
+    assert sections["procs"].count("verified round trips") == 2
+    assert "FAILED" not in sections["procs"] and "both processes done" in sections["procs"]
+    victim = re.search(r"victim (\d+)", sections["reclaim"]).group(1)
+    before, after = sections["reclaim"].split("after:")
+    assert f"owner pid {victim}" in before, "the killed process still held its queue"
+    assert f"owner pid {victim}" not in after, "the next process reclaimed it"
     guest = sections["clinfo"]
     assert re.search(r"Number of platforms\s+1\n", guest), "exactly one platform: ours"
     host = subprocess.run(["clinfo"], capture_output=True, text=True, check=True).stdout

@@ -1,6 +1,8 @@
 /* ava-echo: verified echo round trips through the device (threads x iterations),
  * a large scatter-list echo, or a long SLEEP command (to be killed mid-command).
- *   ava-echo [--threads N] [--iters M] [--size S] [--big BYTES] [--sleep-us US] */
+ *   ava-echo [--threads N] [--iters M] [--size S] [--big BYTES] [--sleep-us US] [--reset-at I]
+ * --reset-at resets the device (STATUS = 0) before round trip I and checks that the
+ * call in flight fails cleanly and the runtime carries on with a fresh queue. */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdio.h>
@@ -15,6 +17,7 @@ static struct ava_device *dev;
 static long iters = 1000;
 static size_t size = 256;
 static volatile int failures;
+static long reset_at = -1;      /* reset the device before this iteration (single thread) */
 
 static double now(void)
 {
@@ -33,7 +36,21 @@ static void *worker(void *arg)
         return NULL;
     }
     unsigned char *in = malloc(size), *out = malloc(size);
+    int recovered = 0;
     for (long i = 0; i < iters && in && out; i++) {
+        if (i == reset_at) {
+            ava_write_reg(dev, AVA_REG_STATUS, 0);      /* what a driver reload would do */
+            struct ava_result r0;
+            int rc0 = ava_call(q, AVA_SELFTEST_OP_NOP, NULL, 0, NULL, 0, NULL, &r0);
+            printf("ava-echo: device reset before round trip %ld: in-flight call %s (%s)\n", i,
+                   rc0 ? "failed" : "succeeded", rc0 ? ava_last_error() : "?");
+            q = ava_thread_queue(dev);                    /* a fresh queue */
+            if (!q || rc0 == 0) {
+                __atomic_add_fetch(&failures, 1, __ATOMIC_RELAXED);
+                break;
+            }
+            recovered = 1;
+        }
         size_t n = 1 + rand_r(&seed) % size;
         for (size_t k = 0; k < n; k++)
             in[k] = (unsigned char)rand_r(&seed);
@@ -46,6 +63,8 @@ static void *worker(void *arg)
             break;
         }
     }
+    if (recovered)
+        printf("ava-echo: recovered from the reset on queue %u\n", ava_queue_index(q));
     free(in);
     free(out);
     return NULL;
@@ -93,9 +112,10 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--size") && i + 1 < argc) size = strtoull(argv[++i], NULL, 0);
         else if (!strcmp(argv[i], "--big") && i + 1 < argc) big = strtoull(argv[++i], NULL, 0);
         else if (!strcmp(argv[i], "--sleep-us") && i + 1 < argc) sleep_us = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--reset-at") && i + 1 < argc) reset_at = atol(argv[++i]);
         else {
             fprintf(stderr, "usage: ava-echo [--threads N] [--iters M] [--size S] [--big BYTES] "
-                            "[--sleep-us US]\n");
+                            "[--sleep-us US] [--reset-at I]\n");
             return 2;
         }
     }
