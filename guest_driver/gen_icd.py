@@ -70,6 +70,8 @@ def _encode(fn: api.Function) -> list[str]:
                 out.append(f"ava_enc_blob(&e, {n}, ava_icd_create_info_size(buffer_create_type));")
         elif isinstance(k, api.CString):
             out.append(f"ava_enc_cstring(&e, {n});")
+        elif isinstance(k, api.BuildOptions):
+            out.append(f"ava_enc_build_options(&e, {n});")
         elif isinstance(k, api.OutBuffer):
             out.append(f"ava_enc_u64(&e, {n} ? (uint64_t){k.size} : AVA_NULL_LEN);")
         elif isinstance(k, api.OutScalar):

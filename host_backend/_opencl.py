@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import shutil
 import struct
+import tempfile
 import threading
 
 from protocols import opencl_api as api
@@ -56,7 +59,7 @@ class CallError(Exception):
 class _Call:
     """Per-call state (calls run concurrently on the poller and worker threads)."""
 
-    __slots__ = ("errcode", "size_ret", "target", "index", "events")
+    __slots__ = ("errcode", "size_ret", "target", "index", "events", "cleanups")
 
     def __init__(self) -> None:
         self.errcode = None      # cl_int * for a creating function
@@ -64,6 +67,7 @@ class _Call:
         self.target = None       # the first handle argument (what retain/release act on)
         self.index: dict[str, int] = {}    # argument name -> position in the C call
         self.events: list[tuple[int, object]] = []     # (guest id, cl_event * cell)
+        self.cleanups: list = []       # run after the call whatever happened
 
 
 def call_names(fn: api.Function) -> set[str]:
@@ -127,8 +131,8 @@ class OpenClBackend:
         resolves guest addresses (application data passed by reference)."""
         enc = Encoder()
         dec = Decoder(payload)
+        call = _Call()
         try:
-            call = _Call()
             with self._lock:
                 new_id = self._claim_id(fn, dec)
                 cargs, posts = self._decode(fn, dec, owner, call, dma)
@@ -142,6 +146,9 @@ class OpenClBackend:
         except CallError as exc:
             log.debug("%s: %s (%d)", fn.name, exc, exc.status)
             enc = Encoder(exc.status)
+        finally:
+            for cleanup in call.cleanups:
+                cleanup()
         return enc.bytes()
 
     def _claim_id(self, fn: api.Function, dec: Decoder) -> int | None:
@@ -232,6 +239,8 @@ class OpenClBackend:
                     raise CallError(CL_INVALID_VALUE, f"{arg.name} is not one NUL-terminated string")
                 else:
                     cargs.append(ffi.new("char[]", data))
+            elif isinstance(kind, api.BuildOptions):
+                cargs.append(self._build_options(arg, dec, call))
             elif isinstance(kind, api.OutBuffer):
                 cap = dec.u64()
                 if cap == NULL_LEN:
@@ -389,6 +398,49 @@ class OpenClBackend:
                     pos += v.nbytes
         posts.append(scatter_back)
         return ffi.from_buffer(bounce)
+
+    def _build_options(self, arg, dec: Decoder, call: "_Call"):
+        """Options plus the guest's include directories, recreated on the host."""
+        options = dec.blob()
+        count = dec.u64()
+        if count > api.MAX_INCLUDE_FILES:
+            raise WireError(f"{count} include files")
+        files, total = [], 0
+        for _ in range(count):
+            index, path, data = dec.u64(), dec.blob(), dec.blob()
+            if path is None or data is None:
+                raise WireError("include file without path or data")
+            total += len(data)
+            if total > api.MAX_INCLUDE_BYTES:
+                raise CallError(CL_OUT_OF_RESOURCES, "include directories larger than "
+                                f"{api.MAX_INCLUDE_BYTES} bytes")
+            files.append((index, path, data))
+        if options is None:
+            return ffi.NULL
+        if not options or options[-1] != 0 or 0 in options[:-1]:
+            raise CallError(CL_INVALID_VALUE, f"{arg.name} is not one NUL-terminated string")
+        text = options[:-1].decode("utf-8", "replace")
+        if files or api.INCLUDE_MARKER.format(0) in text:
+            root = tempfile.mkdtemp(prefix="ava-inc-")
+            call.cleanups.append(lambda: shutil.rmtree(root, ignore_errors=True))
+            dirs = set()
+            for index, path, data in files:
+                rel = path.decode("utf-8", "replace")
+                parts = rel.split("/")
+                if rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or index > 255:
+                    raise CallError(CL_INVALID_VALUE, f"include path {rel!r} is not a plain "
+                                    "relative path")
+                target = os.path.join(root, str(index), *parts)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                with open(target, "wb") as f:
+                    f.write(data)
+                dirs.add(index)
+            for index in range(256):
+                marker = api.INCLUDE_MARKER.format(index)
+                if marker in text:
+                    os.makedirs(os.path.join(root, str(index)), exist_ok=True)
+                    text = text.replace(marker, os.path.join(root, str(index)))
+        return ffi.new("char[]", text.encode() + b"\0")
 
     def _resolve(self, obj_type: str, handle: int, owner: int, fn, arg):
         if handle == 0:

@@ -94,6 +94,21 @@ class CString:
 
 
 @dataclass(frozen=True)
+class BuildOptions:
+    """Program build options whose ``-I DIR`` name guest directories the host cannot
+    see.  The guest rewrites each such DIR to ``@AVA_INC<n>@`` and ships the files
+    under it: u64 options length (NULL_LEN = NULL) + bytes (NUL-terminated), then
+    u64 file count and per file: u64 directory index, u64 path length + relative
+    path, u64 data length + data (each padded to 8).  The host recreates them in a
+    private temporary directory for the duration of the call."""
+
+
+INCLUDE_MARKER = "@AVA_INC{}@"
+MAX_INCLUDE_FILES = 4096
+MAX_INCLUDE_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
 class OutBuffer:
     """Bytes the function writes (info queries).  ``handle_params`` maps a param_name
     value to the object type the result holds, so the host turns pointers into ids."""
@@ -323,7 +338,7 @@ FUNCTIONS: tuple[Function, ...] = (
         ("program", Handle("cl_program")),
         ("num_devices", Scalar("cl_uint")),
         ("device_list", Handles("cl_device_id", "num_devices")),
-        ("options", CString()),
+        ("options", BuildOptions()),
         ("pfn_notify", Ignored("ava_program_notify", "build callbacks are not forwarded yet")),
         ("user_data", Ignored("void *", "goes with pfn_notify")),
         blocking=True),
@@ -468,7 +483,7 @@ def c_params(fn: Function) -> list[str]:
             out.append(f"{k.obj} *{n}")
         elif isinstance(k, InBuffer):
             out.append(f"{'const ' if k.const else ''}{k.ctype} *{n}")
-        elif isinstance(k, CString):
+        elif isinstance(k, (CString, BuildOptions)):
             out.append(f"const char *{n}")
         elif isinstance(k, OutBuffer):
             out.append("cl_image_format *" + n if k.elem == 8 else f"void *{n}")

@@ -39,6 +39,10 @@ def encode(fn: api.Function, new_id: int | None = None, **values) -> bytes:
             out.append(_u64(1 if v else NULL_LEN))
         elif isinstance(k, (api.InBuffer, api.CString)):
             out.append(_blob(v))
+        elif isinstance(k, api.BuildOptions):
+            opts, files = (v, []) if not isinstance(v, tuple) else v     # (options, [(i, path, data)])
+            out.append(_blob(opts) + _u64(len(files))
+                       + b"".join(_u64(i) + _blob(p) + _blob(d) for i, p, d in files))
         elif isinstance(k, api.Strings):
             out.append(_u64(len(v)) + b"".join(_blob(s) for s in v))
         elif isinstance(k, api.Properties):

@@ -2,6 +2,7 @@
 translation, exact status codes, isolation and cleanup."""
 
 import itertools
+import os
 
 import pytest
 
@@ -260,3 +261,23 @@ def test_samplers_and_device_refcounts(backend):
     status, _ = g.call("clCreateContextFromType", next(ids), properties=None,
                        device_type=CL_DEVICE_TYPE_ALL)
     assert status == 0
+
+
+def test_include_directories_travel_with_the_build(backend):
+    g = Guest(backend)
+    ctx, dev = g.context()
+    prog = next(ids)
+    src = b'#include "sub/val.h"\n__kernel void k(__global int *a) { a[0] = VAL; }'
+    assert g.call("clCreateProgramWithSource", prog, context=ctx, count=1, strings=[src])[0] == 0
+    files = [(0, b"sub/val.h", b"#define VAL 42\n")]
+    assert g.call("clBuildProgram", program=prog, num_devices=1, device_list=[dev],
+                  options=(b"-I @AVA_INC0@\0", files))[0] == 0
+    import glob
+    import tempfile
+    assert not glob.glob(os.path.join(tempfile.gettempdir(), "ava-inc-*")), "removed after the call"
+    bad = next(ids)
+    assert g.call("clCreateProgramWithSource", bad, context=ctx, count=1, strings=[src])[0] == 0
+    for path in (b"../escape.h", b"/etc/passwd", b"sub/../../x.h", b""):
+        assert g.call("clBuildProgram", program=bad, num_devices=1, device_list=[dev],
+                      options=(b"-I @AVA_INC0@\0", [(0, path, b"x")]))[0] == -30
+    assert not glob.glob(os.path.join(tempfile.gettempdir(), "ava-inc-*"))

@@ -46,8 +46,17 @@ echo "== status"; python3 -m guest_driver status --out /tmp/b
 echo "== clinfo"; clinfo
 echo "== vadd"; gcc -o /tmp/vadd tests/samples/vadd.c -lOpenCL; /tmp/vadd
 echo "== demo"; cd /usr/share/doc/python-pyopencl-doc/examples; PYOPENCL_CTX=0 python3 demo.py
+echo "== examples"; cp -r . /tmp/ex; cd /tmp/ex
+for ex in $EXAMPLES; do
+  PYOPENCL_CTX=0 MPLBACKEND=Agg python3 $ex > /tmp/$ex.log 2>&1 && echo "$ex ok" || { echo "$ex FAILED"; tail -5 /tmp/$ex.log; }
+done
 echo "== done"
 """
+
+
+EXAMPLES = ("demo.py demo_array.py demo_elementwise.py demo_elementwise_complex.py "
+            "demo_meta_template.py demo-struct-reduce.py dump-properties.py narray.py "
+            "pi-monte-carlo.py n-body.py median-filter.py")
 
 
 def properties(clinfo_text: str) -> dict[str, str]:
@@ -63,7 +72,7 @@ def properties(clinfo_text: str) -> dict[str, str]:
 
 def test_opencl_programs_in_the_guest(lab_run):
     res = lab_run("--timeout", "600", "--server-arg=--backend", "--server-arg=opencl", "--",
-                  "env", f"QUEUE_OWNERS={QUEUE_OWNERS}", "sh", "-c", GUEST_SCRIPT, timeout=660)
+                  "env", f"QUEUE_OWNERS={QUEUE_OWNERS}", f"EXAMPLES={EXAMPLES}", "sh", "-c", GUEST_SCRIPT, timeout=660)
     out = res.stdout
     assert res.returncode == 0, out[-4000:] + res.stderr[-4000:]
     sections = dict(part.split("\n", 1) for part in out.split("== ")[1:])
@@ -85,3 +94,7 @@ def test_opencl_programs_in_the_guest(lab_run):
     assert not differing, differing
     assert "1048576 elements correct" in sections["vadd"]
     assert re.search(r"Norm: 0\.0+e\+00", sections["demo"])
+    # pyopencl's own examples, unmodified (some build with -I guest paths: the
+    # header files travel with the build)
+    for example in EXAMPLES.split():
+        assert f"{example} ok" in sections["examples"], sections["examples"]

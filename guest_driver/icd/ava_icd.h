@@ -101,6 +101,7 @@ void ava_enc_strings(struct ava_enc *e, const char **strings, const size_t *leng
 void ava_enc_properties(struct ava_enc *e, const int64_t *props, const struct ava_handle_key *keys,
                         size_t nkeys);
 void ava_enc_kernel_arg(struct ava_enc *e, size_t size, const void *value);
+void ava_enc_build_options(struct ava_enc *e, const char *options);
 int ava_enc_host_data(struct ava_enc *e, struct ava_stage *st, const void *p, size_t n, int out);
 void ava_stage_finish(struct ava_stage *st, int success);
 size_t ava_icd_create_info_size(cl_buffer_create_type type);
