@@ -184,3 +184,34 @@ async def test_user_events_gate_commands(cl_ring):
     status, _ = await ring.call(fn.opcode, payload_addr=ring.put(bad), payload_len=len(bad),
                                 reply_addr=ring.buffer(64), reply_len=64)
     assert status == -errno.EINVAL
+
+
+async def test_handles_of_an_earlier_session_are_invalid(cl_server):
+    async def session():
+        mem = GuestMemory(16 << 20)
+        cli = await connect_guest(cl_server.path, mem)
+        return mem, cli, await PyRing.create(cli, mem, Allocator(mem.size))
+
+    mem, cli, ring = await session()
+    _, out = await remote(ring, "clGetPlatformIDs", num_entries=1, platforms=1)
+    _, out = await remote(ring, "clGetDeviceIDs", platform=out["platforms"][0],
+                          device_type=0xFFFFFFFF, num_entries=1, devices=1)
+    assert (await remote(ring, "clCreateContext", 77, properties=None, num_devices=1,
+                         devices=out["devices"]))[0] == 0
+    await cli.aclose()
+    mem.close()
+    await wait_for_idle(cl_server)
+    mem, cli, ring = await session()
+    assert (await remote(ring, "clRetainContext", context=77))[0] == -34
+    # Huge sizes: capped allocations on the host, the implementation's own verdict.
+    _, out = await remote(ring, "clGetPlatformIDs", num_entries=1, platforms=1)
+    status, _ = await remote(ring, "clGetPlatformInfo", object=out["platforms"][0],
+                             param_name=0x0902, param_value_size=1 << 40, param_value=1 << 40)
+    assert status == 0
+    fn = F["clGetPlatformIDs"]
+    bad = encode(fn, num_entries=1 << 20, platforms=1 << 20)       # capacity beyond the cap
+    status, _ = await ring.call(fn.opcode, payload_addr=ring.put(bad), payload_len=len(bad),
+                                reply_addr=ring.buffer(64), reply_len=64)
+    assert status == -errno.EINVAL
+    await cli.aclose()
+    mem.close()
