@@ -12,6 +12,7 @@ ends in the OpenCL error the implementation gives for an invalid object.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import shutil
@@ -70,8 +71,14 @@ class _Call:
         self.cleanups: list = []       # run after the call whatever happened
 
 
-def call_names(fn: api.Function) -> set[str]:
-    return {a.name for a in fn.args}
+@functools.lru_cache(maxsize=None)
+def call_names(fn: api.Function) -> frozenset[str]:
+    return frozenset(a.name for a in fn.args)
+
+
+@functools.lru_cache(maxsize=None)
+def has_out_buffer(fn: api.Function) -> bool:
+    return any(isinstance(a.kind, api.OutBuffer) for a in fn.args)
 
 
 def _signed(value: int, width: int) -> int:
@@ -263,8 +270,7 @@ class OpenClBackend:
                 if flag not in (1, NULL_LEN):
                     raise WireError(f"{arg.name} presence flag {flag:#x}")
                 present = flag == 1
-                if not present and call.size_ret is not None or not present and not any(
-                        isinstance(a.kind, api.OutBuffer) for a in fn.args):
+                if not present and (call.size_ret is not None or not has_out_buffer(fn)):
                     cargs.append(ffi.NULL)       # NULL stays NULL: the implementation decides
                     continue
                 # An info query's size comes back here even when the guest passed NULL:

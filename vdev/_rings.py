@@ -153,7 +153,12 @@ class RingEngine:
                     os.sched_yield()
                 elif idle_for < self.idle_timeout:
                     backoff = min(max(backoff * 2, 10e-6), self.max_sleep)
-                    time.sleep(backoff)
+                    # A finished blocking command or a doorbell ends the nap early: the
+                    # guest that waited on it is about to publish its next command.
+                    if self._wake.wait(backoff):
+                        self._wake.clear()
+                        last_work = time.monotonic()
+                        backoff = 0.0
                 else:
                     self._sleep_until_doorbell()
                     last_work = time.monotonic()
