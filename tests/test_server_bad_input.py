@@ -3,9 +3,7 @@ connection with a log line saying why; the server serves the next client and
 no fd is leaked."""
 
 import errno
-import logging
 import os
-import socket
 
 import pytest
 import trio

@@ -13,7 +13,7 @@ from protocols import pci
 from protocols import vfio_user as vu
 from protocols.device_abi import Reg
 from protocols.vfio_user import IrqIndex, IrqSetFlags, RegionIndex
-from vdev.client import GuestMemory, VfioUserClient, VfioUserClientError
+from vdev.client import VfioUserClient, VfioUserClientError
 
 RW = vu.DmaMapFlags.READ | vu.DmaMapFlags.WRITE
 

@@ -19,7 +19,7 @@ from construct import Int32ul
 from protocols import device_abi as abi
 from protocols import pci
 from protocols.device_abi import DeviceStatus, QReg, Reg
-from protocols.pci import BarFlags, BarSpec, Capability, CapId
+from protocols.pci import BarSpec, Capability, CapId
 from protocols.vfio_user import IrqIndex, RegionFlags, RegionIndex
 
 from ._config import ConfigSpace
