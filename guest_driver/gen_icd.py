@@ -42,6 +42,8 @@ def _reply_capacity(fn: api.Function) -> str:
             terms.append("8")
         elif isinstance(k, api.OutHandles):
             terms.append(f"(8 + 8 * (size_t)({a.name} ? {k.count} : 0))")
+        elif isinstance(k, api.NewHandles):
+            terms.append("8")
     return " + ".join(terms)
 
 
@@ -50,7 +52,8 @@ def _encode(fn: api.Function) -> list[str]:
     # Application data goes through DMA staging that is copied back when the call
     # returns, so the host must finish the transfer before replying: such calls are
     # made blocking (completing early is always allowed).
-    forced = {a.kind.blocking for a in fn.args if isinstance(a.kind, api.HostData) and a.kind.blocking}
+    forced = {a.kind.blocking for a in fn.args
+              if isinstance(a.kind, (api.HostData, api.HostRect)) and a.kind.blocking}
     for a in fn.args:
         k, n = a.kind, a.name
         if isinstance(k, api.Scalar) and n in forced:
@@ -83,8 +86,26 @@ def _encode(fn: api.Function) -> list[str]:
             out.append(f"{{ static const struct ava_handle_key keys[] = {{ {keys or '{0, 0}'} }};")
             out.append(f"  ava_enc_properties(&e, (const int64_t *){n}, keys, "
                        f"{len(k.handle_keys)}); }}")
-        elif isinstance(k, api.Ignored):
-            out.append(f"ava_enc_u64(&e, {n} ? 1 : 0);   /* {k.reason} */")
+        elif isinstance(k, api.Callback):
+            out.append(f"ava_enc_u64(&e, (!{n} && {k.user_data}) ? 1 : 0);   "
+                       "/* the callback itself stays in the guest */")
+        elif isinstance(k, api.UserData):
+            pass
+        elif isinstance(k, api.FixedArray):
+            out.append(f"ava_enc_sizes(&e, {n}, {k.n});")
+        elif isinstance(k, api.Binaries):
+            out.append(f"ava_enc_binaries(&e, {n}, {k.lengths}, {k.count});")
+        elif isinstance(k, api.CStrings):
+            out.append(f"ava_enc_cstrings(&e, {n}, {k.count});")
+        elif isinstance(k, api.NewHandles):
+            out.append(f"if ({n} && !(new_{n} = ava_obj_new_array({OBJ_ENUM[k.obj]}, {k.count}))) "
+                       "{ status = CL_OUT_OF_HOST_MEMORY; goto done; }")
+            out.append(f"ava_enc_new_array(&e, (void **)new_{n}, {n} ? {k.count} : AVA_NULL_LEN);")
+        elif isinstance(k, api.HostRect):
+            span = f"ava_rect_span({k.origin}, {k.region}, {k.row_pitch}, {k.slice_pitch})"
+            mode = "AVA_STAGE_INOUT" if k.out else "AVA_STAGE_IN"
+            out.append(f"if (ava_enc_host_data(&e, &stage_{n}, {n}, {span}, {mode})) "
+                       f"{{ status = CL_OUT_OF_RESOURCES; goto done; }}")
         elif isinstance(k, api.ErrcodeRet):
             pass
         elif isinstance(k, api.InArray):
@@ -94,7 +115,8 @@ def _encode(fn: api.Function) -> list[str]:
         elif isinstance(k, api.KernelArg):
             out.append(f"ava_enc_kernel_arg(&e, {k.size}, {n});")
         elif isinstance(k, api.HostData):
-            out.append(f"if (ava_enc_host_data(&e, &stage_{n}, {n}, {k.size}, {int(k.out)})) "
+            mode = "AVA_STAGE_OUT" if k.out else "AVA_STAGE_IN"
+            out.append(f"if (ava_enc_host_data(&e, &stage_{n}, {n}, {k.size}, {mode})) "
                        f"{{ status = CL_OUT_OF_RESOURCES; goto done; }}")
         else:
             raise TypeError(f"{fn.name}.{n}: no encoder for {k!r}")
@@ -117,6 +139,9 @@ def _decode(fn: api.Function) -> list[str]:
             out.append(f"if ({n}) *{n} = ({k.ctype})ava_dec_u64(&d);")
         elif isinstance(k, api.OutHandles):
             out.append(f"if ({n}) ava_dec_out_handles(&d, {OBJ_ENUM[k.obj]}, (void **){n}, {k.count});")
+        elif isinstance(k, api.NewHandles):
+            out.append(f"if ({n}) {{ ava_dec_new_array(&d, (void **)new_{n}, {k.count}, "
+                       f"status == CL_SUCCESS, (void **){n}); new_{n} = NULL; }}")
     return out
 
 
@@ -126,7 +151,8 @@ def render_function(fn: api.Function) -> str:
     params = ", ".join(api.c_params(fn))
     creates = fn.creates
     events = [a.name for a in fn.args if isinstance(a.kind, api.EventOut)]
-    stages = [a.name for a in fn.args if isinstance(a.kind, api.HostData)]
+    stages = [a.name for a in fn.args if isinstance(a.kind, (api.HostData, api.HostRect))]
+    arrays = [(a.name, a.kind) for a in fn.args if isinstance(a.kind, api.NewHandles)]
     body = ["struct ava_enc e;", "struct ava_dec d = {0};", "int64_t status = CL_SUCCESS;",
             "ava_enc_init(&e);"]
     # Everything the exit path looks at is declared (and initialised) before any goto.
@@ -134,6 +160,7 @@ def render_function(fn: api.Function) -> str:
     if creates:
         body.append(f"{creates} obj = NULL;")
     body += [f"cl_event new_{n} = NULL;" for n in events]
+    body += [f"{k.obj} *new_{n} = NULL;" for n, k in arrays]
     if creates:
         body.append(f"obj = ava_obj_new({OBJ_ENUM[creates]});")
         body.append("if (!obj) { status = CL_OUT_OF_HOST_MEMORY; goto done; }")
@@ -150,9 +177,11 @@ def render_function(fn: api.Function) -> str:
         body.append(f"if (status == CL_SUCCESS) ava_obj_retain({fn.args[0].name});")
     if fn.releases:
         body.append(f"if (status == CL_SUCCESS) ava_obj_release({fn.args[0].name});")
-    if creates or events or stages:
+    if creates or events or stages or arrays:
         body.append("done:")
     body += [f"ava_stage_finish(&stage_{n}, status == CL_SUCCESS);" for n in stages]
+    body += [f"if (new_{n}) ava_dec_new_array(NULL, (void **)new_{n}, {k.count}, 0, NULL);"
+             for n, k in arrays]
     for n in events:
         body.append(f"if (new_{n}) {{ if (status == CL_SUCCESS) *{n} = new_{n}; "
                     f"else ava_obj_free(new_{n}); }}")
@@ -163,7 +192,8 @@ def render_function(fn: api.Function) -> str:
         body.append("return obj;")
     else:
         body.append("return (cl_int)status;")
-    lines = [f"CL_API_ENTRY {fn.returns} CL_API_CALL", f"ava_{fn.name}({params})", "{"]
+    prefix = "ava_fwd_" if fn.guest_wrap else "ava_"
+    lines = [f"CL_API_ENTRY {fn.returns} CL_API_CALL", f"{prefix}{fn.name}({params})", "{"]
     lines += [("" if line.endswith(":") else "    ") + line for line in body]
     lines.append("}")
     return "\n".join(lines)
@@ -177,6 +207,7 @@ def render() -> str:
         '#include <string.h>',
         '',
         '#include "ava_icd.h"',
+        '#include "ava_icd_gen.h"',
         "",
     ]
     for fn in sorted(api.FUNCTIONS, key=lambda f: f.index):
@@ -191,22 +222,55 @@ def render() -> str:
     parts.append("{")
     parts.append("    void *(*p_unsupported_null)(void) = ava_unsupported_null;")
     parts.append("    cl_int (*p_unsupported_status)(void) = ava_unsupported_status;")
-    forwarded = {fn.name for fn in api.FUNCTIONS}
+    forwarded = {fn.name for fn in api.FUNCTIONS} | set(api.GUEST_COMPOSED)
     for name in icd_table.DISPATCH:
         if name in forwarded:
             continue
         stub = "ava_unsupported_null" if icd_table.returns_pointer(name) else "ava_unsupported_status"
         parts.append(f"    memcpy(&t->{name}, &{stub.replace('ava_', 'p_')}, sizeof(void *));")
-    for fn in sorted(api.FUNCTIONS, key=lambda f: f.index):
-        parts.append(f"    t->{fn.name} = ava_{fn.name};")
+    for name in sorted([fn.name for fn in api.FUNCTIONS] + list(api.GUEST_COMPOSED)):
+        parts.append(f"    t->{name} = ava_{name};")
     parts.append("}")
     parts.append("")
     parts.append("const char *const ava_icd_forwarded[] = {")
-    for fn in sorted(api.FUNCTIONS, key=lambda f: f.name):
-        parts.append(f'    "{fn.name}",')
+    for name in sorted([fn.name for fn in api.FUNCTIONS] + list(api.GUEST_COMPOSED)):
+        parts.append(f'    "{name}",')
     parts.append("    NULL,")
     parts.append("};")
     return "\n".join(parts) + "\n"
+
+
+def render_header() -> str:
+    """Prototypes shared by the generated stubs and the hand-written entry points:
+    the forwarders that wrapped functions call, and every entry point the dispatch
+    table takes (so a signature that drifts from cl.h fails to compile)."""
+    parts = [
+        f"/* AUTOGENERATED by guest_driver/gen_icd.py from protocols/opencl_api.py "
+        f"(spec {_spec_hash()}).",
+        " * Do not edit: change the spec and run `python -m guest_driver.gen_icd`. */",
+        "#ifndef AVA_ICD_GEN_H",
+        "#define AVA_ICD_GEN_H",
+        '#include "ava_icd.h"',
+        "",
+        f"#define AVA_PROGRAM_BINARY {api.AVA_PROGRAM_BINARY:#x}u   /* + device index */",
+        f"#define AVA_PROGRAM_BINARY_MAX {api.AVA_PROGRAM_BINARY_MAX:#x}u",
+        "",
+    ]
+    for fn in sorted(api.FUNCTIONS, key=lambda f: f.index):
+        params = ", ".join(api.c_params(fn))
+        parts.append(f"CL_API_ENTRY {fn.returns} CL_API_CALL ava_{fn.name}({params});")
+        if fn.guest_wrap:
+            parts.append(f"CL_API_ENTRY {fn.returns} CL_API_CALL ava_fwd_{fn.name}({params});")
+    parts.append("")
+    parts.append("/* Composed in the guest (icd_compose.c); their types come from cl_icd.h. */")
+    for name in sorted(api.GUEST_COMPOSED):
+        parts.append(f"extern __typeof__(*((struct _cl_icd_dispatch *)0)->{name}) ava_{name};")
+    parts.append("")
+    parts.append("#endif")
+    return "\n".join(parts) + "\n"
+
+
+OUTPUTS = {OUTPUT: render, os.path.join(ICD_DIR, "ava_icd_gen.h"): render_header}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,22 +279,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="change nothing; exit 1 if the generated file on disk is stale")
     args = parser.parse_args(argv)
-    text = render()
-    try:
-        with open(OUTPUT) as f:
-            current = f.read()
-    except FileNotFoundError:
-        current = None
-    if current == text:
-        return 0
-    if args.check:
-        print(f"{OUTPUT} is stale: run `python -m guest_driver.gen_icd`", file=sys.stderr)
-        return 1
-    os.makedirs(ICD_DIR, exist_ok=True)
-    with open(OUTPUT, "w") as f:
-        f.write(text)
-    print(f"wrote {OUTPUT}")
-    return 0
+    stale = 0
+    for path, render_fn in OUTPUTS.items():
+        text = render_fn()
+        try:
+            with open(path) as f:
+                current = f.read()
+        except FileNotFoundError:
+            current = None
+        if current == text:
+            continue
+        if args.check:
+            print(f"{path} is stale: run `python -m guest_driver.gen_icd`", file=sys.stderr)
+            stale = 1
+            continue
+        os.makedirs(ICD_DIR, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+        print(f"wrote {path}")
+    return stale
 
 
 if __name__ == "__main__":

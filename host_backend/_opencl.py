@@ -33,6 +33,7 @@ CL_SUCCESS = 0
 CL_OUT_OF_RESOURCES = -5
 CL_OUT_OF_HOST_MEMORY = -6
 CL_INVALID_VALUE = -30
+CL_MEM_ALLOC_HOST_PTR = 1 << 4
 
 INVALID_HANDLE = {
     "cl_platform_id": -32, "cl_device_id": -33, "cl_context": -34, "cl_command_queue": -36,
@@ -41,7 +42,11 @@ INVALID_HANDLE = {
 #: How to drop a reference of each created type, in the order objects are torn down.
 RELEASE_ORDER = (("cl_event", "clReleaseEvent"), ("cl_kernel", "clReleaseKernel"),
                  ("cl_program", "clReleaseProgram"), ("cl_mem", "clReleaseMemObject"),
-                 ("cl_command_queue", "clReleaseCommandQueue"), ("cl_context", "clReleaseContext"))
+                 ("cl_sampler", "clReleaseSampler"), ("cl_command_queue", "clReleaseCommandQueue"),
+                 ("cl_context", "clReleaseContext"), ("cl_device_id", "clReleaseDevice"))
+
+#: A NULL array with a non-zero count: CL_INVALID_EVENT_WAIT_LIST for events.
+NULL_ARRAY_STATUS = {"cl_event": -57}
 
 #: Per-call caps on what a guest may make the host allocate.
 MAX_OUT_BUFFER = 64 << 20
@@ -60,7 +65,8 @@ class CallError(Exception):
 class _Call:
     """Per-call state (calls run concurrently on the poller and worker threads)."""
 
-    __slots__ = ("errcode", "size_ret", "target", "index", "events", "cleanups")
+    __slots__ = ("errcode", "size_ret", "target", "index", "events", "cleanups", "arrays",
+                 "binary_index")
 
     def __init__(self) -> None:
         self.errcode = None      # cl_int * for a creating function
@@ -69,6 +75,8 @@ class _Call:
         self.index: dict[str, int] = {}    # argument name -> position in the C call
         self.events: list[tuple[int, object]] = []     # (guest id, cl_event * cell)
         self.cleanups: list = []       # run after the call whatever happened
+        self.arrays: dict[str, list[int]] = {}     # FixedArray values by argument name
+        self.binary_index: int | None = None       # an AVA_PROGRAM_BINARY query
 
 
 @functools.lru_cache(maxsize=None)
@@ -144,7 +152,10 @@ class OpenClBackend:
                 new_id = self._claim_id(fn, dec)
                 cargs, posts = self._decode(fn, dec, owner, call, dma)
                 dec.done()
-            result = getattr(lib(), fn.name)(*cargs)
+            if call.binary_index is not None:
+                result = self._program_binary(cargs, call)
+            else:
+                result = getattr(lib(), fn.name)(*cargs)
             with self._lock:
                 status = self._account(fn, result, cargs, new_id, owner, call)
                 enc.set_status(status)
@@ -202,6 +213,9 @@ class OpenClBackend:
                 if width < 8 and raw >> (width * 8):
                     raise WireError(f"{arg.name}={raw:#x} does not fit {kind.ctype}")
                 value = _signed(raw, width) if signed else raw
+                if (isinstance(kind, api.MemFlags) and value & api.CL_MEM_USE_HOST_PTR
+                        and not value & (api.CL_MEM_COPY_HOST_PTR | CL_MEM_ALLOC_HOST_PTR)):
+                    value = value & ~api.CL_MEM_USE_HOST_PTR | api.CL_MEM_COPY_HOST_PTR
                 scalars[arg.name] = value
                 cargs.append(value)
             elif isinstance(kind, api.Handle):
@@ -212,6 +226,11 @@ class OpenClBackend:
             elif isinstance(kind, api.Handles):
                 n = dec.u64()
                 if n == NULL_LEN:
+                    if scalars.get(kind.count):
+                        # The spec's answer, given here: some implementations read
+                        # through the NULL array (PoCL's clCompileProgram does).
+                        raise CallError(NULL_ARRAY_STATUS.get(kind.obj, CL_INVALID_VALUE),
+                                        f"{arg.name} is NULL, {kind.count} is not 0")
                     cargs.append(ffi.NULL)
                     continue
                 if n != scalars.get(kind.count) or n > MAX_ARRAY:
@@ -255,6 +274,10 @@ class OpenClBackend:
                     continue
                 if cap != scalars.get(kind.size):
                     raise WireError(f"{arg.name} capacity {cap}, {kind.size} says {scalars.get(kind.size)}")
+                param = scalars.get(kind.param)
+                if (fn.name == "clGetProgramInfo" and param is not None
+                        and 0 <= param - api.AVA_PROGRAM_BINARY < api.AVA_PROGRAM_BINARY_MAX):
+                    call.binary_index = param - api.AVA_PROGRAM_BINARY
                 if kind.elem == 1:
                     alloc = min(cap, MAX_OUT_BUFFER)
                     cargs[call.index[kind.size]] = alloc
@@ -263,7 +286,7 @@ class OpenClBackend:
                         raise WireError(f"{arg.name}: {cap} entries")
                     alloc = cap * kind.elem
                 out = ffi.new("char[]", max(alloc, 1))
-                cargs.append(ffi.cast("void *", out) if kind.elem == 1 else ffi.cast("cl_image_format *", out))
+                cargs.append(ffi.cast(f"{kind.ctype} *", out))
                 posts.append(self._post_out_buffer(kind, out, alloc, scalars, call))
             elif isinstance(kind, api.OutScalar):
                 flag = dec.u64()
@@ -311,10 +334,47 @@ class OpenClBackend:
                         value = int(ffi.cast("intptr_t", self._resolve(obj, value, owner, fn, arg)))
                     values += [_signed(key, 8), _signed(value, 8)]
                 cargs.append(ffi.new(f"{kind.ctype}[]", values + [0]))
-            elif isinstance(kind, api.Ignored):
+            elif isinstance(kind, api.Callback):
                 if dec.u64() != 0:
-                    raise CallError(CL_INVALID_VALUE, f"{arg.name}: {kind.reason}")
+                    raise CallError(CL_INVALID_VALUE, f"{kind.user_data} without {arg.name}")
+                cargs.append(ffi.NULL)       # the guest calls it; the host never does
+            elif isinstance(kind, api.UserData):
                 cargs.append(ffi.NULL)
+            elif isinstance(kind, api.FixedArray):
+                n = dec.u64()
+                if n == NULL_LEN:
+                    cargs.append(ffi.NULL)
+                    continue
+                if n != kind.n:
+                    raise WireError(f"{arg.name} has {n} entries, not {kind.n}")
+                call.arrays[arg.name] = values = dec.u64s(n)
+                cargs.append(ffi.new(f"{kind.ctype}[]", values))
+            elif isinstance(kind, api.Binaries):
+                cargs += self._binaries(kind, arg, dec, scalars, posts)
+            elif isinstance(kind, api.CStrings):
+                n = dec.u64()
+                if n == NULL_LEN:
+                    if scalars.get(kind.count):
+                        raise CallError(CL_INVALID_VALUE, f"{arg.name} is NULL, {kind.count} is not 0")
+                    cargs.append(ffi.NULL)
+                    continue
+                if n != scalars.get(kind.count) or n > MAX_ARRAY:
+                    raise WireError(f"{n} strings, {kind.count} says {scalars.get(kind.count)}")
+                keep = []
+                for _ in range(n):
+                    data = dec.blob()
+                    if data is not None and (not data or data[-1] != 0 or 0 in data[:-1]):
+                        raise CallError(CL_INVALID_VALUE, f"{arg.name}: not NUL-terminated")
+                    keep.append(ffi.NULL if data is None else ffi.new("char[]", data))
+                cargs.append(ffi.new("char *[]", keep) if keep else ffi.new("char *[1]"))
+                posts.append(lambda status, enc, keep=keep: None)    # keeps the strings alive
+            elif isinstance(kind, api.NewHandles):
+                cargs.append(self._new_handles(kind, arg, dec, scalars, call, posts, owner))
+            elif isinstance(kind, api.HostRect):
+                o, r = call.arrays.get(kind.origin), call.arrays.get(kind.region)
+                span = api.rect_span(o, r, scalars[kind.row_pitch], scalars[kind.slice_pitch]) \
+                    if o and r else 0
+                cargs.append(self._host_data(kind, arg, dec, span, call, cargs, posts, dma))
             elif isinstance(kind, api.ErrcodeRet):
                 call.errcode = ffi.new("cl_int *")
                 cargs.append(call.errcode)
@@ -358,7 +418,8 @@ class OpenClBackend:
                 else:
                     raise WireError(f"kernel argument tag {tag}")
             elif isinstance(kind, api.HostData):
-                cargs.append(self._host_data(kind, arg, dec, scalars, call, cargs, posts, dma))
+                cargs.append(self._host_data(kind, arg, dec, scalars.get(kind.size), call, cargs,
+                                             posts, dma))
             else:
                 raise TypeError(f"{fn.name}.{arg.name}: no decoder for {kind!r}")
         for name, size_name, length in checks:
@@ -366,19 +427,19 @@ class OpenClBackend:
                 raise WireError(f"{name} carries {length} bytes, {size_name} says {scalars.get(size_name)}")
         return cargs, posts
 
-    def _host_data(self, kind: api.HostData, arg, dec: Decoder, scalars, call, cargs, posts, dma):
-        """Application memory by reference: a view of guest RAM the implementation reads
-        or writes in place (zero copy), or a bounce buffer for a scatter list."""
+    def _host_data(self, kind, arg, dec: Decoder, size: int, call, cargs, posts, dma):
+        """Application memory by reference (HostData, HostRect): a view of guest RAM
+        the implementation reads or writes in place (zero copy), or a bounce buffer
+        for a scatter list.  ``size`` is the length the other arguments imply."""
         mode = dec.u64()
         if mode == NULL_LEN:
             return ffi.NULL
         if dma is None:
             raise WireError(f"{arg.name}: guest memory reference without a DMA map")
-        size = scalars.get(kind.size)
         if mode == api.HOSTDATA_RANGE:
             addr, length = dec.u64(), dec.u64()
             if length != size:
-                raise WireError(f"{arg.name} is {length} bytes, {kind.size} says {size}")
+                raise WireError(f"{arg.name} is {length} bytes, its arguments say {size}")
             return ffi.from_buffer(dma.translate(addr, length, write=kind.out))
         if mode != api.HOSTDATA_SG:
             raise WireError(f"{arg.name}: unknown reference mode {mode}")
@@ -389,10 +450,11 @@ class OpenClBackend:
         views = [dma.translate(a, n, write=kind.out)
                  for a, n, _ in struct.iter_unpack("<QII", raw) if n]
         if sum(v.nbytes for v in views) != size:
-            raise WireError(f"{arg.name}: scatter list does not add up to {kind.size}={size}")
+            raise WireError(f"{arg.name}: scatter list does not add up to {size} bytes")
         if not kind.out:
             return ffi.from_buffer(b"".join(views))
-        bounce = bytearray(size)
+        # A rectangle leaves the bytes between its rows alone: start from the guest's.
+        bounce = bytearray(b"".join(views)) if isinstance(kind, api.HostRect) else bytearray(size)
         if kind.blocking:                   # the bounce must be filled before we reply
             cargs[call.index[kind.blocking]] = 1
 
@@ -404,6 +466,78 @@ class OpenClBackend:
                     pos += v.nbytes
         posts.append(scatter_back)
         return ffi.from_buffer(bounce)
+
+    def _binaries(self, kind: api.Binaries, arg, dec: Decoder, scalars, posts) -> list:
+        """``lengths`` and ``binaries`` arrays (two C arguments)."""
+        n = dec.u64()
+        if n == NULL_LEN:
+            return [ffi.NULL, ffi.NULL]
+        if n != scalars.get(kind.count) or n > MAX_ARRAY:
+            raise WireError(f"{n} binaries, {kind.count} says {scalars.get(kind.count)}")
+        blobs = [dec.blob() for _ in range(n)]
+        if sum(len(b) for b in blobs if b) > api.MAX_INCLUDE_BYTES * 16:
+            raise CallError(CL_OUT_OF_RESOURCES, f"{arg.name}: binaries too large")
+        keep = [ffi.NULL if b is None else ffi.new("unsigned char[]", b or b"\0") for b in blobs]
+        lengths = ffi.new("size_t[]", [len(b) if b is not None else 0 for b in blobs] or [0])
+        posts.append(lambda status, enc, keep=keep: None)    # keeps the bytes alive
+        return [lengths, ffi.new("unsigned char *[]", keep) if keep else ffi.new("unsigned char *[1]")]
+
+    def _new_handles(self, kind: api.NewHandles, arg, dec: Decoder, scalars, call, posts, owner):
+        """Objects the call creates into an array: the guest chose their ids."""
+        cap = dec.u64()
+        if cap == NULL_LEN:
+            return ffi.NULL
+        if cap != scalars.get(kind.count) or cap > MAX_ARRAY:
+            raise WireError(f"{arg.name} capacity {cap}, {kind.count} says {scalars.get(kind.count)}")
+        ids = dec.u64s(cap)
+        for new_id in ids:
+            why = self.handles.check_new(new_id)
+            if why:
+                raise CallError(CL_OUT_OF_RESOURCES if "limit" in why else CL_INVALID_VALUE,
+                                f"new {kind.obj}: {why}")
+        if len(set(ids)) != len(ids):
+            raise CallError(CL_INVALID_VALUE, f"{arg.name}: an id used twice")
+        out = ffi.new(f"{kind.obj}[]", max(cap, 1))
+
+        def post(status: int, enc: Encoder) -> None:
+            filled = 0
+            if status == CL_SUCCESS:
+                while filled < cap and out[filled] != ffi.NULL:
+                    self.handles.add(ids[filled], kind.obj, out[filled], owner)
+                    filled += 1
+            enc.u64(filled)
+        posts.append(post)
+        return out
+
+    def _program_binary(self, cargs, call: _Call) -> int:
+        """clGetProgramInfo(AVA_PROGRAM_BINARY + i): the i-th device's binary."""
+        program, size, out, size_ret = cargs[0], cargs[2], cargs[3], cargs[4]
+        cl = lib()
+        count = ffi.new("size_t *")
+        status = cl.clGetProgramInfo(program, api.CL_PROGRAM_BINARY_SIZES, 0, ffi.NULL, count)
+        if status != CL_SUCCESS:
+            return status
+        sizes = ffi.new("size_t[]", max(count[0] // 8, 1))
+        status = cl.clGetProgramInfo(program, api.CL_PROGRAM_BINARY_SIZES, count[0], sizes, ffi.NULL)
+        if status != CL_SUCCESS:
+            return status
+        if call.binary_index >= count[0] // 8:
+            return CL_INVALID_VALUE
+        if sum(sizes[i] for i in range(count[0] // 8)) > MAX_OUT_BUFFER * 4:
+            return CL_OUT_OF_RESOURCES
+        bufs = [ffi.new("unsigned char[]", max(sizes[i], 1)) for i in range(count[0] // 8)]
+        status = cl.clGetProgramInfo(program, api.CL_PROGRAM_BINARIES, count[0],
+                                     ffi.new("unsigned char *[]", bufs), ffi.NULL)
+        if status != CL_SUCCESS:
+            return status
+        length = sizes[call.binary_index]
+        if size_ret != ffi.NULL:
+            size_ret[0] = length
+        if out != ffi.NULL:
+            if size < length:
+                return CL_INVALID_VALUE
+            ffi.memmove(out, bufs[call.binary_index], length)
+        return CL_SUCCESS
 
     def _build_options(self, arg, dec: Decoder, call: "_Call"):
         """Options plus the guest's include directories, recreated on the host."""
@@ -484,16 +618,21 @@ class OpenClBackend:
 
     def _post_out_buffer(self, kind: api.OutBuffer, out, alloc: int, scalars: dict, call: _Call):
         def post(status: int, enc: Encoder) -> None:
-            if status != CL_SUCCESS:
+            if status not in kind.filled_on:
                 enc.blob(b"")
                 return
-            written = min(alloc, int(call.size_ret[0]) * kind.elem)
+            if call.size_ret is None:               # an output array (binary_status)
+                written = alloc
+            else:
+                written = min(alloc, int(call.size_ret[0]) * kind.elem)
             if written < alloc <= 16:
                 # Some implementations report fewer bytes than they write for scalar
                 # queries (PoCL: DEVICE_ENQUEUE_CAPABILITIES); the caller sees what a
                 # native call leaves in its buffer.
                 written = alloc
             data = bytes(ffi.buffer(out, written))
+            if scalars.get(kind.param) in kind.hidden_params:
+                data = bytes(len(data))         # a host pointer: the guest answers itself
             obj = kind.handle_params.get(scalars.get(kind.param))
             if obj is not None and written % 8 == 0:
                 addrs = struct.unpack(f"<{written // 8}Q", data)

@@ -48,6 +48,7 @@ SCALAR_TYPES = {
     "cl_mem_migration_flags": (8, False),
     "cl_addressing_mode": (4, False), "cl_filter_mode": (4, False), "cl_sampler_info": (4, False),
     "cl_image_info": (4, False), "cl_mem_object_type": (4, False),
+    "cl_device_partition_property": (8, True),
 }
 
 
@@ -116,6 +117,9 @@ class OutBuffer:
     param: str | None = None
     handle_params: dict = field(default_factory=dict, hash=False, compare=False)
     elem: int = 1            # bytes per unit of ``size`` (an array of structs)
+    ctype: str = "void"      # the C element type of the parameter
+    hidden_params: frozenset = frozenset()   # param values whose result is a host pointer
+    filled_on: frozenset = frozenset({0})    # the statuses after which it holds a result
 
 
 @dataclass(frozen=True)
@@ -139,10 +143,63 @@ class Properties:
 
 
 @dataclass(frozen=True)
-class Ignored:
-    """An argument the remoting does not carry yet (callbacks); must be NULL."""
+class Callback:
+    """A notification function pointer.  It stays in the guest: the guest calls it on
+    its callback thread when the host's call returns (``guest_wrap`` functions) or
+    never (context error notifications, which the host implementation does not
+    raise for valid use).  The wire carries one u64: 1 when ``user_data`` is
+    non-NULL but the function is NULL, which the spec makes CL_INVALID_VALUE."""
     ctype: str
-    reason: str
+    user_data: str
+
+
+@dataclass(frozen=True)
+class UserData:
+    """The ``user_data`` of a Callback: guest-only, nothing on the wire."""
+
+
+@dataclass(frozen=True)
+class MemFlags(Scalar):
+    """``cl_mem_flags`` of a creating call with a host pointer.  Guest memory cannot
+    back a host allocation, so the host turns CL_MEM_USE_HOST_PTR into
+    CL_MEM_COPY_HOST_PTR and the guest keeps the application's pointer (map and
+    ``CL_MEM_HOST_PTR`` answer with it)."""
+    ctype: str = "cl_mem_flags"
+
+
+CL_MEM_USE_HOST_PTR = 1 << 3
+CL_MEM_COPY_HOST_PTR = 1 << 5
+
+
+@dataclass(frozen=True)
+class FixedArray:
+    """Exactly ``n`` scalars (origins and regions): u64 n (NULL_LEN = NULL) then values."""
+    ctype: str
+    n: int = 3
+
+
+@dataclass(frozen=True)
+class Binaries:
+    """``count`` program binaries with their ``lengths``: u64 count (NULL_LEN when
+    either array is NULL), then per binary u64 length (NULL_LEN = NULL) + bytes."""
+    count: str
+    lengths: str
+
+
+@dataclass(frozen=True)
+class CStrings:
+    """``count`` NUL-terminated strings (header include names): u64 count (NULL_LEN =
+    NULL array), then per string as CString."""
+    count: str
+
+
+@dataclass(frozen=True)
+class NewHandles:
+    """An output array of objects the call creates (clCreateKernelsInProgram,
+    clCreateSubDevices): the guest sends u64 capacity (NULL_LEN = NULL) then one
+    fresh id per slot; the reply is u64 count of slots filled (in order)."""
+    obj: str
+    count: str
 
 
 @dataclass(frozen=True)
@@ -189,6 +246,33 @@ HOSTDATA_RANGE, HOSTDATA_SG = 0, 1
 
 
 @dataclass(frozen=True)
+class HostRect:
+    """Application memory of a rectangular transfer, passed like HostData.  Its
+    length is the span the rectangle touches, computed the same way on both ends:
+    origin[2]*slice + origin[1]*row + origin[0] + (region[2]-1)*slice +
+    (region[1]-1)*row + region[0], with row = region[0] and slice = region[1]*row
+    when the pitch is 0.  A read stages the whole span in and out, so the bytes
+    between rows keep the application's values."""
+    origin: str
+    region: str
+    row_pitch: str
+    slice_pitch: str
+    out: bool
+    blocking: str
+
+
+def rect_span(origin, region, row_pitch: int, slice_pitch: int) -> int:
+    """Bytes from the rectangle's base pointer to one past its last byte (0 when the
+    region is empty, which the implementation rejects)."""
+    if not region or 0 in region:
+        return 0
+    row = row_pitch or region[0]
+    slice_ = slice_pitch or region[1] * row
+    return (origin[2] * slice_ + origin[1] * row + origin[0] +
+            (region[2] - 1) * slice_ + (region[1] - 1) * row + region[0])
+
+
+@dataclass(frozen=True)
 class Arg:
     name: str
     kind: object
@@ -204,6 +288,8 @@ class Function:
     releases: str | None = None
     retains: str | None = None
     blocking: bool = False
+    guest_wrap: bool = False         # the guest's entry point (icd_compose.c) wraps the
+                                     # generated forwarder ava_fwd_<name>
 
     @property
     def opcode(self) -> int:
@@ -231,9 +317,19 @@ CL_EVENT_COMMAND_QUEUE = 0x11D0
 CL_EVENT_CONTEXT = 0x11D4
 CL_SAMPLER_CONTEXT = 0x1151
 CL_IMAGE_BUFFER = 0x1118
+CL_MEM_HOST_PTR = 0x1103
+CL_INVALID_BINARY = -42
+CL_PROGRAM_BINARY_SIZES = 0x1165
+CL_PROGRAM_BINARIES = 0x1166
+#: A query the guest makes instead of CL_PROGRAM_BINARIES (whose value is an array
+#: of guest pointers): clGetProgramInfo(program, AVA_PROGRAM_BINARY + i, ...) gives
+#: the binary of the program's i-th device.
+AVA_PROGRAM_BINARY = 0x41560000
+AVA_PROGRAM_BINARY_MAX = 0x100
 
 
-def _info(name, index, obj, info_type, handle_params=None, blocking=False, extra=()):
+def _info(name, index, obj, info_type, handle_params=None, blocking=False, extra=(),
+          hidden=frozenset(), guest_wrap=False):
     """An info query: object, [extra selector args], param_name, size, value, size_ret."""
     handle_params = handle_params or {}
     return _fn(name, index,
@@ -241,15 +337,23 @@ def _info(name, index, obj, info_type, handle_params=None, blocking=False, extra
                *extra,
                ("param_name", Scalar(info_type)),
                ("param_value_size", Scalar("size_t")),
-               ("param_value", OutBuffer("param_value_size", "param_name", handle_params)),
+               ("param_value", OutBuffer("param_value_size", "param_name", handle_params,
+                                         hidden_params=frozenset(hidden))),
                ("param_value_size_ret", OutScalar("size_t")),
-               blocking=blocking)
+               blocking=blocking, guest_wrap=guest_wrap)
 
 
 _WAIT = (("num_events_in_wait_list", Scalar("cl_uint")),
          ("event_wait_list", Handles("cl_event", "num_events_in_wait_list")),
          ("event", EventOut()))
 _QUEUE = ("command_queue", Handle("cl_command_queue"))
+_RECT_BUFFER = (("buffer_origin", FixedArray("size_t")),
+                ("host_origin", FixedArray("size_t")),
+                ("region", FixedArray("size_t")),
+                ("buffer_row_pitch", Scalar("size_t")),
+                ("buffer_slice_pitch", Scalar("size_t")),
+                ("host_row_pitch", Scalar("size_t")),
+                ("host_slice_pitch", Scalar("size_t")))
 
 FUNCTIONS: tuple[Function, ...] = (
     _fn("clGetPlatformIDs", 0,
@@ -269,15 +373,15 @@ FUNCTIONS: tuple[Function, ...] = (
         ("properties", Properties("cl_context_properties", {CL_CONTEXT_PLATFORM: "cl_platform_id"})),
         ("num_devices", Scalar("cl_uint")),
         ("devices", Handles("cl_device_id", "num_devices")),
-        ("pfn_notify", Ignored("ava_context_notify", "context error callbacks are not forwarded yet")),
-        ("user_data", Ignored("void *", "goes with pfn_notify")),
+        ("pfn_notify", Callback("ava_context_notify", "user_data")),
+        ("user_data", UserData()),
         ("errcode_ret", ErrcodeRet()),
         returns="cl_context", creates="cl_context"),
     _fn("clCreateContextFromType", 5,
         ("properties", Properties("cl_context_properties", {CL_CONTEXT_PLATFORM: "cl_platform_id"})),
         ("device_type", Scalar("cl_device_type")),
-        ("pfn_notify", Ignored("ava_context_notify", "context error callbacks are not forwarded yet")),
-        ("user_data", Ignored("void *", "goes with pfn_notify")),
+        ("pfn_notify", Callback("ava_context_notify", "user_data")),
+        ("user_data", UserData()),
         ("errcode_ret", ErrcodeRet()),
         returns="cl_context", creates="cl_context", blocking=True),
     _fn("clRetainContext", 6, ("context", Handle("cl_context")), retains="cl_context"),
@@ -298,22 +402,23 @@ FUNCTIONS: tuple[Function, ...] = (
           {CL_QUEUE_CONTEXT: "cl_context", CL_QUEUE_DEVICE: "cl_device_id"}),
     _fn("clCreateBuffer", 14,
         ("context", Handle("cl_context")),
-        ("flags", Scalar("cl_mem_flags")),
+        ("flags", MemFlags()),
         ("size", Scalar("size_t")),
         ("host_ptr", InBuffer("size", const=False)),
         ("errcode_ret", ErrcodeRet()),
-        returns="cl_mem", creates="cl_mem"),
+        returns="cl_mem", creates="cl_mem", guest_wrap=True),
     _fn("clRetainMemObject", 17, ("memobj", Handle("cl_mem")), retains="cl_mem"),
     _fn("clReleaseMemObject", 18, ("memobj", Handle("cl_mem")), releases="cl_mem"),
     _info("clGetMemObjectInfo", 20, "cl_mem", "cl_mem_info",
-          {CL_MEM_CONTEXT: "cl_context", CL_MEM_ASSOCIATED_MEMOBJECT: "cl_mem"}),
+          {CL_MEM_CONTEXT: "cl_context", CL_MEM_ASSOCIATED_MEMOBJECT: "cl_mem"},
+          hidden={CL_MEM_HOST_PTR}, guest_wrap=True),
     _info("clGetImageInfo", 21, "cl_mem", "cl_image_info", {CL_IMAGE_BUFFER: "cl_mem"}),
     _fn("clGetSupportedImageFormats", 19,
         ("context", Handle("cl_context")),
         ("flags", Scalar("cl_mem_flags")),
         ("image_type", Scalar("cl_mem_object_type")),
         ("num_entries", Scalar("cl_uint")),
-        ("image_formats", OutBuffer("num_entries", elem=8)),
+        ("image_formats", OutBuffer("num_entries", elem=8, ctype="cl_image_format")),
         ("num_image_formats", OutScalar("cl_uint"))),
     _fn("clCreateSampler", 22,
         ("context", Handle("cl_context")),
@@ -339,11 +444,61 @@ FUNCTIONS: tuple[Function, ...] = (
         ("num_devices", Scalar("cl_uint")),
         ("device_list", Handles("cl_device_id", "num_devices")),
         ("options", BuildOptions()),
-        ("pfn_notify", Ignored("ava_program_notify", "build callbacks are not forwarded yet")),
-        ("user_data", Ignored("void *", "goes with pfn_notify")),
-        blocking=True),
+        ("pfn_notify", Callback("ava_program_notify", "user_data")),
+        ("user_data", UserData()),
+        blocking=True, guest_wrap=True),
     _info("clGetProgramInfo", 32, "cl_program", "cl_program_info",
-          {CL_PROGRAM_CONTEXT: "cl_context", CL_PROGRAM_DEVICES: "cl_device_id"}),
+          {CL_PROGRAM_CONTEXT: "cl_context", CL_PROGRAM_DEVICES: "cl_device_id"},
+          guest_wrap=True),
+    _fn("clCreateProgramWithBinary", 27,
+        ("context", Handle("cl_context")),
+        ("num_devices", Scalar("cl_uint")),
+        ("device_list", Handles("cl_device_id", "num_devices")),
+        ("binaries", Binaries("num_devices", "lengths")),
+        ("binary_status", OutBuffer("num_devices", elem=4, ctype="cl_int",
+                                    filled_on=frozenset({0, CL_INVALID_BINARY}))),
+        ("errcode_ret", ErrcodeRet()),
+        returns="cl_program", creates="cl_program"),
+    _fn("clCreateProgramWithBuiltInKernels", 97,
+        ("context", Handle("cl_context")),
+        ("num_devices", Scalar("cl_uint")),
+        ("device_list", Handles("cl_device_id", "num_devices")),
+        ("kernel_names", CString()),
+        ("errcode_ret", ErrcodeRet()),
+        returns="cl_program", creates="cl_program"),
+    _fn("clCompileProgram", 98,
+        ("program", Handle("cl_program")),
+        ("num_devices", Scalar("cl_uint")),
+        ("device_list", Handles("cl_device_id", "num_devices")),
+        ("options", BuildOptions()),
+        ("num_input_headers", Scalar("cl_uint")),
+        ("input_headers", Handles("cl_program", "num_input_headers")),
+        ("header_include_names", CStrings("num_input_headers")),
+        ("pfn_notify", Callback("ava_program_notify", "user_data")),
+        ("user_data", UserData()),
+        blocking=True, guest_wrap=True),
+    _fn("clLinkProgram", 99,
+        ("context", Handle("cl_context")),
+        ("num_devices", Scalar("cl_uint")),
+        ("device_list", Handles("cl_device_id", "num_devices")),
+        ("options", CString()),
+        ("num_input_programs", Scalar("cl_uint")),
+        ("input_programs", Handles("cl_program", "num_input_programs")),
+        ("pfn_notify", Callback("ava_program_notify", "user_data")),
+        ("user_data", UserData()),
+        ("errcode_ret", ErrcodeRet()),
+        returns="cl_program", creates="cl_program", blocking=True, guest_wrap=True),
+    _fn("clCreateKernelsInProgram", 35,
+        ("program", Handle("cl_program")),
+        ("num_kernels", Scalar("cl_uint")),
+        ("kernels", NewHandles("cl_kernel", "num_kernels")),
+        ("num_kernels_ret", OutScalar("cl_uint"))),
+    _fn("clCreateSubDevices", 93,
+        ("in_device", Handle("cl_device_id")),
+        ("properties", Properties("cl_device_partition_property")),
+        ("num_devices", Scalar("cl_uint")),
+        ("out_devices", NewHandles("cl_device_id", "num_devices")),
+        ("num_devices_ret", OutScalar("cl_uint"))),
     _info("clGetProgramBuildInfo", 33, "cl_program", "cl_program_build_info",
           extra=(("device", Handle("cl_device_id")),)),
     _fn("clCreateKernel", 34,
@@ -394,6 +549,31 @@ FUNCTIONS: tuple[Function, ...] = (
         ("dst_offset", Scalar("size_t")),
         ("size", Scalar("size_t")),
         *_WAIT),
+    _fn("clEnqueueReadBufferRect", 86, _QUEUE,
+        ("buffer", Handle("cl_mem")),
+        ("blocking_read", Scalar("cl_bool")),
+        *_RECT_BUFFER,
+        ("ptr", HostRect("host_origin", "region", "host_row_pitch", "host_slice_pitch",
+                         out=True, blocking="blocking_read")),
+        *_WAIT, blocking=True),
+    _fn("clEnqueueWriteBufferRect", 87, _QUEUE,
+        ("buffer", Handle("cl_mem")),
+        ("blocking_write", Scalar("cl_bool")),
+        *_RECT_BUFFER,
+        ("ptr", HostRect("host_origin", "region", "host_row_pitch", "host_slice_pitch",
+                         out=False, blocking="blocking_write")),
+        *_WAIT, blocking=True),
+    _fn("clEnqueueCopyBufferRect", 88, _QUEUE,
+        ("src_buffer", Handle("cl_mem")),
+        ("dst_buffer", Handle("cl_mem")),
+        ("src_origin", FixedArray("size_t")),
+        ("dst_origin", FixedArray("size_t")),
+        ("region", FixedArray("size_t")),
+        ("src_row_pitch", Scalar("size_t")),
+        ("src_slice_pitch", Scalar("size_t")),
+        ("dst_row_pitch", Scalar("size_t")),
+        ("dst_slice_pitch", Scalar("size_t")),
+        *_WAIT),
     _fn("clEnqueueNDRangeKernel", 59, _QUEUE,
         ("kernel", Handle("cl_kernel")),
         ("work_dim", Scalar("cl_uint")),
@@ -413,7 +593,7 @@ FUNCTIONS: tuple[Function, ...] = (
         ("buffer_create_type", Scalar("cl_buffer_create_type")),
         ("buffer_create_info", InBuffer("buffer_create_info_size")),
         ("errcode_ret", ErrcodeRet()),
-        returns="cl_mem", creates="cl_mem"),
+        returns="cl_mem", creates="cl_mem", guest_wrap=True),
     _fn("clRetainDevice", 94, ("device", Handle("cl_device_id")), retains="cl_device_id"),
     _fn("clReleaseDevice", 95, ("device", Handle("cl_device_id")), releases="cl_device_id"),
     _fn("clUnloadPlatformCompiler", 100, ("platform", Handle("cl_platform_id"))),
@@ -455,16 +635,18 @@ BY_OPCODE = {f.opcode: f for f in FUNCTIONS}
 #: the error the spec prescribes for an unsupported operation).
 NOT_YET = {
     "clGetExtensionFunctionAddress": "answered in the guest (ICD loader contract)",
-    "clEnqueueMapBuffer": "needs guest-memory mappings kept coherent on unmap",
-    "clEnqueueUnmapMemObject": "goes with clEnqueueMapBuffer",
-    "clCreateImage": "images and samplers are the next group",
-    "clSetEventCallback": "callbacks need the host-to-guest notification ring",
-    "clSetMemObjectDestructorCallback": "callbacks need the host-to-guest notification ring",
-    "clCreateProgramWithBinary": "next group: binaries and compile/link",
-    "clEnqueueReadBufferRect": "next group: rectangular transfers",
-    "clEnqueueWriteBufferRect": "next group: rectangular transfers",
-    "clEnqueueCopyBufferRect": "next group: rectangular transfers",
-    "clCreateSubDevices": "next group: device partitioning",
+    "clCreateImage": "images are the next group (formats, pitches, image transfers)",
+    "clEnqueueMapImage": "goes with images",
+}
+
+#: Functions the guest composes from forwarded ones instead of forwarding them
+#: (guest_driver/icd/icd_compose.c), with what they are built from.
+GUEST_COMPOSED = {
+    "clEnqueueMapBuffer": "a blocking clEnqueueReadBuffer into guest memory (or a marker "
+                          "for CL_MAP_WRITE_INVALIDATE_REGION)",
+    "clEnqueueUnmapMemObject": "clEnqueueWriteBuffer of a written mapping, else a marker",
+    "clSetEventCallback": "the guest's callback thread polls the event's status",
+    "clSetMemObjectDestructorCallback": "called when the guest's last reference goes",
 }
 
 
@@ -486,15 +668,27 @@ def c_params(fn: Function) -> list[str]:
         elif isinstance(k, (CString, BuildOptions)):
             out.append(f"const char *{n}")
         elif isinstance(k, OutBuffer):
-            out.append("cl_image_format *" + n if k.elem == 8 else f"void *{n}")
+            out.append(f"{k.ctype} *{n}")
         elif isinstance(k, OutScalar):
             out.append(f"{k.ctype} *{n}")
         elif isinstance(k, Strings):
             out += [f"const char **{n}", f"const size_t *{k.lengths}"]
         elif isinstance(k, Properties):
             out.append(f"const {k.ctype} *{n}")
-        elif isinstance(k, Ignored):
+        elif isinstance(k, Callback):
             out.append(f"{k.ctype} {n}")
+        elif isinstance(k, UserData):
+            out.append(f"void *{n}")
+        elif isinstance(k, FixedArray):
+            out.append(f"const {k.ctype} *{n}")
+        elif isinstance(k, Binaries):
+            out += [f"const size_t *{k.lengths}", f"const unsigned char **{n}"]
+        elif isinstance(k, CStrings):
+            out.append(f"const char **{n}")
+        elif isinstance(k, NewHandles):
+            out.append(f"{k.obj} *{n}")
+        elif isinstance(k, HostRect):
+            out.append(f"{'' if k.out else 'const '}void *{n}")
         elif isinstance(k, ErrcodeRet):
             out.append(f"cl_int *{n}")
         elif isinstance(k, InArray):
@@ -528,6 +722,7 @@ typedef cl_uint cl_profiling_info; typedef cl_uint cl_kernel_arg_info;
 typedef cl_uint cl_buffer_create_type; typedef cl_bitfield cl_mem_migration_flags;
 typedef cl_uint cl_addressing_mode; typedef cl_uint cl_filter_mode; typedef cl_uint cl_sampler_info;
 typedef cl_uint cl_image_info; typedef cl_uint cl_mem_object_type;
+typedef intptr_t cl_device_partition_property;
 typedef struct { cl_uint image_channel_order; cl_uint image_channel_data_type; } cl_image_format;
 """ + "".join(f"typedef struct _{t} *{t};\n" for t in OBJECT_TYPES) + """
 typedef void (*ava_context_notify)(const char *, const void *, size_t, void *);

@@ -67,9 +67,20 @@ def encode(fn: api.Function, new_id: int | None = None, **values) -> bytes:
                 out.append(_u64(v[0]) + _u64(v[1]) + _u64(v[2]))      # (mode, addr, len)
             else:
                 out.append(_u64(v[0]) + _u64(v[1]) + _u64(v[2]))      # (mode, table, count)
-        elif isinstance(k, (api.Ignored, api.ErrcodeRet)):
-            if isinstance(k, api.Ignored):
-                out.append(_u64(v or 0))
+        elif isinstance(k, api.Callback):
+            out.append(_u64(v or 0))                 # 1: user_data without a function
+        elif isinstance(k, (api.UserData, api.ErrcodeRet)):
+            pass
+        elif isinstance(k, api.FixedArray):
+            out.append(_u64(NULL_LEN) if v is None else _u64(len(v)) + b"".join(map(_u64, v)))
+        elif isinstance(k, api.Binaries):
+            out.append(_u64(NULL_LEN) if v is None else _u64(len(v)) + b"".join(_blob(b) for b in v))
+        elif isinstance(k, api.CStrings):
+            out.append(_u64(NULL_LEN) if v is None else _u64(len(v)) + b"".join(_blob(b) for b in v))
+        elif isinstance(k, api.NewHandles):
+            out.append(_u64(NULL_LEN) if v is None else _u64(len(v)) + b"".join(map(_u64, v)))
+        elif isinstance(k, api.HostRect):
+            out.append(_u64(NULL_LEN) if v is None else b"".join(map(_u64, v)))  # (mode, addr, len)
         else:
             raise TypeError(k)
     return b"".join(out)
@@ -95,6 +106,8 @@ def decode(fn: api.Function, reply: bytes, **requested) -> tuple[int, dict]:
         if isinstance(k, api.OutHandles):
             n = u64()
             outs[arg.name] = [u64() for _ in range(n)]
+        elif isinstance(k, api.NewHandles):
+            outs[arg.name] = u64()                   # slots filled
         elif isinstance(k, api.OutBuffer):
             n = u64()
             outs[arg.name] = reply[pos:pos + n]

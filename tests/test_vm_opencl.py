@@ -6,7 +6,9 @@ example) run on the host's OpenCL through the device."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 
 import pytest
@@ -70,11 +72,29 @@ def properties(clinfo_text: str) -> dict[str, str]:
     return props
 
 
+def server_warnings(stderr: str) -> str:
+    """The server's warnings from a run kept with --keep-logs (then removed)."""
+    m = re.search(r"run directory(?: kept)?: (\S+)", stderr)
+    if not m:
+        return "(no run directory reported)"
+    run_dir = m.group(1)
+    try:
+        with open(os.path.join(run_dir, "server.log"), errors="replace") as f:
+            lines = [line for line in f if "WARNING" in line or "ERROR" in line]
+        return "server warnings:\n" + "".join(lines[-40:])
+    except OSError as exc:
+        return f"(server log unreadable: {exc})"
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def test_opencl_programs_in_the_guest(lab_run):
-    res = lab_run("--timeout", "600", "--server-arg=--backend", "--server-arg=opencl", "--",
-                  "env", f"QUEUE_OWNERS={QUEUE_OWNERS}", f"EXAMPLES={EXAMPLES}", "sh", "-c", GUEST_SCRIPT, timeout=660)
+    res = lab_run("--timeout", "600", "--keep-logs", "--server-arg=--backend",
+                  "--server-arg=opencl", "--", "env", f"QUEUE_OWNERS={QUEUE_OWNERS}",
+                  f"EXAMPLES={EXAMPLES}", "sh", "-c", GUEST_SCRIPT, timeout=660)
     out = res.stdout
-    assert res.returncode == 0, out[-4000:] + res.stderr[-4000:]
+    warnings = server_warnings(res.stderr)
+    assert res.returncode == 0, out[-4000:] + res.stderr[-4000:] + warnings
     sections = dict(part.split("\n", 1) for part in out.split("== ")[1:])
     assert "10000 verified round trips" in sections["echo"] and "over uio: ok" in sections["echo"]
     assert "via uio" in sections["status"] and "ABI:        0.1" in sections["status"]

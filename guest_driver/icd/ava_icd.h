@@ -31,6 +31,8 @@
 
 typedef void (*ava_context_notify)(const char *, const void *, size_t, void *);
 typedef void (*ava_program_notify)(cl_program, void *);
+typedef void (*ava_event_notify)(cl_event, cl_int, void *);
+typedef void (*ava_mem_notify)(cl_mem, void *);
 
 /* ---- guest objects ------------------------------------------------------------ */
 
@@ -48,9 +50,17 @@ struct ava_object {
     uint32_t type;
     uint64_t id;             /* what the host knows it by */
     uint32_t refs;           /* mirror of the user-visible reference count */
+    void *ext;               /* guest-side state of some types (icd_compose.c) */
 };
 
+/* Guest-side state (icd_compose.c): set once on a live object, finalised (callbacks
+ * run, memory freed) by ava_obj_release when the last reference goes. */
+void ava_obj_set_ext(void *obj, void *ext);
+void *ava_obj_ext(const void *obj, int type);   /* NULL unless a live object of type */
+void ava_ext_final(int type, void *obj, void *ext);
+
 void *ava_obj_new(int type);                  /* fresh guest-assigned id; NULL on ENOMEM */
+void *ava_obj_new_array(int type, uint64_t n);   /* n fresh objects (void **); NULL on ENOMEM */
 void ava_obj_free(void *obj);                 /* a creation that failed */
 uint64_t ava_obj_id(const void *obj);
 /* The id to send for an application-supplied object of ``type``: 0 for NULL, an id
@@ -102,7 +112,17 @@ void ava_enc_properties(struct ava_enc *e, const int64_t *props, const struct av
                         size_t nkeys);
 void ava_enc_kernel_arg(struct ava_enc *e, size_t size, const void *value);
 void ava_enc_build_options(struct ava_enc *e, const char *options);
-int ava_enc_host_data(struct ava_enc *e, struct ava_stage *st, const void *p, size_t n, int out);
+/* Which way application data travels through its staging copy. */
+#define AVA_STAGE_IN 0       /* the call reads it */
+#define AVA_STAGE_OUT 1      /* the call writes all of it */
+#define AVA_STAGE_INOUT 2    /* the call writes part of it (a rectangle) */
+int ava_enc_host_data(struct ava_enc *e, struct ava_stage *st, const void *p, size_t n, int dir);
+size_t ava_rect_span(const size_t *origin, const size_t *region, size_t row, size_t slice);
+void ava_enc_binaries(struct ava_enc *e, const unsigned char **binaries, const size_t *lengths,
+                      uint64_t n);
+void ava_enc_cstrings(struct ava_enc *e, const char **strings, uint64_t n);
+void ava_enc_new_array(struct ava_enc *e, void **objs, uint64_t n);
+void ava_dec_new_array(struct ava_dec *d, void **objs, uint64_t n, int success, void **dst);
 void ava_stage_finish(struct ava_stage *st, int success);
 size_t ava_icd_create_info_size(cl_buffer_create_type type);
 

@@ -36,7 +36,7 @@ static size_t hash(uintptr_t k)
 
 static struct slot *find(struct slot *t, uintptr_t key)
 {
-    if (!cap)
+    if (!cap || !key)            /* key 0 marks an empty slot */
         return NULL;
     for (size_t i = hash(key) & (cap - 1);; i = (i + 1) & (cap - 1)) {
         if (t[i].key == key)
@@ -138,6 +138,40 @@ void *ava_obj_new(int type)
     return o;
 }
 
+void *ava_obj_new_array(int type, uint64_t n)
+{
+    if (n > (1u << 16))
+        return NULL;
+    void **objs = calloc(n ? n : 1, sizeof(void *));
+    for (uint64_t i = 0; objs && i < n; i++) {
+        if (!(objs[i] = ava_obj_new(type))) {
+            while (i--)
+                ava_obj_free(objs[i]);
+            free(objs);
+            return NULL;
+        }
+    }
+    return objs;
+}
+
+void ava_obj_set_ext(void *obj, void *ext)
+{
+    pthread_mutex_lock(&lock);
+    struct slot *s = find(by_ptr, (uintptr_t)obj);
+    if (s)
+        s->obj->ext = ext;
+    pthread_mutex_unlock(&lock);
+}
+
+void *ava_obj_ext(const void *obj, int type)
+{
+    pthread_mutex_lock(&lock);
+    struct slot *s = find(by_ptr, (uintptr_t)obj);
+    void *ext = (s && s->obj->type == (uint32_t)type) ? s->obj->ext : NULL;
+    pthread_mutex_unlock(&lock);
+    return ext;
+}
+
 void ava_obj_free(void *obj)
 {
     pthread_mutex_lock(&lock);
@@ -195,10 +229,20 @@ void ava_obj_retain(void *obj)
 
 void ava_obj_release(void *obj)
 {
+    void *ext = NULL;
+    int type = 0;
     pthread_mutex_lock(&lock);
     struct slot *s = find(by_ptr, (uintptr_t)obj);
-    if (s && s->obj->type != AVA_OBJ_PLATFORM && s->obj->type != AVA_OBJ_DEVICE &&
-        --s->obj->refs == 0)
+    /* Root devices (host-assigned ids, top bit set) are not reference counted;
+     * sub-devices (ids we made) are. */
+    if (s && s->obj->type != AVA_OBJ_PLATFORM &&
+        !(s->obj->type == AVA_OBJ_DEVICE && (s->obj->id >> 63)) &&
+        --s->obj->refs == 0) {
+        ext = s->obj->ext;
+        type = (int)s->obj->type;
         remove_locked(s->obj);
+    }
     pthread_mutex_unlock(&lock);
+    if (ext)
+        ava_ext_final(type, obj, ext);      /* callbacks run without our lock held */
 }

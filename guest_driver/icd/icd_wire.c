@@ -158,7 +158,7 @@ void ava_enc_kernel_arg(struct ava_enc *e, size_t size, const void *value)
     ava_enc_blob(e, value, size);
 }
 
-int ava_enc_host_data(struct ava_enc *e, struct ava_stage *st, const void *p, size_t n, int out)
+int ava_enc_host_data(struct ava_enc *e, struct ava_stage *st, const void *p, size_t n, int dir)
 {
     memset(st, 0, sizeof(*st));
     if (!p) {
@@ -167,11 +167,11 @@ int ava_enc_host_data(struct ava_enc *e, struct ava_stage *st, const void *p, si
     }
     st->app = (void *)p;
     st->len = n;
-    st->out = out;
+    st->out = dir != AVA_STAGE_IN;
     uint64_t mode, addr, count;
     if (ava_transport_stage_alloc(st, &mode, &addr, &count) != 0)
         return -1;
-    if (!out && n)
+    if (dir != AVA_STAGE_OUT && n)
         memcpy(st->dma, p, n);
     ava_enc_u64(e, mode);
     ava_enc_u64(e, addr);
@@ -187,6 +187,67 @@ void ava_stage_finish(struct ava_stage *st, int success)
         memcpy(st->app, st->dma, st->len);
     ava_transport_stage_free(st);
     memset(st, 0, sizeof(*st));
+}
+
+/* protocols.opencl_api.rect_span, in C: SIZE_MAX when it overflows (staging then fails). */
+size_t ava_rect_span(const size_t *origin, const size_t *region, size_t row, size_t slice)
+{
+    if (!origin || !region || !region[0] || !region[1] || !region[2])
+        return 0;
+    size_t r = row ? row : region[0], s, a, b, c, span;
+    if (__builtin_mul_overflow(region[1], r, &s))
+        return SIZE_MAX;
+    if (slice)
+        s = slice;
+    if (__builtin_mul_overflow(origin[2] + region[2] - 1, s, &a) ||
+        __builtin_mul_overflow(origin[1] + region[1] - 1, r, &b) ||
+        __builtin_add_overflow(a, b, &c) || __builtin_add_overflow(c, origin[0] + region[0], &span))
+        return SIZE_MAX;
+    return span;
+}
+
+void ava_enc_binaries(struct ava_enc *e, const unsigned char **binaries, const size_t *lengths,
+                      uint64_t n)
+{
+    if (!binaries || !lengths) {
+        ava_enc_u64(e, AVA_NULL_LEN);
+        return;
+    }
+    ava_enc_u64(e, n);
+    for (uint64_t i = 0; i < n; i++)
+        ava_enc_blob(e, binaries[i], binaries[i] ? lengths[i] : 0);
+}
+
+void ava_enc_cstrings(struct ava_enc *e, const char **strings, uint64_t n)
+{
+    if (!strings) {
+        ava_enc_u64(e, AVA_NULL_LEN);
+        return;
+    }
+    ava_enc_u64(e, n);
+    for (uint64_t i = 0; i < n; i++)
+        ava_enc_cstring(e, strings[i]);
+}
+
+void ava_enc_new_array(struct ava_enc *e, void **objs, uint64_t n)
+{
+    ava_enc_u64(e, objs ? n : AVA_NULL_LEN);
+    for (uint64_t i = 0; objs && i < n; i++)
+        ava_enc_u64(e, ava_obj_id(objs[i]));
+}
+
+/* The reply says how many of the fresh objects the host filled: those go to the
+ * caller (``dst``), the rest are freed with the array.  d == NULL frees them all. */
+void ava_dec_new_array(struct ava_dec *d, void **objs, uint64_t n, int success, void **dst)
+{
+    uint64_t filled = (d && success) ? ava_dec_u64(d) : 0;
+    for (uint64_t i = 0; i < n; i++) {
+        if (i < filled)
+            dst[i] = objs[i];
+        else
+            ava_obj_free(objs[i]);
+    }
+    free(objs);
 }
 
 size_t ava_icd_create_info_size(cl_buffer_create_type type)

@@ -1,0 +1,532 @@
+/* Entry points the guest writes by hand: the spec marks them ``guest_wrap`` (they
+ * wrap the generated forwarder ava_fwd_<name>) or lists them in GUEST_COMPOSED
+ * (built from forwarded calls).  Three concerns live here:
+ *
+ *  - buffers the application maps: a mapping is guest memory filled by a blocking
+ *    read and written back on unmap, or the application's own CL_MEM_USE_HOST_PTR
+ *    memory, which the host cannot share (it copies it at creation instead);
+ *  - callbacks: they never cross the device.  A runtime thread delivers them: build
+ *    notifications once the host's call returned, event callbacks once polling the
+ *    event's status shows it reached the registered state;
+ *  - program binaries, whose query value is an array of the caller's pointers. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "ava_icd.h"
+#include "ava_icd_gen.h"
+
+/* ---- buffers: guest-side state ---------------------------------------------------- */
+
+struct mapping {
+    struct mapping *next;
+    void *ptr;
+    size_t offset, size;
+    cl_map_flags flags;
+    int owned;                 /* we allocated ptr (not the application's host_ptr) */
+};
+
+struct mem_notify {
+    struct mem_notify *next;
+    void (CL_CALLBACK *fn)(cl_mem, void *);
+    void *data;
+};
+
+struct mem_ext {
+    cl_mem_flags flags;        /* as the application gave them */
+    void *host_ptr;            /* CL_MEM_USE_HOST_PTR memory (at this buffer's origin) */
+    size_t size;
+    cl_uint map_count;
+    struct mapping *maps;      /* guarded by mem_lock, as are map_count and notify */
+    struct mem_notify *notify; /* newest first: the order destructors run in */
+};
+
+static pthread_mutex_t mem_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void set_errcode(cl_int *errcode_ret, cl_int status)
+{
+    if (errcode_ret)
+        *errcode_ret = status;
+}
+
+CL_API_ENTRY cl_mem CL_API_CALL
+ava_clCreateBuffer(cl_context context, cl_mem_flags flags, size_t size, void *host_ptr,
+                   cl_int *errcode_ret)
+{
+    struct mem_ext *x = calloc(1, sizeof(*x));
+    if (!x) {
+        set_errcode(errcode_ret, CL_OUT_OF_HOST_MEMORY);
+        return NULL;
+    }
+    cl_mem mem = ava_fwd_clCreateBuffer(context, flags, size, host_ptr, errcode_ret);
+    if (!mem) {
+        free(x);
+        return NULL;
+    }
+    x->flags = flags;
+    x->size = size;
+    x->host_ptr = (flags & CL_MEM_USE_HOST_PTR) ? host_ptr : NULL;
+    ava_obj_set_ext(mem, x);
+    return mem;
+}
+
+CL_API_ENTRY cl_mem CL_API_CALL
+ava_clCreateSubBuffer(cl_mem buffer, cl_mem_flags flags, cl_buffer_create_type type,
+                      const void *info, cl_int *errcode_ret)
+{
+    struct mem_ext *x = calloc(1, sizeof(*x));
+    if (!x) {
+        set_errcode(errcode_ret, CL_OUT_OF_HOST_MEMORY);
+        return NULL;
+    }
+    cl_mem mem = ava_fwd_clCreateSubBuffer(buffer, flags, type, info, errcode_ret);
+    if (!mem) {
+        free(x);
+        return NULL;
+    }
+    const struct mem_ext *parent = ava_obj_ext(buffer, AVA_OBJ_MEM);
+    const cl_buffer_region *region = info;          /* the host accepted it: a region */
+    const cl_mem_flags inherited = CL_MEM_USE_HOST_PTR | CL_MEM_ALLOC_HOST_PTR |
+                                   CL_MEM_COPY_HOST_PTR;
+    x->size = region->size;
+    if (parent) {
+        x->flags = flags ? flags | (parent->flags & inherited) : parent->flags;
+        x->host_ptr = parent->host_ptr ? (char *)parent->host_ptr + region->origin : NULL;
+    }
+    ava_obj_set_ext(mem, x);
+    return mem;
+}
+
+CL_API_ENTRY cl_int CL_API_CALL
+ava_clGetMemObjectInfo(cl_mem memobj, cl_mem_info param_name, size_t param_value_size,
+                       void *param_value, size_t *param_value_size_ret)
+{
+    cl_int status = ava_fwd_clGetMemObjectInfo(memobj, param_name, param_value_size, param_value,
+                                               param_value_size_ret);
+    struct mem_ext *x = ava_obj_ext(memobj, AVA_OBJ_MEM);
+    if (status != CL_SUCCESS || !x || !param_value)
+        return status;
+    /* What the host cannot know: the guest's pointer, the flags as given, our maps. */
+    pthread_mutex_lock(&mem_lock);
+    if (param_name == CL_MEM_HOST_PTR && param_value_size >= sizeof(void *))
+        memcpy(param_value, &x->host_ptr, sizeof(void *));
+    else if (param_name == CL_MEM_FLAGS && x->host_ptr && param_value_size >= sizeof(cl_mem_flags))
+        memcpy(param_value, &x->flags, sizeof(cl_mem_flags));
+    else if (param_name == CL_MEM_MAP_COUNT && param_value_size >= sizeof(cl_uint))
+        memcpy(param_value, &x->map_count, sizeof(cl_uint));
+    pthread_mutex_unlock(&mem_lock);
+    return status;
+}
+
+/* What a map of ``flags`` may do to a buffer created with ``mem_flags``. */
+static cl_int map_allowed(cl_mem_flags mem_flags, cl_map_flags flags)
+{
+    const cl_map_flags writes = CL_MAP_WRITE | CL_MAP_WRITE_INVALIDATE_REGION;
+    if ((flags & ~(CL_MAP_READ | writes)) ||
+        ((flags & CL_MAP_WRITE_INVALIDATE_REGION) && (flags & (CL_MAP_READ | CL_MAP_WRITE))))
+        return CL_INVALID_VALUE;
+    if ((mem_flags & CL_MEM_HOST_NO_ACCESS) ||
+        ((mem_flags & CL_MEM_HOST_READ_ONLY) && (flags & writes)) ||
+        ((mem_flags & CL_MEM_HOST_WRITE_ONLY) && (flags & CL_MAP_READ)))
+        return CL_INVALID_OPERATION;
+    return CL_SUCCESS;
+}
+
+CL_API_ENTRY void *CL_API_CALL
+ava_clEnqueueMapBuffer(cl_command_queue queue, cl_mem buffer, cl_bool blocking_map,
+                       cl_map_flags map_flags, size_t offset, size_t size,
+                       cl_uint num_events_in_wait_list, const cl_event *event_wait_list,
+                       cl_event *event, cl_int *errcode_ret)
+{
+    (void)blocking_map;            /* the data is in place when we return: always allowed */
+    struct mem_ext *x = ava_obj_ext(buffer, AVA_OBJ_MEM);
+    struct mapping *m = NULL;
+    void *ptr = NULL;
+    cl_int status;
+    if (!ava_obj_is(queue, AVA_OBJ_COMMAND_QUEUE))
+        status = CL_INVALID_COMMAND_QUEUE;
+    else if (!x)
+        status = CL_INVALID_MEM_OBJECT;
+    else if (size == 0 || offset > x->size || size > x->size - offset)
+        status = CL_INVALID_VALUE;
+    else if ((status = map_allowed(x->flags, map_flags)) != CL_SUCCESS)
+        ;
+    else if (!(m = calloc(1, sizeof(*m))))
+        status = CL_OUT_OF_HOST_MEMORY;
+    else if (x->host_ptr)
+        ptr = (char *)x->host_ptr + offset;
+    else if (posix_memalign(&ptr, 4096, size) != 0)
+        status = CL_MAP_FAILURE;
+    else
+        m->owned = 1;
+    if (status == CL_SUCCESS) {
+        if (map_flags & CL_MAP_WRITE_INVALIDATE_REGION)
+            status = ava_clEnqueueMarkerWithWaitList(queue, num_events_in_wait_list,
+                                                     event_wait_list, event);
+        else
+            status = ava_clEnqueueReadBuffer(queue, buffer, CL_TRUE, offset, size, ptr,
+                                             num_events_in_wait_list, event_wait_list, event);
+    }
+    set_errcode(errcode_ret, status);
+    if (status != CL_SUCCESS) {
+        if (m && m->owned)
+            free(ptr);
+        free(m);
+        return NULL;
+    }
+    m->ptr = ptr;
+    m->offset = offset;
+    m->size = size;
+    m->flags = map_flags;
+    pthread_mutex_lock(&mem_lock);
+    m->next = x->maps;
+    x->maps = m;
+    x->map_count++;
+    pthread_mutex_unlock(&mem_lock);
+    return ptr;
+}
+
+CL_API_ENTRY cl_int CL_API_CALL
+ava_clEnqueueUnmapMemObject(cl_command_queue queue, cl_mem memobj, void *mapped_ptr,
+                            cl_uint num_events_in_wait_list, const cl_event *event_wait_list,
+                            cl_event *event)
+{
+    if (!ava_obj_is(queue, AVA_OBJ_COMMAND_QUEUE))
+        return CL_INVALID_COMMAND_QUEUE;
+    struct mem_ext *x = ava_obj_ext(memobj, AVA_OBJ_MEM);
+    if (!x)
+        return CL_INVALID_MEM_OBJECT;
+    struct mapping *m = NULL;
+    pthread_mutex_lock(&mem_lock);
+    for (struct mapping **p = &x->maps; *p; p = &(*p)->next) {
+        if ((*p)->ptr == mapped_ptr) {
+            m = *p;
+            *p = m->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&mem_lock);
+    if (!m)
+        return CL_INVALID_VALUE;
+    cl_int status;
+    if (m->flags & (CL_MAP_WRITE | CL_MAP_WRITE_INVALIDATE_REGION))
+        status = ava_clEnqueueWriteBuffer(queue, memobj, CL_TRUE, m->offset, m->size, m->ptr,
+                                          num_events_in_wait_list, event_wait_list, event);
+    else
+        status = ava_clEnqueueMarkerWithWaitList(queue, num_events_in_wait_list, event_wait_list,
+                                                 event);
+    pthread_mutex_lock(&mem_lock);
+    if (status != CL_SUCCESS) {            /* still mapped: the caller may retry */
+        m->next = x->maps;
+        x->maps = m;
+        m = NULL;
+    } else {
+        x->map_count--;
+    }
+    pthread_mutex_unlock(&mem_lock);
+    if (m) {
+        if (m->owned)
+            free(m->ptr);
+        free(m);
+    }
+    return status;
+}
+
+CL_API_ENTRY cl_int CL_API_CALL
+ava_clSetMemObjectDestructorCallback(cl_mem memobj, void (CL_CALLBACK *pfn_notify)(cl_mem, void *),
+                                     void *user_data)
+{
+    struct mem_ext *x = ava_obj_ext(memobj, AVA_OBJ_MEM);
+    if (!x)
+        return CL_INVALID_MEM_OBJECT;
+    if (!pfn_notify)
+        return CL_INVALID_VALUE;
+    struct mem_notify *n = malloc(sizeof(*n));
+    if (!n)
+        return CL_OUT_OF_HOST_MEMORY;
+    n->fn = pfn_notify;
+    n->data = user_data;
+    pthread_mutex_lock(&mem_lock);
+    n->next = x->notify;
+    x->notify = n;
+    pthread_mutex_unlock(&mem_lock);
+    return CL_SUCCESS;
+}
+
+/* The last reference went (ava_obj_release): destructor callbacks newest first,
+ * then what the object kept. */
+void ava_ext_final(int type, void *obj, void *ext)
+{
+    if (type != AVA_OBJ_MEM)
+        return;
+    struct mem_ext *x = ext;
+    for (struct mem_notify *n = x->notify, *next; n; n = next) {
+        next = n->next;
+        n->fn((cl_mem)obj, n->data);
+        free(n);
+    }
+    for (struct mapping *m = x->maps, *next; m; m = next) {
+        next = m->next;
+        if (m->owned)
+            free(m->ptr);
+        free(m);
+    }
+    free(x);
+}
+
+/* ---- callbacks: the runtime thread -------------------------------------------------- */
+
+struct watch {                 /* an event callback waiting for its state */
+    struct watch *next;
+    cl_event event;            /* we hold a reference until the callback ran */
+    cl_int want;
+    void (CL_CALLBACK *fn)(cl_event, cl_int, void *);
+    void *data;
+};
+
+struct ready {                 /* a program notification due now */
+    struct ready *next;
+    cl_program program;        /* referenced until the callback ran */
+    void (CL_CALLBACK *fn)(cl_program, void *);
+    void *data;
+};
+
+static pthread_mutex_t cb_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cb_wake = PTHREAD_COND_INITIALIZER;
+static struct watch *watches;
+static struct ready *ready_head, **ready_tail = &ready_head;
+static int cb_thread_running;
+
+#define NAP_MIN_US 20
+#define NAP_MAX_US 2000
+
+static void run_ready(struct ready *r)
+{
+    for (struct ready *next; r; r = next) {
+        next = r->next;
+        r->fn(r->program, r->data);
+        ava_clReleaseProgram(r->program);
+        free(r);
+    }
+}
+
+/* Poll every watched event once; fire the callbacks whose state was reached.
+ * Returns the watches still waiting; *fired says whether any ran. */
+static struct watch *poll_watches(struct watch *w, int *fired)
+{
+    struct watch *keep = NULL;
+    for (struct watch *next; w; w = next) {
+        next = w->next;
+        cl_int state = CL_QUEUED;
+        cl_int status = ava_clGetEventInfo(w->event, CL_EVENT_COMMAND_EXECUTION_STATUS,
+                                           sizeof(state), &state, NULL);
+        if (status != CL_SUCCESS)
+            state = status;                     /* cannot know more: report the error */
+        if (state > w->want) {
+            w->next = keep;
+            keep = w;
+            continue;
+        }
+        w->fn(w->event, state < 0 ? state : w->want, w->data);
+        ava_clReleaseEvent(w->event);
+        free(w);
+        *fired = 1;
+    }
+    return keep;
+}
+
+static void *callback_thread(void *arg)
+{
+    (void)arg;
+    unsigned nap_us = NAP_MIN_US;
+    pthread_mutex_lock(&cb_lock);
+    for (;;) {
+        while (!watches && !ready_head) {
+            nap_us = NAP_MIN_US;
+            pthread_cond_wait(&cb_wake, &cb_lock);
+        }
+        struct ready *r = ready_head;
+        ready_head = NULL;
+        ready_tail = &ready_head;
+        struct watch *w = watches;
+        watches = NULL;
+        pthread_mutex_unlock(&cb_lock);
+
+        int fired = 0;
+        run_ready(r);
+        w = poll_watches(w, &fired);
+
+        pthread_mutex_lock(&cb_lock);
+        while (w) {                              /* back with any registered meanwhile */
+            struct watch *next = w->next;
+            w->next = watches;
+            watches = w;
+            w = next;
+        }
+        if (watches && !ready_head) {
+            nap_us = fired || r ? NAP_MIN_US : (nap_us * 2 > NAP_MAX_US ? NAP_MAX_US : nap_us * 2);
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_nsec += (long)nap_us * 1000;
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&cb_wake, &cb_lock, &until);
+        }
+    }
+    return NULL;
+}
+
+/* With cb_lock held: make sure the thread runs, and wake it. */
+static int wake_callback_thread(void)
+{
+    if (!cb_thread_running) {
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int rc = pthread_create(&t, &attr, callback_thread, NULL);
+        pthread_attr_destroy(&attr);
+        if (rc != 0)
+            return -rc;
+        cb_thread_running = 1;
+    }
+    pthread_cond_signal(&cb_wake);
+    return 0;
+}
+
+CL_API_ENTRY cl_int CL_API_CALL
+ava_clSetEventCallback(cl_event event, cl_int command_exec_callback_type,
+                       void (CL_CALLBACK *pfn_notify)(cl_event, cl_int, void *), void *user_data)
+{
+    if (!ava_obj_is(event, AVA_OBJ_EVENT))
+        return CL_INVALID_EVENT;
+    if (!pfn_notify || (command_exec_callback_type != CL_COMPLETE &&
+                        command_exec_callback_type != CL_SUBMITTED &&
+                        command_exec_callback_type != CL_RUNNING))
+        return CL_INVALID_VALUE;
+    struct watch *w = malloc(sizeof(*w));
+    if (!w)
+        return CL_OUT_OF_HOST_MEMORY;
+    cl_int status = ava_clRetainEvent(event);
+    if (status != CL_SUCCESS) {
+        free(w);
+        return status;
+    }
+    w->event = event;
+    w->want = command_exec_callback_type;
+    w->fn = pfn_notify;
+    w->data = user_data;
+    pthread_mutex_lock(&cb_lock);
+    int rc = wake_callback_thread();
+    if (rc == 0) {
+        w->next = watches;
+        watches = w;
+    }
+    pthread_mutex_unlock(&cb_lock);
+    if (rc != 0) {
+        ava_clReleaseEvent(event);
+        free(w);
+        return CL_OUT_OF_HOST_MEMORY;
+    }
+    return CL_SUCCESS;
+}
+
+/* A build, compile or link finished (well or not): its notification is due. */
+static void notify_program(cl_program program, void (CL_CALLBACK *fn)(cl_program, void *),
+                           void *data)
+{
+    struct ready *r = malloc(sizeof(*r));
+    if (!r || ava_clRetainProgram(program) != CL_SUCCESS) {
+        free(r);
+        return;
+    }
+    r->next = NULL;
+    r->program = program;
+    r->fn = fn;
+    r->data = data;
+    pthread_mutex_lock(&cb_lock);
+    if (wake_callback_thread() == 0) {
+        *ready_tail = r;
+        ready_tail = &r->next;
+        r = NULL;
+    }
+    pthread_mutex_unlock(&cb_lock);
+    if (r) {                                     /* no thread: deliver it here */
+        run_ready(r);
+    }
+}
+
+CL_API_ENTRY cl_int CL_API_CALL
+ava_clBuildProgram(cl_program program, cl_uint num_devices, const cl_device_id *device_list,
+                   const char *options, ava_program_notify pfn_notify, void *user_data)
+{
+    cl_int status = ava_fwd_clBuildProgram(program, num_devices, device_list, options, pfn_notify,
+                                           user_data);
+    if (pfn_notify && (status == CL_SUCCESS || status == CL_BUILD_PROGRAM_FAILURE))
+        notify_program(program, pfn_notify, user_data);
+    return status;
+}
+
+CL_API_ENTRY cl_int CL_API_CALL
+ava_clCompileProgram(cl_program program, cl_uint num_devices, const cl_device_id *device_list,
+                     const char *options, cl_uint num_input_headers,
+                     const cl_program *input_headers, const char **header_include_names,
+                     ava_program_notify pfn_notify, void *user_data)
+{
+    cl_int status = ava_fwd_clCompileProgram(program, num_devices, device_list, options,
+                                             num_input_headers, input_headers,
+                                             header_include_names, pfn_notify, user_data);
+    if (pfn_notify && (status == CL_SUCCESS || status == CL_COMPILE_PROGRAM_FAILURE))
+        notify_program(program, pfn_notify, user_data);
+    return status;
+}
+
+CL_API_ENTRY cl_program CL_API_CALL
+ava_clLinkProgram(cl_context context, cl_uint num_devices, const cl_device_id *device_list,
+                  const char *options, cl_uint num_input_programs,
+                  const cl_program *input_programs, ava_program_notify pfn_notify,
+                  void *user_data, cl_int *errcode_ret)
+{
+    cl_program program = ava_fwd_clLinkProgram(context, num_devices, device_list, options,
+                                               num_input_programs, input_programs, pfn_notify,
+                                               user_data, errcode_ret);
+    if (program && pfn_notify)
+        notify_program(program, pfn_notify, user_data);
+    return program;
+}
+
+/* ---- program binaries ---------------------------------------------------------------- */
+
+CL_API_ENTRY cl_int CL_API_CALL
+ava_clGetProgramInfo(cl_program program, cl_program_info param_name, size_t param_value_size,
+                     void *param_value, size_t *param_value_size_ret)
+{
+    if (param_name != CL_PROGRAM_BINARIES || !param_value)
+        return ava_fwd_clGetProgramInfo(program, param_name, param_value_size, param_value,
+                                        param_value_size_ret);
+    /* The value is the caller's array of pointers: fetch each binary into its own. */
+    size_t need = 0;
+    cl_int status = ava_fwd_clGetProgramInfo(program, CL_PROGRAM_BINARY_SIZES, 0, NULL, &need);
+    if (status != CL_SUCCESS)
+        return status;
+    size_t n = need / sizeof(size_t);
+    if (param_value_size < n * sizeof(unsigned char *))
+        return CL_INVALID_VALUE;
+    size_t *sizes = calloc(n ? n : 1, sizeof(size_t));
+    if (!sizes)
+        return CL_OUT_OF_HOST_MEMORY;
+    status = ava_fwd_clGetProgramInfo(program, CL_PROGRAM_BINARY_SIZES, need, sizes, NULL);
+    unsigned char **dst = param_value;
+    for (size_t i = 0; status == CL_SUCCESS && i < n && i < AVA_PROGRAM_BINARY_MAX; i++)
+        if (dst[i] && sizes[i])
+            status = ava_fwd_clGetProgramInfo(program, (cl_program_info)(AVA_PROGRAM_BINARY + i),
+                                              sizes[i], dst[i], NULL);
+    free(sizes);
+    if (status == CL_SUCCESS && param_value_size_ret)
+        *param_value_size_ret = n * sizeof(unsigned char *);
+    return status;
+}
