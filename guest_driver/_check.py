@@ -14,7 +14,7 @@ from protocols import opencl_api as api
 
 #: Answered inside the guest ICD without a device round trip.
 LOCAL = {"clGetExtensionFunctionAddress", "clGetExtensionFunctionAddressForPlatform",
-         "clIcdGetPlatformIDsKHR"}
+         "clIcdGetPlatformIDsKHR", *api.GUEST_COMPOSED}
 
 
 @dataclass
