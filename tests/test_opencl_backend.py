@@ -281,3 +281,159 @@ def test_include_directories_travel_with_the_build(backend):
         assert g.call("clBuildProgram", program=bad, num_devices=1, device_list=[dev],
                       options=(b"-I @AVA_INC0@\0", [(0, path, b"x")]))[0] == -30
     assert not glob.glob(os.path.join(tempfile.gettempdir(), "ava-inc-*"))
+
+
+class FakeDma:
+    """Guest RAM for calls that pass application data by reference."""
+
+    def __init__(self, size=1 << 20):
+        self.ram = bytearray(size)
+
+    def translate(self, addr, length, write=False):
+        if addr + length > len(self.ram):
+            raise ValueError("outside guest memory")
+        return memoryview(self.ram)[addr:addr + length]
+
+
+def _linked_program(g, ctx, dev, src=b"__kernel void a(__global int *x) { x[0] = 1; }\n"
+                    b"__kernel void b(__global int *x) { x[0] = 2; }"):
+    prog = next(ids)
+    assert g.call("clCreateProgramWithSource", prog, context=ctx, count=1, strings=[src])[0] == 0
+    assert g.call("clBuildProgram", program=prog, num_devices=1, device_list=[dev])[0] == 0
+    return prog
+
+
+def test_compile_with_bad_header_arrays_answers_instead_of_crashing(backend):
+    g = Guest(backend)
+    ctx, dev = g.context()
+    prog = next(ids)
+    assert g.call("clCreateProgramWithSource", prog, context=ctx, count=1,
+                  strings=[b'#include "h.h"\n__kernel void k(void) {}'])[0] == 0
+    # PoCL reads through a NULL header array: the host answers for it.
+    assert g.call("clCompileProgram", program=prog, num_devices=1, device_list=[dev],
+                  num_input_headers=1, input_headers=None, header_include_names=[b"h.h\0"])[0] == -30
+    assert g.call("clCompileProgram", program=prog, num_devices=1, device_list=[dev],
+                  num_input_headers=1, input_headers=[prog], header_include_names=None)[0] == -30
+    assert g.call("clCompileProgram", program=prog, num_devices=1, device_list=[dev],
+                  num_input_headers=1, input_headers=[prog],
+                  header_include_names=[b"h.h"])[0] == -30, "a name without its terminator"
+    assert g.call("clCompileProgram", program=prog, num_devices=1, device_list=[dev],
+                  pfn_notify=1)[0] == -30, "user_data without a callback"
+    assert g.call("clEnqueueWaitForEvents", command_queue=0, num_events=2,
+                  event_list=None)[0] in (-36, -57)
+
+
+def test_objects_created_into_arrays_are_checked_and_owned(backend):
+    from host_backend._wire import WireError
+    g, other = Guest(backend, owner=5), Guest(backend, owner=6)
+    ctx, dev = g.context()
+    prog = _linked_program(g, ctx, dev)
+    k1, k2 = next(ids), next(ids)
+    status, out = g.call("clCreateKernelsInProgram", program=prog, num_kernels=2,
+                         kernels=[k1, k1], num_kernels_ret=True)
+    assert status == -30, "the same id twice"
+    assert g.call("clCreateKernelsInProgram", program=prog, num_kernels=2,
+                  kernels=[k1, HOST_ID_BASE + 5])[0] == -30, "an id from the host's range"
+    assert g.call("clCreateKernelsInProgram", program=prog, num_kernels=2,
+                  kernels=[k1, ctx])[0] == -30, "an id already taken"
+    fn = F["clCreateKernelsInProgram"]
+    with pytest.raises(WireError):
+        backend.call(fn, encode(fn, program=prog, num_kernels=3, kernels=[k1, k2]), 5)
+    status, out = g.call("clCreateKernelsInProgram", program=prog, num_kernels=2,
+                         kernels=[k1, k2], num_kernels_ret=True)
+    assert status == 0 and out["kernels"] == 2 and out["num_kernels_ret"] == 2
+    assert other.call("clRetainKernel", kernel=k1)[0] == -48, "another session's kernel"
+    assert g.call("clReleaseKernel", kernel=k2)[0] == 0
+    # sub-devices: created ids, owned, gone with the owner
+    subs = [next(ids) for _ in range(64)]
+    CL_DEVICE_PARTITION_EQUALLY = 0x1086
+    status, out = g.call("clCreateSubDevices", in_device=dev,
+                         properties=[(CL_DEVICE_PARTITION_EQUALLY, 1)], num_devices=64,
+                         out_devices=subs, num_devices_ret=True)
+    assert status == 0 and out["out_devices"] == out["num_devices_ret"] >= 1
+    assert g.call("clRetainDevice", device=subs[0])[0] == 0
+    assert other.call("clRetainDevice", device=subs[0])[0] == -33
+    assert g.call("clCreateSubDevices", in_device=dev, properties=[(0x7777, 1)],
+                  num_devices=1, out_devices=[next(ids)])[0] == -30
+    before = len(backend.handles)
+    backend.release_queue(0, owner=5, last=True)
+    assert len(backend.handles) < before - out["out_devices"]
+
+
+def test_binaries_and_their_queries(backend):
+    from host_backend._wire import WireError
+    g = Guest(backend)
+    ctx, dev = g.context()
+    prog = _linked_program(g, ctx, dev)
+    status, out = g.call("clGetProgramInfo", object=prog, param_name=api.CL_PROGRAM_BINARY_SIZES,
+                         param_value_size=8, param_value=8)
+    size = int.from_bytes(out["param_value"], "little")
+    assert status == 0 and size > 0
+    status, out = g.call("clGetProgramInfo", object=prog, param_name=api.AVA_PROGRAM_BINARY,
+                         param_value_size=size, param_value=size, param_value_size_ret=True)
+    assert status == 0 and len(out["param_value"]) == size == out["param_value_size_ret"]
+    binary = out["param_value"]
+    assert g.call("clGetProgramInfo", object=prog, param_name=api.AVA_PROGRAM_BINARY + 1,
+                  param_value_size=size, param_value=size)[0] == -30, "no second device"
+    assert g.call("clGetProgramInfo", object=prog, param_name=api.AVA_PROGRAM_BINARY,
+                  param_value_size=4, param_value=4)[0] == -30, "too small"
+    again = next(ids)
+    status, out = g.call("clCreateProgramWithBinary", again, context=ctx, num_devices=1,
+                         device_list=[dev], binaries=[binary], binary_status=1)
+    assert status == 0 and out["binary_status"] == bytes(4)
+    status, out = g.call("clCreateProgramWithBinary", next(ids), context=ctx, num_devices=1,
+                         device_list=[dev], binaries=[b"junk"], binary_status=1)
+    assert status == -42 and int.from_bytes(out["binary_status"], "little", signed=True) == -42
+    fn = F["clCreateProgramWithBinary"]
+    with pytest.raises(WireError):          # two binaries for one device
+        backend.call(fn, encode(fn, next(ids), context=ctx, num_devices=1, device_list=[dev],
+                                binaries=[binary, binary]), g.owner)
+
+
+def test_rectangles_must_cover_exactly_their_span(backend):
+    from host_backend._wire import WireError
+    g = Guest(backend)
+    ctx, dev = g.context()
+    queue, buf = next(ids), next(ids)
+    assert g.call("clCreateCommandQueue", queue, context=ctx, device=dev)[0] == 0
+    assert g.call("clCreateBuffer", buf, context=ctx, flags=CL_MEM_READ_WRITE, size=4096)[0] == 0
+    dma = FakeDma()
+    dma.ram[:4096] = bytes(range(256)) * 16
+    fn = F["clEnqueueWriteBufferRect"]
+    args = dict(command_queue=queue, buffer=buf, blocking_write=1, buffer_origin=[0, 0, 0],
+                host_origin=[1, 1, 0], region=[16, 4, 1], buffer_row_pitch=64,
+                buffer_slice_pitch=0, host_row_pitch=32, host_slice_pitch=0)
+    span = api.rect_span([1, 1, 0], [16, 4, 1], 32, 0)
+    assert span == 32 + 1 + 3 * 32 + 16
+    ok = backend.call(fn, encode(fn, ptr=(api.HOSTDATA_RANGE, 0, span), **args), g.owner, dma)
+    assert decode(fn, ok)[0] == 0
+    with pytest.raises(WireError):
+        backend.call(fn, encode(fn, ptr=(api.HOSTDATA_RANGE, 0, span - 1), **args), g.owner, dma)
+    with pytest.raises(WireError):
+        backend.call(fn, encode(fn, ptr=(api.HOSTDATA_RANGE, 0, span), **dict(
+            args, region=[16, 4])), g.owner, dma)          # a region of two values
+    with pytest.raises(ValueError):
+        backend.call(fn, encode(fn, ptr=(api.HOSTDATA_RANGE, (1 << 20) - 8, span), **args), g.owner, dma)
+    # read back through a rectangle: bytes between its rows stay as the guest had them
+    rfn = F["clEnqueueReadBufferRect"]
+    dma.ram[8192:8192 + span] = b"\xee" * span
+    reply = backend.call(rfn, encode(rfn, ptr=(api.HOSTDATA_RANGE, 8192, span), **dict(
+        args, blocking_read=1)), g.owner, dma)
+    assert decode(rfn, reply)[0] == 0
+    got = dma.ram[8192:8192 + span]
+    assert got[0] == 0xee and got[33:49] == dma.ram[33:49] and got[49] == 0xee
+
+
+def test_use_host_ptr_becomes_a_copy_and_hides_host_pointers(backend):
+    g = Guest(backend)
+    ctx, _ = g.context()
+    buf = next(ids)
+    CL_MEM_USE_HOST_PTR = 1 << 3
+    assert g.call("clCreateBuffer", buf, context=ctx, flags=CL_MEM_USE_HOST_PTR, size=64,
+                  host_ptr=b"x" * 64)[0] == 0
+    status, out = g.call("clGetMemObjectInfo", object=buf, param_name=api.CL_MEM_HOST_PTR,
+                         param_value_size=8, param_value=8)
+    assert status == 0 and out["param_value"] == bytes(8), "no host address reaches the guest"
+    assert g.call("clCreateBuffer", next(ids), context=ctx,
+                  flags=CL_MEM_USE_HOST_PTR | CL_MEM_COPY_HOST_PTR, size=64,
+                  host_ptr=b"x" * 64)[0] == -30, "invalid flags stay invalid"
