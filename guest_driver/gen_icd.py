@@ -24,6 +24,9 @@ from protocols import opencl_icd_table as icd_table
 ICD_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "icd")
 OUTPUT = os.path.join(ICD_DIR, "ava_icd_stubs.c")
 
+#: Kinds of application memory staged in DMA memory for the call.
+STAGED = (api.HostData, api.HostRect, api.HostImage)
+
 OBJ_ENUM = {t: f"AVA_OBJ_{t[3:].upper().replace('_ID', '')}" for t in api.OBJECT_TYPES}
 
 
@@ -53,7 +56,7 @@ def _encode(fn: api.Function) -> list[str]:
     # returns, so the host must finish the transfer before replying: such calls are
     # made blocking (completing early is always allowed).
     forced = {a.kind.blocking for a in fn.args
-              if isinstance(a.kind, (api.HostData, api.HostRect)) and a.kind.blocking}
+              if isinstance(a.kind, STAGED) and a.kind.blocking}
     for a in fn.args:
         k, n = a.kind, a.name
         if isinstance(k, api.Scalar) and n in forced:
@@ -114,6 +117,17 @@ def _encode(fn: api.Function) -> list[str]:
             out.append(f"ava_enc_u64(&e, new_{n} ? ava_obj_id(new_{n}) : 0);")
         elif isinstance(k, api.KernelArg):
             out.append(f"ava_enc_kernel_arg(&e, {k.size}, {n});")
+        elif isinstance(k, api.HostImage):
+            span = f"ava_image_span({k.image}, {k.region}, {k.row_pitch}, {k.slice_pitch})"
+            mode = "AVA_STAGE_INOUT" if k.out else "AVA_STAGE_IN"
+            out.append(f"if (ava_enc_host_data(&e, &stage_{n}, {n}, {span}, {mode})) "
+                       f"{{ status = CL_OUT_OF_RESOURCES; goto done; }}")
+        elif isinstance(k, api.InStruct):
+            out += _encode_struct(k, n)
+        elif isinstance(k, api.FixedBytes):
+            out.append(f"ava_enc_blob(&e, {n}, {k.n});")
+        elif isinstance(k, api.ImageHostPtr):
+            out.append(f"ava_enc_blob(&e, {n}, ava_image_host_size({k.flags}, {k.format}, {k.desc}));")
         elif isinstance(k, api.HostData):
             mode = "AVA_STAGE_OUT" if k.out else "AVA_STAGE_IN"
             out.append(f"if (ava_enc_host_data(&e, &stage_{n}, {n}, {k.size}, {mode})) "
@@ -121,6 +135,29 @@ def _encode(fn: api.Function) -> list[str]:
         else:
             raise TypeError(f"{fn.name}.{n}: no encoder for {k!r}")
     return out
+
+
+def _encode_struct(k: api.InStruct, n: str) -> list[str]:
+    """Field by field, handles as ids: the host rebuilds the struct in its own layout."""
+    fields = []
+    for name, _ in k.fields:
+        obj = k.handles.get(name)
+        fields.append(f"ava_enc_u64(&e, ava_obj_wire_id({OBJ_ENUM[obj]}, {n}->{name}));" if obj
+                      else f"ava_enc_u64(&e, (uint64_t){n}->{name});")
+    return [f"if (!{n}) ava_enc_u64(&e, AVA_NULL_LEN);",
+            f"else {{ ava_enc_u64(&e, {len(k.fields)});"] + [f"  {f}" for f in fields] + ["}"]
+
+
+def render_element_size() -> str:
+    """The spec's image element sizes in C (both ends size image data from them)."""
+    lines = ["size_t ava_image_element_size(cl_uint order, cl_uint data_type)", "{",
+             "    size_t channels = 0, bytes = 0;", "    switch (data_type) {"]
+    lines += [f"    case {t:#x}: return {b};" for t, b in sorted(api.PACKED_BYTES.items())]
+    lines += [f"    case {t:#x}: bytes = {b}; break;" for t, b in sorted(api.CHANNEL_BYTES.items())]
+    lines += ["    default: return 0;", "    }", "    switch (order) {"]
+    lines += [f"    case {o:#x}: channels = {c}; break;" for o, c in sorted(api.CHANNELS.items())]
+    lines += ["    default: return 0;", "    }", "    return channels * bytes;", "}"]
+    return "\n".join(lines)
 
 
 def _decode(fn: api.Function) -> list[str]:
@@ -151,7 +188,7 @@ def render_function(fn: api.Function) -> str:
     params = ", ".join(api.c_params(fn))
     creates = fn.creates
     events = [a.name for a in fn.args if isinstance(a.kind, api.EventOut)]
-    stages = [a.name for a in fn.args if isinstance(a.kind, (api.HostData, api.HostRect))]
+    stages = [a.name for a in fn.args if isinstance(a.kind, STAGED)]
     arrays = [(a.name, a.kind) for a in fn.args if isinstance(a.kind, api.NewHandles)]
     body = ["struct ava_enc e;", "struct ava_dec d = {0};", "int64_t status = CL_SUCCESS;",
             "ava_enc_init(&e);"]
@@ -213,6 +250,8 @@ def render() -> str:
     for fn in sorted(api.FUNCTIONS, key=lambda f: f.index):
         parts.append(render_function(fn))
         parts.append("")
+    parts.append(render_element_size())
+    parts.append("")
     parts.append("/* Entries not forwarded yet: a typed call through these returns")
     parts.append(" * CL_INVALID_OPERATION (or NULL), never a jump through NULL. */")
     parts.append("static cl_int ava_unsupported_status(void) { return CL_INVALID_OPERATION; }")
@@ -254,6 +293,10 @@ def render_header() -> str:
         "",
         f"#define AVA_PROGRAM_BINARY {api.AVA_PROGRAM_BINARY:#x}u   /* + device index */",
         f"#define AVA_PROGRAM_BINARY_MAX {api.AVA_PROGRAM_BINARY_MAX:#x}u",
+        f"#define AVA_MAX_IMAGE_HOST_BYTES {api.MAX_IMAGE_HOST_BYTES:#x}ull",
+        "",
+        "/* Bytes per pixel of an image format, from the spec's tables (0: unknown). */",
+        "size_t ava_image_element_size(cl_uint order, cl_uint data_type);",
         "",
     ]
     for fn in sorted(api.FUNCTIONS, key=lambda f: f.index):

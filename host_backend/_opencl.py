@@ -34,6 +34,7 @@ CL_OUT_OF_RESOURCES = -5
 CL_OUT_OF_HOST_MEMORY = -6
 CL_INVALID_VALUE = -30
 CL_MEM_ALLOC_HOST_PTR = 1 << 4
+CL_MEM_SIZE = 0x1102
 
 INVALID_HANDLE = {
     "cl_platform_id": -32, "cl_device_id": -33, "cl_context": -34, "cl_command_queue": -36,
@@ -66,7 +67,7 @@ class _Call:
     """Per-call state (calls run concurrently on the poller and worker threads)."""
 
     __slots__ = ("errcode", "size_ret", "target", "index", "events", "cleanups", "arrays",
-                 "binary_index")
+                 "binary_index", "structs")
 
     def __init__(self) -> None:
         self.errcode = None      # cl_int * for a creating function
@@ -77,6 +78,7 @@ class _Call:
         self.cleanups: list = []       # run after the call whatever happened
         self.arrays: dict[str, list[int]] = {}     # FixedArray values by argument name
         self.binary_index: int | None = None       # an AVA_PROGRAM_BINARY query
+        self.structs: dict[str, dict | None] = {}   # InStruct fields by argument name
 
 
 @functools.lru_cache(maxsize=None)
@@ -188,6 +190,8 @@ class OpenClBackend:
             status = call.errcode[0]
             if status == CL_SUCCESS and result != ffi.NULL:
                 nbytes = cargs[call.index["size"]] if fn.name == "clCreateBuffer" else 0
+                if fn.name == "clCreateImage":
+                    nbytes = self._mem_size(result)
                 self.handles.add(new_id, fn.creates, result, owner, nbytes)
             return status
         status = int(result)
@@ -198,6 +202,14 @@ class OpenClBackend:
             elif fn.releases:
                 self.handles.release(handle)
         return status
+
+    @staticmethod
+    def _mem_size(mem) -> int:
+        """An image's bytes, counted against the session's memory limit like a buffer's."""
+        cell = ffi.new("size_t *")
+        if lib().clGetMemObjectInfo(mem, CL_MEM_SIZE, 8, cell, ffi.NULL) != CL_SUCCESS:
+            return 0
+        return int(cell[0])
 
     def _decode(self, fn: api.Function, dec: Decoder, owner: int, call: _Call, dma=None):
         cargs: list = []
@@ -420,6 +432,17 @@ class OpenClBackend:
             elif isinstance(kind, api.HostData):
                 cargs.append(self._host_data(kind, arg, dec, scalars.get(kind.size), call, cargs,
                                              posts, dma))
+            elif isinstance(kind, api.HostImage):
+                cargs.append(self._host_image(kind, arg, dec, scalars, call, cargs, posts, dma))
+            elif isinstance(kind, api.InStruct):
+                cargs.append(self._in_struct(kind, arg, dec, owner, fn, call))
+            elif isinstance(kind, api.FixedBytes):
+                data = dec.blob()
+                if data is not None and len(data) != kind.n:
+                    raise WireError(f"{arg.name} carries {len(data)} bytes, not {kind.n}")
+                cargs.append(ffi.NULL if data is None else ffi.new("char[]", data))
+            elif isinstance(kind, api.ImageHostPtr):
+                cargs.append(self._image_host_ptr(kind, arg, dec, scalars, call, cargs))
             else:
                 raise TypeError(f"{fn.name}.{arg.name}: no decoder for {kind!r}")
         for name, size_name, length in checks:
@@ -454,7 +477,8 @@ class OpenClBackend:
         if not kind.out:
             return ffi.from_buffer(b"".join(views))
         # A rectangle leaves the bytes between its rows alone: start from the guest's.
-        bounce = bytearray(b"".join(views)) if isinstance(kind, api.HostRect) else bytearray(size)
+        bounce = (bytearray(b"".join(views)) if isinstance(kind, (api.HostRect, api.HostImage))
+                  else bytearray(size))
         if kind.blocking:                   # the bounce must be filled before we reply
             cargs[call.index[kind.blocking]] = 1
 
@@ -466,6 +490,93 @@ class OpenClBackend:
                     pos += v.nbytes
         posts.append(scatter_back)
         return ffi.from_buffer(bounce)
+
+    def _in_struct(self, kind: api.InStruct, arg, dec: Decoder, owner: int, fn, call: _Call):
+        """A struct rebuilt in the host's layout; handle fields translated to pointers."""
+        n = dec.u64()
+        if n == NULL_LEN:
+            call.structs[arg.name] = None
+            return ffi.NULL
+        if n != len(kind.fields):
+            raise WireError(f"{arg.name} has {n} fields, not {len(kind.fields)}")
+        out = ffi.new(f"{kind.ctype} *")
+        values = {}
+        for (name, ctype), raw in zip(kind.fields, dec.u64s(n)):
+            width, _ = api.SCALAR_TYPES[ctype]
+            if width < 8 and raw >> (width * 8):
+                raise WireError(f"{arg.name}.{name}={raw:#x} does not fit {ctype}")
+            obj = kind.handles.get(name)
+            if obj is None:
+                setattr(out, name, raw)
+            elif raw:
+                ptr = self.handles.lookup(obj, raw, owner)
+                if ptr is None:
+                    raise CallError(kind.bad_handle or INVALID_HANDLE[obj],
+                                    f"{fn.name}.{arg.name}.{name}: {raw:#x} is not a live {obj}")
+                setattr(out, name, ffi.cast("void *", ptr))
+            values[name] = raw
+        call.structs[arg.name] = values
+        return out
+
+    def _image_host_ptr(self, kind: api.ImageHostPtr, arg, dec: Decoder, scalars, call, cargs):
+        """clCreateImage's host data: exactly the bytes the image will read from it.
+        When that size cannot be known the host refuses (with the status the spec
+        gives) rather than hand the implementation a pointer it might read past; only
+        a NULL context, format or descriptor, which the implementation rejects before
+        looking at the data, goes through."""
+        data = dec.blob()
+        if data is None:
+            return ffi.NULL
+        fmt, desc = call.structs.get(kind.format), call.structs.get(kind.desc)
+        size, why = 0, 0
+        if scalars[kind.flags] & (api.CL_MEM_COPY_HOST_PTR | api.CL_MEM_USE_HOST_PTR) and fmt \
+                and desc:
+            size, why = api.image_host_size(fmt, desc)
+        if len(data) != size:
+            raise WireError(f"{arg.name} carries {len(data)} bytes, the image reads {size}")
+        if why and cargs[call.index["context"]] != ffi.NULL:
+            raise CallError(why, f"{arg.name}: the image's size is unknown")
+        # Zero padding up to the furthest byte any row could reach, whatever the
+        # implementation makes of a pitch smaller than a row.
+        bound = max(size, api.image_read_bound(fmt, desc)) if size else 1
+        if bound - size > MAX_OUT_BUFFER:
+            raise CallError(api.CL_INVALID_IMAGE_DESCRIPTOR, f"{arg.name}: pitches far "
+                            "smaller than a row")
+        out = ffi.new("char[]", bound)
+        ffi.memmove(out, data, len(data))
+        return out
+
+    def _image_info(self, image) -> tuple[int, int] | None:
+        """(type, element size) of a real memory object; None if it is not an image."""
+        cl = lib()
+        mem_type, elem = ffi.new("cl_mem_object_type *"), ffi.new("size_t *")
+        if cl.clGetMemObjectInfo(image, api.CL_MEM_TYPE, 4, mem_type, ffi.NULL) != CL_SUCCESS \
+                or mem_type[0] not in api.IMAGE_TYPES:
+            return None
+        if cl.clGetImageInfo(image, api.CL_IMAGE_ELEMENT_SIZE, 8, elem, ffi.NULL) != CL_SUCCESS:
+            return None
+        return int(mem_type[0]), int(elem[0])
+
+    def _host_image(self, kind: api.HostImage, arg, dec: Decoder, scalars, call, cargs, posts,
+                    dma):
+        """Application memory of an image transfer, sized from the real image: what the
+        guest says must match.  A region with extent the image type does not have
+        (span 0) is refused here, so the implementation never writes through a
+        pointer to nothing; an empty one it accepts as a no-op."""
+        image = cargs[call.index[kind.image]]
+        span = 0
+        if image != ffi.NULL:
+            info = self._image_info(image)
+            if info is None:
+                raise CallError(api.CL_INVALID_MEM_OBJECT, f"{kind.image} is not an image")
+            span = api.image_span(*info, call.arrays.get(kind.region),
+                                  scalars[kind.row_pitch], scalars[kind.slice_pitch])
+        ptr = self._host_data(kind, arg, dec, span, call, cargs, posts, dma)
+        region = call.arrays.get(kind.region)
+        if ptr != ffi.NULL and image != ffi.NULL and span == 0 and not (region and 0 in region):
+            # (An empty region is a no-op the implementation accepts.)
+            raise CallError(CL_INVALID_VALUE, f"{arg.name}: the region is out of shape")
+        return ptr
 
     def _binaries(self, kind: api.Binaries, arg, dec: Decoder, scalars, posts) -> list:
         """``lengths`` and ``binaries`` arrays (two C arguments)."""

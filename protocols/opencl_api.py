@@ -15,7 +15,9 @@ order: Scalar u64 | Handle u64 id (0 = NULL) | Handles/OutHandles u64 count
 (NULL_LEN = absent) then ids | InBuffer, CString u64 length (NULL_LEN = NULL)
 then the bytes padded to 8 | OutBuffer, OutScalar u64 capacity (NULL_LEN = NULL
 pointer) | Strings u64 count, then per string u64 length + bytes padded |
-Properties u64 pair count (NULL_LEN = NULL) then key/value pairs.  A creating
+Properties u64 pair count (NULL_LEN = NULL) then key/value pairs | InStruct u64
+field count (NULL_LEN = NULL) then each field as u64 (handles as ids) | FixedBytes,
+ImageHostPtr as InBuffer | HostData, HostRect, HostImage by reference.  A creating
 function's first input is the guest-assigned id of the new object.  The reply
 is i64 status (the return value, or ``*errcode_ret``), then for each output
 argument in order: OutBuffer u64 length written + bytes padded, OutScalar u64
@@ -273,6 +275,166 @@ def rect_span(origin, region, row_pitch: int, slice_pitch: int) -> int:
 
 
 @dataclass(frozen=True)
+class InStruct:
+    """A struct the function reads (``const T *``), sent field by field so no guest
+    layout or pointer crosses: u64 field count (NULL_LEN = NULL), then each field in
+    ``fields`` order as u64.  A field named in ``handles`` holds an object, sent as
+    its id; an id that is not a live object of that type gets ``bad_handle``."""
+    ctype: str
+    fields: tuple                    # ((field name, scalar ctype), ...)
+    handles: dict = field(default_factory=dict, hash=False, compare=False)
+    bad_handle: int | None = None
+
+
+@dataclass(frozen=True)
+class FixedBytes:
+    """Exactly ``n`` bytes the function reads through a ``const void *`` (a fill
+    colour): u64 length (NULL_LEN = NULL) + bytes padded; the length must be ``n``."""
+    n: int
+
+
+@dataclass(frozen=True)
+class ImageHostPtr:
+    """``host_ptr`` of clCreateImage, sent inline like InBuffer.  Its length is what
+    the image reads from it when ``flags`` has CL_MEM_COPY/USE_HOST_PTR (0 otherwise),
+    ``image_host_size`` of the ``format`` and ``desc`` arguments, computed the same
+    way on both ends; the host refuses a host pointer whose size it cannot compute."""
+    flags: str
+    format: str
+    desc: str
+
+
+@dataclass(frozen=True)
+class HostImage:
+    """Application memory of an image transfer, passed like HostData.  Its length is
+    ``image_span`` of the image's type and element size (the host asks the real image,
+    the guest cached them at creation), ``region`` and the pitches.  A read stages the
+    span in and out like HostRect, so bytes between rows keep their values."""
+    image: str
+    region: str
+    row_pitch: str
+    slice_pitch: str
+    out: bool
+    blocking: str
+
+
+# Image constants (cl.h) and element sizes: both ends size image data from these.
+CL_MEM_OBJECT_BUFFER = 0x10F0
+CL_MEM_OBJECT_IMAGE2D, CL_MEM_OBJECT_IMAGE3D = 0x10F1, 0x10F2
+CL_MEM_OBJECT_IMAGE2D_ARRAY, CL_MEM_OBJECT_IMAGE1D = 0x10F3, 0x10F4
+CL_MEM_OBJECT_IMAGE1D_ARRAY, CL_MEM_OBJECT_IMAGE1D_BUFFER = 0x10F5, 0x10F6
+IMAGE_TYPES = frozenset(range(CL_MEM_OBJECT_IMAGE2D, CL_MEM_OBJECT_IMAGE1D_BUFFER + 1))
+CL_IMAGE_ELEMENT_SIZE = 0x1111
+CL_MEM_TYPE = 0x1100
+CL_INVALID_MEM_OBJECT = -38
+CL_INVALID_IMAGE_FORMAT_DESCRIPTOR = -39
+CL_INVALID_IMAGE_SIZE = -40
+CL_INVALID_IMAGE_DESCRIPTOR = -65
+#: Channels per channel order.  Orders with padding channels (CL_Rx, ...) are left
+#: out on purpose: implementations disagree on their size, and an unknown format
+#: with a host pointer is refused rather than guessed.
+CHANNELS = {0x10B0: 1, 0x10B1: 1, 0x10B2: 2, 0x10B3: 2, 0x10B4: 3, 0x10B5: 4, 0x10B6: 4,
+            0x10B7: 4, 0x10B8: 1, 0x10B9: 1, 0x10BD: 1, 0x10BF: 3, 0x10C1: 4, 0x10C2: 4,
+            0x10C3: 4}
+#: Bytes per channel of each channel data type.
+CHANNEL_BYTES = {0x10D0: 1, 0x10D1: 2, 0x10D2: 1, 0x10D3: 2, 0x10D7: 1, 0x10D8: 2,
+                 0x10D9: 4, 0x10DA: 1, 0x10DB: 2, 0x10DC: 4, 0x10DD: 2, 0x10DE: 4}
+#: Packed data types: bytes per element whatever the order.
+PACKED_BYTES = {0x10D4: 2, 0x10D5: 2, 0x10D6: 4, 0x10DF: 4, 0x10E0: 4}
+#: Image data a guest may send inline at creation.
+MAX_IMAGE_HOST_BYTES = 1 << 40
+
+IMAGE_FORMAT = InStruct("cl_image_format", (("image_channel_order", "cl_uint"),
+                                            ("image_channel_data_type", "cl_uint")))
+IMAGE_DESC = InStruct("cl_image_desc", (
+    ("image_type", "cl_mem_object_type"), ("image_width", "size_t"),
+    ("image_height", "size_t"), ("image_depth", "size_t"), ("image_array_size", "size_t"),
+    ("image_row_pitch", "size_t"), ("image_slice_pitch", "size_t"),
+    ("num_mip_levels", "cl_uint"), ("num_samples", "cl_uint"), ("buffer", "size_t")),
+    handles={"buffer": "cl_mem"}, bad_handle=CL_INVALID_IMAGE_DESCRIPTOR)
+
+
+def image_element_size(order: int, data_type: int) -> int:
+    """Bytes per pixel of a format (0 when unknown)."""
+    if data_type in PACKED_BYTES:
+        return PACKED_BYTES[data_type]
+    return CHANNELS.get(order, 0) * CHANNEL_BYTES.get(data_type, 0)
+
+
+def image_host_size(fmt: dict, desc: dict) -> tuple[int, int]:
+    """(bytes an image reads from its host pointer, 0) or (0, the status when it
+    cannot be known).  The spec's minimum: row pitch x height, slice pitch x depth
+    or array size, with the pitches' defaults when 0."""
+    elem = image_element_size(fmt["image_channel_order"], fmt["image_channel_data_type"])
+    if not elem:
+        return 0, CL_INVALID_IMAGE_FORMAT_DESCRIPTOR
+    t = desc["image_type"]
+    row = desc["image_row_pitch"] or desc["image_width"] * elem
+    if t in (CL_MEM_OBJECT_IMAGE1D, CL_MEM_OBJECT_IMAGE1D_BUFFER):
+        size = row
+    elif t == CL_MEM_OBJECT_IMAGE2D:
+        size = row * desc["image_height"]
+    elif t == CL_MEM_OBJECT_IMAGE1D_ARRAY:
+        size = (desc["image_slice_pitch"] or row) * desc["image_array_size"]
+    elif t in (CL_MEM_OBJECT_IMAGE2D_ARRAY, CL_MEM_OBJECT_IMAGE3D):
+        slice_ = desc["image_slice_pitch"] or row * desc["image_height"]
+        size = slice_ * (desc["image_depth"] if t == CL_MEM_OBJECT_IMAGE3D
+                         else desc["image_array_size"])
+    else:
+        return 0, CL_INVALID_IMAGE_DESCRIPTOR
+    if not 0 < size <= MAX_IMAGE_HOST_BYTES:
+        return 0, CL_INVALID_IMAGE_SIZE
+    return size, 0
+
+
+def image_read_bound(fmt: dict, desc: dict) -> int:
+    """One past the furthest host byte a well-behaved implementation could read for
+    an image whose size ``image_host_size`` knows: rows of width x element size at
+    the given pitches (the host pads its copy to this; capped at the size limit)."""
+    elem = image_element_size(fmt["image_channel_order"], fmt["image_channel_data_type"])
+    t, w = desc["image_type"], desc["image_width"] * elem
+    row = desc["image_row_pitch"] or w
+    rows, slices, slice_ = 1, 1, 0
+    if t == CL_MEM_OBJECT_IMAGE2D:
+        rows = desc["image_height"]
+    elif t == CL_MEM_OBJECT_IMAGE1D_ARRAY:
+        slices, slice_ = desc["image_array_size"], desc["image_slice_pitch"] or row
+    elif t in (CL_MEM_OBJECT_IMAGE2D_ARRAY, CL_MEM_OBJECT_IMAGE3D):
+        rows = desc["image_height"]
+        slices = desc["image_depth"] if t == CL_MEM_OBJECT_IMAGE3D else desc["image_array_size"]
+        slice_ = desc["image_slice_pitch"] or row * rows
+    bound = max(slices - 1, 0) * slice_ + max(rows - 1, 0) * row + w
+    return min(bound, MAX_IMAGE_HOST_BYTES)
+
+
+def image_span(image_type: int, elem: int, region, row_pitch: int, slice_pitch: int) -> int:
+    """Bytes of application memory an image transfer of ``region`` touches: the last
+    row ends at (slices-1)*slice + (rows-1)*row + region[0]*elem.  A 1D image array's
+    slices are region[1] (its slice pitch defaults to the row pitch).  0 when the
+    region is empty or has extent where the image type has none (the
+    implementation rejects those), or the object is not an image."""
+    if not elem or not region or 0 in region:
+        return 0
+    w, h, d = region
+    row = row_pitch or w * elem
+    if image_type in (CL_MEM_OBJECT_IMAGE1D, CL_MEM_OBJECT_IMAGE1D_BUFFER):
+        rows, slices, slice_ = 1, 1, 0
+        ok = h == d == 1
+    elif image_type == CL_MEM_OBJECT_IMAGE2D:
+        rows, slices, slice_ = h, 1, 0
+        ok = d == 1
+    elif image_type == CL_MEM_OBJECT_IMAGE1D_ARRAY:
+        rows, slices, slice_ = 1, h, slice_pitch or row
+        ok = d == 1
+    elif image_type in (CL_MEM_OBJECT_IMAGE2D_ARRAY, CL_MEM_OBJECT_IMAGE3D):
+        rows, slices, slice_ = h, d, slice_pitch or row * h
+        ok = True
+    else:
+        return 0
+    return (slices - 1) * slice_ + (rows - 1) * row + w * elem if ok else 0
+
+
+@dataclass(frozen=True)
 class Arg:
     name: str
     kind: object
@@ -413,6 +575,61 @@ FUNCTIONS: tuple[Function, ...] = (
           {CL_MEM_CONTEXT: "cl_context", CL_MEM_ASSOCIATED_MEMOBJECT: "cl_mem"},
           hidden={CL_MEM_HOST_PTR}, guest_wrap=True),
     _info("clGetImageInfo", 21, "cl_mem", "cl_image_info", {CL_IMAGE_BUFFER: "cl_mem"}),
+    _fn("clCreateImage", 96,
+        ("context", Handle("cl_context")),
+        ("flags", MemFlags()),
+        ("image_format", IMAGE_FORMAT),
+        ("image_desc", IMAGE_DESC),
+        ("host_ptr", ImageHostPtr("flags", "image_format", "image_desc")),
+        ("errcode_ret", ErrcodeRet()),
+        returns="cl_mem", creates="cl_mem", guest_wrap=True),
+    _fn("clEnqueueReadImage", 51, _QUEUE,
+        ("image", Handle("cl_mem")),
+        ("blocking_read", Scalar("cl_bool")),
+        ("origin", FixedArray("size_t")),
+        ("region", FixedArray("size_t")),
+        ("row_pitch", Scalar("size_t")),
+        ("slice_pitch", Scalar("size_t")),
+        ("ptr", HostImage("image", "region", "row_pitch", "slice_pitch", out=True,
+                          blocking="blocking_read")),
+        *_WAIT, blocking=True),
+    _fn("clEnqueueWriteImage", 52, _QUEUE,
+        ("image", Handle("cl_mem")),
+        ("blocking_write", Scalar("cl_bool")),
+        ("origin", FixedArray("size_t")),
+        ("region", FixedArray("size_t")),
+        ("input_row_pitch", Scalar("size_t")),
+        ("input_slice_pitch", Scalar("size_t")),
+        ("ptr", HostImage("image", "region", "input_row_pitch", "input_slice_pitch",
+                          out=False, blocking="blocking_write")),
+        *_WAIT, blocking=True),
+    _fn("clEnqueueCopyImage", 53, _QUEUE,
+        ("src_image", Handle("cl_mem")),
+        ("dst_image", Handle("cl_mem")),
+        ("src_origin", FixedArray("size_t")),
+        ("dst_origin", FixedArray("size_t")),
+        ("region", FixedArray("size_t")),
+        *_WAIT),
+    _fn("clEnqueueCopyImageToBuffer", 54, _QUEUE,
+        ("src_image", Handle("cl_mem")),
+        ("dst_buffer", Handle("cl_mem")),
+        ("src_origin", FixedArray("size_t")),
+        ("region", FixedArray("size_t")),
+        ("dst_offset", Scalar("size_t")),
+        *_WAIT),
+    _fn("clEnqueueCopyBufferToImage", 55, _QUEUE,
+        ("src_buffer", Handle("cl_mem")),
+        ("dst_image", Handle("cl_mem")),
+        ("src_offset", Scalar("size_t")),
+        ("dst_origin", FixedArray("size_t")),
+        ("region", FixedArray("size_t")),
+        *_WAIT),
+    _fn("clEnqueueFillImage", 103, _QUEUE,
+        ("image", Handle("cl_mem")),
+        ("fill_color", FixedBytes(16)),
+        ("origin", FixedArray("size_t")),
+        ("region", FixedArray("size_t")),
+        *_WAIT),
     _fn("clGetSupportedImageFormats", 19,
         ("context", Handle("cl_context")),
         ("flags", Scalar("cl_mem_flags")),
@@ -635,8 +852,6 @@ BY_OPCODE = {f.opcode: f for f in FUNCTIONS}
 #: the error the spec prescribes for an unsupported operation).
 NOT_YET = {
     "clGetExtensionFunctionAddress": "answered in the guest (ICD loader contract)",
-    "clCreateImage": "images are the next group (formats, pitches, image transfers)",
-    "clEnqueueMapImage": "goes with images",
 }
 
 #: Functions the guest composes from forwarded ones instead of forwarding them
@@ -647,6 +862,11 @@ GUEST_COMPOSED = {
     "clEnqueueUnmapMemObject": "clEnqueueWriteBuffer of a written mapping, else a marker",
     "clSetEventCallback": "the guest's callback thread polls the event's status",
     "clSetMemObjectDestructorCallback": "called when the guest's last reference goes",
+    "clEnqueueMapImage": "a blocking clEnqueueReadImage into guest memory with pitches the "
+                         "guest picks (or a marker for CL_MAP_WRITE_INVALIDATE_REGION)",
+    "clCreateImage2D": "clCreateImage with the equivalent cl_image_desc (as OpenCL 1.2 "
+                       "defines the 1.x entry points)",
+    "clCreateImage3D": "clCreateImage with the equivalent cl_image_desc",
 }
 
 
@@ -697,8 +917,14 @@ def c_params(fn: Function) -> list[str]:
             out.append(f"cl_event *{n}")
         elif isinstance(k, KernelArg):
             out += [f"size_t {k.size}", f"const void *{n}"]
-        elif isinstance(k, HostData):
+        elif isinstance(k, (HostData, HostImage)):
             out.append(f"{'' if k.out else 'const '}void *{n}")
+        elif isinstance(k, InStruct):
+            out.append(f"const {k.ctype} *{n}")
+        elif isinstance(k, FixedBytes):
+            out.append(f"const void *{n}")
+        elif isinstance(k, ImageHostPtr):
+            out.append(f"void *{n}")
         else:
             raise TypeError(f"{fn.name}.{n}: unknown kind {k!r}")
     return out
@@ -724,6 +950,9 @@ typedef cl_uint cl_addressing_mode; typedef cl_uint cl_filter_mode; typedef cl_u
 typedef cl_uint cl_image_info; typedef cl_uint cl_mem_object_type;
 typedef intptr_t cl_device_partition_property;
 typedef struct { cl_uint image_channel_order; cl_uint image_channel_data_type; } cl_image_format;
+typedef struct { cl_mem_object_type image_type; size_t image_width; size_t image_height;
+    size_t image_depth; size_t image_array_size; size_t image_row_pitch; size_t image_slice_pitch;
+    cl_uint num_mip_levels; cl_uint num_samples; void *buffer; } cl_image_desc;
 """ + "".join(f"typedef struct _{t} *{t};\n" for t in OBJECT_TYPES) + """
 typedef void (*ava_context_notify)(const char *, const void *, size_t, void *);
 typedef void (*ava_program_notify)(cl_program, void *);

@@ -79,8 +79,17 @@ def encode(fn: api.Function, new_id: int | None = None, **values) -> bytes:
             out.append(_u64(NULL_LEN) if v is None else _u64(len(v)) + b"".join(_blob(b) for b in v))
         elif isinstance(k, api.NewHandles):
             out.append(_u64(NULL_LEN) if v is None else _u64(len(v)) + b"".join(map(_u64, v)))
-        elif isinstance(k, api.HostRect):
+        elif isinstance(k, (api.HostRect, api.HostImage)):
             out.append(_u64(NULL_LEN) if v is None else b"".join(map(_u64, v)))  # (mode, addr, len)
+        elif isinstance(k, api.InStruct):
+            # a dict of fields (missing ones 0) or a raw list of u64 values
+            if v is None:
+                out.append(_u64(NULL_LEN))
+            else:
+                vals = v if isinstance(v, list) else [v.get(f, 0) for f, _ in k.fields]
+                out.append(_u64(len(vals)) + b"".join(map(_u64, vals)))
+        elif isinstance(k, (api.FixedBytes, api.ImageHostPtr)):
+            out.append(_blob(v))
         else:
             raise TypeError(k)
     return b"".join(out)

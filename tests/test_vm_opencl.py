@@ -47,6 +47,9 @@ echo "== install"; python3 -m guest_driver install --out /tmp/b
 echo "== status"; python3 -m guest_driver status --out /tmp/b
 echo "== clinfo"; clinfo
 echo "== vadd"; gcc -o /tmp/vadd tests/samples/vadd.c -lOpenCL; /tmp/vadd
+for area in $CONFORMANCE; do
+  echo "== conformance $area"; gcc -std=gnu11 -o /tmp/$area tests/conformance/$area.c -lOpenCL; /tmp/$area
+done
 echo "== demo"; cd /usr/share/doc/python-pyopencl-doc/examples; PYOPENCL_CTX=0 python3 demo.py
 echo "== examples"; cp -r . /tmp/ex; cd /tmp/ex
 for ex in $EXAMPLES; do
@@ -55,6 +58,10 @@ done
 echo "== done"
 """
 
+
+# Map/unmap, rectangles, callbacks on the runtime thread, binaries, compile/link and
+# sub-devices, compiled in the guest and compared with the same program run natively.
+CONFORMANCE = ("map_rect_callbacks", "programs_devices")
 
 EXAMPLES = ("demo.py demo_array.py demo_elementwise.py demo_elementwise_complex.py "
             "demo_meta_template.py demo-struct-reduce.py dump-properties.py narray.py "
@@ -88,10 +95,14 @@ def server_warnings(stderr: str) -> str:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def test_opencl_programs_in_the_guest(lab_run):
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def test_opencl_programs_in_the_guest(lab_run, tmp_path):
     res = lab_run("--timeout", "600", "--keep-logs", "--server-arg=--backend",
                   "--server-arg=opencl", "--", "env", f"QUEUE_OWNERS={QUEUE_OWNERS}",
-                  f"EXAMPLES={EXAMPLES}", "sh", "-c", GUEST_SCRIPT, timeout=660)
+                  f"EXAMPLES={EXAMPLES}", f"CONFORMANCE={' '.join(CONFORMANCE)}", "sh", "-c",
+                  GUEST_SCRIPT, timeout=660)
     out = res.stdout
     warnings = server_warnings(res.stderr)
     assert res.returncode == 0, out[-4000:] + res.stderr[-4000:] + warnings
@@ -113,6 +124,14 @@ def test_opencl_programs_in_the_guest(lab_run):
     differing = {k: (ours[k], native[k]) for k in shared if ours[k] != native[k]}
     assert not differing, differing
     assert "1048576 elements correct" in sections["vadd"]
+    for area in CONFORMANCE:
+        exe = os.path.join(str(tmp_path), area)
+        subprocess.run(["gcc", "-std=gnu11", "-o", exe, os.path.join(HERE, "conformance",
+                                                                     f"{area}.c"), "-lOpenCL"],
+                       check=True)
+        native = subprocess.run([exe], capture_output=True, text=True, timeout=120)
+        assert native.returncode == 0, native.stderr
+        assert sections[f"conformance {area}"].splitlines() == native.stdout.splitlines()
     assert re.search(r"Norm: 0\.0+e\+00", sections["demo"])
     # pyopencl's own examples, unmodified (some build with -I guest paths: the
     # header files travel with the build)

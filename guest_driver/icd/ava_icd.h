@@ -118,6 +118,12 @@ void ava_enc_build_options(struct ava_enc *e, const char *options);
 #define AVA_STAGE_INOUT 2    /* the call writes part of it (a rectangle) */
 int ava_enc_host_data(struct ava_enc *e, struct ava_stage *st, const void *p, size_t n, int dir);
 size_t ava_rect_span(const size_t *origin, const size_t *region, size_t row, size_t slice);
+/* Image data sizes (protocols.opencl_api.image_host_size / image_span, icd_compose.c):
+ * what clCreateImage reads from host_ptr (0 when none or unknown), and what an image
+ * transfer touches (0 when the region or object is invalid; SIZE_MAX on overflow). */
+size_t ava_image_host_size(cl_mem_flags flags, const cl_image_format *format,
+                           const cl_image_desc *desc);
+size_t ava_image_span(cl_mem image, const size_t *region, size_t row, size_t slice);
 void ava_enc_binaries(struct ava_enc *e, const unsigned char **binaries, const size_t *lengths,
                       uint64_t n);
 void ava_enc_cstrings(struct ava_enc *e, const char **strings, uint64_t n);

@@ -26,6 +26,8 @@ struct mapping {
     size_t offset, size;
     cl_map_flags flags;
     int owned;                 /* we allocated ptr (not the application's host_ptr) */
+    int image;                 /* an image mapping: written back as this rectangle */
+    size_t origin[3], region[3], row, slice;
 };
 
 struct mem_notify {
@@ -41,6 +43,9 @@ struct mem_ext {
     cl_uint map_count;
     struct mapping *maps;      /* guarded by mem_lock, as are map_count and notify */
     struct mem_notify *notify; /* newest first: the order destructors run in */
+    cl_mem_object_type image_type;   /* 0 for a buffer */
+    size_t elem;               /* an image's bytes per pixel (the host's answer) */
+    size_t host_row, host_slice;     /* the pitches of an image's host_ptr */
 };
 
 static pthread_mutex_t mem_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -147,7 +152,7 @@ ava_clEnqueueMapBuffer(cl_command_queue queue, cl_mem buffer, cl_bool blocking_m
     cl_int status;
     if (!ava_obj_is(queue, AVA_OBJ_COMMAND_QUEUE))
         status = CL_INVALID_COMMAND_QUEUE;
-    else if (!x)
+    else if (!x || x->image_type)
         status = CL_INVALID_MEM_OBJECT;
     else if (size == 0 || offset > x->size || size > x->size - offset)
         status = CL_INVALID_VALUE;
@@ -211,7 +216,11 @@ ava_clEnqueueUnmapMemObject(cl_command_queue queue, cl_mem memobj, void *mapped_
     if (!m)
         return CL_INVALID_VALUE;
     cl_int status;
-    if (m->flags & (CL_MAP_WRITE | CL_MAP_WRITE_INVALIDATE_REGION))
+    if ((m->flags & (CL_MAP_WRITE | CL_MAP_WRITE_INVALIDATE_REGION)) && m->image)
+        status = ava_clEnqueueWriteImage(queue, memobj, CL_TRUE, m->origin, m->region, m->row,
+                                         m->slice, m->ptr, num_events_in_wait_list,
+                                         event_wait_list, event);
+    else if (m->flags & (CL_MAP_WRITE | CL_MAP_WRITE_INVALIDATE_REGION))
         status = ava_clEnqueueWriteBuffer(queue, memobj, CL_TRUE, m->offset, m->size, m->ptr,
                                           num_events_in_wait_list, event_wait_list, event);
     else
@@ -232,6 +241,243 @@ ava_clEnqueueUnmapMemObject(cl_command_queue queue, cl_mem memobj, void *mapped_
         free(m);
     }
     return status;
+}
+
+/* ---- images: sizes both ends agree on, and guest-side state ---------------------- */
+
+/* 1D image arrays count their slices in region[1] (and in the array size). */
+static int is_1d_array(cl_mem_object_type t)
+{
+    return t == CL_MEM_OBJECT_IMAGE1D_ARRAY;
+}
+
+static int is_layered(cl_mem_object_type t)
+{
+    return t == CL_MEM_OBJECT_IMAGE3D || t == CL_MEM_OBJECT_IMAGE2D_ARRAY;
+}
+
+/* Default pitches of an image's host memory (the spec's rules). */
+static void image_host_pitches(const cl_image_desc *desc, size_t elem, size_t *row,
+                               size_t *slice)
+{
+    *row = desc->image_row_pitch ? desc->image_row_pitch : desc->image_width * elem;
+    if (is_1d_array(desc->image_type))
+        *slice = desc->image_slice_pitch ? desc->image_slice_pitch : *row;
+    else
+        *slice = desc->image_slice_pitch ? desc->image_slice_pitch : *row * desc->image_height;
+}
+
+/* protocols.opencl_api.image_host_size, in C: 0 where the host expects no bytes. */
+size_t ava_image_host_size(cl_mem_flags flags, const cl_image_format *format,
+                           const cl_image_desc *desc)
+{
+    if (!(flags & (CL_MEM_COPY_HOST_PTR | CL_MEM_USE_HOST_PTR)) || !format || !desc)
+        return 0;
+    size_t elem = ava_image_element_size(format->image_channel_order,
+                                         format->image_channel_data_type);
+    cl_mem_object_type t = desc->image_type;
+    size_t row, slice, n, size;
+    if (!elem || __builtin_mul_overflow(desc->image_width, elem, &row))
+        return 0;
+    if (desc->image_row_pitch)
+        row = desc->image_row_pitch;
+    if (t == CL_MEM_OBJECT_IMAGE1D || t == CL_MEM_OBJECT_IMAGE1D_BUFFER)
+        slice = row, n = 1;
+    else if (t == CL_MEM_OBJECT_IMAGE2D)
+        slice = row, n = desc->image_height;
+    else if (is_1d_array(t))
+        slice = desc->image_slice_pitch ? desc->image_slice_pitch : row,
+        n = desc->image_array_size;
+    else if (is_layered(t)) {
+        if (__builtin_mul_overflow(row, desc->image_height, &slice))
+            return 0;
+        if (desc->image_slice_pitch)
+            slice = desc->image_slice_pitch;
+        n = t == CL_MEM_OBJECT_IMAGE3D ? desc->image_depth : desc->image_array_size;
+    } else
+        return 0;
+    if (__builtin_mul_overflow(slice, n, &size) || size > AVA_MAX_IMAGE_HOST_BYTES)
+        return 0;
+    return size;
+}
+
+/* protocols.opencl_api.image_span, in C, for one of our images. */
+size_t ava_image_span(cl_mem image, const size_t *region, size_t row, size_t slice)
+{
+    const struct mem_ext *x = ava_obj_ext(image, AVA_OBJ_MEM);
+    if (!x || !x->elem || !region || !region[0] || !region[1] || !region[2])
+        return 0;
+    cl_mem_object_type t = x->image_type;
+    size_t w, rows = 1, slices = 1, a, b, c, span;
+    if (__builtin_mul_overflow(region[0], x->elem, &w))
+        return SIZE_MAX;
+    if (!row)
+        row = w;
+    if (t == CL_MEM_OBJECT_IMAGE1D || t == CL_MEM_OBJECT_IMAGE1D_BUFFER) {
+        if (region[1] != 1 || region[2] != 1)
+            return 0;
+    } else if (t == CL_MEM_OBJECT_IMAGE2D) {
+        if (region[2] != 1)
+            return 0;
+        rows = region[1];
+    } else if (is_1d_array(t)) {
+        if (region[2] != 1)
+            return 0;
+        slices = region[1];
+        if (!slice)
+            slice = row;
+    } else if (is_layered(t)) {
+        rows = region[1];
+        slices = region[2];
+        if (!slice && __builtin_mul_overflow(row, rows, &slice))
+            return SIZE_MAX;
+    } else {
+        return 0;
+    }
+    if (__builtin_mul_overflow(slices - 1, slice, &a) ||
+        __builtin_mul_overflow(rows - 1, row, &b) ||
+        __builtin_add_overflow(a, b, &c) || __builtin_add_overflow(c, w, &span))
+        return SIZE_MAX;
+    return span;
+}
+
+/* Our images keep their type and pixel size (to size transfers the way the host
+ * does) and, with CL_MEM_USE_HOST_PTR, the application's memory and its pitches
+ * (maps answer with it, as the host cannot share it). */
+CL_API_ENTRY cl_mem CL_API_CALL
+ava_clCreateImage(cl_context context, cl_mem_flags flags, const cl_image_format *image_format,
+                  const cl_image_desc *image_desc, void *host_ptr, cl_int *errcode_ret)
+{
+    struct mem_ext *x = calloc(1, sizeof(*x));
+    if (!x) {
+        set_errcode(errcode_ret, CL_OUT_OF_HOST_MEMORY);
+        return NULL;
+    }
+    cl_mem mem = ava_fwd_clCreateImage(context, flags, image_format, image_desc, host_ptr,
+                                       errcode_ret);
+    if (!mem) {
+        free(x);
+        return NULL;
+    }
+    /* The host's answer, so both ends size transfers alike even for a format the
+     * spec's table does not know. */
+    if (ava_clGetImageInfo(mem, CL_IMAGE_ELEMENT_SIZE, sizeof(x->elem), &x->elem, NULL) !=
+        CL_SUCCESS)
+        x->elem = 0;
+    x->flags = flags;
+    x->image_type = image_desc->image_type;
+    if (flags & CL_MEM_USE_HOST_PTR) {
+        x->host_ptr = host_ptr;
+        image_host_pitches(image_desc, x->elem, &x->host_row, &x->host_slice);
+    }
+    ava_obj_set_ext(mem, x);
+    return mem;
+}
+
+CL_API_ENTRY cl_mem CL_API_CALL
+ava_clCreateImage2D(cl_context context, cl_mem_flags flags, const cl_image_format *image_format,
+                    size_t width, size_t height, size_t row_pitch, void *host_ptr,
+                    cl_int *errcode_ret)
+{
+    cl_image_desc desc = {.image_type = CL_MEM_OBJECT_IMAGE2D, .image_width = width,
+                          .image_height = height, .image_row_pitch = row_pitch};
+    return ava_clCreateImage(context, flags, image_format, &desc, host_ptr, errcode_ret);
+}
+
+CL_API_ENTRY cl_mem CL_API_CALL
+ava_clCreateImage3D(cl_context context, cl_mem_flags flags, const cl_image_format *image_format,
+                    size_t width, size_t height, size_t depth, size_t row_pitch,
+                    size_t slice_pitch, void *host_ptr, cl_int *errcode_ret)
+{
+    cl_image_desc desc = {.image_type = CL_MEM_OBJECT_IMAGE3D, .image_width = width,
+                          .image_height = height, .image_depth = depth,
+                          .image_row_pitch = row_pitch, .image_slice_pitch = slice_pitch};
+    return ava_clCreateImage(context, flags, image_format, &desc, host_ptr, errcode_ret);
+}
+
+/* The checks of clEnqueueMapImage the implementation would make before mapping. */
+static cl_int map_image_allowed(cl_command_queue queue, const struct mem_ext *x,
+                                cl_map_flags map_flags, const size_t *origin,
+                                const size_t *region, size_t *row_pitch, size_t *slice_pitch)
+{
+    if (!ava_obj_is(queue, AVA_OBJ_COMMAND_QUEUE))
+        return CL_INVALID_COMMAND_QUEUE;
+    if (!x || !x->image_type)
+        return CL_INVALID_MEM_OBJECT;
+    if (!origin || !region || !row_pitch ||
+        (!slice_pitch && (is_layered(x->image_type) || is_1d_array(x->image_type))))
+        return CL_INVALID_VALUE;
+    /* Unknown map bits are ignored, as the implementation does for images. */
+    return map_allowed(x->flags, map_flags & (CL_MAP_READ | CL_MAP_WRITE |
+                                              CL_MAP_WRITE_INVALIDATE_REGION));
+}
+
+/* A mapping is a rectangle read into guest memory: packed rows (our pitches) in
+ * memory we own, or the application's host_ptr at its own pitches. */
+CL_API_ENTRY void *CL_API_CALL
+ava_clEnqueueMapImage(cl_command_queue queue, cl_mem image, cl_bool blocking_map,
+                      cl_map_flags map_flags, const size_t *origin, const size_t *region,
+                      size_t *image_row_pitch, size_t *image_slice_pitch,
+                      cl_uint num_events_in_wait_list, const cl_event *event_wait_list,
+                      cl_event *event, cl_int *errcode_ret)
+{
+    (void)blocking_map;            /* the data is in place when we return: always allowed */
+    struct mem_ext *x = ava_obj_ext(image, AVA_OBJ_MEM);
+    struct mapping *m = NULL;
+    void *ptr = NULL;
+    size_t row = 0, slice = 0, span = 0;
+    cl_int status = map_image_allowed(queue, x, map_flags, origin, region, image_row_pitch,
+                                      image_slice_pitch);
+    if (status == CL_SUCCESS && !(m = calloc(1, sizeof(*m))))
+        status = CL_OUT_OF_HOST_MEMORY;
+    if (status == CL_SUCCESS && x->host_ptr) {
+        row = x->host_row;
+        slice = is_layered(x->image_type) || is_1d_array(x->image_type) ? x->host_slice : 0;
+        size_t skip = is_1d_array(x->image_type) ? origin[1] * slice
+                                                 : origin[2] * slice + origin[1] * row;
+        ptr = (char *)x->host_ptr + skip + origin[0] * x->elem;
+    } else if (status == CL_SUCCESS) {
+        row = region[0] * x->elem;
+        slice = is_layered(x->image_type) ? row * region[1] :
+                is_1d_array(x->image_type) ? row : 0;
+        span = ava_image_span(image, region, row, slice);
+        if (span == SIZE_MAX || posix_memalign(&ptr, 4096, span ? span : 1) != 0)
+            status = span == SIZE_MAX ? CL_INVALID_VALUE : CL_MAP_FAILURE;
+        else
+            m->owned = 1;
+    }
+    if (status == CL_SUCCESS) {
+        if (map_flags & CL_MAP_WRITE_INVALIDATE_REGION)
+            status = ava_clEnqueueMarkerWithWaitList(queue, num_events_in_wait_list,
+                                                     event_wait_list, event);
+        else
+            status = ava_clEnqueueReadImage(queue, image, CL_TRUE, origin, region, row, slice,
+                                            ptr, num_events_in_wait_list, event_wait_list,
+                                            event);
+    }
+    set_errcode(errcode_ret, status);
+    if (status != CL_SUCCESS) {
+        if (m && m->owned)
+            free(ptr);
+        free(m);
+        return NULL;
+    }
+    m->ptr = ptr;
+    m->flags = map_flags;
+    m->image = 1;
+    memcpy(m->origin, origin, sizeof(m->origin));
+    memcpy(m->region, region, sizeof(m->region));
+    m->row = row;
+    m->slice = slice;
+    *image_row_pitch = row;
+    if (image_slice_pitch)
+        *image_slice_pitch = slice;
+    pthread_mutex_lock(&mem_lock);
+    m->next = x->maps;
+    x->maps = m;
+    x->map_count++;
+    pthread_mutex_unlock(&mem_lock);
+    return ptr;
 }
 
 CL_API_ENTRY cl_int CL_API_CALL
