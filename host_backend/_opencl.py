@@ -189,7 +189,8 @@ class OpenClBackend:
         if fn.creates:
             status = call.errcode[0]
             if status == CL_SUCCESS and result != ffi.NULL:
-                nbytes = cargs[call.index["size"]] if fn.name == "clCreateBuffer" else 0
+                nbytes = cargs[call.index["size"]] if "size" in call.index and \
+                    fn.creates == "cl_mem" else 0
                 if fn.name == "clCreateImage":
                     nbytes = self._mem_size(result)
                 self.handles.add(new_id, fn.creates, result, owner, nbytes)

@@ -51,6 +51,9 @@ SCALAR_TYPES = {
     "cl_addressing_mode": (4, False), "cl_filter_mode": (4, False), "cl_sampler_info": (4, False),
     "cl_image_info": (4, False), "cl_mem_object_type": (4, False),
     "cl_device_partition_property": (8, True),
+    "cl_sampler_properties": (8, False), "cl_mem_properties": (8, False),
+    "cl_pipe_properties": (8, True), "cl_pipe_info": (4, False),
+    "cl_kernel_sub_group_info": (4, False),
 }
 
 
@@ -837,6 +840,59 @@ FUNCTIONS: tuple[Function, ...] = (
         *_WAIT),
     _fn("clEnqueueMarkerWithWaitList", 105, _QUEUE, *_WAIT),
     _fn("clEnqueueBarrierWithWaitList", 106, _QUEUE, *_WAIT),
+    # -- OpenCL 2.x / 3.0 entry points the host implementation may answer -------------
+    _fn("clCreatePipe", 124,
+        ("context", Handle("cl_context")),
+        ("flags", Scalar("cl_mem_flags")),
+        ("pipe_packet_size", Scalar("cl_uint")),
+        ("pipe_max_packets", Scalar("cl_uint")),
+        ("properties", Properties("cl_pipe_properties")),
+        ("errcode_ret", ErrcodeRet()),
+        returns="cl_mem", creates="cl_mem"),
+    _info("clGetPipeInfo", 125, "cl_mem", "cl_pipe_info"),
+    _fn("clCreateSamplerWithProperties", 133,
+        ("context", Handle("cl_context")),
+        ("sampler_properties", Properties("cl_sampler_properties")),
+        ("errcode_ret", ErrcodeRet()),
+        returns="cl_sampler", creates="cl_sampler"),
+    _fn("clCloneKernel", 137,
+        ("source_kernel", Handle("cl_kernel")),
+        ("errcode_ret", ErrcodeRet()),
+        returns="cl_kernel", creates="cl_kernel"),
+    _fn("clCreateProgramWithIL", 138,
+        ("context", Handle("cl_context")),
+        ("il", InBuffer("length")),
+        ("length", Scalar("size_t")),
+        ("errcode_ret", ErrcodeRet()),
+        returns="cl_program", creates="cl_program", blocking=True),
+    _fn("clGetDeviceAndHostTimer", 140,
+        ("device", Handle("cl_device_id")),
+        ("device_timestamp", OutScalar("cl_ulong")),
+        ("host_timestamp", OutScalar("cl_ulong"))),
+    _fn("clGetHostTimer", 141,
+        ("device", Handle("cl_device_id")),
+        ("host_timestamp", OutScalar("cl_ulong"))),
+    _fn("clGetKernelSubGroupInfo", 142,
+        ("object", Handle("cl_kernel")),
+        ("device", Handle("cl_device_id", nullable=True)),
+        ("param_name", Scalar("cl_kernel_sub_group_info")),
+        ("input_value_size", Scalar("size_t")),
+        ("input_value", InBuffer("input_value_size")),
+        ("param_value_size", Scalar("size_t")),
+        ("param_value", OutBuffer("param_value_size", "param_name")),
+        ("param_value_size_ret", OutScalar("size_t"))),
+    _fn("clSetDefaultDeviceCommandQueue", 143,
+        ("context", Handle("cl_context")),
+        ("device", Handle("cl_device_id")),
+        ("command_queue", Handle("cl_command_queue"))),
+    _fn("clCreateBufferWithProperties", 146,
+        ("context", Handle("cl_context")),
+        ("properties", Properties("cl_mem_properties")),
+        ("flags", MemFlags()),
+        ("size", Scalar("size_t")),
+        ("host_ptr", InBuffer("size", const=False)),
+        ("errcode_ret", ErrcodeRet()),
+        returns="cl_mem", creates="cl_mem", guest_wrap=True),
     _fn("clCreateCommandQueueWithProperties", 123,
         ("context", Handle("cl_context")),
         ("device", Handle("cl_device_id")),
@@ -949,6 +1005,9 @@ typedef cl_uint cl_buffer_create_type; typedef cl_bitfield cl_mem_migration_flag
 typedef cl_uint cl_addressing_mode; typedef cl_uint cl_filter_mode; typedef cl_uint cl_sampler_info;
 typedef cl_uint cl_image_info; typedef cl_uint cl_mem_object_type;
 typedef intptr_t cl_device_partition_property;
+typedef cl_ulong cl_sampler_properties; typedef cl_ulong cl_mem_properties;
+typedef intptr_t cl_pipe_properties; typedef cl_uint cl_pipe_info;
+typedef cl_uint cl_kernel_sub_group_info;
 typedef struct { cl_uint image_channel_order; cl_uint image_channel_data_type; } cl_image_format;
 typedef struct { cl_mem_object_type image_type; size_t image_width; size_t image_height;
     size_t image_depth; size_t image_array_size; size_t image_row_pitch; size_t image_slice_pitch;

@@ -56,16 +56,10 @@ static void set_errcode(cl_int *errcode_ret, cl_int status)
         *errcode_ret = status;
 }
 
-CL_API_ENTRY cl_mem CL_API_CALL
-ava_clCreateBuffer(cl_context context, cl_mem_flags flags, size_t size, void *host_ptr,
-                   cl_int *errcode_ret)
+/* A buffer the host created: remember what only the guest knows about it. */
+static cl_mem buffer_created(cl_mem mem, struct mem_ext *x, cl_mem_flags flags, size_t size,
+                             void *host_ptr)
 {
-    struct mem_ext *x = calloc(1, sizeof(*x));
-    if (!x) {
-        set_errcode(errcode_ret, CL_OUT_OF_HOST_MEMORY);
-        return NULL;
-    }
-    cl_mem mem = ava_fwd_clCreateBuffer(context, flags, size, host_ptr, errcode_ret);
     if (!mem) {
         free(x);
         return NULL;
@@ -77,15 +71,45 @@ ava_clCreateBuffer(cl_context context, cl_mem_flags flags, size_t size, void *ho
     return mem;
 }
 
+static struct mem_ext *new_mem_ext(cl_int *errcode_ret)
+{
+    struct mem_ext *x = calloc(1, sizeof(*x));
+    if (!x)
+        set_errcode(errcode_ret, CL_OUT_OF_HOST_MEMORY);
+    return x;
+}
+
+CL_API_ENTRY cl_mem CL_API_CALL
+ava_clCreateBuffer(cl_context context, cl_mem_flags flags, size_t size, void *host_ptr,
+                   cl_int *errcode_ret)
+{
+    struct mem_ext *x = new_mem_ext(errcode_ret);
+    if (!x)
+        return NULL;
+    return buffer_created(ava_fwd_clCreateBuffer(context, flags, size, host_ptr, errcode_ret), x,
+                          flags, size, host_ptr);
+}
+
+CL_API_ENTRY cl_mem CL_API_CALL
+ava_clCreateBufferWithProperties(cl_context context, const cl_mem_properties *properties,
+                                 cl_mem_flags flags, size_t size, void *host_ptr,
+                                 cl_int *errcode_ret)
+{
+    struct mem_ext *x = new_mem_ext(errcode_ret);
+    if (!x)
+        return NULL;
+    return buffer_created(ava_fwd_clCreateBufferWithProperties(context, properties, flags, size,
+                                                               host_ptr, errcode_ret),
+                          x, flags, size, host_ptr);
+}
+
 CL_API_ENTRY cl_mem CL_API_CALL
 ava_clCreateSubBuffer(cl_mem buffer, cl_mem_flags flags, cl_buffer_create_type type,
                       const void *info, cl_int *errcode_ret)
 {
-    struct mem_ext *x = calloc(1, sizeof(*x));
-    if (!x) {
-        set_errcode(errcode_ret, CL_OUT_OF_HOST_MEMORY);
+    struct mem_ext *x = new_mem_ext(errcode_ret);
+    if (!x)
         return NULL;
-    }
     cl_mem mem = ava_fwd_clCreateSubBuffer(buffer, flags, type, info, errcode_ret);
     if (!mem) {
         free(x);
@@ -348,11 +372,9 @@ CL_API_ENTRY cl_mem CL_API_CALL
 ava_clCreateImage(cl_context context, cl_mem_flags flags, const cl_image_format *image_format,
                   const cl_image_desc *image_desc, void *host_ptr, cl_int *errcode_ret)
 {
-    struct mem_ext *x = calloc(1, sizeof(*x));
-    if (!x) {
-        set_errcode(errcode_ret, CL_OUT_OF_HOST_MEMORY);
+    struct mem_ext *x = new_mem_ext(errcode_ret);
+    if (!x)
         return NULL;
-    }
     cl_mem mem = ava_fwd_clCreateImage(context, flags, image_format, image_desc, host_ptr,
                                        errcode_ret);
     if (!mem) {
