@@ -207,8 +207,17 @@ def render_function(fn: api.Function) -> str:
     if creates:
         body.append("ava_enc_u64(&e, ava_obj_id(obj));")
     body += _encode(fn)
-    body.append(f"status = ava_icd_invoke({fn.opcode:#x}, \"{fn.name}\", &e, "
-                f"{_reply_capacity(fn)}, &d);")
+    invoke = (f"status = ava_icd_invoke({fn.opcode:#x}, \"{fn.name}\", &e, "
+              f"{_reply_capacity(fn)}, &d);")
+    if fn.async_ok:
+        first = fn.args[0]
+        body.append(f"if (ava_obj_is({first.name}, {OBJ_ENUM[first.kind.obj]}) && "
+                    f"ava_icd_post({fn.opcode:#x}, &e) == 0)")
+        body.append("    status = CL_SUCCESS;   /* posted: a live object's status is known */")
+        body.append("else")
+        body.append("    " + invoke)
+    else:
+        body.append(invoke)
     body += _decode(fn)
     if fn.retains:
         body.append(f"if (status == CL_SUCCESS) ava_obj_retain({fn.args[0].name});")

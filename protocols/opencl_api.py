@@ -455,6 +455,11 @@ class Function:
     blocking: bool = False
     guest_wrap: bool = False         # the guest's entry point (icd_compose.c) wraps the
                                      # generated forwarder ava_fwd_<name>
+    # The guest may post it without waiting for the reply: when its argument is a
+    # live guest object of the right type its status is CL_SUCCESS, so the caller
+    # sees what a round trip would show (release, flush).  Not retain: a retain
+    # overtaken by another thread's release would revive a destroyed object.
+    async_ok: bool = False
 
     @property
     def opcode(self) -> int:
@@ -550,7 +555,7 @@ FUNCTIONS: tuple[Function, ...] = (
         ("errcode_ret", ErrcodeRet()),
         returns="cl_context", creates="cl_context", blocking=True),
     _fn("clRetainContext", 6, ("context", Handle("cl_context")), retains="cl_context"),
-    _fn("clReleaseContext", 7, ("context", Handle("cl_context")), releases="cl_context"),
+    _fn("clReleaseContext", 7, ("context", Handle("cl_context")), releases="cl_context", async_ok=True),
     _info("clGetContextInfo", 8, "cl_context", "cl_context_info",
           {CL_CONTEXT_DEVICES: "cl_device_id"}),
     _fn("clCreateCommandQueue", 9,
@@ -562,7 +567,7 @@ FUNCTIONS: tuple[Function, ...] = (
     _fn("clRetainCommandQueue", 10, ("command_queue", Handle("cl_command_queue")),
         retains="cl_command_queue"),
     _fn("clReleaseCommandQueue", 11, ("command_queue", Handle("cl_command_queue")),
-        releases="cl_command_queue", blocking=True),
+        releases="cl_command_queue", blocking=True, async_ok=True),
     _info("clGetCommandQueueInfo", 12, "cl_command_queue", "cl_command_queue_info",
           {CL_QUEUE_CONTEXT: "cl_context", CL_QUEUE_DEVICE: "cl_device_id"}),
     _fn("clCreateBuffer", 14,
@@ -573,7 +578,7 @@ FUNCTIONS: tuple[Function, ...] = (
         ("errcode_ret", ErrcodeRet()),
         returns="cl_mem", creates="cl_mem", guest_wrap=True),
     _fn("clRetainMemObject", 17, ("memobj", Handle("cl_mem")), retains="cl_mem"),
-    _fn("clReleaseMemObject", 18, ("memobj", Handle("cl_mem")), releases="cl_mem"),
+    _fn("clReleaseMemObject", 18, ("memobj", Handle("cl_mem")), releases="cl_mem", async_ok=True),
     _info("clGetMemObjectInfo", 20, "cl_mem", "cl_mem_info",
           {CL_MEM_CONTEXT: "cl_context", CL_MEM_ASSOCIATED_MEMOBJECT: "cl_mem"},
           hidden={CL_MEM_HOST_PTR}, guest_wrap=True),
@@ -648,7 +653,7 @@ FUNCTIONS: tuple[Function, ...] = (
         ("errcode_ret", ErrcodeRet()),
         returns="cl_sampler", creates="cl_sampler"),
     _fn("clRetainSampler", 23, ("sampler", Handle("cl_sampler")), retains="cl_sampler"),
-    _fn("clReleaseSampler", 24, ("sampler", Handle("cl_sampler")), releases="cl_sampler"),
+    _fn("clReleaseSampler", 24, ("sampler", Handle("cl_sampler")), releases="cl_sampler", async_ok=True),
     _info("clGetSamplerInfo", 25, "cl_sampler", "cl_sampler_info",
           {CL_SAMPLER_CONTEXT: "cl_context"}),
     _fn("clCreateProgramWithSource", 26,
@@ -658,7 +663,7 @@ FUNCTIONS: tuple[Function, ...] = (
         ("errcode_ret", ErrcodeRet()),
         returns="cl_program", creates="cl_program"),
     _fn("clRetainProgram", 28, ("program", Handle("cl_program")), retains="cl_program"),
-    _fn("clReleaseProgram", 29, ("program", Handle("cl_program")), releases="cl_program"),
+    _fn("clReleaseProgram", 29, ("program", Handle("cl_program")), releases="cl_program", async_ok=True),
     _fn("clBuildProgram", 30,
         ("program", Handle("cl_program")),
         ("num_devices", Scalar("cl_uint")),
@@ -728,7 +733,7 @@ FUNCTIONS: tuple[Function, ...] = (
         returns="cl_kernel", creates="cl_kernel"),
     _fn("clUnloadCompiler", 31),
     _fn("clRetainKernel", 36, ("kernel", Handle("cl_kernel")), retains="cl_kernel"),
-    _fn("clReleaseKernel", 37, ("kernel", Handle("cl_kernel")), releases="cl_kernel"),
+    _fn("clReleaseKernel", 37, ("kernel", Handle("cl_kernel")), releases="cl_kernel", async_ok=True),
     _info("clGetKernelInfo", 39, "cl_kernel", "cl_kernel_info",
           {CL_KERNEL_CONTEXT: "cl_context", CL_KERNEL_PROGRAM: "cl_program"}),
     _fn("clWaitForEvents", 41,
@@ -738,8 +743,8 @@ FUNCTIONS: tuple[Function, ...] = (
     _info("clGetEventInfo", 42, "cl_event", "cl_event_info",
           {CL_EVENT_COMMAND_QUEUE: "cl_command_queue", CL_EVENT_CONTEXT: "cl_context"}),
     _fn("clRetainEvent", 43, ("event", Handle("cl_event")), retains="cl_event"),
-    _fn("clReleaseEvent", 44, ("event", Handle("cl_event")), releases="cl_event"),
-    _fn("clFlush", 46, ("command_queue", Handle("cl_command_queue"))),
+    _fn("clReleaseEvent", 44, ("event", Handle("cl_event")), releases="cl_event", async_ok=True),
+    _fn("clFlush", 46, ("command_queue", Handle("cl_command_queue")), async_ok=True),
     _fn("clFinish", 47, ("command_queue", Handle("cl_command_queue")), blocking=True),
     _fn("clSetKernelArg", 38,
         ("kernel", Handle("cl_kernel")),
@@ -815,7 +820,7 @@ FUNCTIONS: tuple[Function, ...] = (
         ("errcode_ret", ErrcodeRet()),
         returns="cl_mem", creates="cl_mem", guest_wrap=True),
     _fn("clRetainDevice", 94, ("device", Handle("cl_device_id")), retains="cl_device_id"),
-    _fn("clReleaseDevice", 95, ("device", Handle("cl_device_id")), releases="cl_device_id"),
+    _fn("clReleaseDevice", 95, ("device", Handle("cl_device_id")), releases="cl_device_id", async_ok=True),
     _fn("clUnloadPlatformCompiler", 100, ("platform", Handle("cl_platform_id"))),
     _fn("clCreateUserEvent", 84,
         ("context", Handle("cl_context")),
@@ -1039,6 +1044,8 @@ def validate() -> None:
                 raise ValueError(f"{fn.name}.{a.name}: unknown scalar type {k.ctype}")
         if fn.creates and fn.returns != fn.creates:
             raise ValueError(f"{fn.name} creates {fn.creates} but returns {fn.returns}")
+        if fn.async_ok and (len(fn.args) != 1 or not isinstance(fn.args[0].kind, Handle)):
+            raise ValueError(f"{fn.name}: only a call on one object can be posted unanswered")
 
 
 validate()

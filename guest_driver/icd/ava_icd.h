@@ -145,7 +145,10 @@ void ava_dec_free(struct ava_dec *d);
 int64_t ava_icd_invoke(uint16_t opcode, const char *name, struct ava_enc *e, size_t reply_cap,
                        struct ava_dec *d);
 
+int ava_icd_post(uint16_t opcode, struct ava_enc *e);
+
 /* Transport hooks (icd_transport.c, over the guest runtime). */
+int ava_transport_post(uint16_t opcode, const void *payload, size_t len);
 int ava_transport_call(uint16_t opcode, const void *payload, size_t len, void *reply,
                        size_t cap, size_t *reply_len);
 int ava_transport_stage_alloc(struct ava_stage *st, uint64_t *mode, uint64_t *addr,

@@ -43,3 +43,16 @@ int64_t ava_icd_invoke(uint16_t opcode, const char *name, struct ava_enc *e, siz
         fprintf(stderr, "ava-vdev ICD: %s -> %lld\n", name, (long long)status);
     return status;
 }
+
+/* Post a call whose status the caller can already know (spec: async_ok).  Returns 0
+ * when it went out; otherwise the caller makes the call synchronously, which also
+ * yields the right error.  AVA_ICD_SYNC=1 turns posting off. */
+int ava_icd_post(uint16_t opcode, struct ava_enc *e)
+{
+    static int sync = -1;
+    if (sync < 0)
+        sync = getenv("AVA_ICD_SYNC") != NULL && strcmp(getenv("AVA_ICD_SYNC"), "0") != 0;
+    if (sync || e->oom)
+        return -1;
+    return ava_transport_post(opcode, e->buf, e->len) == 0 ? 0 : -1;
+}

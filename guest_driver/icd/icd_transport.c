@@ -27,6 +27,17 @@ int ava_transport_call(uint16_t opcode, const void *payload, size_t len, void *r
     return 0;
 }
 
+int ava_transport_post(uint16_t opcode, const void *payload, size_t len)
+{
+    struct ava_device *dev = ava_default_device();
+    if (!dev)
+        return -ENODEV;
+    struct ava_queue *q = ava_thread_queue(dev);
+    if (!q)
+        return -EAGAIN;
+    return ava_post(q, opcode, payload, len);
+}
+
 int ava_transport_stage_alloc(struct ava_stage *st, uint64_t *mode, uint64_t *addr,
                               uint64_t *len_or_count)
 {

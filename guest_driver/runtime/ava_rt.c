@@ -154,6 +154,9 @@ void ava_queue_destroy(struct ava_queue *q)
     if (!q)
         return;
     struct ava_device *dev = q->dev;
+    struct ava_result res;
+    if (q->tail && !q->dead)
+        ava_wait(q, q->tail - 1, &res);     /* posted commands run before the queue goes */
     ava_write_reg(dev, qreg(q->index, AVA_QREG_CTRL), AVA_QUEUE_CTRL_RELEASE);
     if (q->irq_fd >= 0 && q->irq_fd != dev->uio_fd)
         close(q->irq_fd);
@@ -273,6 +276,27 @@ int ava_wait(struct ava_queue *q, uint64_t seq, struct ava_result *res)
     return 0;
 }
 
+/* The staging of the slot at the tail is free once the host completed the command
+ * that used that slot last (posted commands may still be in flight). */
+static int wait_slot_free(struct ava_queue *q)
+{
+    uint64_t head_needed = q->tail >= q->slots ? q->tail - q->slots + 1 : 0;
+    uint64_t last_check = 0;
+    while (__atomic_load_n(ring_head(q), __ATOMIC_ACQUIRE) < head_needed) {
+        uint64_t t = now_ns();
+        if (!last_check) {
+            last_check = t;
+        } else if (t - last_check > 500000000ull) {    /* is the queue still there? */
+            int rc = check_alive(q);
+            if (rc)
+                return rc;
+            last_check = t;
+        }
+        sched_yield();
+    }
+    return 0;
+}
+
 int ava_call(struct ava_queue *q, uint16_t opcode, const void *payload, size_t len, void *reply,
              size_t cap, const uint64_t args[3], struct ava_result *res)
 {
@@ -284,7 +308,9 @@ int ava_call(struct ava_queue *q, uint16_t opcode, const void *payload, size_t l
     uint64_t slot = q->tail & (q->slots - 1);
     uint8_t *in = q->staging + slot * 2 * AVA_STAGING_SIZE, *out = in + AVA_STAGING_SIZE;
     uint64_t in_gpa = q->staging_gpa + slot * 2 * AVA_STAGING_SIZE, out_gpa = in_gpa + AVA_STAGING_SIZE;
-    int rc = 0;
+    int rc = wait_slot_free(q);
+    if (rc)
+        return rc;
     if (len > AVA_STAGING_SIZE) {
         if ((rc = ava_buffer_alloc(dev, len, &big_in)))
             return rc;
@@ -319,6 +345,25 @@ out:
     ava_buffer_free(dev, &big_in);
     ava_buffer_free(dev, &big_out);
     return rc;
+}
+
+int ava_post(struct ava_queue *q, uint16_t opcode, const void *payload, size_t len)
+{
+    if (len > AVA_STAGING_SIZE)
+        return -E2BIG;
+    struct ava_cmd cmd = {.opcode = opcode};
+    uint64_t slot = q->tail & (q->slots - 1);
+    uint64_t in_gpa = q->staging_gpa + slot * 2 * AVA_STAGING_SIZE;
+    int rc = wait_slot_free(q);
+    if (rc)
+        return rc;
+    if (len)
+        memcpy(q->staging + slot * 2 * AVA_STAGING_SIZE, payload, len);
+    cmd.payload_addr = in_gpa;
+    cmd.payload_len = (uint32_t)len;
+    cmd.reply_addr = in_gpa + AVA_STAGING_SIZE;
+    cmd.reply_len = 8;                       /* the status, which nobody reads */
+    return ava_submit(q, &cmd, NULL);
 }
 
 /* ---- device ------------------------------------------------------------------------ */

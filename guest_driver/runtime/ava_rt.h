@@ -78,6 +78,9 @@ int ava_wait(struct ava_queue *q, uint64_t seq, struct ava_result *res);
  * (or a temporary DMA buffer when larger).  *reply_len gets result_len. */
 int ava_call(struct ava_queue *q, uint16_t opcode, const void *payload, size_t len,
              void *reply, size_t cap, const uint64_t args[3], struct ava_result *res);
+/* Post a small command (payload within one staging slot) and return without waiting:
+ * its completion is reaped by the next call's wait.  -E2BIG when it does not fit. */
+int ava_post(struct ava_queue *q, uint16_t opcode, const void *payload, size_t len);
 /* Staging area of the slot the next ava_call will use (for zero-copy callers). */
 #define AVA_STAGING_SIZE 4096
 
