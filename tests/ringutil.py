@@ -110,7 +110,12 @@ class PyRing:
 
     async def publish(self, count: int = 1) -> None:
         self.tail += count
-        self.set_field(abi.RING_TAIL, self.tail)
+        await self.write_tail(self.tail)
+
+    async def write_tail(self, value: int) -> None:
+        """Publish ``value`` as the tail the way a guest must: ring the doorbell when
+        the engine sleeps (IDLE), or it never looks."""
+        self.set_field(abi.RING_TAIL, value)
         if self.status & RingStatus.IDLE:
             await self.cli.write32(Reg.DOORBELL, self.queue, posted=True)
 

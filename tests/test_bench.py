@@ -15,3 +15,14 @@ def test_ring_benchmark_smoke():
     for row in ("null round trip, median", "asynchronous commands", "echo 4 KiB", "echo 1 MiB",
                 "(memcpy)", "(call)", "targets:"):
         assert row in res.stdout
+
+
+def test_opencl_benchmark_prints_device_beside_native():
+    res = subprocess.run([sys.executable, "-m", "vdev.bench", "opencl", "--json"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    import json
+    figures = json.loads(res.stdout)
+    for side in ("native", "device"):
+        assert figures[side]["info_query_us"] > 0 and figures[side]["write_64m_gbs"] > 0
+    assert figures["native"]["device"] == figures["device"]["device"], "the same device both ways"

@@ -149,7 +149,7 @@ async def test_release_frees_backend_state(ring, server):
 # -- bad input ---------------------------------------------------------------------------
 
 async def test_tail_beyond_ring_size_fails_the_queue(ring, server):
-    ring.set_field(abi.RING_TAIL, ring.slots + 1)
+    await ring.write_tail(ring.slots + 1)
     with trio.fail_after(3):
         while not await ring.qread(QReg.CTRL) & QueueState.FAILED:
             await trio.sleep(0.005)
@@ -162,7 +162,7 @@ async def test_tail_beyond_ring_size_fails_the_queue(ring, server):
 
 async def test_tail_behind_head_fails_the_queue(ring):
     await ring.call(Op.NOP)
-    ring.set_field(abi.RING_TAIL, 0xFFFFFFFFFFFFFFFF)
+    await ring.write_tail(0xFFFFFFFFFFFFFFFF)
     with trio.fail_after(3):
         while not await ring.qread(QReg.CTRL) & QueueState.FAILED:
             await trio.sleep(0.005)

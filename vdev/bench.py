@@ -1,13 +1,16 @@
-"""``python -m vdev.bench ring``: transport figures beside their native baselines.
+"""``python -m vdev.bench ring|opencl``: figures beside their native baselines.
 
-Runs the guest runtime's ``ava-bench`` against a real server over the loopback
-transport on this machine, and with ``--vm`` also inside a lab guest (uio path;
-slow under TCG).  Every figure is printed next to the native baseline measured
-in the same run (a function call for latency, memcpy for bandwidth)."""
+``ring`` runs the guest runtime's ``ava-bench`` against a real server over the
+loopback transport on this machine, and with ``--vm`` also inside a lab guest
+(uio path; slow under TCG); its baselines are a function call for latency and
+memcpy for bandwidth.  ``opencl`` runs the OpenCL sample ``tests/samples/clbench.c``
+twice in the same run: natively on the host's OpenCL, and through the device
+(the ICD over the loopback transport), and prints both side by side."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -26,26 +29,71 @@ def build_tools() -> str:
     return os.path.dirname(out.strip().splitlines()[-1])
 
 
-def run_loopback(build_dir: str, quick: bool) -> dict:
+@contextlib.contextmanager
+def loopback_server(backend: str):
+    """A device server on a private socket, stopped (by PID) on the way out."""
     with tempfile.TemporaryDirectory(prefix="ava-bench-", dir="/tmp") as d:
         sock = os.path.join(d, "bench.sock")
-        server = subprocess.Popen([sys.executable, "-m", "vdev", "serve", "--socket", sock, "-q"],
-                                  cwd=ROOT)
+        server = subprocess.Popen([sys.executable, "-m", "vdev", "serve", "--socket", sock,
+                                   "--backend", backend, "-q"], cwd=ROOT)
         try:
             deadline = time.monotonic() + 10
             while not os.path.exists(sock):
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit("the device server did not start")
                 time.sleep(0.02)
-            res = subprocess.run([os.path.join(build_dir, "ava-bench")] + (["--quick"] if quick else []),
-                                 env=dict(os.environ, AVA_VDEV_SOCKET=sock), capture_output=True,
-                                 text=True, timeout=600)
+            yield sock
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=15)
+
+
+def run_loopback(build_dir: str, quick: bool) -> dict:
+    with loopback_server("test") as sock:
+        res = subprocess.run([os.path.join(build_dir, "ava-bench")] + (["--quick"] if quick else []),
+                             env=dict(os.environ, AVA_VDEV_SOCKET=sock), capture_output=True,
+                             text=True, timeout=600)
     if res.returncode != 0:
         raise SystemExit(f"ava-bench failed: {res.stderr}")
     return json.loads(res.stdout)
+
+
+def run_opencl(build_dir: str) -> dict:
+    """clbench natively, then through the device: {"native": {...}, "device": {...}}."""
+    with tempfile.TemporaryDirectory(prefix="ava-clbench-", dir="/tmp") as d:
+        exe = os.path.join(d, "clbench")
+        subprocess.run(["gcc", "-O2", "-o", exe, os.path.join(ROOT, "tests", "samples",
+                                                              "clbench.c"), "-lOpenCL"], check=True)
+        vendors = os.path.join(d, "vendors")
+        os.mkdir(vendors)
+        with open(os.path.join(vendors, "ava.icd"), "w") as f:
+            f.write(os.path.join(build_dir, "libava_icd.so") + "\n")
+        results = {}
+        with loopback_server("opencl") as sock:
+            for name, extra in (("native", {}),
+                                ("device", {"OCL_ICD_VENDORS": vendors, "AVA_VDEV_SOCKET": sock})):
+                res = subprocess.run([exe], env=dict(os.environ, **extra), capture_output=True,
+                                     text=True, timeout=600)
+                if res.returncode != 0:
+                    raise SystemExit(f"clbench ({name}) failed: {res.stderr}")
+                results[name] = json.loads(res.stdout.strip().splitlines()[-1])
+    return results
+
+
+def report_opencl(r: dict) -> str:
+    native, device = r["native"], r["device"]
+    rows = [("info query", "info_query_us", "us", False),
+            ("small kernel, enqueue + finish", "kernel_launch_finish_us", "us", False),
+            ("write 64 MiB", "write_64m_gbs", "GB/s", True),
+            ("read 64 MiB", "read_64m_gbs", "GB/s", True)]
+    lines = [f"OpenCL benchmark on {native['device']}: through the device (loopback) vs native",
+             f"  {'':32} {'device':>12} {'native':>12} {'ratio':>10}"]
+    for label, key, unit, higher_better in rows:
+        ours, theirs = device[key], native[key]
+        ratio = (f"{ours / theirs:.0%}" if higher_better else f"{ours / theirs:.1f}x") \
+            if theirs else "-"
+        lines.append(f"  {label:32} {ours:>9.2f} {unit:<4}{theirs:>7.2f} {unit:<4} {ratio:>8}")
+    return "\n".join(lines)
 
 
 def run_vm(quick: bool) -> dict:
@@ -96,12 +144,17 @@ def report(name: str, f: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vdev.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["ring"], help="what to measure")
-    parser.add_argument("--vm", action="store_true", help="also measure inside a lab guest")
+    parser.add_argument("what", choices=["ring", "opencl"],
+                        help="ring: the transport; opencl: OpenCL calls, native vs device")
+    parser.add_argument("--vm", action="store_true", help="ring: also measure inside a lab guest")
     parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke test)")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
     args = parser.parse_args(argv)
     build_dir = build_tools()
+    if args.what == "opencl":
+        results = run_opencl(build_dir)
+        print(json.dumps(results, indent=2) if args.json else report_opencl(results))
+        return 0
     results = {"loopback": run_loopback(build_dir, args.quick)}
     if args.vm:
         results["vm"] = run_vm(args.quick)
