@@ -86,9 +86,14 @@ def server_warnings(stderr: str) -> str:
         return "(no run directory reported)"
     run_dir = m.group(1)
     try:
+        lines, keep = [], False
         with open(os.path.join(run_dir, "server.log"), errors="replace") as f:
-            lines = [line for line in f if "WARNING" in line or "ERROR" in line]
-        return "server warnings:\n" + "".join(lines[-40:])
+            for line in f:
+                if re.match(r"\d{4}-\d\d-\d\d ", line):     # a new log record
+                    keep = " WARNING: " in line or " ERROR: " in line
+                if keep:                                  # with its traceback, if any
+                    lines.append(line)
+        return "server warnings:\n" + "".join(lines[-80:])
     except OSError as exc:
         return f"(server log unreadable: {exc})"
     finally:
