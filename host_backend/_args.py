@@ -237,6 +237,8 @@ class ArgDecoder:
 
     def _arg_strings(self, arg, kind) -> None:
         count = self.dec.u64()
+        if count == NULL_LEN:       # the spec's answer (PoCL reads through the NULL array)
+            raise CallError(CL_INVALID_VALUE, f"{arg.name} is NULL")
         if count != self.scalars.get(kind.count) or count > MAX_ARRAY:
             raise WireError(f"{count} strings, {kind.count} says {self.scalars.get(kind.count)}")
         blobs = []

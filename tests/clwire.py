@@ -44,7 +44,7 @@ def encode(fn: api.Function, new_id: int | None = None, **values) -> bytes:
             out.append(_blob(opts) + _u64(len(files))
                        + b"".join(_u64(i) + _blob(p) + _blob(d) for i, p, d in files))
         elif isinstance(k, api.Strings):
-            out.append(_u64(len(v)) + b"".join(_blob(s) for s in v))
+            out.append(_u64(NULL_LEN) if v is None else _u64(len(v)) + b"".join(_blob(s) for s in v))
         elif isinstance(k, api.Properties):
             out.append(_u64(NULL_LEN) if v is None else
                        _u64(len(v)) + b"".join(_u64(x) for pair in v for x in pair))

@@ -174,6 +174,8 @@ def test_program_build_and_kernel(backend):
     assert g.call("clCreateProgramWithSource", bad, context=ctx, count=1,
                   strings=[b"__kernel void broken( {"])[0] == 0
     assert g.call("clBuildProgram", program=bad, num_devices=1, device_list=[dev])[0] == -11
+    assert g.call("clCreateProgramWithSource", next(ids), context=ctx, count=1,
+                  strings=None)[0] == -30, "a NULL array of strings (PoCL would crash)"
     status, out = g.call("clGetProgramBuildInfo", object=bad, device=dev,
                          param_name=CL_PROGRAM_BUILD_LOG, param_value_size=65536,
                          param_value=65536)
