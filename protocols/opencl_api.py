@@ -890,6 +890,11 @@ FUNCTIONS: tuple[Function, ...] = (
         ("context", Handle("cl_context")),
         ("device", Handle("cl_device_id")),
         ("command_queue", Handle("cl_command_queue"))),
+    _fn("clSetProgramSpecializationConstant", 145,
+        ("program", Handle("cl_program")),
+        ("spec_id", Scalar("cl_uint")),
+        ("spec_size", Scalar("size_t")),
+        ("spec_value", InBuffer("spec_size"))),
     _fn("clCreateBufferWithProperties", 146,
         ("context", Handle("cl_context")),
         ("properties", Properties("cl_mem_properties")),
@@ -913,6 +918,14 @@ BY_OPCODE = {f.opcode: f for f in FUNCTIONS}
 #: the error the spec prescribes for an unsupported operation).
 NOT_YET = {
     "clGetExtensionFunctionAddress": "answered in the guest (ICD loader contract)",
+    **{name: "shared virtual memory: a host address space the guest cannot share"
+       for name in ("clSVMAlloc", "clSVMFree", "clEnqueueSVMFree", "clEnqueueSVMMemcpy",
+                    "clEnqueueSVMMemFill", "clEnqueueSVMMap", "clEnqueueSVMUnmap",
+                    "clSetKernelArgSVMPointer", "clEnqueueSVMMigrateMem")},
+    "clSetKernelExecInfo": "its parameters are SVM pointers",
+    "clCreateImageWithProperties": "not composed yet (clCreateImage without properties)",
+    "clSetProgramReleaseCallback": "deprecated; implementations answer CL_INVALID_OPERATION",
+    "clSetCommandQueueProperty": "OpenCL 1.0 only",
 }
 
 #: Functions the guest composes from forwarded ones instead of forwarding them
@@ -928,6 +941,9 @@ GUEST_COMPOSED = {
     "clCreateImage2D": "clCreateImage with the equivalent cl_image_desc (as OpenCL 1.2 "
                        "defines the 1.x entry points)",
     "clCreateImage3D": "clCreateImage with the equivalent cl_image_desc",
+    "clEnqueueNativeKernel": "the guest function runs in the guest on mapped buffers, after "
+                             "the commands before it",
+    "clSetContextDestructorCallback": "called when the guest's last reference goes",
 }
 
 

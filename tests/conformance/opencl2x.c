@@ -1,6 +1,14 @@
 #include "common.h"
 
 /* OpenCL 2.x / 3.0 entry points: whatever the implementation answers, we answer. */
+static int destroyed[2], ndestroyed;
+
+static void CL_CALLBACK on_context_gone(cl_context c, void *data)
+{
+    (void)c;
+    destroyed[ndestroyed++ & 1] = (int)(intptr_t)data;
+}
+
 int main(void)
 {
     if (setup()) return 1;
@@ -75,6 +83,15 @@ int main(void)
     clCreateProgramWithIL(context, NULL, 0, &err);
     CASE("CreateProgramWithIL(NULL)", err);
     CASE("SetDefaultDeviceCommandQueue(host queue)", clSetDefaultDeviceCommandQueue(context, device, queue));
+    int one = 1;
+    CASE("SetProgramSpecializationConstant(source program)", clSetProgramSpecializationConstant(prog, 0, sizeof(one), &one));
+    cl_context c2 = clCreateContext(NULL, 1, &device, NULL, NULL, &err);
+    CASE("SetContextDestructorCallback", clSetContextDestructorCallback(c2, on_context_gone, (void *)1));
+    CASE("SetContextDestructorCallback(2)", clSetContextDestructorCallback(c2, on_context_gone, (void *)2));
+    CASE("SetContextDestructorCallback(NULL fn)", clSetContextDestructorCallback(c2, NULL, NULL));
+    CASE("SetContextDestructorCallback(NULL context)", clSetContextDestructorCallback(NULL, on_context_gone, NULL));
+    clReleaseContext(c2);
+    CASE("context destructors ran, newest first", ndestroyed * 100 + destroyed[0] * 10 + destroyed[1]);
     clReleaseKernel(k2);
     clReleaseKernel(k);
     clReleaseProgram(prog);
