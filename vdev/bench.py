@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("what", choices=["ring", "opencl"],
                         help="ring: the transport; opencl: OpenCL calls, native vs device")
     parser.add_argument("--vm", action="store_true", help="ring: also measure inside a lab guest")
-    parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke test)")
+    parser.add_argument("--quick", action="store_true", help="ring: fewer iterations (smoke test)")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
     args = parser.parse_args(argv)
     build_dir = build_tools()
