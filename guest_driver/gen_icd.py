@@ -31,7 +31,10 @@ OBJ_ENUM = {t: f"AVA_OBJ_{t[3:].upper().replace('_ID', '')}" for t in api.OBJECT
 
 
 def _spec_hash() -> str:
-    return hashlib.sha256(inspect.getsource(api).encode()).hexdigest()[:16]
+    """Changes whenever any part of the spec does (entries, kinds, image rules)."""
+    from protocols import opencl_images, opencl_kinds
+    text = "".join(inspect.getsource(m) for m in (api, opencl_kinds, opencl_images))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _reply_capacity(fn: api.Function) -> str:
