@@ -317,7 +317,7 @@ def render_header() -> str:
         if fn.guest_wrap:
             parts.append(f"CL_API_ENTRY {fn.returns} CL_API_CALL ava_fwd_{fn.name}({params});")
     parts.append("")
-    parts.append("/* Composed in the guest (icd_compose.c); their types come from cl_icd.h. */")
+    parts.append("/* Composed in the guest (guest_driver/icd/icd_*.c); their types come from cl_icd.h. */")
     for name in sorted(api.GUEST_COMPOSED):
         parts.append(f"extern __typeof__(*((struct _cl_icd_dispatch *)0)->{name}) ava_{name};")
     parts.append("")

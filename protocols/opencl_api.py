@@ -493,7 +493,8 @@ NOT_YET = {
 }
 
 #: Functions the guest composes from forwarded ones instead of forwarding them
-#: (guest_driver/icd/icd_compose.c), with what they are built from.
+#: (guest_driver/icd/icd_mem.c, icd_callbacks.c, icd_programs.c,
+#: icd_native.c), with what they are built from.
 GUEST_COMPOSED = {
     "clEnqueueMapBuffer": "a blocking clEnqueueReadBuffer into guest memory (or a marker "
                           "for CL_MAP_WRITE_INVALIDATE_REGION)",

@@ -318,7 +318,7 @@ class Function:
     releases: str | None = None
     retains: str | None = None
     blocking: bool = False
-    guest_wrap: bool = False         # the guest's entry point (icd_compose.c) wraps the
+    guest_wrap: bool = False         # the guest's entry point (guest_driver/icd/) wraps the
                                      # generated forwarder ava_fwd_<name>
     # The guest may post it without waiting for the reply: when its argument is a
     # live guest object of the right type its status is CL_SUCCESS, so the caller

@@ -50,10 +50,10 @@ struct ava_object {
     uint32_t type;
     uint64_t id;             /* what the host knows it by */
     uint32_t refs;           /* mirror of the user-visible reference count */
-    void *ext;               /* guest-side state of some types (icd_compose.c) */
+    void *ext;               /* guest-side state of some types (icd_mem.c, icd_callbacks.c) */
 };
 
-/* Guest-side state (icd_compose.c): set once on a live object, finalised (callbacks
+/* Guest-side state (icd_mem.c, icd_callbacks.c): set once on a live object, finalised (callbacks
  * run, memory freed) by ava_obj_release when the last reference goes. */
 void ava_obj_set_ext(void *obj, void *ext);
 void *ava_obj_ext(const void *obj, int type);   /* NULL unless a live object of type */
@@ -118,7 +118,7 @@ void ava_enc_build_options(struct ava_enc *e, const char *options);
 #define AVA_STAGE_INOUT 2    /* the call writes part of it (a rectangle) */
 int ava_enc_host_data(struct ava_enc *e, struct ava_stage *st, const void *p, size_t n, int dir);
 size_t ava_rect_span(const size_t *origin, const size_t *region, size_t row, size_t slice);
-/* Image data sizes (protocols.opencl_api.image_host_size / image_span, icd_compose.c):
+/* Image data sizes (protocols.opencl_api.image_host_size / image_span, icd_mem.c):
  * what clCreateImage reads from host_ptr (0 when none or unknown), and what an image
  * transfer touches (0 when the region or object is invalid; SIZE_MAX on overflow). */
 size_t ava_image_host_size(cl_mem_flags flags, const cl_image_format *format,
