@@ -15,6 +15,7 @@ import errno
 import logging
 import struct
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from protocols import opencl_api as api
 
@@ -42,6 +43,7 @@ class OpenClBackend:
         self.blocking_opcodes = frozenset(fn.opcode for fn in api.FUNCTIONS if fn.blocking)
         self.handles = HandleTable(max_objects=max_objects, max_bytes=max_bytes)
         self._lock = threading.Lock()
+        self._reaper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ava-release")
         self.calls = 0
 
     # -- Backend protocol --------------------------------------------------------------
@@ -59,17 +61,28 @@ class OpenClBackend:
         return 0, ctx.write_reply(reply)
 
     def release_queue(self, queue: int, owner: int | None = None, last: bool = True) -> None:
+        """A queue went away (its process died, or it was released): when it was the
+        owner's last, everything the owner created goes.  Which objects is decided
+        now; releasing them may block (a queue waits for its commands), so that runs
+        on the reaper thread, never on the caller's (the vfio-user loop)."""
         if last and owner is not None:
-            self._release_objects(lambda entry: entry.owner == owner)
+            doomed = self._forget_objects(lambda entry: entry.owner == owner)
+            if doomed:
+                self._reaper.submit(self._release, doomed)
 
     def close(self) -> None:
-        self._release_objects(lambda entry: entry.owner is not None)
+        self._reaper.shutdown(wait=True)
+        self._release(self._forget_objects(lambda entry: entry.owner is not None))
 
-    def _release_objects(self, which) -> None:
+    def _forget_objects(self, which) -> list:
         with self._lock:
             doomed = [(h, e) for h, e in self.handles._entries.items() if which(e)]
             for h, _ in doomed:
                 self.handles.forget(h)
+        return doomed
+
+    @staticmethod
+    def _release(doomed) -> None:
         for obj_type, release_name in RELEASE_ORDER:
             release = getattr(lib(), release_name)
             for handle, entry in doomed:

@@ -439,3 +439,33 @@ def test_use_host_ptr_becomes_a_copy_and_hides_host_pointers(backend):
     assert g.call("clCreateBuffer", next(ids), context=ctx,
                   flags=CL_MEM_USE_HOST_PTR | CL_MEM_COPY_HOST_PTR, size=64,
                   host_ptr=b"x" * 64)[0] == -30, "invalid flags stay invalid"
+
+
+def test_releasing_a_dead_owners_objects_never_blocks_the_caller(backend, monkeypatch):
+    """A queue release arrives on the vfio-user loop (QEMU waits 5 s at most for its
+    reply); releasing OpenCL objects can block (a queue finishes its commands first),
+    so the releases run on the reaper thread."""
+    import threading
+    import time
+    from host_backend import _opencl
+    real = _opencl.lib()
+    released = threading.Event()
+
+    class SlowRelease:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def clReleaseContext(self, ptr):
+            time.sleep(1.0)
+            status = real.clReleaseContext(ptr)
+            released.set()
+            return status
+
+    g = Guest(backend, owner=88)
+    ctx, _ = g.context()
+    monkeypatch.setattr(_opencl, "lib", lambda: SlowRelease())
+    t0 = time.monotonic()
+    backend.release_queue(0, owner=88, last=True)
+    assert time.monotonic() - t0 < 0.5, "the caller waited for the release"
+    assert g.call("clRetainContext", context=ctx)[0] == -34, "the id is gone at once"
+    assert released.wait(5), "released on the reaper thread"
