@@ -80,6 +80,11 @@ def run_opencl(build_dir: str) -> dict:
     return results
 
 
+def _figure(value: float) -> str:
+    """Two decimals, or four for the sub-0.1 figures (a native info query)."""
+    return f"{value:.2f}" if value >= 0.1 else f"{value:.4f}"
+
+
 def report_opencl(r: dict) -> str:
     native, device = r["native"], r["device"]
     rows = [("info query", "info_query_us", "us", False),
@@ -92,7 +97,8 @@ def report_opencl(r: dict) -> str:
         ours, theirs = device[key], native[key]
         ratio = (f"{ours / theirs:.0%}" if higher_better else f"{ours / theirs:.1f}x") \
             if theirs else "-"
-        lines.append(f"  {label:32} {ours:>9.2f} {unit:<4}{theirs:>7.2f} {unit:<4} {ratio:>8}")
+        lines.append(f"  {label:32} {_figure(ours):>9} {unit:<4}{_figure(theirs):>7} {unit:<4} "
+                     f"{ratio:>8}")
     return "\n".join(lines)
 
 

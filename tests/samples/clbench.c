@@ -71,7 +71,7 @@ int main(void)
     for (int i = 0; i < reps; i++)
         CHECK(clEnqueueReadBuffer(q, dev, CL_TRUE, 0, big, host, 0, NULL, NULL));
     double read_gbs = big * (double)reps / (now() - t0) / 1e9;
-    printf("{\"device\": \"%s\", \"info_query_us\": %.2f, \"kernel_launch_finish_us\": %.2f, "
+    printf("{\"device\": \"%s\", \"info_query_us\": %.4f, \"kernel_launch_finish_us\": %.2f, "
            "\"write_64m_gbs\": %.2f, \"read_64m_gbs\": %.2f}\n", name, info_us, launch_us,
            write_gbs, read_gbs);
     return 0;
