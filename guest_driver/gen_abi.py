@@ -23,6 +23,7 @@ import sys
 
 from construct import Bytes, FormatField, GreedyBytes, Renamed, Struct
 
+from guest_driver._generated import sync
 from protocols import device_abi as abi
 from protocols import vfio_user as vu
 
@@ -175,24 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="change nothing; exit 1 if a generated header on disk is stale")
     args = parser.parse_args(argv)
-    stale = 0
-    for out in OUTPUTS:
-        text = render(out)
-        try:
-            with open(out.path) as f:
-                current = f.read()
-        except FileNotFoundError:
-            current = None
-        if current == text:
-            continue
-        if args.check:
-            print(f"{out.path} is stale: run `python -m guest_driver.gen_abi`", file=sys.stderr)
-            stale = 1
-        else:
-            with open(out.path, "w") as f:
-                f.write(text)
-            print(f"wrote {out.path}")
-    return stale
+    return sync({out.path: render(out) for out in OUTPUTS}, args.check,
+                "python -m guest_driver.gen_abi")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import inspect
 import os
 import sys
 
+from guest_driver._generated import sync
 from protocols import opencl_api as api
 from protocols import opencl_icd_table as icd_table
 
@@ -334,25 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="change nothing; exit 1 if the generated file on disk is stale")
     args = parser.parse_args(argv)
-    stale = 0
-    for path, render_fn in OUTPUTS.items():
-        text = render_fn()
-        try:
-            with open(path) as f:
-                current = f.read()
-        except FileNotFoundError:
-            current = None
-        if current == text:
-            continue
-        if args.check:
-            print(f"{path} is stale: run `python -m guest_driver.gen_icd`", file=sys.stderr)
-            stale = 1
-            continue
-        os.makedirs(ICD_DIR, exist_ok=True)
-        with open(path, "w") as f:
-            f.write(text)
-        print(f"wrote {path}")
-    return stale
+    return sync({path: render_fn() for path, render_fn in OUTPUTS.items()}, args.check,
+                "python -m guest_driver.gen_icd")
 
 
 if __name__ == "__main__":

@@ -136,6 +136,27 @@ ava_clGetMemObjectInfo(cl_mem memobj, cl_mem_info param_name, size_t param_value
     return status;
 }
 
+/* A map was made (or failed with ``status``): the mapping joins the object's list,
+ * or what was allocated for it goes. */
+static void *map_finish(struct mem_ext *x, struct mapping *m, void *ptr, cl_int status,
+                        cl_int *errcode_ret)
+{
+    set_errcode(errcode_ret, status);
+    if (status != CL_SUCCESS) {
+        if (m && m->owned)
+            free(ptr);
+        free(m);
+        return NULL;
+    }
+    m->ptr = ptr;
+    pthread_mutex_lock(&mem_lock);
+    m->next = x->maps;
+    x->maps = m;
+    x->map_count++;
+    pthread_mutex_unlock(&mem_lock);
+    return ptr;
+}
+
 /* What a map of ``flags`` may do to a buffer created with ``mem_flags``. */
 static cl_int map_allowed(cl_mem_flags mem_flags, cl_map_flags flags)
 {
@@ -185,23 +206,12 @@ ava_clEnqueueMapBuffer(cl_command_queue queue, cl_mem buffer, cl_bool blocking_m
             status = ava_clEnqueueReadBuffer(queue, buffer, CL_TRUE, offset, size, ptr,
                                              num_events_in_wait_list, event_wait_list, event);
     }
-    set_errcode(errcode_ret, status);
-    if (status != CL_SUCCESS) {
-        if (m && m->owned)
-            free(ptr);
-        free(m);
-        return NULL;
+    if (status == CL_SUCCESS) {
+        m->offset = offset;
+        m->size = size;
+        m->flags = map_flags;
     }
-    m->ptr = ptr;
-    m->offset = offset;
-    m->size = size;
-    m->flags = map_flags;
-    pthread_mutex_lock(&mem_lock);
-    m->next = x->maps;
-    x->maps = m;
-    x->map_count++;
-    pthread_mutex_unlock(&mem_lock);
-    return ptr;
+    return map_finish(x, m, ptr, status, errcode_ret);
 }
 
 CL_API_ENTRY cl_int CL_API_CALL
@@ -464,29 +474,18 @@ ava_clEnqueueMapImage(cl_command_queue queue, cl_mem image, cl_bool blocking_map
                                             ptr, num_events_in_wait_list, event_wait_list,
                                             event);
     }
-    set_errcode(errcode_ret, status);
-    if (status != CL_SUCCESS) {
-        if (m && m->owned)
-            free(ptr);
-        free(m);
-        return NULL;
+    if (status == CL_SUCCESS) {
+        m->flags = map_flags;
+        m->image = 1;
+        memcpy(m->origin, origin, sizeof(m->origin));
+        memcpy(m->region, region, sizeof(m->region));
+        m->row = row;
+        m->slice = slice;
+        *image_row_pitch = row;
+        if (image_slice_pitch)
+            *image_slice_pitch = slice;
     }
-    m->ptr = ptr;
-    m->flags = map_flags;
-    m->image = 1;
-    memcpy(m->origin, origin, sizeof(m->origin));
-    memcpy(m->region, region, sizeof(m->region));
-    m->row = row;
-    m->slice = slice;
-    *image_row_pitch = row;
-    if (image_slice_pitch)
-        *image_slice_pitch = slice;
-    pthread_mutex_lock(&mem_lock);
-    m->next = x->maps;
-    x->maps = m;
-    x->map_count++;
-    pthread_mutex_unlock(&mem_lock);
-    return ptr;
+    return map_finish(x, m, ptr, status, errcode_ret);
 }
 
 CL_API_ENTRY cl_int CL_API_CALL
