@@ -107,3 +107,20 @@ def test_runtime_recovers_from_a_device_reset(build_dir, loopback_server):
     assert res.returncode == 0, res.stdout + res.stderr
     assert "in-flight call failed" in res.stdout and "dropped by the device" in res.stdout
     assert "recovered from the reset" in res.stdout and ": ok," in res.stdout
+
+
+def test_server_gone_mid_command_fails_the_call_instead_of_hanging(build_dir, loopback_server):
+    """The server is killed while a call waits: the call fails and the process exits
+    (its queue teardown does not wait for commands that can no longer finish)."""
+    path, server = loopback_server
+    env = dict(os.environ, AVA_VDEV_SOCKET=path)
+    guest = subprocess.Popen([str(build_dir / "ava-echo"), "--sleep-us", "30000000"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "sleeping" in guest.stdout.readline()
+    time.sleep(0.3)
+    server.kill()
+    server.wait()
+    t0 = time.monotonic()
+    _, err = guest.communicate(timeout=20)
+    assert guest.returncode != 0
+    assert time.monotonic() - t0 < 10, "the guest waited for a device that is gone"

@@ -180,6 +180,11 @@ static int check_alive(struct ava_queue *q)
     if (q->dead)
         return -EIO;
     uint32_t state = ava_read_reg(q->dev, qreg(q->index, AVA_QREG_CTRL));
+    if (state == 0xffffffffu) {        /* all ones: the device (or its server) is gone */
+        q->dead = 1;
+        return rt_error(EIO, "queue %u: the device stopped answering; in-flight commands "
+                        "are lost", q->index);
+    }
     if (!(state & AVA_QUEUE_STATE_ENABLED) || (*ring_status(q) & AVA_RING_STATUS_FAILED)) {
         q->dead = 1;
         return rt_error(EIO, "queue %u was dropped by the device (reset or failure, error %u); "
