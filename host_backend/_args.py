@@ -261,13 +261,14 @@ class ArgDecoder:
             raise WireError(f"{n} properties")
         flat = self.dec.u64s(2 * n)
         values = []
+        signed = api.SCALAR_TYPES[kind.ctype][1]     # intptr_t lists, or cl_ulong ones
         for key, value in zip(flat[0::2], flat[1::2]):
             if key == 0:
                 raise CallError(CL_INVALID_VALUE, "property key 0 inside the list")
             obj = kind.handle_keys.get(key)
             if obj is not None:
-                value = int(ffi.cast("intptr_t", self.resolve(obj, value, arg)))
-            values += [as_signed(key, 8), as_signed(value, 8)]
+                value = int(ffi.cast("uintptr_t", self.resolve(obj, value, arg)))
+            values += [as_signed(key, 8), as_signed(value, 8)] if signed else [key, value]
         self.cargs.append(ffi.new(f"{kind.ctype}[]", values + [0]))
 
     def _arg_callback(self, arg, kind) -> None:
