@@ -20,6 +20,7 @@ from protocols import opencl_api as api
 from protocols.opencl_api import NULL_LEN
 
 from ._cl import ffi, lib
+from ._kernel_args import with_arg_info
 from ._wire import Decoder, Encoder, WireError
 
 CL_SUCCESS = 0
@@ -32,8 +33,9 @@ INVALID_HANDLE = {
     "cl_platform_id": -32, "cl_device_id": -33, "cl_context": -34, "cl_command_queue": -36,
     "cl_mem": -38, "cl_sampler": -41, "cl_program": -44, "cl_kernel": -48, "cl_event": -58,
 }
-#: A NULL array with a non-zero count: CL_INVALID_EVENT_WAIT_LIST for events.
-NULL_ARRAY_STATUS = {"cl_event": -57}
+#: A NULL array with a non-zero count: CL_INVALID_EVENT_WAIT_LIST for an enqueue's
+#: wait list, CL_INVALID_VALUE otherwise (clWaitForEvents included).
+NULL_ARRAY_STATUS = {"event_wait_list": -57}
 
 #: Per-call caps on what a guest may make the host allocate.
 MAX_OUT_BUFFER = 64 << 20
@@ -144,6 +146,10 @@ class ArgDecoder:
 
     def _arg_handle(self, arg, kind) -> None:
         handle = self.dec.u64()
+        if handle == 0 and not kind.nullable:
+            # The spec's answer, given here: some implementations dereference a NULL
+            # object (PoCL's clEnqueueTask does).
+            raise CallError(INVALID_HANDLE[kind.obj], f"{arg.name} is NULL")
         self.cargs.append(self.resolve(kind.obj, handle, arg))
         if self.call.target is None:
             self.call.target = handle
@@ -154,13 +160,18 @@ class ArgDecoder:
             if self.scalars.get(kind.count):
                 # The spec's answer, given here: some implementations read
                 # through the NULL array (PoCL's clCompileProgram does).
-                raise CallError(NULL_ARRAY_STATUS.get(kind.obj, CL_INVALID_VALUE),
+                raise CallError(NULL_ARRAY_STATUS.get(arg.name, CL_INVALID_VALUE),
                                 f"{arg.name} is NULL, {kind.count} is not 0")
             self.cargs.append(ffi.NULL)
             return
         if n != self.scalars.get(kind.count) or n > MAX_ARRAY:
             raise WireError(f"{arg.name} has {n} entries, {kind.count} says {self.scalars.get(kind.count)}")
-        ptrs = [self.resolve(kind.obj, h, arg) for h in self.dec.u64s(n)]
+        ids = self.dec.u64s(n)
+        if 0 in ids:             # a NULL object inside the array: some implementations
+            raise CallError(     # dereference it (PoCL's built-in kernel programs do)
+                NULL_ARRAY_STATUS.get(arg.name, INVALID_HANDLE[kind.obj]),
+                f"{arg.name} holds a NULL {kind.obj}")
+        ptrs = [self.resolve(kind.obj, h, arg) for h in ids]
         self.cargs.append(ffi.new(f"{kind.obj}[]", ptrs) if ptrs else ffi.new(f"{kind.obj}[1]"))
 
     def _arg_out_handles(self, arg, kind) -> None:
@@ -356,14 +367,28 @@ class ArgDecoder:
             data = self.dec.blob()
             if data is None or len(data) != size:
                 raise WireError(f"kernel argument bytes disagree with arg_size {size}")
+            self._check_kernel_arg("bytes", data)
             self.cargs.append(ffi.from_buffer(data))
         elif tag in (api.KARG_MEM, api.KARG_SAMPLER):
             obj = "cl_mem" if tag == api.KARG_MEM else "cl_sampler"
-            self.cargs.append(ffi.new(f"{obj} *", self.resolve(obj, self.dec.u64(), arg)))
+            ptr = self.resolve(obj, self.dec.u64(), arg)
+            self._check_kernel_arg("memory" if tag == api.KARG_MEM else "sampler", None)
+            self.cargs.append(ffi.new(f"{obj} *", ptr))
         elif tag == api.KARG_LOCAL:
             self.cargs.append(ffi.NULL)
         else:
             raise WireError(f"kernel argument tag {tag}")
+
+    def _check_kernel_arg(self, tag: str, data: bytes | None) -> None:
+        """Refuse bytes where the kernel expects an object (see _kernel_args)."""
+        kernel = self.cargs[self.call.index["kernel"]]
+        if kernel == ffi.NULL:
+            return                              # the implementation answers for NULL
+        status = self.backend.kernel_args.check(kernel, self.call.target,
+                                                self.scalars["arg_index"], tag, data)
+        if status:
+            raise CallError(status, f"argument {self.scalars['arg_index']}: {tag} where the "
+                            "kernel expects something else")
 
     def _arg_host_data(self, arg, kind) -> None:
         self.cargs.append(self._host_data(kind, arg, self.scalars.get(kind.size)))
@@ -395,6 +420,10 @@ class ArgDecoder:
             return ffi.NULL
         if dma is None:
             raise WireError(f"{arg.name}: guest memory reference without a DMA map")
+        if getattr(kind, "blocking", None):
+            # Whatever the guest asked: guest memory (which the guest may unmap) and
+            # our bounce buffers must not be touched after we reply.
+            cargs[call.index[kind.blocking]] = 1
         if mode == api.HOSTDATA_RANGE:
             addr, length = dec.u64(), dec.u64()
             if length != size:
@@ -415,8 +444,6 @@ class ArgDecoder:
         # A rectangle leaves the bytes between its rows alone: start from the guest's.
         bounce = (bytearray(b"".join(views)) if isinstance(kind, (api.HostRect, api.HostImage))
                   else bytearray(size))
-        if kind.blocking:                   # the bounce must be filled before we reply
-            cargs[call.index[kind.blocking]] = 1
 
         def scatter_back(status: int, enc: Encoder) -> None:
             if status == CL_SUCCESS:
@@ -442,6 +469,9 @@ class ArgDecoder:
             width, _ = api.SCALAR_TYPES[ctype]
             if width < 8 and raw >> (width * 8):
                 raise WireError(f"{arg.name}.{name}={raw:#x} does not fit {ctype}")
+            if raw and name in kind.zero_fields:
+                raise CallError(kind.bad_handle or CL_INVALID_VALUE,
+                                f"{fn.name}.{arg.name}.{name} must be 0")
             obj = kind.handles.get(name)
             if obj is None:
                 setattr(out, name, raw)
@@ -577,11 +607,11 @@ class ArgDecoder:
                 raise CallError(CL_OUT_OF_RESOURCES, "include directories larger than "
                                 f"{api.MAX_INCLUDE_BYTES} bytes")
             files.append((index, path, data))
-        if options is None:
-            return ffi.NULL
-        if not options or options[-1] != 0 or 0 in options[:-1]:
+        if options is not None and (not options or options[-1] != 0 or 0 in options[:-1]):
             raise CallError(CL_INVALID_VALUE, f"{arg.name} is not one NUL-terminated string")
-        text = options[:-1].decode("utf-8", "replace")
+        text = options[:-1].decode("utf-8", "replace") if options is not None else ""
+        text, asked = with_arg_info(text)
+        self.backend.kernel_args.program_built(call.target, asked)
         if files or api.INCLUDE_MARKER.format(0) in text:
             root = tempfile.mkdtemp(prefix="ava-inc-")
             call.cleanups.append(lambda: shutil.rmtree(root, ignore_errors=True))

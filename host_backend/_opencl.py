@@ -22,6 +22,8 @@ from protocols import opencl_api as api
 from ._args import (CL_INVALID_VALUE, CL_OUT_OF_RESOURCES, CL_SUCCESS, INVALID_HANDLE,
                     MAX_OUT_BUFFER, ArgDecoder, Call, CallError)
 from ._cl import ffi, lib
+from ._kernel_args import (CL_KERNEL_ARG_INFO_NOT_AVAILABLE, CL_PROGRAM_BUILD_OPTIONS,
+                           KernelArgGuard, strip_added_option)
 from ._handles import HOST_ID_BASE, HandleTable
 from ._wire import Decoder, Encoder, WireError
 
@@ -44,6 +46,7 @@ class OpenClBackend:
         self.handles = HandleTable(max_objects=max_objects, max_bytes=max_bytes)
         self._lock = threading.Lock()
         self._reaper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ava-release")
+        self.kernel_args = KernelArgGuard()
         self.calls = 0
 
     # -- Backend protocol --------------------------------------------------------------
@@ -109,6 +112,8 @@ class OpenClBackend:
                 result = self._program_binary(cargs, call)
             else:
                 result = getattr(lib(), fn.name)(*cargs)
+            if fn.name in self._AS_NATIVE:
+                result = self._AS_NATIVE[fn.name](self, result, cargs, call)
             with self._lock:
                 status = self._account(fn, result, cargs, new_id, owner, call)
                 enc.set_status(status)
@@ -165,6 +170,42 @@ class OpenClBackend:
 
     def _decode(self, fn: api.Function, dec: Decoder, owner: int, call: Call, dma=None):
         return ArgDecoder(self, fn, dec, owner, call, dma).run()
+
+    # -- what the argument-metadata build option must not change --------------------------
+
+    def _kernel_arg_info_as_native(self, status: int, cargs, call: Call) -> int:
+        """Kernels of programs the guest built without -cl-kernel-arg-info have none."""
+        if status == CL_SUCCESS and cargs[0] != ffi.NULL:
+            program = self.handles.id_for_existing("cl_program",
+                                                   self.kernel_args.kernel_program(cargs[0]))
+            if self.kernel_args.hides_arg_info(program):
+                return CL_KERNEL_ARG_INFO_NOT_AVAILABLE
+        return status
+
+    def _build_options_as_native(self, status: int, cargs, call: Call) -> int:
+        """CL_PROGRAM_BUILD_OPTIONS without the option the host added: sized and
+        written from the shorter text (a buffer sized for it is large enough)."""
+        program, device, param, size, out = cargs[:5]
+        if param != CL_PROGRAM_BUILD_OPTIONS or status not in (CL_SUCCESS, CL_INVALID_VALUE):
+            return status
+        need = ffi.new("size_t *")
+        cl = lib()
+        if cl.clGetProgramBuildInfo(program, device, param, 0, ffi.NULL, need) != CL_SUCCESS:
+            return status
+        real = ffi.new("char[]", max(need[0], 1))
+        if cl.clGetProgramBuildInfo(program, device, param, need[0], real, ffi.NULL) != CL_SUCCESS:
+            return status
+        text = strip_added_option(ffi.string(real)) + b"\0"
+        if out != ffi.NULL:
+            if size < len(text):
+                return CL_INVALID_VALUE
+            ffi.memmove(out, text, len(text))
+        if call.size_ret is not None:
+            call.size_ret[0] = len(text)
+        return CL_SUCCESS
+
+    _AS_NATIVE = {"clGetKernelArgInfo": _kernel_arg_info_as_native,
+                  "clGetProgramBuildInfo": _build_options_as_native}
 
     def _program_binary(self, cargs, call: Call) -> int:
         """clGetProgramInfo(AVA_PROGRAM_BINARY + i): the i-th device's binary."""

@@ -372,9 +372,6 @@ FUNCTIONS: tuple[Function, ...] = (
         *_WAIT),
     _fn("clEnqueueTask", 60, _QUEUE, ("kernel", Handle("cl_kernel")), *_WAIT),
     _fn("clEnqueueMarker", 62, _QUEUE, ("event", EventOut())),
-    _fn("clEnqueueWaitForEvents", 63, _QUEUE,
-        ("num_events", Scalar("cl_uint")),
-        ("event_list", Handles("cl_event", "num_events"))),
     _fn("clEnqueueBarrier", 64, _QUEUE),
     _fn("clCreateSubBuffer", 82,
         ("buffer", Handle("cl_mem")),
@@ -509,6 +506,8 @@ GUEST_COMPOSED = {
     "clEnqueueNativeKernel": "the guest function runs in the guest on mapped buffers, after "
                              "the commands before it",
     "clSetContextDestructorCallback": "called when the guest's last reference goes",
+    "clEnqueueWaitForEvents": "clEnqueueBarrierWithWaitList, which it is in OpenCL 1.2 terms "
+                              "(PoCL aborts the process on the 1.1 call)",
 }
 
 

@@ -40,7 +40,8 @@ IMAGE_DESC = InStruct("cl_image_desc", (
     ("image_height", "size_t"), ("image_depth", "size_t"), ("image_array_size", "size_t"),
     ("image_row_pitch", "size_t"), ("image_slice_pitch", "size_t"),
     ("num_mip_levels", "cl_uint"), ("num_samples", "cl_uint"), ("buffer", "size_t")),
-    handles={"buffer": "cl_mem"}, bad_handle=CL_INVALID_IMAGE_DESCRIPTOR)
+    handles={"buffer": "cl_mem"}, bad_handle=CL_INVALID_IMAGE_DESCRIPTOR,
+    zero_fields=("num_mip_levels", "num_samples"))    # PoCL aborts the process on these
 
 
 def image_element_size(order: int, data_type: int) -> int:

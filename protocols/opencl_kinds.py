@@ -263,11 +263,14 @@ class InStruct:
     """A struct the function reads (``const T *``), sent field by field so no guest
     layout or pointer crosses: u64 field count (NULL_LEN = NULL), then each field in
     ``fields`` order as u64.  A field named in ``handles`` holds an object, sent as
-    its id; an id that is not a live object of that type gets ``bad_handle``."""
+    its id; an id that is not a live object of that type gets ``bad_handle``, and so
+    does a non-zero value in a field of ``zero_fields`` (which the spec requires to be
+    0 and which some implementations abort on)."""
     ctype: str
     fields: tuple                    # ((field name, scalar ctype), ...)
     handles: dict = field(default_factory=dict, hash=False, compare=False)
     bad_handle: int | None = None
+    zero_fields: tuple = ()
 
 
 @dataclass(frozen=True)

@@ -238,9 +238,11 @@ def test_malformed_arrays_and_sizes(backend):
     with pytest.raises(WireError):
         backend.call(fn, encode(fn, num_entries=1 << 40, platforms=1), 1)   # does not fit cl_uint
     huge = (1 << 40).to_bytes(8, "little")
-    with pytest.raises(WireError):
-        backend.call(F["clCreateProgramWithSource"], (5).to_bytes(8, "little") + b"\0" * 8
-                     + (1).to_bytes(8, "little") + (1).to_bytes(8, "little") + huge, 1)
+    ctx, _ = Guest(backend, owner=1).context()
+    with pytest.raises(WireError):               # a string length past the payload
+        backend.call(F["clCreateProgramWithSource"], (5).to_bytes(8, "little")
+                     + ctx.to_bytes(8, "little") + (1).to_bytes(8, "little")
+                     + (1).to_bytes(8, "little") + huge, 1)
 
 
 def test_samplers_and_device_refcounts(backend):
@@ -321,8 +323,7 @@ def test_compile_with_bad_header_arrays_answers_instead_of_crashing(backend):
                   header_include_names=[b"h.h"])[0] == -30, "a name without its terminator"
     assert g.call("clCompileProgram", program=prog, num_devices=1, device_list=[dev],
                   pfn_notify=1)[0] == -30, "user_data without a callback"
-    assert g.call("clEnqueueWaitForEvents", command_queue=0, num_events=2,
-                  event_list=None)[0] in (-36, -57)
+    assert g.call("clWaitForEvents", num_events=2, event_list=None)[0] == -30
 
 
 def test_objects_created_into_arrays_are_checked_and_owned(backend):
@@ -495,3 +496,19 @@ def test_random_payloads_get_an_answer_or_a_wire_error(backend):
         except Exception as exc:        # noqa: BLE001 (the point of the test)
             failures.append(f"{fn.name}: {exc!r} on {payload.hex()[:96]}")
     assert not failures, "\n".join(sorted(set(failures))[:10])
+
+
+@pytest.mark.parametrize("seed", [101, 102])
+def test_structured_hostile_calls_never_crash_the_host(seed):
+    """Thousands of well-formed calls with hostile values (tests/backend_fuzz.py) in a
+    child process: it must finish, and no call may raise anything but a refused
+    encoding.  Found: PoCL dereferences a NULL kernel (clEnqueueTask) and NULL
+    devices in lists, aborts the process on clEnqueueWaitForEvents and on mipmapped
+    image descriptors, and reads forged bytes as a buffer pointer."""
+    import subprocess
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    res = subprocess.run([sys.executable, os.path.join(here, "backend_fuzz.py"), str(seed),
+                          "4000"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, f"the host process died ({res.returncode}): {res.stderr[-2000:]}"
+    assert f"done {seed} 0" in res.stdout, res.stdout[-3000:]

@@ -1,4 +1,4 @@
-/* Native kernels: guest functions run in the guest. */
+/* Native kernels (guest functions run in the guest) and the 1.1 wait-for-events command. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,4 +79,16 @@ ava_clEnqueueNativeKernel(cl_command_queue queue, void (CL_CALLBACK *user_func)(
     free(copy);
     free(mapped);
     return status;
+}
+
+/* OpenCL 1.1's wait-for-events command is a barrier on those events (PoCL has no
+ * implementation of it and would end the host's server). */
+CL_API_ENTRY cl_int CL_API_CALL
+ava_clEnqueueWaitForEvents(cl_command_queue queue, cl_uint num_events, const cl_event *event_list)
+{
+    if (!ava_obj_is(queue, AVA_OBJ_COMMAND_QUEUE))
+        return CL_INVALID_COMMAND_QUEUE;
+    if (!num_events || !event_list)
+        return CL_INVALID_VALUE;
+    return ava_clEnqueueBarrierWithWaitList(queue, num_events, event_list, NULL);
 }
