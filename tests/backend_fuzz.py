@@ -11,8 +11,8 @@ import random
 import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from test_opencl_backend import FakeDma, Guest, ids
-from clwire import encode
+from clwire import FakeDma, encode
+from test_opencl_backend import Guest, ids
 from host_backend import OpenClBackend
 from host_backend._wire import WireError
 from protocols import opencl_api as api

@@ -1,4 +1,5 @@
-"""A Python guest-side encoder for OpenCL calls, driven by the same spec as the host.
+"""A Python guest-side encoder for OpenCL calls, driven by the same spec as the host,
+and a stand-in for guest RAM (FakeDma) for calls that pass data by reference.
 
 ``encode(fn, **args)`` takes C-level values (ints for scalars, guest ids for
 handles, bytes for buffers and strings, None for NULL) and returns the payload;
@@ -124,3 +125,15 @@ def decode(fn: api.Function, reply: bytes, **requested) -> tuple[int, dict]:
         elif isinstance(k, api.OutScalar):
             outs[arg.name] = u64()
     return status, outs
+
+
+class FakeDma:
+    """Guest RAM for calls that pass application data by reference."""
+
+    def __init__(self, size=1 << 20):
+        self.ram = bytearray(size)
+
+    def translate(self, addr, length, write=False):
+        if addr + length > len(self.ram):
+            raise ValueError("outside guest memory")
+        return memoryview(self.ram)[addr:addr + length]

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from clwire import decode, encode
+from clwire import FakeDma, decode, encode
 from host_backend import OpenClBackend
 from host_backend._handles import HOST_ID_BASE
 from protocols import opencl_api as api
@@ -285,18 +285,6 @@ def test_include_directories_travel_with_the_build(backend):
         assert g.call("clBuildProgram", program=bad, num_devices=1, device_list=[dev],
                       options=(b"-I @AVA_INC0@\0", [(0, path, b"x")]))[0] == -30
     assert not glob.glob(os.path.join(tempfile.gettempdir(), "ava-inc-*"))
-
-
-class FakeDma:
-    """Guest RAM for calls that pass application data by reference."""
-
-    def __init__(self, size=1 << 20):
-        self.ram = bytearray(size)
-
-    def translate(self, addr, length, write=False):
-        if addr + length > len(self.ram):
-            raise ValueError("outside guest memory")
-        return memoryview(self.ram)[addr:addr + length]
 
 
 def _linked_program(g, ctx, dev, src=b"__kernel void a(__global int *x) { x[0] = 1; }\n"

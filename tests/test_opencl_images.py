@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from clwire import decode, encode
+from clwire import FakeDma, decode, encode
 from host_backend import OpenClBackend
 from host_backend._wire import WireError
 from protocols import opencl_api as api
@@ -20,16 +20,6 @@ RGBA8 = {"image_channel_order": 0x10B5, "image_channel_data_type": 0x10D2}
 IMAGE2D = api.CL_MEM_OBJECT_IMAGE2D
 
 ids = itertools.count(1 << 20)
-
-
-class FakeDma:
-    def __init__(self, size=1 << 20):
-        self.ram = bytearray(size)
-
-    def translate(self, addr, length, write=False):
-        if addr + length > len(self.ram):
-            raise ValueError("outside guest memory")
-        return memoryview(self.ram)[addr:addr + length]
 
 
 class Guest:
