@@ -11,7 +11,7 @@ HOST_PACKAGES := python3 python3-venv python3-dev gcc make libc6-dev pkg-config 
 	mmdebstrap pciutils busybox-static cpio
 PYTEST_ARGS ?=
 
-.PHONY: all host-deps venv lab test test-fast demo clean
+.PHONY: all host-deps venv lab lint test test-fast demo clean
 all: venv
 
 host-deps:
@@ -34,11 +34,17 @@ venv: host-deps $(VENV)/.installed
 lab: venv
 	$(PY) -m qemu lab build
 
-test: venv lab
+# ruff (pyflakes, imports, bugbear, ...) and mypy (strict for protocols/ and vdev/);
+# both configured in pyproject.toml.
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+test: lint lab
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The fast loop: everything but the in-VM tests.
-test-fast: venv
+# The fast loop: lint and everything but the in-VM tests.
+test-fast: lint
 	$(PY) -m pytest -m 'not vm' $(PYTEST_ARGS)
 
 demo: venv lab

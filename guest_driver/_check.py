@@ -41,7 +41,9 @@ def opencl_imports(path: str) -> CheckResult:
             imported: set[str] = set()
             for section in elf.iter_sections():
                 if isinstance(section, DynamicSection):
-                    needed += [t.needed for t in section.iter_tags() if t.entry.d_tag == "DT_NEEDED"]
+                    # pyelftools gives a DT_NEEDED tag its `needed` name at parse time.
+                    needed += [t.needed for t in section.iter_tags()  # type: ignore[attr-defined]
+                               if t.entry.d_tag == "DT_NEEDED"]
                 if isinstance(section, SymbolTableSection) and section.name == ".dynsym":
                     for sym in section.iter_symbols():
                         if (sym.name.startswith("cl") and sym["st_shndx"] == "SHN_UNDEF"

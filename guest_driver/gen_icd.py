@@ -215,6 +215,8 @@ def render_function(fn: api.Function) -> str:
               f"{_reply_capacity(fn)}, &d);")
     if fn.async_ok:
         first = fn.args[0]
+        if not isinstance(first.kind, api.Handle):
+            raise ValueError(f"{fn.name}: async_ok needs an object as its first argument")
         body.append(f"if (ava_obj_is({first.name}, {OBJ_ENUM[first.kind.obj]}) && "
                     f"ava_icd_post({fn.opcode:#x}, &e) == 0)")
         body.append("    status = CL_SUCCESS;   /* posted: a live object's status is known */")

@@ -15,6 +15,8 @@ import os
 import shutil
 import struct
 import tempfile
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 from protocols import opencl_api as api
 from protocols.opencl_api import NULL_LEN
@@ -54,28 +56,39 @@ class CallError(Exception):
 class Call:
     """Per-call state (calls run concurrently on the poller and worker threads)."""
 
-    __slots__ = ("errcode", "size_ret", "target", "index", "events", "cleanups", "arrays",
-                 "binary_index", "structs")
+    __slots__ = (
+        "arrays",
+        "binary_index",
+        "cleanups",
+        "errcode",
+        "events",
+        "index",
+        "size_ret",
+        "structs",
+        "target",
+    )
 
     def __init__(self) -> None:
-        self.errcode = None      # cl_int * for a creating function
-        self.size_ret = None     # the size_t * an OutBuffer's size comes back in
-        self.target = None       # the first handle argument (what retain/release act on)
+        self.errcode: Any = None     # cl_int * (cdata) for a creating function
+        self.size_ret: Any = None    # the size_t * an OutBuffer's size comes back in
+        self.target: int | None = None   # the first handle argument (what retain/release act on)
         self.index: dict[str, int] = {}    # argument name -> position in the C call
-        self.events: list[tuple[int, object]] = []     # (guest id, cl_event * cell)
+        self.events: list[tuple[int, Any]] = []        # (guest id, cl_event * cell)
         self.cleanups: list = []       # run after the call whatever happened
         self.arrays: dict[str, list[int]] = {}     # FixedArray values by argument name
         self.binary_index: int | None = None       # an AVA_PROGRAM_BINARY query
         self.structs: dict[str, dict | None] = {}   # InStruct fields by argument name
 
+T = TypeVar("T")
 
-def per_function(compute):
+
+def per_function(compute: Callable[[api.Function], T]) -> Callable[[api.Function], T]:
     """Memoise ``compute(fn)`` by the function's identity: hashing a frozen spec entry
     walks all its arguments, which costs more than the lookups it would save."""
-    memo: dict[int, tuple] = {}
+    memo: dict[int, tuple[api.Function, T]] = {}
 
     @functools.wraps(compute)
-    def lookup(fn: api.Function):
+    def lookup(fn: api.Function) -> T:
         hit = memo.get(id(fn))
         if hit is None:
             hit = memo[id(fn)] = (fn, compute(fn))      # fn kept alive: its id stays its own
@@ -101,6 +114,9 @@ def as_signed(value: int, width: int) -> int:
 
 class ArgDecoder:
     """Decodes the arguments of one call of ``fn`` (see the module docstring)."""
+
+    #: The decoding method for each argument kind (filled in below the class).
+    PLAN: ClassVar[dict[type, Callable[..., None]]]
 
     def __init__(self, backend, fn: api.Function, dec: Decoder, owner: int, call: Call, dma=None):
         self.backend = backend
@@ -273,7 +289,7 @@ class ArgDecoder:
         flat = self.dec.u64s(2 * n)
         values = []
         signed = api.SCALAR_TYPES[kind.ctype][1]     # intptr_t lists, or cl_ulong ones
-        for key, value in zip(flat[0::2], flat[1::2]):
+        for key, value in zip(flat[0::2], flat[1::2], strict=True):
             if key == 0:
                 raise CallError(CL_INVALID_VALUE, "property key 0 inside the list")
             obj = kind.handle_keys.get(key)
@@ -339,7 +355,7 @@ class ArgDecoder:
         if n == NULL_LEN:
             self.cargs.append(ffi.NULL)
             return
-        count = self.scalars.get(kind.count)
+        count = self.scalars.get(kind.count, -1)      # -1: no count argument, never matches
         # The guest never reads more than 3 work sizes; for a larger (invalid)
         # work_dim the implementation rejects it before looking at the array.
         if n > MAX_ARRAY or not (n == count or (count > 3 and n == 3)):
@@ -391,7 +407,7 @@ class ArgDecoder:
                             "kernel expects something else")
 
     def _arg_host_data(self, arg, kind) -> None:
-        self.cargs.append(self._host_data(kind, arg, self.scalars.get(kind.size)))
+        self.cargs.append(self._host_data(kind, arg, self.scalars.get(kind.size, 0)))
 
     def _arg_host_image(self, arg, kind) -> None:
         self.cargs.append(self._host_image(kind, arg))
@@ -465,7 +481,7 @@ class ArgDecoder:
             raise WireError(f"{arg.name} has {n} fields, not {len(kind.fields)}")
         out = ffi.new(f"{kind.ctype} *")
         values = {}
-        for (name, ctype), raw in zip(kind.fields, dec.u64s(n)):
+        for (name, ctype), raw in zip(kind.fields, dec.u64s(n), strict=True):
             width, _ = api.SCALAR_TYPES[ctype]
             if width < 8 and raw >> (width * 8):
                 raise WireError(f"{arg.name}.{name}={raw:#x} does not fit {ctype}")
@@ -506,7 +522,7 @@ class ArgDecoder:
             raise CallError(why, f"{arg.name}: the image's size is unknown")
         # Zero padding up to the furthest byte any row could reach, whatever the
         # implementation makes of a pitch smaller than a row.
-        bound = max(size, api.image_read_bound(fmt, desc)) if size else 1
+        bound = max(size, api.image_read_bound(fmt, desc)) if size and fmt and desc else 1
         if bound - size > MAX_OUT_BUFFER:
             raise CallError(api.CL_INVALID_IMAGE_DESCRIPTOR, f"{arg.name}: pitches far "
                             "smaller than a row")
@@ -537,7 +553,7 @@ class ArgDecoder:
             info = self._image_info(image)
             if info is None:
                 raise CallError(api.CL_INVALID_MEM_OBJECT, f"{kind.image} is not an image")
-            span = api.image_span(*info, call.arrays.get(kind.region),
+            span = api.image_span(*info, call.arrays.get(kind.region, []),
                                   scalars[kind.row_pitch], scalars[kind.slice_pitch])
         ptr = self._host_data(kind, arg, span)
         region = call.arrays.get(kind.region)

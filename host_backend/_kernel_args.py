@@ -68,7 +68,7 @@ class KernelArgGuard:
     def hides_arg_info(self, program_id: int | None) -> bool:
         """Whether clGetKernelArgInfo must answer NOT_AVAILABLE for kernels of it."""
         with self._lock:
-            return not self._asked.get(program_id, False)
+            return program_id is None or not self._asked.get(program_id, False)
 
     @staticmethod
     def kernel_program(kernel) -> int:
@@ -84,13 +84,13 @@ class KernelArgGuard:
     def check(self, kernel, kernel_id: int, index: int, tag: str, data: bytes | None) -> int:
         """CL_SUCCESS, or the status that refuses an argument: ``tag`` is "bytes"
         (with ``data``), "memory" or "sampler" (an object the guest named)."""
-        if tag == "bytes" and len(data) != ffi.sizeof("void *"):
+        if tag == "bytes" and len(data or b"") != ffi.sizeof("void *"):
             return CL_SUCCESS            # not pointer-sized: the implementation refuses it
         cls = self.classify(kernel, kernel_id, index)
         if tag == "bytes":
             if cls == SAMPLER:
                 return CL_INVALID_SAMPLER
-            if cls == MEMORY and any(data):          # zero bytes: a NULL buffer
+            if cls == MEMORY and any(data or b""):          # zero bytes: a NULL buffer
                 return CL_INVALID_MEM_OBJECT
         elif tag == "memory" and cls == SAMPLER:
             return CL_INVALID_SAMPLER

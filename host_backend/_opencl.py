@@ -15,16 +15,30 @@ import errno
 import logging
 import struct
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import ClassVar
 
 from protocols import opencl_api as api
 
-from ._args import (CL_INVALID_VALUE, CL_OUT_OF_RESOURCES, CL_SUCCESS, INVALID_HANDLE,
-                    MAX_OUT_BUFFER, ArgDecoder, Call, CallError)
+from ._args import (
+    CL_INVALID_VALUE,
+    CL_OUT_OF_RESOURCES,
+    CL_SUCCESS,
+    INVALID_HANDLE,
+    MAX_OUT_BUFFER,
+    ArgDecoder,
+    Call,
+    CallError,
+)
 from ._cl import ffi, lib
-from ._kernel_args import (CL_KERNEL_ARG_INFO_NOT_AVAILABLE, CL_PROGRAM_BUILD_OPTIONS,
-                           KernelArgGuard, strip_added_option)
 from ._handles import HOST_ID_BASE, HandleTable
+from ._kernel_args import (
+    CL_KERNEL_ARG_INFO_NOT_AVAILABLE,
+    CL_PROGRAM_BUILD_OPTIONS,
+    KernelArgGuard,
+    strip_added_option,
+)
 from ._wire import Decoder, Encoder, WireError
 
 log = logging.getLogger("host_backend.opencl")
@@ -88,7 +102,7 @@ class OpenClBackend:
     def _release(doomed) -> None:
         for obj_type, release_name in RELEASE_ORDER:
             release = getattr(lib(), release_name)
-            for handle, entry in doomed:
+            for _handle, entry in doomed:
                 if entry.obj_type == obj_type:
                     for _ in range(entry.refs):
                         release(entry.ptr)
@@ -154,7 +168,9 @@ class OpenClBackend:
         status = int(result)
         if status == CL_SUCCESS:
             handle = call.target
-            if fn.retains:
+            if handle is None:
+                pass                # no object argument: nothing to retain or release
+            elif fn.retains:
                 self.handles.retain(handle)
             elif fn.releases:
                 self.handles.release(handle)
@@ -204,7 +220,7 @@ class OpenClBackend:
             call.size_ret[0] = len(text)
         return CL_SUCCESS
 
-    _AS_NATIVE = {"clGetKernelArgInfo": _kernel_arg_info_as_native,
+    _AS_NATIVE: ClassVar[dict[str, Callable[..., int]]] = {"clGetKernelArgInfo": _kernel_arg_info_as_native,
                   "clGetProgramBuildInfo": _build_options_as_native}
 
     def _program_binary(self, cargs, call: Call) -> int:
@@ -234,7 +250,7 @@ class OpenClBackend:
         if out != ffi.NULL:
             if size < length:
                 return CL_INVALID_VALUE
-            ffi.memmove(out, bufs[call.binary_index], length)
+            ffi.memmove(out, bufs[call.binary_index or 0], length)
         return CL_SUCCESS
 
     def _resolve(self, obj_type: str, handle: int, owner: int, fn, arg):
@@ -288,7 +304,7 @@ class OpenClBackend:
             data = bytes(ffi.buffer(out, written))
             if scalars.get(kind.param) in kind.hidden_params:
                 data = bytes(len(data))         # a host pointer: the guest answers itself
-            obj = kind.handle_params.get(scalars.get(kind.param))
+            obj = kind.handle_params.get(scalars.get(kind.param, -1))
             if obj is not None and written % 8 == 0:
                 addrs = struct.unpack(f"<{written // 8}Q", data)
                 data = struct.pack(f"<{len(addrs)}Q",
@@ -304,4 +320,4 @@ class OpenClBackend:
         return post
 
 
-__all__ = ["OpenClBackend", "HOST_ID_BASE"]
+__all__ = ["HOST_ID_BASE", "OpenClBackend"]

@@ -27,10 +27,14 @@ value, OutHandles u64 count + ids.
 from __future__ import annotations
 
 # One namespace for both ends: every kind, wire constant and size rule is api.X.
-from .opencl_images import *  # noqa: F401,F403
-from .opencl_kinds import *  # noqa: F401,F403
+from collections.abc import Collection
+from typing import Any
 
-def _fn(name, index, *args, **kw) -> Function:
+from .opencl_images import *  # noqa: F403
+from .opencl_kinds import *  # noqa: F403
+
+
+def _fn(name: str, index: int, *args: tuple[str, object], **kw: Any) -> Function:
     return Function(name, index, tuple(Arg(n, k) for n, k in args), **kw)
 
 
@@ -62,8 +66,10 @@ AVA_PROGRAM_BINARY = 0x41560000
 AVA_PROGRAM_BINARY_MAX = 0x100
 
 
-def _info(name, index, obj, info_type, handle_params=None, blocking=False, extra=(),
-          hidden=frozenset(), guest_wrap=False):
+def _info(name: str, index: int, obj: str, info_type: str,
+          handle_params: dict[int, str] | None = None, blocking: bool = False,
+          extra: tuple[tuple[str, object], ...] = (), hidden: Collection[int] = frozenset(),
+          guest_wrap: bool = False) -> Function:
     """An info query: object, [extra selector args], param_name, size, value, size_ret."""
     handle_params = handle_params or {}
     return _fn(name, index,

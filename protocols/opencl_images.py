@@ -5,6 +5,8 @@ image, the guest from what it kept at creation), so a mismatch is a malformed ca
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .opencl_kinds import InStruct
 
 # Image constants (cl.h) and element sizes: both ends size image data from these.
@@ -51,7 +53,7 @@ def image_element_size(order: int, data_type: int) -> int:
     return CHANNELS.get(order, 0) * CHANNEL_BYTES.get(data_type, 0)
 
 
-def image_host_size(fmt: dict, desc: dict) -> tuple[int, int]:
+def image_host_size(fmt: dict[str, int], desc: dict[str, int]) -> tuple[int, int]:
     """(bytes an image reads from its host pointer, 0) or (0, the status when it
     cannot be known).  The spec's minimum: row pitch x height, slice pitch x depth
     or array size, with the pitches' defaults when 0."""
@@ -77,7 +79,7 @@ def image_host_size(fmt: dict, desc: dict) -> tuple[int, int]:
     return size, 0
 
 
-def image_read_bound(fmt: dict, desc: dict) -> int:
+def image_read_bound(fmt: dict[str, int], desc: dict[str, int]) -> int:
     """One past the furthest host byte a well-behaved implementation could read for
     an image whose size ``image_host_size`` knows: rows of width x element size at
     the given pitches (the host pads its copy to this; capped at the size limit)."""
@@ -97,7 +99,7 @@ def image_read_bound(fmt: dict, desc: dict) -> int:
     return min(bound, MAX_IMAGE_HOST_BYTES)
 
 
-def image_span(image_type: int, elem: int, region, row_pitch: int, slice_pitch: int) -> int:
+def image_span(image_type: int, elem: int, region: Sequence[int], row_pitch: int, slice_pitch: int) -> int:
     """Bytes of application memory an image transfer of ``region`` touches: the last
     row ends at (slices-1)*slice + (rows-1)*row + region[0]*elem.  A 1D image array's
     slices are region[1] (its slice pitch defaults to the row pitch).  0 when the

@@ -7,6 +7,7 @@ encoders (guest, generated C) and decoders (host) implement exactly these.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 OPCODE_BASE = 0x100
@@ -101,11 +102,11 @@ class OutBuffer:
     value to the object type the result holds, so the host turns pointers into ids."""
     size: str
     param: str | None = None
-    handle_params: dict = field(default_factory=dict, hash=False, compare=False)
+    handle_params: dict[int, str] = field(default_factory=dict, hash=False, compare=False)
     elem: int = 1            # bytes per unit of ``size`` (an array of structs)
     ctype: str = "void"      # the C element type of the parameter
-    hidden_params: frozenset = frozenset()   # param values whose result is a host pointer
-    filled_on: frozenset = frozenset({0})    # the statuses after which it holds a result
+    hidden_params: frozenset[int] = frozenset()   # param values whose result is a host pointer
+    filled_on: frozenset[int] = frozenset({0})    # the statuses after which it holds a result
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ class Properties:
     """A 0-terminated list of key/value pairs; ``handle_keys`` maps keys whose value is
     a handle to its object type."""
     ctype: str
-    handle_keys: dict = field(default_factory=dict, hash=False, compare=False)
+    handle_keys: dict[int, str] = field(default_factory=dict, hash=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,8 @@ class HostRect:
     blocking: str
 
 
-def rect_span(origin, region, row_pitch: int, slice_pitch: int) -> int:
+def rect_span(origin: Sequence[int], region: Sequence[int], row_pitch: int,
+              slice_pitch: int) -> int:
     """Bytes from the rectangle's base pointer to one past its last byte (0 when the
     region is empty, which the implementation rejects)."""
     if not region or 0 in region:
@@ -267,10 +269,10 @@ class InStruct:
     does a non-zero value in a field of ``zero_fields`` (which the spec requires to be
     0 and which some implementations abort on)."""
     ctype: str
-    fields: tuple                    # ((field name, scalar ctype), ...)
-    handles: dict = field(default_factory=dict, hash=False, compare=False)
+    fields: tuple[tuple[str, str], ...]    # ((field name, scalar ctype), ...)
+    handles: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
     bad_handle: int | None = None
-    zero_fields: tuple = ()
+    zero_fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -315,7 +317,7 @@ class Arg:
 class Function:
     name: str
     index: int                       # position in the ICD dispatch table
-    args: tuple
+    args: tuple[Arg, ...]
     returns: str = "cl_int"          # or the object type a creating function returns
     creates: str | None = None
     releases: str | None = None

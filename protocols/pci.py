@@ -188,7 +188,7 @@ def build_config_space(*, vendor_id: int, device_id: int, class_code: int, revis
     return space
 
 
-def walk_capabilities(space: bytes) -> list[tuple[int, int]]:
+def walk_capabilities(space: bytes | bytearray) -> list[tuple[int, int]]:
     """Return ``[(offset, cap_id), ...]`` following the chain; stops on loops or bad pointers."""
     result: list[tuple[int, int]] = []
     if not Int16ul.parse(space[ConfigReg.STATUS:ConfigReg.STATUS + 2]) & Status.CAP_LIST:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import json
+from typing import Any
 
 from construct import (
     Bytes,
@@ -84,12 +85,12 @@ Version = Struct(
 )
 
 
-def encode_caps(caps: dict) -> bytes:
+def encode_caps(caps: dict[str, Any]) -> bytes:
     """JSON capabilities as QEMU 10.1 requires them: compact, NUL-terminated."""
     return json.dumps({"capabilities": caps}, separators=(",", ":")).encode() + b"\0"
 
 
-def decode_caps(raw: bytes) -> dict:
+def decode_caps(raw: bytes) -> dict[str, Any]:
     """Parse a VERSION JSON body; raises ValueError on anything malformed."""
     body = raw.split(b"\0", 1)[0] if raw else b""
     if not body:
@@ -318,7 +319,7 @@ def build_message(msg_id: int, command: int, payload: bytes = b"", *, flags: int
     """Header plus payload as one buffer (one ``sendmsg``)."""
     header = Header.build(dict(msg_id=msg_id, command=command,
                                size=HEADER_SIZE + len(payload), flags=flags, error=error))
-    return header + payload
+    return bytes(header) + payload
 
 
 def build_error_reply(msg_id: int, command: int, errno_: int) -> bytes:

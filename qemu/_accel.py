@@ -15,6 +15,7 @@ import os
 import platform
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+
 import trio
 
 from ._errors import LabError

@@ -20,7 +20,7 @@ from ._accel import decide_accel
 from ._cmdline import parse_size, user_cmdline
 from ._errors import GuestTimeout, LabError
 from ._lab import Lab
-from ._machine import Interrupted, LabMachine, run_in_guest
+from ._machine import ByteSink, Interrupted, LabMachine, run_in_guest
 
 EXIT_TIMEOUT = 124
 EXIT_LAB_FAILURE = 125
@@ -129,7 +129,9 @@ def _err(msg: str) -> None:
     print(f"ava: {msg}", file=sys.stderr, flush=True)
 
 
-def run_command(args: argparse.Namespace, command: Sequence[str]) -> int:
+def run_command(args: argparse.Namespace, command: Sequence[str],
+                stdout: ByteSink | None = None) -> int:
+    """Run ``command`` in a lab guest; its stdout goes to ``stdout`` (default ours)."""
     lab = Lab(args.dir)
     try:
         lab.check_ready()
@@ -143,7 +145,8 @@ def run_command(args: argparse.Namespace, command: Sequence[str]) -> int:
         machine = LabMachine(
             lab, command, accel=verdict.accel, memory=args.memory, cpus=args.cpus,
             hugepages=args.hugepages, server_args=args.server_arg, device=args.device,
-            native_pocl=args.native_pocl, keep_logs=args.keep_logs, scratch=args.scratch)
+            native_pocl=args.native_pocl, keep_logs=args.keep_logs, scratch=args.scratch,
+            stdout=stdout)
         try:
             result = await run_in_guest(machine, timeout=args.timeout)
         except GuestTimeout as exc:
@@ -220,16 +223,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("demo takes no command")
         import os
 
-        from ._demo import DEMO_COMMAND, host_native_outputs
+        from ._demo import DEMO_COMMAND, Tee, host_native_outputs, verdict_lines
         repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         examples = os.path.join(str(Lab(args.dir).path), "root", "usr", "share", "doc",
                                 "python-pyopencl-doc", "examples")
         print("=== on the host, natively (the host's own OpenCL) ===", flush=True)
-        print(host_native_outputs(repo, examples), flush=True)
+        native = host_native_outputs(repo, examples)
+        print(native, flush=True)
         print("\n=== in a lab guest: the same programs through the ava-vdev device ===",
               flush=True)
         _err("demo: booting a lab guest with the ava device (server backend: opencl)")
-        args.server_arg = ["--backend", "opencl", *args.server_arg]
-        return run_command(args, DEMO_COMMAND)
+        guest = Tee(sys.stdout.buffer)
+        status = run_command(args, DEMO_COMMAND, stdout=guest)
+        if status != 0:
+            return status
+        lines, all_same = verdict_lines(native, guest.text())
+        print("\n=== native against the device ===\n" + "\n".join(lines), flush=True)
+        return 0 if all_same else 1
     parser.error(f"unknown command {args.command}")
     return 2

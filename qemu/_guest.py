@@ -101,7 +101,8 @@ done
 exec 3<>"$CTL"
 fail() { say "$*"; echo "fail $*" >&3; halt; }
 mount -t 9p -o @NINEP@,ro,cache=loose @TAG_SRC@ @SRC@ || fail "cannot mount the checkout (9p tag @TAG_SRC@)"
-mount -t 9p -o @NINEP@,cache=mmap @TAG_SCRATCH@ @SCRATCH@ || fail "cannot mount the scratch share (9p tag @TAG_SCRATCH@)"
+mount -t 9p -o @NINEP@,cache=mmap @TAG_SCRATCH@ @SCRATCH@ \
+  || fail "cannot mount the scratch share (9p tag @TAG_SCRATCH@)"
 [ -r @SCRATCH@/@CONTROL@/@RUN@ ] || fail "@SCRATCH@/@CONTROL@/@RUN@ is missing"
 # The command writes to pipes (reopenable through /dev/stdout), relayed to the ports.
 mkfifo /run/ava/out /run/ava/err

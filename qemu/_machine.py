@@ -38,19 +38,34 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol
 
 import trio
 
 from . import _guest as g
 from ._chroot import Bind, ChrootSpec, chroot_argv
 from ._cmdline import LabQemuConfig, lab_qemu_argv
-from ._errors import (ChildFailure, GuestFailure, GuestTimeout, LaunchFailure, LabError,
-                      ServerDied, describe_returncode)
-from ._lab import (OPENCL_VENDORS, OPENCL_VENDORS_DISABLED, POCL_ICD, ROOT_VIEW, RUN_MOUNT,
-                   Lab)
+from ._errors import (
+    ChildFailure,
+    GuestFailure,
+    GuestTimeout,
+    LabError,
+    LaunchFailure,
+    ServerDied,
+    describe_returncode,
+)
+from ._lab import OPENCL_VENDORS, OPENCL_VENDORS_DISABLED, POCL_ICD, ROOT_VIEW, RUN_MOUNT, Lab
 
 log = logging.getLogger("qemu.machine")
+
+
+class ByteSink(Protocol):
+    """Where the guest's stdout or stderr goes: a binary file, or anything that
+    writes and flushes bytes (the demo keeps a copy for its verdicts)."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+    def flush(self) -> object: ...
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 SOCKET_NAME = "vdev.sock"
@@ -174,8 +189,8 @@ class LabMachine:
                  memory: int = 2 << 30, cpus: int = 2, hugepages: int = 64,
                  server_args: Sequence[str] = (), device: bool = True,
                  native_pocl: bool = False, keep_logs: bool = False,
-                 scratch: Path | None = None, stdout: BinaryIO | None = None,
-                 stderr: BinaryIO | None = None, python: str = sys.executable,
+                 scratch: Path | None = None, stdout: ByteSink | None = None,
+                 stderr: ByteSink | None = None, python: str = sys.executable,
                  append: str = "", keep_on_failure: bool = True) -> None:
         if not command:
             raise ValueError("no command to run in the guest")
@@ -452,7 +467,7 @@ class LabMachine:
                     nursery.cancel_scope.cancel()
                     return
 
-    async def _pump(self, sock: trio.socket.SocketType | None, dest: BinaryIO) -> None:
+    async def _pump(self, sock: trio.socket.SocketType | None, dest: ByteSink) -> None:
         assert sock is not None
 
         def write(data: bytes) -> None:
@@ -573,5 +588,13 @@ class Interrupted(LabError):
                          "the server")
 
 
-__all__ = ["Child", "LabMachine", "RunResult", "run_in_guest", "Interrupted",
-           "command_script", "log_tail", "describe_returncode"]
+__all__ = [
+    "Child",
+    "Interrupted",
+    "LabMachine",
+    "RunResult",
+    "command_script",
+    "describe_returncode",
+    "log_tail",
+    "run_in_guest",
+]

@@ -9,13 +9,16 @@ for any exception other than a refused encoding)."""
 import os
 import random
 import sys
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from clwire import FakeDma, encode
 from test_opencl_backend import Guest, ids
+
 from host_backend import OpenClBackend
 from host_backend._wire import WireError
 from protocols import opencl_api as api
+
 seed = int(sys.argv[1]); N = int(sys.argv[2])
 rng = random.Random(seed)
 b = OpenClBackend(); g = Guest(b, owner=1)

@@ -12,6 +12,16 @@ import trio
 from vdev import Server
 from vdev.client import GuestMemory, VfioUserClient
 
+# PoCL derives CL_DEVICE_GLOBAL_MEM_SIZE from the host's memory when a process starts,
+# and from it the max allocation size and several image limits: two processes started
+# a minute apart (the device server, then a native clinfo) can disagree by gigabytes,
+# and the allocation and image limits jump by powers of two.  Every process the suite
+# starts (servers, native baselines, lab guests' servers) inherits this cap, so both
+# sides read the same figure and the comparisons stay exact.  1 GiB is far below what
+# PoCL detects on any machine that runs the suite (4.5-8 GiB measured on a 24 GiB one),
+# so the cap, not the load, decides the figure; tests allocate at most 64 MiB.
+os.environ.setdefault("POCL_MEMORY_LIMIT", "1")
+
 
 def open_fds() -> set[int]:
     """This process's open fds (the in-process server's included)."""

@@ -47,7 +47,7 @@ class PyRing:
         return RAM_IOVA + self.offset
 
     @classmethod
-    async def create(cls, cli, mem, alloc, slots: int = 16, *, enable: bool = True) -> "PyRing":
+    async def create(cls, cli, mem, alloc, slots: int = 16, *, enable: bool = True) -> PyRing:
         queue = await cli.read32(Reg.QUEUE_ALLOC)
         assert queue != abi.NO_QUEUE
         offset = alloc.alloc(abi.ring_bytes(slots))

@@ -44,11 +44,11 @@ def stop(proc):
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     try:
-        out, err = proc.communicate(timeout=10)
+        _, err = proc.communicate(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError(f"server ignored SIGTERM: {err}")
+        _, err = proc.communicate()
+        raise AssertionError(f"server ignored SIGTERM: {err}") from None
     return proc.returncode, err
 
 
@@ -75,6 +75,12 @@ def test_help_documents_every_option():
                          capture_output=True, text=True, check=True).stdout
     for option in ("--socket", "--verbose", "--quiet", "--stall-timeout", "vfio-user-pci", "0600"):
         assert option in out
+    assert "(default: opencl)" in " ".join(out.split()), "users come for OpenCL: the default"
+
+
+def test_default_backend_is_opencl():
+    from vdev._cli import build_parser
+    assert build_parser().parse_args(["serve", "--socket", "s"]).backend == "opencl"
 
 
 def test_serve_creates_private_socket_and_cleans_up(server_proc):
@@ -141,8 +147,9 @@ def cpu_seconds(pid: int) -> float:
 def test_idle_server_burns_no_cpu(server_proc):
     """A guest connected with an enabled ring and nothing to do: under 2 % of a core."""
     from ringutil import Allocator, PyRing, connect_guest
-    from vdev.client import GuestMemory
+
     from protocols.device_abi import SelftestOp
+    from vdev.client import GuestMemory
 
     proc, path = server_proc()
     used = {}

@@ -6,7 +6,6 @@ import os
 import subprocess
 
 import pytest
-
 from test_opencl_e2e import cl_server, native, shim, through_device  # noqa: F401 (fixtures)
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conformance")

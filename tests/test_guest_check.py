@@ -11,7 +11,8 @@ def test_lists_what_a_c_sample_imports(tmp_path):
     src = tmp_path / "s.c"
     src.write_text("#define CL_TARGET_OPENCL_VERSION 200\n#include <CL/cl.h>\n"
                    "int main(void) { cl_uint n; cl_platform_id p; clGetPlatformIDs(1, &p, &n);"
-                   " clEnqueueNativeKernel(0, 0, 0, 0, 0, 0, 0, 0, 0, 0); clSVMAlloc(0, 0, 0, 0); return 0; }\n")
+                   " clEnqueueNativeKernel(0, 0, 0, 0, 0, 0, 0, 0, 0, 0);"
+                   " clSVMAlloc(0, 0, 0, 0); return 0; }\n")
     exe = tmp_path / "s"
     subprocess.run(["gcc", "-o", str(exe), str(src), "-lOpenCL"], check=True)
     result = opencl_imports(str(exe))

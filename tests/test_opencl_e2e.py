@@ -108,8 +108,10 @@ def test_dump_properties_matches_native(shim, cl_server):
     assert ours.returncode == 0, ours.stderr[-3000:]
     # Object addresses differ run to run, and PoCL 3.1 reports 4 bytes for the 8-byte
     # DEVICE_ENQUEUE_CAPABILITIES, so natively its upper half is whatever was in memory.
-    strip = lambda text: [l for l in text.splitlines()                          # noqa: E731
-                          if " at 0x" not in l and not l.startswith("DEVICE_ENQUEUE_CAPABILITIES")]
+    def strip(text: str) -> list[str]:
+        return [line for line in text.splitlines()
+                if " at 0x" not in line and not line.startswith("DEVICE_ENQUEUE_CAPABILITIES")]
+
     assert strip(ours.stdout) == strip(theirs.stdout)
 
 

@@ -5,8 +5,8 @@ status or a malformed-call error, never in the host touching memory it should no
 import itertools
 
 import pytest
-
 from clwire import FakeDma, decode, encode
+
 from host_backend import OpenClBackend
 from host_backend._wire import WireError
 from protocols import opencl_api as api
@@ -33,8 +33,10 @@ class Guest:
 
     def setup(self):
         status, out = self.call("clGetPlatformIDs", num_entries=1, platforms=1)
+        assert status == 0
         status, out = self.call("clGetDeviceIDs", platform=out["platforms"][0],
                                 device_type=CL_DEVICE_TYPE_ALL, num_entries=1, devices=1)
+        assert status == 0
         dev = out["devices"][0]
         self.ctx, self.queue = next(ids), next(ids)
         assert self.call("clCreateContext", self.ctx, num_devices=1, devices=[dev])[0] == 0
@@ -144,6 +146,7 @@ def test_wrong_or_forged_objects(guest):
     assert guest.call("clEnqueueReadImage", image=999999, **args)[0] == -38
     assert guest.call("clEnqueueReadImage", image=guest.ctx, **args)[0] == -38
     status, img = guest.image()
+    assert status == 0
     fill = dict(command_queue=guest.queue, image=img, origin=[0, 0, 0], region=[4, 4, 1])
     assert guest.call("clEnqueueFillImage", fill_color=bytes(16), **fill)[0] == 0
     with pytest.raises(WireError):

@@ -4,11 +4,11 @@ import errno
 import os
 
 import pytest
-
 from clwire import decode, encode
 from conftest import wait_for_idle
-from protocols import opencl_api as api
 from ringutil import Allocator, PyRing, connect_guest
+
+from protocols import opencl_api as api
 from vdev import Server
 from vdev.client import GuestMemory
 
@@ -71,7 +71,7 @@ async def test_malformed_call_is_a_transport_error(cl_ring):
                                    reply_addr=cl_ring.buffer(64), reply_len=64)
     assert status == -errno.EINVAL
     assert await cl_ring.call(0x7FFF) == (-errno.ENOSYS, 0)
-    status, out = await remote(cl_ring, "clGetPlatformIDs", num_entries=1, platforms=1)
+    status, _out = await remote(cl_ring, "clGetPlatformIDs", num_entries=1, platforms=1)
     assert status == 0, "still serving"
 
 

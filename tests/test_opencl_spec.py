@@ -35,7 +35,7 @@ def test_icd_indices_match_the_dispatch_table():
 def test_spec_validation_refuses_inconsistencies(monkeypatch):
     bad = api.Function("clBogus", 0, (api.Arg("x", api.Handles("cl_mem", "missing")),))
     monkeypatch.setattr(api, "FUNCTIONS", api.FUNCTIONS + (bad,))
-    with pytest.raises(ValueError, match="share ICD index|unknown argument"):
+    with pytest.raises(ValueError, match=r"share ICD index|unknown argument"):
         api.validate()
 
 
@@ -47,6 +47,7 @@ def test_generated_icd_stubs_are_fresh():
 def test_icd_sources_compile_cleanly(tmp_path):
     import glob
     import os
+
     from guest_driver import gen_icd
     for src in sorted(glob.glob(os.path.join(gen_icd.ICD_DIR, "*.c"))):
         subprocess.run(["gcc", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror",

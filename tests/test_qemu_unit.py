@@ -28,7 +28,6 @@ from qemu._initramfs import Entry, cpio_newc
 from qemu._lab import Lab, apt_pin
 from qemu._machine import LabMachine, command_script, run_in_guest
 
-
 # -- exports -------------------------------------------------------------------
 
 def test_exports_are_pinned():
@@ -377,10 +376,10 @@ async def test_fake_run_writes_command_file(tmp_path):
 
 async def test_server_death_stops_qemu(tmp_path):
     m = FakeMachine(tmp_path, server_mode="die", qemu_mode="hang", keep_on_failure=True)
-    t = time.monotonic()
-    with pytest.raises(ServerDied) as info:
+    # The fake QEMU never exits by itself: without the watch this would hang, so the
+    # bound is a hang detector (30 s, against 0.5 s when healthy), not a timing.
+    with trio.fail_after(30), pytest.raises(ServerDied) as info:
         await _run(m)
-    assert time.monotonic() - t < 5
     exc = info.value
     assert exc.returncode == 9 and "fake server: crashing" in exc.log_tail
     assert exc.argv == m.server_argv()
@@ -401,10 +400,8 @@ async def test_server_that_never_listens_is_a_launch_failure(tmp_path):
 
 async def test_timeout_stops_everything(tmp_path):
     m = FakeMachine(tmp_path, qemu_mode="hang")
-    t = time.monotonic()
-    with pytest.raises(GuestTimeout):
+    with trio.fail_after(30), pytest.raises(GuestTimeout):     # a hang detector, as above
         await _run(m, timeout=1.0)
-    assert time.monotonic() - t < 5
 
 
 async def test_stubborn_qemu_is_killed(tmp_path):
@@ -425,10 +422,10 @@ async def test_qemu_exit_without_status_is_a_guest_failure(tmp_path):
 
 async def test_kvm_internal_error_fails_fast(tmp_path):
     m = FakeMachine(tmp_path, device=False, qemu_mode="kvm-error")
-    t = time.monotonic()
-    with pytest.raises(GuestFailure) as info:
-        await _run(m, timeout=20)
-    assert time.monotonic() - t < 5
+    # Failing fast means not waiting for the guest timeout (600 s): 120 s apart is
+    # no figure that drifts with load.
+    with trio.fail_after(120), pytest.raises(GuestFailure) as info:
+        await _run(m, timeout=600)
     assert "KVM internal error" in str(info.value)
 
 
@@ -516,7 +513,33 @@ def test_lab_steps_skip_resume_and_invalidate(tmp_path):
     assert lab.ran == ["c"], "a step whose output vanished runs again"
     lab.ran.clear()
     lab.version = "2"
-    assert [state for _, state in lab.step_states()][0] == "stale"
+    assert next(state for _, state in lab.step_states()) == "stale"
     lab.build(probe=False)
     assert lab.ran == ["a", "b", "c"]
     assert "up to date" in lab.log.getvalue() and "done in" in lab.log.getvalue()
+
+
+def test_demo_verdicts_compare_each_programs_result():
+    """`make demo` closes with one verdict per program, from both transcripts."""
+    from qemu import _demo
+    native = "\n".join([
+        "$ clinfo -l", "Platform #0: PoCL",
+        _demo.HEADER_CLINFO, "  Device Name     cpu", "  Max compute units   2",
+        _demo.HEADER_VADD, "device: cpu", "vadd: 1048576 elements correct, kernel 2.5 ms",
+        _demo.HEADER_DEMO, "Error:", "[0. 0.]", "Norm: 0.0000000000000000e+00"])
+    guest = "\n".join([
+        "$ lspci -nn", "00:03.0 Processing accelerators",
+        _demo.HEADER_CLINFO, "  Device Name  cpu", "  Max compute units  2", "",
+        _demo.HEADER_VADD + "     # a plain C sample", "device: cpu",
+        "vadd: 1048576 elements correct, kernel 9.1 ms",
+        _demo.HEADER_DEMO + "   # unmodified", "Error:", "[0. 0.]",
+        "Norm: 0.0000000000000000e+00"])
+    lines, same = _demo.verdict_lines(native, guest)
+    assert same and len(lines) == 3, lines
+    assert all("same result natively and through the device" in line for line in lines)
+    lines, same = _demo.verdict_lines(native, guest.replace("Norm: 0.0", "Norm: 1.0"))
+    assert not same
+    assert "verdict: demo.py: DIFFERENT" in lines[2] and "Norm: 1.0" in lines[2]
+    lines, same = _demo.verdict_lines(native, guest.split(_demo.HEADER_VADD)[0])
+    assert not same and "(no output)" in lines[1], "a program that printed nothing differs"
+    assert _demo.HEADER_CLINFO in _demo.GUEST_OPENCL_SCRIPT, "both sides print the headers"

@@ -7,12 +7,12 @@ import struct
 
 import pytest
 import trio
+from ringutil import RAM_IOVA, Allocator, PyRing, connect_guest
 
 from protocols import device_abi as abi
 from protocols.device_abi import CmdFlags, QReg, QueueCtrl, QueueState, Reg, RingStatus
 from protocols.device_abi import SelftestOp as Op
 from protocols.vfio_user import IrqIndex, IrqSetFlags
-from ringutil import RAM_IOVA, Allocator, PyRing, connect_guest
 from vdev.client import GuestMemory
 
 SG = struct.Struct("<QII")

@@ -7,13 +7,13 @@ import os
 
 import pytest
 import trio
-
 from conftest import open_fds, wait_for_idle
+
 from protocols import vfio_user as vu
 from protocols.device_abi import Reg
 from protocols.vfio_user import Command, IrqIndex, IrqSetFlags, RegionIndex
-from vdev.client import VfioUserClient, VfioUserClientError
 from vdev._session import MAX_DATA_XFER
+from vdev.client import VfioUserClient, VfioUserClientError
 
 
 async def msg(cli, command, payload=b"", fds=(), expect=0):

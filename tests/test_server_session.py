@@ -6,8 +6,8 @@ import stat
 
 import pytest
 import trio
-
 from conftest import open_fds, wait_for_idle
+
 from protocols import device_abi as abi
 from protocols import pci
 from protocols import vfio_user as vu

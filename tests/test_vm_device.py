@@ -30,9 +30,9 @@ print(json.dumps({{"slot": os.path.basename(d), "class": open(d + "/class").read
 
 def test_device_in_guest(lab_run):
     script = (
-        'set -e; echo "== lspci"; lspci -nn -d {v:04x}:{d:04x}; echo "== lspci -v"; '
-        'lspci -v -d {v:04x}:{d:04x}; echo "== sysfs"; python3 -c "$1"; echo "== regs"; '
-        'python3 -c "$2"').format(v=VENDOR_ID, d=DEVICE_ID)
+        f'set -e; echo "== lspci"; lspci -nn -d {VENDOR_ID:04x}:{DEVICE_ID:04x}; echo "== lspci -v"; '
+        f'lspci -v -d {VENDOR_ID:04x}:{DEVICE_ID:04x}; echo "== sysfs"; python3 -c "$1"; echo "== regs"; '
+        'python3 -c "$2"')
     res = lab_run("--timeout", "180", "--", "sh", "-c", script, "test",
                   SYSFS_SCRIPT, GUEST_REGS_SCRIPT)
     assert res.returncode == 0, res.stdout + res.stderr

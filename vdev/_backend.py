@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import errno
 import struct
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from protocols import device_abi as abi
 from protocols.device_abi import CmdFlags
@@ -28,7 +29,7 @@ class Backend(Protocol):
     name: str
     blocking_opcodes: frozenset[int]
 
-    def execute(self, ctx: "CommandContext") -> tuple[int, int]:
+    def execute(self, ctx: CommandContext) -> tuple[int, int]:
         """Run one command; return (status: 0 or -errno, reply bytes written)."""
 
     def release_queue(self, queue: int, owner: int, last: bool) -> None:
@@ -42,8 +43,30 @@ class Backend(Protocol):
 class CommandContext:
     """One command's arguments and guest buffers; reused per queue (no per-command churn)."""
 
-    __slots__ = ("dma", "queue", "owner", "opcode", "flags", "payload_len", "payload_addr",
-                 "reply_addr", "reply_len", "arg0", "arg1", "arg2")
+    __slots__ = (
+        "arg0",
+        "arg1",
+        "arg2",
+        "dma",
+        "flags",
+        "opcode",
+        "owner",
+        "payload_addr",
+        "payload_len",
+        "queue",
+        "reply_addr",
+        "reply_len",
+    )
+    # Set by the ring engine for each command (the slot's fields).
+    opcode: int
+    flags: int
+    payload_addr: int
+    payload_len: int
+    reply_addr: int
+    reply_len: int
+    arg0: int
+    arg1: int
+    arg2: int
 
     def __init__(self, dma: DmaMap, queue: int, owner: int = 0):
         self.dma = dma
@@ -130,5 +153,5 @@ class WithDiagnostics:
         self.diag.close()
         self.primary.close()
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self.primary, name)      # e.g. the OpenCL backend's handle table

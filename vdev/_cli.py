@@ -29,11 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--socket", required=True, metavar="PATH",
                        help="socket path; a stale socket there is removed, a live one is "
                             "never replaced")
-    serve.add_argument("--backend", default="test", choices=sorted(BACKENDS),
-                       help="what executes the guest's commands: 'opencl' runs OpenCL calls "
-                            "on the host's OpenCL (AVA_HOST_OPENCL names the library, default "
-                            "libOpenCL.so.1); 'test' is the built-in diagnostic backend (nop, "
-                            "echo, fill, sleep, fail) (default: test)")
+    serve.add_argument("--backend", default="opencl", choices=sorted(BACKENDS),
+                       help="what executes the guest's commands: 'opencl' (the default) runs "
+                            "the guest's OpenCL calls on the host's OpenCL (AVA_HOST_OPENCL "
+                            "names the library, default libOpenCL.so.1) and also answers the "
+                            "diagnostic commands; 'test' answers only the diagnostic commands "
+                            "(nop, echo, fill, sleep, fail), for testing the transport without "
+                            "OpenCL (default: opencl)")
     serve.add_argument("-v", "--verbose", action="count", default=0,
                        help="-v: log every vfio-user message with its decoded fields; "
                             "-vv: also DMA and IRQ details")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 from protocols import pci
 from protocols.pci import BarSpec, Capability, CapId, Cmd, ConfigReg, Status
@@ -88,7 +88,7 @@ class ConfigSpace:
 
     @property
     def command(self) -> int:
-        return struct.unpack_from("<H", self.space, ConfigReg.COMMAND)[0]
+        return int(struct.unpack_from("<H", self.space, ConfigReg.COMMAND)[0])
 
     def cap_offset(self, cap_id: int) -> int | None:
         for off, cid in pci.walk_capabilities(self.space):
@@ -97,4 +97,4 @@ class ConfigSpace:
         return None
 
     def bar_address(self, index: int) -> int:
-        return struct.unpack_from("<I", self.space, ConfigReg.BAR0 + 4 * index)[0] & ~0xF
+        return int(struct.unpack_from("<I", self.space, ConfigReg.BAR0 + 4 * index)[0]) & ~0xF

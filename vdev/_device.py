@@ -11,8 +11,8 @@ from __future__ import annotations
 import errno
 import logging
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from construct import Int32ul
 
@@ -48,7 +48,7 @@ class RegionDesc:
 class Bar0Registers:
     """BAR0's 32-bit control registers; 1/2/4/8-byte accesses split per dword."""
 
-    def __init__(self, device: "AcceleratorDevice"):
+    def __init__(self, device: AcceleratorDevice):
         self._dev = device
         self.values: dict[int, int] = {}
         self.reset()
@@ -107,8 +107,8 @@ class Bar0Registers:
                 old = 0 if qreg == QReg.CTRL else queues.read(q, qreg)
                 queues.write(q, qreg, (old & ~mask) | (value & mask))
             return
-        old = self.values.get(reg)
-        merged = ((old or 0) & ~mask) | (value & mask)
+        old = self.values.get(reg, 0)
+        merged = (old & ~mask) | (value & mask)
         if reg in (Reg.DRIVER_FEATURES_LO, Reg.DRIVER_FEATURES_HI):
             offered = self.values[Reg.DEVICE_FEATURES_LO if reg == Reg.DRIVER_FEATURES_LO
                                   else Reg.DEVICE_FEATURES_HI]
@@ -196,8 +196,9 @@ class AcceleratorDevice:
 
     def region(self, index: int) -> RegionDesc:
         if not 0 <= index < NUM_REGIONS:
-            raise RegionError(errno.EINVAL, f"region index {index} out of range (0..{NUM_REGIONS - 1})")
-        return self._regions.get(index, RegionDesc(index, 0, 0))
+            raise RegionError(errno.EINVAL,
+                              f"region index {index} out of range (0..{NUM_REGIONS - 1})")
+        return self._regions.get(RegionIndex(index), RegionDesc(index, 0, 0))
 
     def check_access(self, index: int, offset: int, count: int, write: bool) -> RegionDesc:
         """Validate a region access; raises RegionError with the offending values."""

@@ -117,7 +117,7 @@ class DmaMap:
         if i >= 0 and self._ranges[i].iova == iova and self._ranges[i].size == size:
             old = self._ranges[i]
             if old.flags == flags and old.offset == offset and (old.file is None) == (fd is None):
-                if fd is None or self._file_key(fd) == old.file.key:
+                if fd is None or (old.file is not None and self._file_key(fd) == old.file.key):
                     return old
         for cand in self._ranges[max(i, 0): i + 2]:
             if cand.iova < iova + size and iova < cand.end:

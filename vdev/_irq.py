@@ -14,8 +14,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable
 
 import trio
 
@@ -105,7 +105,8 @@ class IrqController:
                 os.close(fd)
             raise
 
-    def _set_irqs(self, index, flags, start, count, data, fds) -> None:
+    def _set_irqs(self, index: int, flags: int, start: int, count: int, data: bytes,
+                  fds: list[int]) -> None:
         if index not in self._counts:
             raise IrqError(errno.EINVAL, f"IRQ index {index} out of range")
         idx = IrqIndex(index)
@@ -126,9 +127,9 @@ class IrqController:
         if data_type == IrqSetFlags.DATA_EVENTFD and fds and len(fds) != count:
             if not (action == IrqSetFlags.ACTION_UNMASK and idx == IrqIndex.INTX and len(fds) == 1):
                 raise IrqError(errno.EINVAL, f"{len(fds)} eventfds for {count} vectors")
-        selected = range(start, start + count)
+        selected: Sequence[int] = range(start, start + count)
         if data_type == IrqSetFlags.DATA_BOOL:
-            selected = [v for v, b in zip(selected, data) if b]
+            selected = [v for v, b in zip(selected, data, strict=False) if b]
 
         if action == IrqSetFlags.ACTION_TRIGGER:
             if data_type == IrqSetFlags.DATA_EVENTFD:

@@ -66,8 +66,10 @@ class QueueTable:
     def read(self, queue: int, reg: int) -> int:
         with self._lock:
             r = self.regs[queue]
-            return {QReg.RING_LO: r.ring_lo, QReg.RING_HI: r.ring_hi, QReg.SIZE: r.size,
-                    QReg.CTRL: r.state, QReg.OWNER: r.owner, QReg.ERROR: r.error}.get(reg, 0)
+            values: dict[int, int] = {
+                QReg.RING_LO: r.ring_lo, QReg.RING_HI: r.ring_hi, QReg.SIZE: r.size,
+                QReg.CTRL: r.state, QReg.OWNER: r.owner, QReg.ERROR: r.error}
+            return values.get(reg, 0)
 
     def write(self, queue: int, reg: int, value: int) -> None:
         with self._lock:
@@ -95,7 +97,7 @@ class QueueTable:
             if r.state & QueueState.ENABLED:
                 return
             err = self._validate(queue, r)
-            if not err:
+            if not err and self.listener is not None:     # _validate says ENODEV if None
                 err = self.listener.enable_queue(queue, r.ring_addr, r.size, r.owner)
             if err:
                 r.state = (r.state | QueueState.FAILED) & ~QueueState.ENABLED

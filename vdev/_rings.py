@@ -18,7 +18,7 @@ import os
 import struct
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable, Iterable
 
 import trio
 
@@ -40,8 +40,20 @@ assert _CMD.size == abi.COMMAND_SIZE and _CQE.size == abi.COMPLETION_SIZE
 class Ring:
     """Host-side state of one enabled queue."""
 
-    __slots__ = ("queue", "addr", "slots", "mask", "view", "head", "generation", "busy",
-                 "ctx", "cmd_base", "cq_base", "commands")
+    __slots__ = (
+        "addr",
+        "busy",
+        "cmd_base",
+        "commands",
+        "cq_base",
+        "ctx",
+        "generation",
+        "head",
+        "mask",
+        "queue",
+        "slots",
+        "view",
+    )
 
     def __init__(self, queue: int, addr: int, slots: int, view: memoryview, dma: DmaMap,
                  owner: int = 0):
@@ -188,7 +200,7 @@ class RingEngine:
         for ring in self._active:
             ring.set_status(0)
 
-    def _has_work(self, rings) -> bool:
+    def _has_work(self, rings: Iterable[Ring]) -> bool:
         for ring in rings:
             if not ring.busy and _U64.unpack_from(ring.view, abi.RING_TAIL)[0] != ring.head:
                 return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import time
+from collections.abc import Callable
 
 from protocols.device_abi import CmdFlags, SelftestOp
 
@@ -15,12 +16,12 @@ _SG_FLAGS = int(CmdFlags.PAYLOAD_SG | CmdFlags.REPLY_SG)
 
 class SelftestBackend:
     name = "test"
-    blocking_opcodes = frozenset({SelftestOp.SLEEP})
+    blocking_opcodes: frozenset[int] = frozenset({SelftestOp.SLEEP})
 
     def __init__(self) -> None:
         self.released: list[int] = []
         self.executed = 0
-        self._table = {
+        self._table: dict[int, Callable[[CommandContext], tuple[int, int]]] = {
             SelftestOp.NOP: self._nop,
             SelftestOp.ECHO: self._echo,
             SelftestOp.FILL: self._fill,
@@ -49,10 +50,10 @@ class SelftestBackend:
                 return -errno.EMSGSIZE, 0
             dst[:n] = src
             return 0, n
-        src, dst = ctx.payload(), ctx.reply()
-        if total_len(src) > total_len(dst):
+        srcs, dsts = ctx.payload(), ctx.reply()
+        if total_len(srcs) > total_len(dsts):
             return -errno.EMSGSIZE, 0
-        return 0, scatter(dst, src)
+        return 0, scatter(dsts, srcs)
 
     @staticmethod
     def _fill(ctx: CommandContext) -> tuple[int, int]:

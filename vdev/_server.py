@@ -16,20 +16,21 @@ import stat
 
 import trio
 
+from ._backend import Backend, WithDiagnostics
 from ._device import AcceleratorDevice
-from ._backend import WithDiagnostics
 from ._selftest import SelftestBackend
 from ._session import Session, session_name
 
 #: Backends by name; each session gets a fresh instance.  Real backends live
 #: in host_backend/ and are imported only when chosen.
-BACKENDS = {"test": SelftestBackend, "opencl": "host_backend:OpenClBackend"}
+BACKENDS: dict[str, type[SelftestBackend] | str] = {
+    "test": SelftestBackend, "opencl": "host_backend:OpenClBackend"}
 
 
-def make_backend(name: str):
+def make_backend(name: str) -> Backend:
     factory = BACKENDS[name]
-    if factory is SelftestBackend:
-        return SelftestBackend()
+    if not isinstance(factory, str):
+        return factory()
     module, _, attr = factory.partition(":")
     return WithDiagnostics(getattr(importlib.import_module(module), attr)(), SelftestBackend())
 
@@ -76,7 +77,7 @@ class Server:
         self.session: Session | None = None
         self.sessions_served = 0
         self._serial = 0
-        self._listener = None
+        self._listener: trio.socket.SocketType | None = None
         self._ino = 0
         self._one_at_a_time = trio.Lock()
         self.busy_wait = 1.0
@@ -98,9 +99,11 @@ class Server:
         self._listener = trio.socket.from_stdlib_socket(sock)
         self._ino = os.stat(self.path).st_ino
 
-    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
         self.bind()
         listener, ino = self._listener, self._ino
+        assert listener is not None
         try:
             listener.listen(4)
             log.info("listening on %s", self.path)
@@ -119,7 +122,7 @@ class Server:
             except FileNotFoundError:
                 pass
 
-    async def _serve_connection(self, conn, serial: int) -> None:
+    async def _serve_connection(self, conn: trio.socket.SocketType, serial: int) -> None:
         """Serve ``conn`` once the device is free; refuse it if that takes over a second
         (a client that just left may still be tearing down)."""
         name = session_name(serial, conn)

@@ -12,8 +12,9 @@ import errno
 import logging
 import socket
 import struct
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
+from typing import Any, ClassVar
 
 import trio
 from construct import ConstructError
@@ -46,7 +47,7 @@ class VfioUserError(Exception):
 def _peer_pid(sock: trio.socket.SocketType) -> int | None:
     try:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        return struct.unpack("3i", creds)[0]
+        return int(struct.unpack("3i", creds)[0])
     except OSError:
         return None
 
@@ -55,7 +56,7 @@ class Session:
     """Serves one vfio-user client until it disconnects."""
 
     #: Commands that may carry file descriptors, and how many at most.
-    FD_LIMITS = {Command.DMA_MAP: 1, Command.DEVICE_SET_IRQS: MAX_MSG_FDS}
+    FD_LIMITS: ClassVar[dict[Command, int]] = {Command.DMA_MAP: 1, Command.DEVICE_SET_IRQS: MAX_MSG_FDS}
 
     def __init__(self, device: AcceleratorDevice, sock: trio.socket.SocketType, *,
                  name: str, backend: Backend, stall_timeout: float = 5.0):
@@ -66,7 +67,7 @@ class Session:
         self.stream = MessageStream(sock, max_size=MAX_MESSAGE, stall_timeout=stall_timeout)
         self.dma = DmaMap()
         self.negotiated = False
-        self.client_caps: dict = {}
+        self.client_caps: dict[str, Any] = {}
         self.messages = 0
         self._handlers: dict[int, Callable[[Message], bytes | None]] = {
             Command.VERSION: self.handle_version,
@@ -149,7 +150,7 @@ class Session:
             msglog.debug("%s <- id=%d %s%s%s", self.name, msg.msg_id,
                          vu.describe(msg.command, msg.payload),
                          f" fds={len(msg.fds)}" if msg.fds else "", " (no reply)" if no_reply else "")
-        if msg.flags & HeaderFlags.TYPE_MASK != MsgType.COMMAND:
+        if int(msg.flags & HeaderFlags.TYPE_MASK) != MsgType.COMMAND:
             log.warning("%s: dropping unexpected reply id=%d command=%d (no request outstanding)",
                         self.name, msg.msg_id, msg.command)
             return
@@ -175,8 +176,8 @@ class Session:
         try:
             cmd = Command(msg.command)
         except ValueError:
-            cmd = None
-        handler = self._handlers.get(cmd) if cmd is not None else None
+            raise VfioUserError(errno.EINVAL, f"unsupported command {msg.command}") from None
+        handler = self._handlers.get(cmd)
         if handler is None:
             raise VfioUserError(errno.EINVAL, f"unsupported command {msg.command}")
         if msg.fds_truncated:
@@ -210,8 +211,8 @@ class Session:
             raise VfioUserError(errno.EINVAL, f"VERSION capabilities are not valid JSON: {exc}") from exc
         self.negotiated = True
         log.info("%s: negotiated vfio-user 0.0; client capabilities %s", self.name, self.client_caps)
-        return vu.Version.build(dict(major=0, minor=0, json=vu.encode_caps(
-            {"max_msg_fds": MAX_MSG_FDS, "max_data_xfer_size": MAX_DATA_XFER})))
+        return bytes(vu.Version.build(dict(major=0, minor=0, json=vu.encode_caps(
+            {"max_msg_fds": MAX_MSG_FDS, "max_data_xfer_size": MAX_DATA_XFER}))))
 
     @staticmethod
     def _check_argsz(name: str, argsz: int, low: int, high: int) -> None:
@@ -247,22 +248,24 @@ class Session:
     def handle_get_info(self, msg: Message) -> bytes:
         req = vu.DeviceInfo.parse(msg.payload)
         self._check_argsz("DEVICE_GET_INFO", req.argsz, vu.DEVICE_INFO_SIZE, 1 << 16)
-        return vu.DeviceInfo.build(dict(argsz=vu.DEVICE_INFO_SIZE,
-                                        flags=vu.DeviceFlags.RESET | vu.DeviceFlags.PCI,
-                                        num_regions=NUM_REGIONS, num_irqs=self.device.irq.num_irqs))
+        return bytes(vu.DeviceInfo.build(dict(
+            argsz=vu.DEVICE_INFO_SIZE, flags=vu.DeviceFlags.RESET | vu.DeviceFlags.PCI,
+            num_regions=NUM_REGIONS, num_irqs=self.device.irq.num_irqs)))
 
     def handle_region_info(self, msg: Message) -> bytes:
         req = vu.RegionInfo.parse(msg.payload)
         self._check_argsz("GET_REGION_INFO", req.argsz, vu.REGION_INFO_SIZE, 1 << 16)
         desc = self.device.region(req.index)
-        return vu.RegionInfo.build(dict(argsz=vu.REGION_INFO_SIZE, flags=desc.flags, index=desc.index,
-                                        cap_offset=0, size=desc.size, offset=0))
+        return bytes(vu.RegionInfo.build(dict(argsz=vu.REGION_INFO_SIZE, flags=desc.flags,
+                                              index=desc.index, cap_offset=0, size=desc.size,
+                                              offset=0)))
 
     def handle_irq_info(self, msg: Message) -> bytes:
         req = vu.IrqInfo.parse(msg.payload)
         self._check_argsz("GET_IRQ_INFO", req.argsz, vu.IRQ_INFO_SIZE, 1 << 16)
         flags, count = self.device.irq.info(req.index)
-        return vu.IrqInfo.build(dict(argsz=vu.IRQ_INFO_SIZE, flags=flags, index=req.index, count=count))
+        return bytes(vu.IrqInfo.build(dict(argsz=vu.IRQ_INFO_SIZE, flags=flags, index=req.index,
+                                           count=count)))
 
     def handle_set_irqs(self, msg: Message) -> None:
         req = vu.IrqSet.parse(msg.payload)
@@ -270,7 +273,7 @@ class Session:
         self.device.irq.set_irqs(req.index, req.flags, req.start, req.count, req.data, msg.take_fds())
         return None
 
-    def _check_xfer(self, req) -> None:
+    def _check_xfer(self, req: Any) -> None:       # a parsed RegionAccess
         if req.count > MAX_DATA_XFER:
             raise VfioUserError(errno.E2BIG, f"access of {req.count} bytes exceeds max_data_xfer_size")
 
@@ -286,7 +289,8 @@ class Session:
         req = vu.RegionAccess.parse(msg.payload)
         self._check_xfer(req)
         if len(req.data) != req.count:
-            raise VfioUserError(errno.EINVAL, f"REGION_WRITE count {req.count} but {len(req.data)} data bytes")
+            raise VfioUserError(errno.EINVAL,
+                                f"REGION_WRITE count {req.count} but {len(req.data)} data bytes")
         self.device.write_region(req.region, req.offset, req.data)
         return msg.payload[:vu.REGION_ACCESS_SIZE]
 
@@ -308,4 +312,4 @@ def session_name(serial: int, sock: trio.socket.SocketType) -> str:
     return f"client#{serial}" + (f" (pid {pid})" if pid else "")
 
 
-__all__ = ["Session", "VfioUserError", "session_name", "MAX_MSG_FDS", "MAX_DATA_XFER"]
+__all__ = ["MAX_DATA_XFER", "MAX_MSG_FDS", "Session", "VfioUserError", "session_name"]

@@ -12,7 +12,9 @@ import array
 import logging
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -31,7 +33,7 @@ class ConnectionLost(Exception):
 class FramingError(Exception):
     """The header cannot be trusted to find the next message: reply, then close."""
 
-    def __init__(self, header, errno_: int, reason: str):
+    def __init__(self, header: Any, errno_: int, reason: str):   # a parsed construct Header
         super().__init__(reason)
         self.header = header
         self.errno = errno_
@@ -61,7 +63,7 @@ class Message:
                 pass
 
 
-def _fds_from_ancdata(ancdata) -> list[int]:
+def _fds_from_ancdata(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
     fds: list[int] = []
     for level, kind, data in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -128,7 +130,7 @@ class MessageStream:
         return Message(hdr.msg_id, hdr.command, hdr.size, hdr.flags, hdr.error, payload,
                        fds, trunc)
 
-    async def send(self, data: bytes, fds: list[int] | tuple[int, ...] = ()) -> None:
+    async def send(self, data: bytes, fds: Sequence[int] = ()) -> None:
         """Send one message with a single ``sendmsg`` (fds ride on its first byte)."""
         async with self._send_lock:
             anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []

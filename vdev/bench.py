@@ -18,6 +18,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from typing import Any
+
+#: A benchmark's figures by name, as ava-bench and clbench print them (JSON).
+Figures = dict[str, Any]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGETS = {"null_rt_median_us": 20.0, "async_cmds_per_s": 200_000, "echo_64m_ratio": 0.5}
@@ -30,7 +35,7 @@ def build_tools() -> str:
 
 
 @contextlib.contextmanager
-def loopback_server(backend: str):
+def loopback_server(backend: str) -> Iterator[str]:
     """A device server on a private socket, stopped (by PID) on the way out."""
     with tempfile.TemporaryDirectory(prefix="ava-bench-", dir="/tmp") as d:
         sock = os.path.join(d, "bench.sock")
@@ -45,20 +50,25 @@ def loopback_server(backend: str):
             yield sock
         finally:
             server.send_signal(signal.SIGTERM)
-            server.wait(timeout=15)
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
 
 
-def run_loopback(build_dir: str, quick: bool) -> dict:
+def run_loopback(build_dir: str, quick: bool) -> Figures:
     with loopback_server("test") as sock:
         res = subprocess.run([os.path.join(build_dir, "ava-bench")] + (["--quick"] if quick else []),
                              env=dict(os.environ, AVA_VDEV_SOCKET=sock), capture_output=True,
                              text=True, timeout=600)
     if res.returncode != 0:
         raise SystemExit(f"ava-bench failed: {res.stderr}")
-    return json.loads(res.stdout)
+    figures: Figures = json.loads(res.stdout)
+    return figures
 
 
-def run_opencl(build_dir: str) -> dict:
+def run_opencl(build_dir: str) -> Figures:
     """clbench natively, then through the device: {"native": {...}, "device": {...}}."""
     with tempfile.TemporaryDirectory(prefix="ava-clbench-", dir="/tmp") as d:
         exe = os.path.join(d, "clbench")
@@ -85,7 +95,7 @@ def _figure(value: float) -> str:
     return f"{value:.2f}" if value >= 0.1 else f"{value:.4f}"
 
 
-def report_opencl(r: dict) -> str:
+def report_opencl(r: Figures) -> str:
     native, device = r["native"], r["device"]
     rows = [("info query", "info_query_us", "us", False),
             ("small kernel, enqueue + finish", "kernel_launch_finish_us", "us", False),
@@ -102,7 +112,7 @@ def report_opencl(r: dict) -> str:
     return "\n".join(lines)
 
 
-def run_vm(quick: bool) -> dict:
+def run_vm(quick: bool) -> Figures:
     script = ("cd /mnt/ava && python3 -m guest_driver build --out /tmp/b >/dev/null && "
               f"AVA_VDEV_MEM=400M /tmp/b/ava-bench {'--quick' if quick else ''}")
     res = subprocess.run([sys.executable, "-m", "qemu", "run", "--hugepages", "256", "--timeout",
@@ -110,14 +120,15 @@ def run_vm(quick: bool) -> dict:
                          text=True, timeout=960)
     if res.returncode != 0:
         raise SystemExit(f"the VM run failed ({res.returncode}):\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    figures: Figures = json.loads(res.stdout.strip().splitlines()[-1])
+    return figures
 
 
 def _size(n: int) -> str:
     return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
 
 
-def report(name: str, f: dict) -> str:
+def report(name: str, f: Figures) -> str:
     call_us = f["native_call_ns"] / 1000
     rows = [
         ("null round trip, median", f"{f['null_rt_us']['median']:.2f} us",

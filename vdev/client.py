@@ -11,7 +11,9 @@ import errno
 import mmap
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -31,7 +33,8 @@ class VfioUserClientError(Exception):
     """The server answered with an error reply."""
 
     def __init__(self, command: int, errno_: int):
-        super().__init__(f"{vu.Command(command).name if command in vu.Command._value2member_map_ else command}"
+        name = vu.Command(command).name if command in vu.Command._value2member_map_ else command
+        super().__init__(f"{name}"
                          f" failed: {errno.errorcode.get(errno_, errno_)}")
         self.command = command
         self.errno = errno_
@@ -60,10 +63,10 @@ class GuestMemory:
         self.mm.close()
         os.close(self.fd)
 
-    def __enter__(self) -> "GuestMemory":
+    def __enter__(self) -> GuestMemory:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -72,11 +75,11 @@ class VfioUserClient:
         self.sock = sock
         self.stream = MessageStream(sock, max_size=64 << 20, stall_timeout=timeout)
         self.timeout = timeout
-        self.server_caps: dict = {}
+        self.server_caps: dict[str, Any] = {}
         self._next_id = 1
 
     @classmethod
-    async def connect(cls, path: str, *, timeout: float = 5.0) -> "VfioUserClient":
+    async def connect(cls, path: str, *, timeout: float = 5.0) -> VfioUserClient:
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             await sock.connect(path)
@@ -88,10 +91,10 @@ class VfioUserClient:
     async def aclose(self) -> None:
         self.sock.close()
 
-    async def __aenter__(self) -> "VfioUserClient":
+    async def __aenter__(self) -> VfioUserClient:
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     # -- raw messages ------------------------------------------------------------
@@ -101,15 +104,15 @@ class VfioUserClient:
         self._next_id = (self._next_id + 1) & 0xFFFF
         return msg_id
 
-    async def send_raw(self, data: bytes, fds: list[int] | tuple[int, ...] = ()) -> None:
+    async def send_raw(self, data: bytes, fds: Sequence[int] = ()) -> None:
         await self.stream.send(data, fds)
 
     async def receive(self) -> Message | None:
         with trio.fail_after(self.timeout):
             return await self.stream.receive()
 
-    async def request(self, command: int, payload: bytes = b"", fds=(), *,
-                      no_reply: bool = False) -> Reply | None:
+    async def request(self, command: int, payload: bytes = b"",
+                      fds: Sequence[int] = (), *, no_reply: bool = False) -> Reply | None:
         """Send a command and wait for its reply; raises VfioUserClientError on an error reply."""
         msg_id = self.next_id()
         flags = HeaderFlags.NO_REPLY if no_reply else 0
@@ -123,19 +126,25 @@ class VfioUserClient:
             msg.close_fds()
             raise ConnectionError(f"reply id={msg.msg_id} cmd={msg.command} does not match "
                                   f"request id={msg_id} cmd={command}")
-        if msg.flags & HeaderFlags.TYPE_MASK != MsgType.REPLY:
+        if int(msg.flags & HeaderFlags.TYPE_MASK) != MsgType.REPLY:
             raise ConnectionError(f"expected a reply, got flags {msg.flags:#x}")
         if msg.flags & HeaderFlags.ERROR:
             msg.close_fds()
             raise VfioUserClientError(command, msg.error)
         return Reply(msg.payload, msg.take_fds())
 
+    async def call(self, command: int, payload: bytes = b"", fds: Sequence[int] = ()) -> Reply:
+        """``request`` for a command that is answered (every one but a NO_REPLY)."""
+        reply = await self.request(command, payload, fds)
+        assert reply is not None
+        return reply
+
     # -- commands ----------------------------------------------------------------------
 
-    async def negotiate(self, caps: dict | None = None) -> dict:
+    async def negotiate(self, caps: dict[str, Any] | None = None) -> dict[str, Any]:
         payload = vu.Version.build(dict(major=0, minor=0,
                                         json=vu.encode_caps(QEMU_CAPS if caps is None else caps)))
-        reply = await self.request(Command.VERSION, payload)
+        reply = await self.call(Command.VERSION, payload)
         parsed = vu.Version.parse(reply.payload)
         self.server_caps = vu.decode_caps(parsed.json)
         return self.server_caps
@@ -150,36 +159,37 @@ class VfioUserClient:
         await self.request(Command.DMA_UNMAP, vu.DmaUnmap.build(dict(
             argsz=vu.DMA_UNMAP_SIZE, flags=flags, address=iova, size=size)))
 
-    async def get_info(self):
-        reply = await self.request(Command.DEVICE_GET_INFO, vu.DeviceInfo.build(dict(
+    async def get_info(self) -> Any:           # a parsed vu.DeviceInfo
+        reply = await self.call(Command.DEVICE_GET_INFO, vu.DeviceInfo.build(dict(
             argsz=vu.DEVICE_INFO_SIZE, flags=0, num_regions=0, num_irqs=0)))
         return vu.DeviceInfo.parse(reply.payload)
 
-    async def region_info(self, index: int, argsz: int = vu.REGION_INFO_SIZE):
-        reply = await self.request(Command.DEVICE_GET_REGION_INFO, vu.RegionInfo.build(dict(
+    async def region_info(self, index: int, argsz: int = vu.REGION_INFO_SIZE) -> Any:
+        reply = await self.call(Command.DEVICE_GET_REGION_INFO, vu.RegionInfo.build(dict(
             argsz=argsz, flags=0, index=index, cap_offset=0, size=0, offset=0)))
         for fd in reply.fds:
             os.close(fd)
         return vu.RegionInfo.parse(reply.payload)
 
-    async def irq_info(self, index: int):
-        reply = await self.request(Command.DEVICE_GET_IRQ_INFO, vu.IrqInfo.build(dict(
+    async def irq_info(self, index: int) -> Any:
+        reply = await self.call(Command.DEVICE_GET_IRQ_INFO, vu.IrqInfo.build(dict(
             argsz=vu.IRQ_INFO_SIZE, flags=0, index=index, count=0)))
         return vu.IrqInfo.parse(reply.payload)
 
     async def set_irqs(self, index: int, flags: int, start: int = 0, count: int = 0,
-                       fds=(), data: bytes = b"") -> None:
+                       fds: Sequence[int] = (), data: bytes = b"") -> None:
         await self.request(Command.DEVICE_SET_IRQS, vu.IrqSet.build(dict(
             argsz=vu.IRQ_SET_SIZE, flags=flags, index=index, start=start, count=count,
             data=data)), list(fds))
 
     async def region_read(self, region: int, offset: int, count: int) -> bytes:
-        reply = await self.request(Command.REGION_READ, vu.RegionAccess.build(dict(
+        reply = await self.call(Command.REGION_READ, vu.RegionAccess.build(dict(
             offset=offset, region=region, count=count, data=b"")))
         parsed = vu.RegionAccess.parse(reply.payload)
         if parsed.count != len(parsed.data) or parsed.count > count:
-            raise ConnectionError(f"REGION_READ reply count {parsed.count} with {len(parsed.data)} bytes")
-        return parsed.data
+            raise ConnectionError(f"REGION_READ reply count {parsed.count} with "
+                                  f"{len(parsed.data)} bytes")
+        return bytes(parsed.data)
 
     async def region_write(self, region: int, offset: int, data: bytes, *,
                            posted: bool = False) -> None:
@@ -197,4 +207,4 @@ class VfioUserClient:
         await self.region_write(region, reg, value.to_bytes(4, "little"), posted=posted)
 
 
-__all__ = ["VfioUserClient", "VfioUserClientError", "GuestMemory", "QEMU_CAPS", "Reg"]
+__all__ = ["QEMU_CAPS", "GuestMemory", "Reg", "VfioUserClient", "VfioUserClientError"]
