@@ -292,6 +292,10 @@ class ArgDecoder:
         for key, value in zip(flat[0::2], flat[1::2], strict=True):
             if key == 0:
                 raise CallError(CL_INVALID_VALUE, "property key 0 inside the list")
+            for refused_key, bits, status in kind.refused:
+                if key == refused_key and value & bits:
+                    raise CallError(status, f"{arg.name}: {key:#x} = {value:#x} is not "
+                                            "supported through the device")
             obj = kind.handle_keys.get(key)
             if obj is not None:
                 value = int(ffi.cast("uintptr_t", self.resolve(obj, value, arg)))

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import errno
 import logging
+import queue
 import struct
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
 from protocols import opencl_api as api
@@ -44,6 +45,16 @@ from ._wire import Decoder, Encoder, WireError
 log = logging.getLogger("host_backend.opencl")
 
 CL_MEM_SIZE = 0x1102
+CL_EVENT_COMMAND_TYPE = 0x11D1
+CL_EVENT_COMMAND_EXECUTION_STATUS = 0x11D3
+CL_COMMAND_USER = 0x1204
+#: The status a dead owner's pending user events are failed with: the commands and
+#: waits behind them end (CL_EXEC_STATUS_ERROR_FOR_EVENTS_IN_WAIT_LIST) instead of
+#: blocking a worker thread for ever.
+DEAD_OWNER_EVENT_STATUS = -5        # CL_OUT_OF_RESOURCES
+#: How long releasing a dead owner's objects waits for its calls still running.
+RELEASE_DEADLINE_S = 10.0
+CL_MEM_OBJECT_ALLOCATION_FAILURE = -4
 
 #: How to drop a reference of each created type, in the order objects are torn down.
 RELEASE_ORDER = (("cl_event", "clReleaseEvent"), ("cl_kernel", "clReleaseKernel"),
@@ -59,7 +70,9 @@ class OpenClBackend:
         self.blocking_opcodes = frozenset(fn.opcode for fn in api.FUNCTIONS if fn.blocking)
         self.handles = HandleTable(max_objects=max_objects, max_bytes=max_bytes)
         self._lock = threading.Lock()
-        self._reaper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ava-release")
+        self._calls_done = threading.Condition(self._lock)
+        self._running: dict[int, int] = {}      # owner -> calls in progress
+        self._reaper = _Reaper()
         self.kernel_args = KernelArgGuard()
         self.calls = 0
 
@@ -85,11 +98,48 @@ class OpenClBackend:
         if last and owner is not None:
             doomed = self._forget_objects(lambda entry: entry.owner == owner)
             if doomed:
-                self._reaper.submit(self._release, doomed)
+                self._reaper.submit(self._release_dead_owners, doomed, {owner})
 
     def close(self) -> None:
-        self._reaper.shutdown(wait=True)
-        self._release(self._forget_objects(lambda entry: entry.owner is not None))
+        """The session ended: everything goes, on the reaper thread (a release can
+        wait on commands; the caller is the vfio-user loop), which is then stopped."""
+        doomed = self._forget_objects(lambda entry: entry.owner is not None)
+        self._reaper.submit(self._release_dead_owners, doomed,
+                            {e.owner for _, e in doomed if e.owner is not None})
+        self._reaper.stop()
+
+    def _release_dead_owners(self, doomed: list, owners: set[int]) -> None:
+        """Release a dead owner's objects without ending the process: PoCL aborts when
+        an event is released while another thread waits on it.  First its pending user
+        events fail (which ends the waits on them), then its calls still running get
+        RELEASE_DEADLINE_S to return; past it the objects are left unreleased (logged),
+        since releasing them would abort the process that serves every guest."""
+        self._fail_user_events(doomed)
+        deadline = time.monotonic() + RELEASE_DEADLINE_S
+        with self._calls_done:
+            while any(self._running.get(o) for o in owners):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("owners %s: %d objects left unreleased: calls still running "
+                                "after %.0f s (a kernel that does not end?)", sorted(owners),
+                                len(doomed), RELEASE_DEADLINE_S)
+                    return
+                self._calls_done.wait(left)
+        self._release(doomed)
+
+    @staticmethod
+    def _fail_user_events(doomed: list) -> None:
+        cell = ffi.new("cl_int *")
+        for _, entry in doomed:
+            if entry.obj_type != "cl_event":
+                continue
+            get = lib().clGetEventInfo
+            if get(entry.ptr, CL_EVENT_COMMAND_TYPE, 4, cell, ffi.NULL) != CL_SUCCESS \
+                    or cell[0] != CL_COMMAND_USER:
+                continue
+            if get(entry.ptr, CL_EVENT_COMMAND_EXECUTION_STATUS, 4, cell, ffi.NULL) \
+                    == CL_SUCCESS and cell[0] > 0:
+                lib().clSetUserEventStatus(entry.ptr, DEAD_OWNER_EVENT_STATUS)
 
     def _forget_objects(self, which) -> list:
         with self._lock:
@@ -113,7 +163,23 @@ class OpenClBackend:
 
     def call(self, fn: api.Function, payload: bytes, owner: int, dma=None) -> bytes:
         """Run ``fn`` with the encoded ``payload``; returns the encoded reply.  ``dma``
-        resolves guest addresses (application data passed by reference)."""
+        resolves guest addresses (application data passed by reference).  Calls in
+        progress are counted per owner: a dead owner's objects are released only once
+        none is left (see ``_release_dead_owners``)."""
+        with self._lock:
+            self._running[owner] = self._running.get(owner, 0) + 1
+        try:
+            return self._call(fn, payload, owner, dma)
+        finally:
+            with self._calls_done:
+                left = self._running[owner] - 1
+                if left:
+                    self._running[owner] = left
+                else:
+                    del self._running[owner]
+                    self._calls_done.notify_all()
+
+    def _call(self, fn: api.Function, payload: bytes, owner: int, dma=None) -> bytes:
         enc = Encoder()
         dec = Decoder(payload)
         call = Call()
@@ -159,10 +225,19 @@ class OpenClBackend:
         if fn.creates:
             status = call.errcode[0]
             if status == CL_SUCCESS and result != ffi.NULL:
-                nbytes = cargs[call.index["size"]] if "size" in call.index and \
-                    fn.creates == "cl_mem" else 0
+                nbytes = self._buffer_bytes(fn, cargs, call)
                 if fn.name == "clCreateImage":
                     nbytes = self._mem_size(result)
+                # Checked once the object exists, its own bytes included, under the lock
+                # (calls on other queues create objects too): the implementation's own
+                # answers (a size over CL_DEVICE_MAX_MEM_ALLOC_SIZE, a bad flag) come
+                # first, as natively, and an image's size is known only now.
+                if self._over_cap(nbytes):
+                    lib().clReleaseMemObject(result)
+                    log.info("%s refused: %d bytes over the session's memory limit (%d in "
+                             "use of %d)", fn.name, nbytes, self.handles.bytes_used,
+                             self.handles.max_bytes)
+                    return CL_MEM_OBJECT_ALLOCATION_FAILURE
                 self.handles.add(new_id, fn.creates, result, owner, nbytes)
             return status
         status = int(result)
@@ -175,6 +250,16 @@ class OpenClBackend:
             elif fn.releases:
                 self.handles.release(handle)
         return status
+
+    @staticmethod
+    def _buffer_bytes(fn: api.Function, cargs: list[object], call: Call) -> int:
+        """The bytes a buffer creation asks for (0 for anything else)."""
+        if fn.creates != "cl_mem" or "size" not in call.index:
+            return 0
+        return int(cargs[call.index["size"]])    # type: ignore[call-overload]
+
+    def _over_cap(self, nbytes: int) -> bool:
+        return nbytes > 0 and self.handles.bytes_used + nbytes > self.handles.max_bytes
 
     @staticmethod
     def _mem_size(mem) -> int:
@@ -321,3 +406,29 @@ class OpenClBackend:
 
 
 __all__ = ["HOST_ID_BASE", "OpenClBackend"]
+
+
+class _Reaper:
+    """One daemon thread that releases objects in order.  A daemon: a release may
+    wait for ever on a command that never ends, and the interpreter joins the
+    threads of a ThreadPoolExecutor at exit, so the server could not stop."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="ava-release", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., None], *args: object) -> None:
+        self._jobs.put((fn, args))
+
+    def stop(self) -> None:
+        """Finish the jobs submitted so far, then end (without waiting here)."""
+        self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, args = job
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("releasing objects failed")

@@ -45,6 +45,10 @@ CL_CONTEXT_DEVICES = 0x1081
 CL_CONTEXT_PLATFORM = 0x1084
 CL_QUEUE_CONTEXT = 0x1090
 CL_QUEUE_DEVICE = 0x1091
+CL_QUEUE_PROPERTIES = 0x1093
+CL_QUEUE_ON_DEVICE = 1 << 2
+CL_QUEUE_ON_DEVICE_DEFAULT = 1 << 3
+CL_INVALID_QUEUE_PROPERTIES = -35
 CL_MEM_CONTEXT = 0x1106
 CL_MEM_ASSOCIATED_MEMOBJECT = 0x1107
 CL_PROGRAM_CONTEXT = 0x1161
@@ -473,7 +477,11 @@ FUNCTIONS: tuple[Function, ...] = (
     _fn("clCreateCommandQueueWithProperties", 123,
         ("context", Handle("cl_context")),
         ("device", Handle("cl_device_id")),
-        ("properties", Properties("cl_queue_properties")),
+        # A device-side queue: PoCL prints "Device side queue is unimplemented" and
+        # ends its process; the spec's answer for an unsupported property is this one.
+        ("properties", Properties("cl_queue_properties", refused=(
+            (CL_QUEUE_PROPERTIES, CL_QUEUE_ON_DEVICE | CL_QUEUE_ON_DEVICE_DEFAULT,
+             CL_INVALID_QUEUE_PROPERTIES),))),
         ("errcode_ret", ErrcodeRet()),
         returns="cl_command_queue", creates="cl_command_queue"),
 )

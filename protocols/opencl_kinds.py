@@ -124,9 +124,12 @@ class Strings:
 @dataclass(frozen=True)
 class Properties:
     """A 0-terminated list of key/value pairs; ``handle_keys`` maps keys whose value is
-    a handle to its object type."""
+    a handle to its object type.  ``refused`` lists (key, bits, status): a value of
+    that key with any of those bits set gets that status from the host before the
+    implementation sees it (PoCL ends its process on some)."""
     ctype: str
     handle_keys: dict[int, str] = field(default_factory=dict, hash=False, compare=False)
+    refused: tuple[tuple[int, int, int], ...] = ()
 
 
 @dataclass(frozen=True)

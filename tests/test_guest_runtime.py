@@ -114,18 +114,50 @@ def test_server_gone_mid_command_fails_the_call_instead_of_hanging(build_dir, lo
     (its queue teardown does not wait for commands that can no longer finish)."""
     path, server = loopback_server
     env = dict(os.environ, AVA_VDEV_SOCKET=path)
-    guest = subprocess.Popen([str(build_dir / "ava-echo"), "--sleep-us", "600000000"], env=env,
+    guest = subprocess.Popen([str(build_dir / "ava-echo"), "--sleep-us", "10000000"], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert "sleeping" in guest.stdout.readline()
     time.sleep(0.3)
     server.kill()
     server.wait()
-    # The command sleeps 600 s on the device: a guest still waiting for it after 60 s
-    # waits for a device that is gone (a hang detector, not a timing).
+    # The command (10 s, the longest SLEEP) can never complete now: a guest still
+    # waiting after 60 s waits for a device that is gone (a hang detector).
     try:
-        guest.communicate(timeout=60)
+        _, err = guest.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         guest.kill()
         guest.communicate()
         pytest.fail("the guest waited for a device that is gone")
     assert guest.returncode != 0
+    assert "stopped answering" in err or "dropped by the device" in err, err
+
+
+def test_a_stopped_server_fails_the_call_with_the_cause(build_dir, loopback_server):
+    """A server that stops answering (SIGSTOP: hung, not gone) does not hang the
+    application: every reply is bounded (AVA_VDEV_TIMEOUT_MS), and the error names
+    the cause rather than claiming that queues are in use."""
+    path, server = loopback_server
+    env = dict(os.environ, AVA_VDEV_SOCKET=path, AVA_VDEV_TIMEOUT_MS="1000")
+    guest = subprocess.Popen([str(build_dir / "ava-echo"), "--sleep-us", "10000000"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "sleeping" in guest.stdout.readline()
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            _, err = guest.communicate(timeout=60)     # a hang detector (1 s expected)
+        except subprocess.TimeoutExpired:
+            guest.kill()
+            _, err = guest.communicate()
+            pytest.fail(f"the application hung on a stopped server: {err}")
+        assert guest.returncode != 0
+        assert "stopped answering" in err, (guest.returncode, err)
+        assert "in use" not in err, err
+        late = run_tool(build_dir, path, "ava-echo", "--iters", "1", timeout=60)
+        assert late.returncode != 0
+        assert "did not answer" in late.stderr or "stopped answering" in late.stderr, late.stderr
+        assert "in use" not in late.stderr, late.stderr
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        if guest.poll() is None:
+            guest.kill()
+            guest.communicate()

@@ -397,3 +397,47 @@ async def test_garbage_stream_never_kills_the_server(server, fds_before):
         await wait_for_idle(server, timeout=3)
     await still_serving(server)
     assert open_fds() == fds_before
+
+
+@pytest.mark.parametrize("make_fd", ["regular file", "pipe", "memfd"])
+async def test_set_irqs_with_an_fd_that_is_not_an_eventfd(client, server, make_fd, tmp_path,
+                                                          client_fds):
+    """The server writes 8 bytes to a trigger fd and polls a resample fd: anything but an
+    eventfd is refused (a file would be written to; epoll refuses /dev/null or a memfd)."""
+    if make_fd == "regular file":
+        path = tmp_path / "victim"
+        path.write_bytes(b"host data")
+        fds = [os.open(path, os.O_RDWR)]
+    elif make_fd == "pipe":
+        fds = list(os.pipe())
+    else:
+        fds = [os.memfd_create("not-an-eventfd")]
+    trigger = IrqSetFlags.DATA_EVENTFD | IrqSetFlags.ACTION_TRIGGER
+    await msg(client, Command.DEVICE_SET_IRQS, vu.IrqSet.build(dict(
+        argsz=20, flags=trigger, index=IrqIndex.MSIX, start=0, count=1, data=b"")),
+        fds[:1], expect=errno.EINVAL)
+    await msg(client, Command.DEVICE_SET_IRQS, vu.IrqSet.build(dict(
+        argsz=20, flags=IrqSetFlags.DATA_EVENTFD | IrqSetFlags.ACTION_UNMASK,
+        index=IrqIndex.INTX, start=0, count=1, data=b"")), fds[:1], expect=errno.EINVAL)
+    if make_fd == "regular file":
+        assert (tmp_path / "victim").read_bytes() == b"host data"
+    for fd in fds:
+        os.close(fd)
+    assert open_fds() == client_fds, "the server closed the fds it refused"
+    assert await client.read32(Reg.MAGIC) == 0x44415641, "the session goes on"
+
+
+async def test_dma_map_of_a_memfd_that_can_shrink(client):
+    """A client that truncates mapped guest memory would kill the server with SIGBUS:
+    memory not sealed with F_SEAL_SHRINK is refused (QEMU's memfd backend seals)."""
+    import fcntl
+    fd = os.memfd_create("unsealed", os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, 1 << 20)
+    try:
+        with pytest.raises(VfioUserClientError) as exc:
+            await client.dma_map(0, 1 << 20, fd=fd)
+        assert exc.value.errno == errno.EINVAL
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+        await client.dma_map(0, 1 << 20, fd=fd)              # sealed: accepted
+    finally:
+        os.close(fd)

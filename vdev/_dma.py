@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import errno
+import fcntl
 import logging
 import mmap
 import os
@@ -23,6 +24,25 @@ log = logging.getLogger("vdev.dma")
 
 PAGE_SIZE = mmap.PAGESIZE
 
+
+
+def _check_sealed(fd: int) -> None:
+    """Refuse guest memory whose file can shrink.  The server reads and writes that
+    memory through a mapping; if the client truncated the file, the next access to a
+    page past the end would kill the server with SIGBUS, which no Python code can
+    catch.  A seal against shrinking (F_SEAL_SHRINK) makes truncation impossible, and
+    it cannot be removed.  QEMU's memory-backend-memfd seals its memfd by default
+    (seal=on), and the guest runtime's loopback transport seals its own."""
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError:
+        seals = 0           # a file that cannot be sealed (tmpfs, hugetlbfs, ...)
+    if not seals & fcntl.F_SEAL_SHRINK:
+        raise DmaError(errno.EINVAL,
+                       "DMA_MAP fd is not sealed against shrinking (F_SEAL_SHRINK): a client "
+                       "that truncated it would crash the server. Hint: give QEMU "
+                       "memory-backend-memfd (seal=on, its default); a memfd made with "
+                       "MFD_ALLOW_SEALING is sealed with fcntl(F_ADD_SEALS, F_SEAL_SHRINK)")
 
 class DmaError(Exception):
     """A DMA request was refused; ``errno`` is what the reply carries."""
@@ -149,6 +169,7 @@ class DmaMap:
         if mfile is None:
             if st.st_size <= 0:
                 raise DmaError(errno.EINVAL, "DMA_MAP fd is not a sized file (memfd, hugetlbfs, tmpfs)")
+            _check_sealed(fd)
             try:
                 mm, writable = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED,
                                          mmap.PROT_READ | mmap.PROT_WRITE), True

@@ -11,10 +11,10 @@ before it is validated; every guest address goes through the DMA map.
 
 from __future__ import annotations
 
-import concurrent.futures
 import errno
 import logging
 import os
+import queue
 import struct
 import threading
 import time
@@ -74,6 +74,60 @@ class Ring:
         _U32.pack_into(self.view, abi.RING_STATUS, value)
 
 
+class DaemonWorkers:
+    """Threads for blocking commands, up to ``limit``, started as needed and reused.
+
+    Daemon threads, unlike a ThreadPoolExecutor's: a blocking command may never
+    return (a wait on a user event that nobody sets, a kernel that never ends), and
+    the interpreter joins an executor's threads at exit, so the server could not
+    stop on SIGTERM."""
+
+    def __init__(self, limit: int, name: str):
+        self._limit = limit
+        self._name = name
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., None], tuple[object, ...]] | None] = \
+            queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0          # threads waiting for a job, not yet promised one
+        self._threads = 0
+        self._closed = False
+
+    def submit(self, fn: Callable[..., None], *args: object) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            if self._idle:
+                self._idle -= 1             # that thread takes this job
+            elif self._threads < self._limit:
+                self._threads += 1
+                threading.Thread(target=self._run, name=f"{self._name}-{self._threads}",
+                                 daemon=True).start()
+            # else: every thread is busy; the job waits for the first one free
+            self._jobs.put((fn, args))
+
+    def shutdown(self) -> None:
+        """Queued jobs are dropped; running ones finish (or not) on their own."""
+        with self._lock:
+            self._closed = True
+            while True:
+                try:
+                    self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+            for _ in range(self._threads):
+                self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, args = job
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("blocking command failed")
+            with self._lock:
+                self._idle += 1
+
+
 class RingEngine:
     """Serves the rings of one session (implements the QueueTable listener)."""
 
@@ -95,8 +149,7 @@ class RingEngine:
         self._fence_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = False
-        self._workers = concurrent.futures.ThreadPoolExecutor(
-            max_workers=abi.NUM_QUEUES, thread_name_prefix="vdev-blocking")
+        self._workers = DaemonWorkers(abi.NUM_QUEUES, "vdev-blocking")
         self.idle = False
         self.sleeps = 0
 
@@ -178,7 +231,7 @@ class RingEngine:
         finally:
             # A blocking command still running (its guest may be gone) finishes on its
             # own; its completion is discarded (the queue's generation moved on).
-            self._workers.shutdown(wait=False, cancel_futures=True)
+            self._workers.shutdown()
 
     def _fence(self) -> None:
         # A locked RMW orders our stores before the loads that follow (x86 TSO

@@ -95,6 +95,16 @@ static void reclaim_dead_owners(struct ava_device *dev)
     }
 }
 
+unsigned rt_reply_timeout_ms(void)
+{
+    const char *env = getenv("AVA_VDEV_TIMEOUT_MS");
+    char *end;
+    unsigned long ms = env ? strtoul(env, &end, 0) : 0;
+    if (!env || *end || ms == 0 || ms > 3600000ul)
+        return 10000;
+    return (unsigned)ms;
+}
+
 int ava_queue_create(struct ava_device *dev, unsigned slots, struct ava_queue **out)
 {
     if (slots < AVA_MIN_RING_SLOTS || slots > AVA_MAX_RING_SLOTS || (slots & (slots - 1)))
@@ -113,6 +123,10 @@ int ava_queue_create(struct ava_device *dev, unsigned slots, struct ava_queue **
     }
     if (idx == AVA_NO_QUEUE || idx >= (uint32_t)dev->num_queues) {
         free(q);
+        /* A vanished device reads all ones, which is also NO_QUEUE: tell them apart. */
+        if (ava_read_reg(dev, AVA_REG_MAGIC) != AVA_MAGIC)
+            return rt_error(ENODEV, "the device stopped answering (its registers read all "
+                            "ones: the device server stopped, hung or was reset)");
         return rt_error(EBUSY, "all %d device queues are in use (one per thread)", dev->num_queues);
     }
     q->index = idx;

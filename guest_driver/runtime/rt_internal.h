@@ -33,6 +33,7 @@ struct ava_device {
     /* transport state */
     int sock;                /* loopback */
     pthread_mutex_t sock_lock;
+    int sock_broken;         /* loopback: a request failed (timeout, reset); all later fail */
     uint16_t msg_id;
     int memfd;
     volatile uint32_t *bar0; /* uio */
@@ -43,6 +44,9 @@ struct ava_device {
 };
 
 int rt_error(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* How long a reply from the device server may take before the call fails with
+ * ETIMEDOUT: AVA_VDEV_TIMEOUT_MS, default 10000 (QEMU itself waits 5 s). */
+unsigned rt_reply_timeout_ms(void);
 
 int rt_loopback_open(struct ava_device *dev, const char *path);
 int rt_uio_open(struct ava_device *dev);

@@ -3,12 +3,14 @@
  * interrupts arrive on eventfds attached to MSI-X vectors. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -54,6 +56,8 @@ static int recv_all(int fd, void *buf, size_t len)
         if (n < 0) {
             if (errno == EINTR)
                 continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return -ETIMEDOUT;      /* SO_RCVTIMEO: the server stopped answering */
             return -errno;
         }
         got += (size_t)n;
@@ -71,6 +75,12 @@ static int request(struct ava_device *dev, uint16_t cmd, const void *payload, si
     if (!buf)
         return -ENOMEM;
     pthread_mutex_lock(&dev->sock_lock);
+    if (dev->sock_broken) {     /* a late reply would be taken for the next one's */
+        pthread_mutex_unlock(&dev->sock_lock);
+        if (buf != stackbuf)
+            free(buf);
+        return -ENODEV;
+    }
     struct vfu_header h = {.msg_id = ++dev->msg_id, .command = cmd, .size = (uint32_t)total,
                            .flags = no_reply ? VFU_FLAG_NO_REPLY : 0};
     memcpy(buf, &h, sizeof(h));
@@ -93,6 +103,8 @@ static int request(struct ava_device *dev, uint16_t cmd, const void *payload, si
                 rc = -(int)(r.error ? r.error : EIO);
         }
     }
+    if (rc == -ETIMEDOUT || rc == -ECONNRESET || rc == -EPIPE || rc == -EPROTO)
+        dev->sock_broken = 1;
     pthread_mutex_unlock(&dev->sock_lock);
     if (buf != stackbuf)
         free(buf);
@@ -173,11 +185,19 @@ int rt_loopback_open(struct ava_device *dev, const char *path)
         return rt_error(errno, "cannot connect to the device server at %s (AVA_VDEV_SOCKET): %s; "
                         "hint: start it with `python -m vdev serve --socket %s`", path,
                         strerror(errno), path);
+    /* Every reply is bounded: a stopped or hung server fails the call (ETIMEDOUT)
+     * instead of hanging the application. */
+    unsigned timeout_ms = rt_reply_timeout_ms();
+    struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
+    setsockopt(dev->sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     static const char caps[] = "{\"capabilities\":{\"max_msg_fds\":8,\"max_data_xfer_size\":1048576}}";
     uint8_t ver[4 + sizeof(caps)] = {0};
     memcpy(ver + 4, caps, sizeof(caps));
     uint8_t reply[512];
     int rc = request(dev, VFU_CMD_VERSION, ver, sizeof(ver), -1, 0, reply, sizeof(reply));
+    if (rc == -ETIMEDOUT)
+        return rt_error(ETIMEDOUT, "the device server at %s did not answer VERSION within %u ms "
+                        "(AVA_VDEV_TIMEOUT_MS): is it stopped or hung?", path, timeout_ms);
     if (rc != 0)
         return rt_error(-rc, "vfio-user VERSION with %s failed: %s (is another client being "
                         "served? the server takes one at a time)", path, strerror(-rc));
@@ -186,9 +206,12 @@ int rt_loopback_open(struct ava_device *dev, const char *path)
     size = (size + CHUNK - 1) / CHUNK * CHUNK;
     if (size < 4 * (size_t)CHUNK)
         size = 4 * (size_t)CHUNK;
-    dev->memfd = memfd_create("ava-dma", MFD_CLOEXEC);
+    dev->memfd = memfd_create("ava-dma", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (dev->memfd < 0 || ftruncate(dev->memfd, (off_t)size) != 0)
         return rt_error(errno, "cannot create %zu bytes of shared memory: %s", size, strerror(errno));
+    /* Sealed as QEMU seals guest RAM: the server refuses memory that could shrink. */
+    if (fcntl(dev->memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0)
+        return rt_error(errno, "cannot seal shared memory: %s", strerror(errno));
     dev->base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, dev->memfd, 0);
     if (dev->base == MAP_FAILED) {
         dev->base = NULL;

@@ -128,7 +128,15 @@ int main(int argc, char **argv)
         uint64_t args[3] = {(uint64_t)sleep_us, 0, 0};
         printf("ava-echo: sleeping %ld us on the device\n", sleep_us);
         fflush(stdout);
-        int rc = ava_call(ava_thread_queue(dev), AVA_SELFTEST_OP_SLEEP, NULL, 0, NULL, 0, args, &r);
+        struct ava_queue *q = ava_thread_queue(dev);
+        if (!q) {
+            fprintf(stderr, "ava-echo: no queue: %s\n", ava_last_error());
+            ava_close(dev);
+            return 1;
+        }
+        int rc = ava_call(q, AVA_SELFTEST_OP_SLEEP, NULL, 0, NULL, 0, args, &r);
+        if (rc)
+            fprintf(stderr, "ava-echo: %s\n", ava_last_error());
         ava_close(dev);
         return rc || r.status;
     }
