@@ -550,3 +550,45 @@ def test_app_killed_with_sixteen_threads_waiting_does_not_wedge_the_server(shim,
     except subprocess.TimeoutExpired:
         pytest.fail(f"the server did not exit within 5 s of SIGTERM: {read(log)}")
     assert server.returncode == 0, read(log)
+
+
+SPIN_PY = """
+import pyopencl as cl
+ctx = cl.create_some_context(interactive=False)
+q = cl.CommandQueue(ctx)
+prg = cl.Program(ctx, "__kernel void spin(__global int *a) { for (;;) a[0]++; }").build()
+buf = cl.Buffer(ctx, cl.mem_flags.READ_WRITE, 4)
+prg.spin(q, (1,), None, buf)
+q.flush()
+print("spinning", flush=True)
+q.finish()
+"""
+
+
+def test_sigterm_ends_the_server_while_a_kernel_never_ends(shim, cl_server_proc):
+    """An application killed while its kernel spins for ever: the server still stops
+    within 5 s of SIGTERM (nothing at exit waits for the stuck worker threads)."""
+    path, server, log = cl_server_proc
+    env = dict(device_env(shim, path), PYOPENCL_CTX="0")
+    app = subprocess.Popen([sys.executable, "-c", SPIN_PY], env=env, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        got = []
+        reader = threading.Thread(target=lambda: got.append(app.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout=120)
+        assert got and "spinning" in got[0], f"the kernel never started: {got!r}"
+        time.sleep(0.5)
+    finally:
+        app.kill()
+        app.wait(timeout=10)
+        app.stdout.close()
+        app.stderr.close()
+    time.sleep(0.5)
+    assert server.poll() is None, f"the server died with its application: {read(log)}"
+    os.kill(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the server did not exit within 5 s of SIGTERM: {read(log)}")
+    assert server.returncode == 0, read(log)

@@ -289,3 +289,20 @@ async def test_disconnect_releases_queues(server, guest):
     await wait_for_idle(server)
     assert ring.queue in backend.released
     assert server.device.queues.enabled() == []
+
+
+async def test_a_nop_never_waits_behind_another_queues_long_scatter_list(guest):
+    """A 1M-entry scatter list takes seconds to walk; it is walked off the poller, so
+    a NOP on another queue completes while the long command is still running."""
+    cli, mem, alloc = guest
+    a, b = await PyRing.create(cli, mem, alloc), await PyRing.create(cli, mem, alloc)
+    n = abi.MAX_SG_ENTRIES
+    byte = a.buffer(4096)
+    table = alloc.alloc(n * abi.SG_ENTRY_SIZE)
+    mem.mm[table:table + n * abi.SG_ENTRY_SIZE] = SG.pack(byte, 1, 0) * n
+    reply = a.buffer(n)
+    long_one = await a.submit(Op.ECHO, flags=CmdFlags.PAYLOAD_SG, payload_addr=RAM_IOVA + table,
+                              payload_len=n, reply_addr=reply, reply_len=n)
+    assert await b.call(Op.NOP) == (0, 0)
+    assert a.head <= long_one, "the NOP completed first, with the long command still running"
+    assert await a.wait(long_one, timeout=120) == (0, n)

@@ -74,6 +74,16 @@ class Ring:
         _U32.pack_into(self.view, abi.RING_STATUS, value)
 
 
+#: Scatter lists longer than this are walked on a worker thread, not the poller: a
+#: 1M-entry list takes seconds to translate, and the poller serves every queue.
+INLINE_SG_ENTRIES = 256
+
+
+def _long_lists(flags: int, payload_len: int, reply_len: int) -> bool:
+    return bool((flags & CmdFlags.PAYLOAD_SG and payload_len > INLINE_SG_ENTRIES)
+                or (flags & CmdFlags.REPLY_SG and reply_len > INLINE_SG_ENTRIES))
+
+
 class DaemonWorkers:
     """Threads for blocking commands, up to ``limit``, started as needed and reused.
 
@@ -293,7 +303,7 @@ class RingEngine:
         ctx.payload_len, ctx.payload_addr = payload_len, payload_addr
         ctx.reply_len, ctx.reply_addr = reply_len, reply_addr
         ctx.arg0, ctx.arg1, ctx.arg2 = arg0, arg1, arg2
-        if opcode in self.backend.blocking_opcodes:
+        if opcode in self.backend.blocking_opcodes or _long_lists(flags, payload_len, reply_len):
             ring.busy = True
             self._workers.submit(self._run_blocking, ring, index, ring.generation, flags)
             return False
