@@ -60,6 +60,19 @@ async def client(server):
     await cli.aclose()
 
 
+@pytest.fixture(scope="session")
+def shim(tmp_path_factory):
+    """The built ICD and a vendors directory naming only it (Debian 12's ocl-icd
+    predates OCL_ICD_FILENAMES)."""
+    from guest_driver import _build
+    out = tmp_path_factory.mktemp("icd")
+    lib = _build.build(out / "build")
+    vendors = out / "vendors"
+    vendors.mkdir()
+    (vendors / "ava.icd").write_text(f"{lib}\n")
+    return lib, vendors
+
+
 @pytest.fixture
 def guest_ram():
     with GuestMemory(4 << 20) as mem:

@@ -6,7 +6,7 @@ import os
 import subprocess
 
 import pytest
-from test_opencl_e2e import cl_server, native, shim, through_device  # noqa: F401 (fixtures)
+from test_opencl_e2e import cl_server, native, through_device  # noqa: F401 (fixtures)
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conformance")
 AREAS = sorted(os.path.basename(p)[:-2] for p in glob.glob(os.path.join(HERE, "*.c")))

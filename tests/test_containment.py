@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import itertools
 import mmap
 import os
 import re
@@ -27,6 +26,7 @@ import pytest
 import trio
 from conftest import wait_for_idle
 from ringutil import Allocator, PyRing, connect_guest
+from test_opencl_backend import Guest, ids  # one guest process calling a backend
 
 from protocols import vfio_user as vu
 from protocols.device_abi import Reg
@@ -73,6 +73,16 @@ def start_server(sock_dir: str, backend: str, log_path: str) -> tuple[str, subpr
         stop(proc)
         raise
     return path, proc
+
+
+def stops_on_sigterm(server: subprocess.Popen, log: str) -> None:
+    """SIGTERM ends the server cleanly within 5 s, whatever its threads are doing."""
+    os.kill(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the server did not exit within 5 s of SIGTERM: {read(log)}")
+    assert server.returncode == 0, read(log)
 
 
 def read(path: str) -> str:
@@ -238,39 +248,6 @@ MiB = 1 << 20
 LIMIT_STATUS = (-4, -5)     # CL_MEM_OBJECT_ALLOCATION_FAILURE, CL_OUT_OF_RESOURCES
 
 
-ids = itertools.count(1)
-
-
-class Guest:
-    """One guest process (owner) calling a backend directly (as test_opencl_backend does)."""
-
-    def __init__(self, backend, owner=1000):
-        self.backend = backend
-        self.owner = owner
-
-    def call(self, name, new_id=None, **values):
-        from clwire import decode, encode
-
-        from protocols import opencl_api as api
-        fn = api.BY_NAME[name]
-        return decode(fn, self.backend.call(fn, encode(fn, new_id, **values), self.owner), **values)
-
-    def platform(self):
-        status, out = self.call("clGetPlatformIDs", num_entries=4, platforms=4, num_platforms=True)
-        assert status == 0 and out["num_platforms"] >= 1
-        return out["platforms"][0]
-
-    def context(self):
-        status, out = self.call("clGetDeviceIDs", platform=self.platform(),
-                                device_type=CL_DEVICE_TYPE_ALL, num_entries=1, devices=1)
-        assert status == 0
-        dev = out["devices"][0]
-        cid = next(ids)
-        status, _ = self.call("clCreateContext", cid, properties=None, num_devices=1, devices=[dev])
-        assert status == 0
-        return cid, dev
-
-
 def test_memory_cap_counts_the_buffer_being_created():
     from host_backend import OpenClBackend
     small = OpenClBackend(max_bytes=3 * MiB)
@@ -322,7 +299,7 @@ DEVICE_QUEUE_SCRIPT = textwrap.dedent("""
     import sys
     sys.path[:0] = [{root!r}, {tests!r}]
     from host_backend import OpenClBackend
-    from test_containment import Guest, ids
+    from test_opencl_backend import Guest, ids
     backend = OpenClBackend()
     g = Guest(backend)
     ctx, dev = g.context()
@@ -417,17 +394,6 @@ int main(int argc, char **argv)
     return 2;
 }
 """
-
-
-@pytest.fixture(scope="module")
-def shim(tmp_path_factory):
-    from guest_driver import _build
-    out = tmp_path_factory.mktemp("icd")
-    lib = _build.build(out / "build")
-    vendors = out / "vendors"
-    vendors.mkdir()
-    (vendors / "ava.icd").write_text(f"{lib}\n")
-    return lib, vendors
 
 
 @pytest.fixture(scope="module")
@@ -544,12 +510,7 @@ def test_app_killed_with_sixteen_threads_waiting_does_not_wedge_the_server(shim,
     time.sleep(1.0)
     assert server.poll() is None, \
         f"server exited with status {server.returncode} after serving clinfo: {read(log)}"
-    os.kill(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"the server did not exit within 5 s of SIGTERM: {read(log)}")
-    assert server.returncode == 0, read(log)
+    stops_on_sigterm(server, log)
 
 
 SPIN_PY = """
@@ -586,9 +547,4 @@ def test_sigterm_ends_the_server_while_a_kernel_never_ends(shim, cl_server_proc)
         app.stderr.close()
     time.sleep(0.5)
     assert server.poll() is None, f"the server died with its application: {read(log)}"
-    os.kill(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"the server did not exit within 5 s of SIGTERM: {read(log)}")
-    assert server.returncode == 0, read(log)
+    stops_on_sigterm(server, log)

@@ -17,19 +17,6 @@ SAMPLES = os.path.join(ROOT, "tests", "samples")
 
 
 @pytest.fixture(scope="module")
-def shim(tmp_path_factory):
-    """The built ICD and a vendors directory naming only it (Debian 12's ocl-icd
-    predates OCL_ICD_FILENAMES)."""
-    from guest_driver import _build
-    out = tmp_path_factory.mktemp("icd")
-    lib = _build.build(out / "build")
-    vendors = out / "vendors"
-    vendors.mkdir()
-    (vendors / "ava.icd").write_text(f"{lib}\n")
-    return lib, vendors
-
-
-@pytest.fixture(scope="module")
 def cl_server(tmp_path_factory):
     import tempfile
     d = tempfile.mkdtemp(prefix="ava-e2e-", dir="/tmp")
