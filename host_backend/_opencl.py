@@ -72,6 +72,7 @@ class OpenClBackend:
         self._lock = threading.Lock()
         self._calls_done = threading.Condition(self._lock)
         self._running: dict[int, int] = {}      # owner -> calls in progress
+        self._reaping = 0                       # reaper jobs waiting for calls to end
         self._reaper = _Reaper()
         self.kernel_args = KernelArgGuard()
         self.calls = 0
@@ -117,14 +118,18 @@ class OpenClBackend:
         self._fail_user_events(doomed)
         deadline = time.monotonic() + RELEASE_DEADLINE_S
         with self._calls_done:
-            while any(self._running.get(o) for o in owners):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    log.warning("owners %s: %d objects left unreleased: calls still running "
-                                "after %.0f s (a kernel that does not end?)", sorted(owners),
-                                len(doomed), RELEASE_DEADLINE_S)
-                    return
-                self._calls_done.wait(left)
+            self._reaping += 1
+            try:
+                while any(self._running.get(o) for o in owners):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        log.warning("owners %s: %d objects left unreleased: calls still "
+                                    "running after %.0f s (a kernel that does not end?)",
+                                    sorted(owners), len(doomed), RELEASE_DEADLINE_S)
+                        return
+                    self._calls_done.wait(left)
+            finally:
+                self._reaping -= 1
         self._release(doomed)
 
     @staticmethod
@@ -166,25 +171,14 @@ class OpenClBackend:
         resolves guest addresses (application data passed by reference).  Calls in
         progress are counted per owner: a dead owner's objects are released only once
         none is left (see ``_release_dead_owners``)."""
-        with self._lock:
-            self._running[owner] = self._running.get(owner, 0) + 1
-        try:
-            return self._call(fn, payload, owner, dma)
-        finally:
-            with self._calls_done:
-                left = self._running[owner] - 1
-                if left:
-                    self._running[owner] = left
-                else:
-                    del self._running[owner]
-                    self._calls_done.notify_all()
-
-    def _call(self, fn: api.Function, payload: bytes, owner: int, dma=None) -> bytes:
         enc = Encoder()
         dec = Decoder(payload)
         call = Call()
+        counted = False
         try:
             with self._lock:
+                self._running[owner] = self._running.get(owner, 0) + 1
+                counted = True
                 new_id = self._claim_id(fn, dec)
                 cargs, posts = self._decode(fn, dec, owner, call, dma)
                 dec.done()
@@ -205,6 +199,15 @@ class OpenClBackend:
         finally:
             for cleanup in call.cleanups:
                 cleanup()
+            if counted:
+                with self._lock:
+                    left = self._running[owner] - 1
+                    if left:
+                        self._running[owner] = left
+                    else:
+                        del self._running[owner]
+                        if self._reaping:
+                            self._calls_done.notify_all()
         return enc.bytes()
 
     def _claim_id(self, fn: api.Function, dec: Decoder) -> int | None:
