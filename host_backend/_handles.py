@@ -64,7 +64,7 @@ class HandleTable:
         """The id of a known object by its real address (for info results)."""
         return self._by_ptr.get((obj_type, address))
 
-    def check_new(self, handle: int, nbytes: int = 0) -> str | None:
+    def check_new(self, handle: int) -> str | None:
         """Why a guest-assigned id cannot be used for a new object (None if it can)."""
         if not 0 < handle < HOST_ID_BASE:
             return f"id {handle:#x} is outside the guest range"
@@ -72,9 +72,12 @@ class HandleTable:
             return f"id {handle:#x} is already in use"
         if len(self._entries) >= self.max_objects:
             return f"object limit {self.max_objects} reached"
-        if self.bytes_used + nbytes > self.max_bytes:
-            return f"memory limit {self.max_bytes} bytes reached"
         return None
+
+    def over_cap(self, nbytes: int) -> bool:
+        """Whether a new object of ``nbytes`` would pass the memory limit (its own bytes
+        counted: checked once the object exists and its size is known)."""
+        return nbytes > 0 and self.bytes_used + nbytes > self.max_bytes
 
     def add(self, handle: int, obj_type: str, ptr, owner: int, nbytes: int = 0) -> None:
         self._entries[handle] = Entry(obj_type, ptr, owner, 1, nbytes)

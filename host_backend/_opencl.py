@@ -235,7 +235,7 @@ class OpenClBackend:
                 # (calls on other queues create objects too): the implementation's own
                 # answers (a size over CL_DEVICE_MAX_MEM_ALLOC_SIZE, a bad flag) come
                 # first, as natively, and an image's size is known only now.
-                if self._over_cap(nbytes):
+                if self.handles.over_cap(nbytes):
                     lib().clReleaseMemObject(result)
                     log.info("%s refused: %d bytes over the session's memory limit (%d in "
                              "use of %d)", fn.name, nbytes, self.handles.bytes_used,
@@ -260,9 +260,6 @@ class OpenClBackend:
         if fn.creates != "cl_mem" or "size" not in call.index:
             return 0
         return int(cargs[call.index["size"]])    # type: ignore[call-overload]
-
-    def _over_cap(self, nbytes: int) -> bool:
-        return nbytes > 0 and self.handles.bytes_used + nbytes > self.handles.max_bytes
 
     @staticmethod
     def _mem_size(mem) -> int:

@@ -74,6 +74,7 @@ class Ring:
         _U32.pack_into(self.view, abi.RING_STATUS, value)
 
 
+_SG_FLAGS = int(CmdFlags.PAYLOAD_SG | CmdFlags.REPLY_SG)
 #: Scatter lists longer than this are walked on a worker thread, not the poller: a
 #: 1M-entry list takes seconds to translate, and the poller serves every queue.
 INLINE_SG_ENTRIES = 256
@@ -303,7 +304,8 @@ class RingEngine:
         ctx.payload_len, ctx.payload_addr = payload_len, payload_addr
         ctx.reply_len, ctx.reply_addr = reply_len, reply_addr
         ctx.arg0, ctx.arg1, ctx.arg2 = arg0, arg1, arg2
-        if opcode in self.backend.blocking_opcodes or _long_lists(flags, payload_len, reply_len):
+        if opcode in self.backend.blocking_opcodes or (
+                flags & _SG_FLAGS and _long_lists(flags, payload_len, reply_len)):
             ring.busy = True
             self._workers.submit(self._run_blocking, ring, index, ring.generation, flags)
             return False

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import IO, Any
 
 #: A benchmark's figures by name, as ava-bench and clbench print them (JSON).
 Figures = dict[str, Any]
@@ -35,21 +35,25 @@ def build_tools() -> str:
 
 
 @contextlib.contextmanager
-def loopback_server(backend: str) -> Iterator[str]:
-    """A device server on a private socket, stopped (by PID) on the way out."""
+def loopback_server(backend: str, log: IO[bytes] | None = None
+                    ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A device server on a private socket (its output to ``log`` if given); yields
+    the socket path and the process, stopped (by PID) on the way out."""
     with tempfile.TemporaryDirectory(prefix="ava-bench-", dir="/tmp") as d:
         sock = os.path.join(d, "bench.sock")
         server = subprocess.Popen([sys.executable, "-m", "vdev", "serve", "--socket", sock,
-                                   "--backend", backend, "-q"], cwd=ROOT)
+                                   "--backend", backend, "-q"], cwd=ROOT,
+                                  stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         try:
             deadline = time.monotonic() + 10
             while not os.path.exists(sock):
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit("the device server did not start")
                 time.sleep(0.02)
-            yield sock
+            yield sock, server
         finally:
-            server.send_signal(signal.SIGTERM)
+            if server.poll() is None:
+                server.send_signal(signal.SIGTERM)
             try:
                 server.wait(timeout=15)
             except subprocess.TimeoutExpired:
@@ -58,7 +62,7 @@ def loopback_server(backend: str) -> Iterator[str]:
 
 
 def run_loopback(build_dir: str, quick: bool) -> Figures:
-    with loopback_server("test") as sock:
+    with loopback_server("test") as (sock, _):
         res = subprocess.run([os.path.join(build_dir, "ava-bench")] + (["--quick"] if quick else []),
                              env=dict(os.environ, AVA_VDEV_SOCKET=sock), capture_output=True,
                              text=True, timeout=600)
@@ -79,7 +83,7 @@ def run_opencl(build_dir: str) -> Figures:
         with open(os.path.join(vendors, "ava.icd"), "w") as f:
             f.write(os.path.join(build_dir, "libava_icd.so") + "\n")
         results = {}
-        with loopback_server("opencl") as sock:
+        with loopback_server("opencl") as (sock, _):
             for name, extra in (("native", {}),
                                 ("device", {"OCL_ICD_VENDORS": vendors, "AVA_VDEV_SOCKET": sock})):
                 res = subprocess.run([exe], env=dict(os.environ, **extra), capture_output=True,

@@ -23,10 +23,8 @@ of every spec function; this one covers the transport and ring paths around it.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import random
-import signal
 import struct
 import subprocess
 import sys
@@ -41,9 +39,9 @@ from protocols import vfio_user as vu
 from protocols.device_abi import QReg, QueueCtrl, QueueState, Reg
 from protocols.vfio_user import Command, IrqIndex, IrqSetFlags, RegionIndex
 
+from .bench import loopback_server
 from .client import QEMU_CAPS, GuestMemory, VfioUserClient
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAM_IOVA = 0x100000000
 RAM_SIZE = 8 << 20
 RING_SLOTS = 16
@@ -82,10 +80,6 @@ def proc_figures(pid: int) -> dict[str, int]:
             status[key] = value.split()
     return {"fds": fds, "threads": int(status["Threads"][0]),
             "rss": int(status["VmRSS"][0]) * 1024}
-
-
-def sealed_ram(size: int) -> GuestMemory:
-    return GuestMemory(size, name="ava-fuzz-ram")
 
 
 # -- message mutations ------------------------------------------------------------------
@@ -296,8 +290,7 @@ async def campaign(path: str, server: subprocess.Popen[bytes], *, messages: int,
                    seed: int, batch: int, progress: bool) -> Campaign:
     rng = random.Random(seed)
     camp = Campaign()
-    with sealed_ram(RAM_SIZE) as mem:
-        fcntl.fcntl(mem.fd, fcntl.F_GET_SEALS)          # sealed, as QEMU's RAM is
+    with GuestMemory(RAM_SIZE, name="ava-fuzz-ram") as mem:     # sealed, as QEMU's RAM is
         await probe(path, server, camp)
         await ring_batch(path, mem, rng, 4, camp)       # warm-up: imports, first session
         await probe(path, server, camp)
@@ -319,47 +312,27 @@ async def campaign(path: str, server: subprocess.Popen[bytes], *, messages: int,
 
 
 def run(args: argparse.Namespace) -> int:
-    with tempfile.TemporaryDirectory(prefix="ava-fuzz-") as d:
-        path = os.path.join(d, "fuzz.sock")
-        log_path = os.path.join(d, "server.log")
-        with open(log_path, "wb") as log:
-            server = subprocess.Popen([sys.executable, "-m", "vdev", "serve", "--socket", path,
-                                       "--backend", args.backend, "-q"], cwd=ROOT,
-                                      stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    with tempfile.TemporaryFile() as log:
         try:
-            deadline = time.monotonic() + 20
-            while not os.path.exists(path):
-                if server.poll() is not None or time.monotonic() > deadline:
-                    print("fuzz: the server did not start", file=sys.stderr)
-                    return 2
-                time.sleep(0.02)
-            t0 = time.monotonic()
-            try:
+            with loopback_server(args.backend, log) as (path, server):
+                t0 = time.monotonic()
                 camp = trio.run(lambda: campaign(
                     path, server, messages=args.messages, commands=args.commands,
                     seed=args.seed, batch=args.batch, progress=not args.quiet))
-            except FuzzFailure as exc:
-                with open(log_path, errors="replace") as f:
-                    tail = f.read()[-3000:]
-                print(f"fuzz: FAILED (seed {args.seed}): {exc}\nserver log tail:\n{tail}",
-                      file=sys.stderr)
-                return 1
-            print(f"fuzz: {camp.messages} vfio-user messages and {camp.commands} ring commands "
-                  f"in {camp.batches} batches ({time.monotonic() - t0:.0f} s, seed {args.seed}, "
-                  f"backend {args.backend}): 0 crashes, 0 hangs, 0 leaks; "
-                  f"{camp.error_replies} error replies, {camp.disconnects} disconnects; "
-                  f"slowest good client {camp.worst_probe_s * 1000:.0f} ms; server at the end: "
-                  f"{camp.figures['fds']} fds, {camp.figures['threads']} threads, "
-                  f"{camp.figures['rss'] >> 20} MiB RSS")
-            return 0
-        finally:
-            if server.poll() is None:
-                server.send_signal(signal.SIGTERM)
-                try:
-                    server.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    server.kill()
-                    server.wait()
+        except FuzzFailure as exc:
+            log.seek(0)
+            tail = log.read().decode(errors="replace")[-3000:]
+            print(f"fuzz: FAILED (seed {args.seed}): {exc}\nserver log tail:\n{tail}",
+                  file=sys.stderr)
+            return 1
+    print(f"fuzz: {camp.messages} vfio-user messages and {camp.commands} ring commands "
+          f"in {camp.batches} batches ({time.monotonic() - t0:.0f} s, seed {args.seed}, "
+          f"backend {args.backend}): 0 crashes, 0 hangs, 0 leaks; "
+          f"{camp.error_replies} error replies, {camp.disconnects} disconnects; "
+          f"slowest good client {camp.worst_probe_s * 1000:.0f} ms; server at the end: "
+          f"{camp.figures['fds']} fds, {camp.figures['threads']} threads, "
+          f"{camp.figures['rss'] >> 20} MiB RSS")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
