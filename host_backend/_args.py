@@ -53,6 +53,10 @@ class CallError(Exception):
         self.status = status
 
 
+#: Calls that start a kernel: their events are watched for run time (KernelWatch).
+KERNEL_LAUNCHES = frozenset({"clEnqueueNDRangeKernel", "clEnqueueTask", "clEnqueueNativeKernel"})
+
+
 class Call:
     """Per-call state (calls run concurrently on the poller and worker threads)."""
 
@@ -66,6 +70,7 @@ class Call:
         "size_ret",
         "structs",
         "target",
+        "watch",
     )
 
     def __init__(self) -> None:
@@ -78,6 +83,7 @@ class Call:
         self.arrays: dict[str, list[int]] = {}     # FixedArray values by argument name
         self.binary_index: int | None = None       # an AVA_PROGRAM_BINARY query
         self.structs: dict[str, dict | None] = {}   # InStruct fields by argument name
+        self.watch: Any = None       # a kernel launch's cl_event * cell (see KernelWatch)
 
 T = TypeVar("T")
 
@@ -369,7 +375,12 @@ class ArgDecoder:
     def _arg_event_out(self, arg, kind) -> None:
         new_id = self.dec.u64()
         if new_id == 0:
-            self.cargs.append(ffi.NULL)
+            if self.fn.name in KERNEL_LAUNCHES and self.backend.kernels is not None:
+                # The launch's event is needed to bound its run time, wanted or not.
+                self.call.watch = ffi.new("cl_event *")
+                self.cargs.append(self.call.watch)
+            else:
+                self.cargs.append(ffi.NULL)
             return
         why = self.backend.handles.check_new(new_id)
         if why or any(new_id == e for e, _ in self.call.events):
@@ -378,6 +389,8 @@ class ArgDecoder:
         cell = ffi.new("cl_event *")
         self.call.events.append((new_id, cell))
         self.cargs.append(cell)
+        if self.fn.name in KERNEL_LAUNCHES and self.backend.kernels is not None:
+            self.call.watch = cell
 
     def _arg_kernel_arg(self, arg, kind) -> None:
         size, tag = self.dec.u64(), self.dec.u64()

@@ -40,6 +40,9 @@ class HandleTable:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, handle: int) -> bool:
+        return handle in self._entries
+
     def lookup(self, obj_type: str, handle: int, owner: int):
         """The real pointer for ``handle``, or None if it is not a live object of that
         type visible to ``owner``."""

@@ -33,13 +33,14 @@ from ._args import (
     CallError,
 )
 from ._cl import ffi, lib
-from ._handles import HOST_ID_BASE, HandleTable
+from ._handles import HOST_ID_BASE, HandleTable, _address
 from ._kernel_args import (
     CL_KERNEL_ARG_INFO_NOT_AVAILABLE,
     CL_PROGRAM_BUILD_OPTIONS,
     KernelArgGuard,
     strip_added_option,
 )
+from ._watch import KernelWatch
 from ._wire import Decoder, Encoder, WireError
 
 log = logging.getLogger("host_backend.opencl")
@@ -55,6 +56,7 @@ DEAD_OWNER_EVENT_STATUS = -5        # CL_OUT_OF_RESOURCES
 #: How long releasing a dead owner's objects waits for its calls still running.
 RELEASE_DEADLINE_S = 10.0
 CL_MEM_OBJECT_ALLOCATION_FAILURE = -4
+CL_DEVICE_TYPE_ALL = 0xFFFFFFFF
 
 #: How to drop a reference of each created type, in the order objects are torn down.
 RELEASE_ORDER = (("cl_event", "clReleaseEvent"), ("cl_kernel", "clReleaseKernel"),
@@ -76,6 +78,38 @@ class OpenClBackend:
         self._reaper = _Reaper()
         self.kernel_args = KernelArgGuard()
         self.calls = 0
+        #: Guest processes whose objects were lost with a previous executor (a device
+        #: reset): their stale ids fail with CL_OUT_OF_RESOURCES, as after a GPU reset.
+        self.lost_owners: set[int] = set()
+        #: Kernel run times (None: not watched; the executor turns it on).
+        self.kernels: KernelWatch | None = None
+        #: When a dead owner's teardown began (monotonic ns; 0: none running).
+        self.teardown_since = 0
+
+    def enable_kernel_watch(self) -> KernelWatch:
+        self.kernels = KernelWatch()
+        return self.kernels
+
+    def prepare(self) -> None:
+        """Give the platforms and devices their ids now, in enumeration order, so that
+        every executor of a VM hands out the same ids: a guest process that survived a
+        device reset can create new contexts with the ids it already has."""
+        cl = lib()
+        count = ffi.new("cl_uint *")
+        if cl.clGetPlatformIDs(0, ffi.NULL, count) != CL_SUCCESS or not count[0]:
+            return
+        platforms = ffi.new("cl_platform_id[]", count[0])
+        if cl.clGetPlatformIDs(count[0], platforms, ffi.NULL) != CL_SUCCESS:
+            return
+        for platform in platforms:
+            self.handles.id_for_shared("cl_platform_id", platform, _address(platform))
+            if cl.clGetDeviceIDs(platform, CL_DEVICE_TYPE_ALL, 0, ffi.NULL, count) != CL_SUCCESS:
+                continue
+            devices = ffi.new("cl_device_id[]", count[0])
+            if cl.clGetDeviceIDs(platform, CL_DEVICE_TYPE_ALL, count[0], devices,
+                                 ffi.NULL) == CL_SUCCESS:
+                for device in devices:
+                    self.handles.id_for_shared("cl_device_id", device, _address(device))
 
     # -- Backend protocol --------------------------------------------------------------
 
@@ -115,6 +149,13 @@ class OpenClBackend:
         events fail (which ends the waits on them), then its calls still running get
         RELEASE_DEADLINE_S to return; past it the objects are left unreleased (logged),
         since releasing them would abort the process that serves every guest."""
+        self.teardown_since = time.monotonic_ns()
+        try:
+            self._release_within_deadline(doomed, owners)
+        finally:
+            self.teardown_since = 0
+
+    def _release_within_deadline(self, doomed: list, owners: set[int]) -> None:
         self._fail_user_events(doomed)
         deadline = time.monotonic() + RELEASE_DEADLINE_S
         with self._calls_done:
@@ -193,6 +234,10 @@ class OpenClBackend:
                 enc.set_status(status)
                 for post in posts:
                     post(status, enc)
+            if call.watch is not None and status == CL_SUCCESS and call.watch[0] != ffi.NULL \
+                    and self.kernels is not None:
+                # The guest's own event keeps its reference; a private one is the watch's.
+                self.kernels.track(call.watch[0], owner, fn.opcode, retain=bool(call.events))
         except CallError as exc:
             log.debug("%s: %s (%d)", fn.name, exc, exc.status)
             enc = Encoder(exc.status)
@@ -343,6 +388,9 @@ class OpenClBackend:
             return ffi.NULL          # the implementation reports NULL itself
         ptr = self.handles.lookup(obj_type, handle, owner)
         if ptr is None:
+            if owner in self.lost_owners and handle not in self.handles:
+                raise CallError(CL_OUT_OF_RESOURCES,
+                                f"{fn.name}.{arg.name}: {handle:#x} was lost in a device reset")
             raise CallError(INVALID_HANDLE[obj_type],
                             f"{fn.name}.{arg.name}: {handle:#x} is not a live {obj_type}")
         return ptr

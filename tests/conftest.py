@@ -38,7 +38,7 @@ def sock_dir():
 
 @pytest.fixture
 async def server(nursery, sock_dir):
-    srv = Server(os.path.join(sock_dir, "vdev.sock"), stall_timeout=0.5)
+    srv = Server(os.path.join(sock_dir, "vdev.sock"), stall_timeout=0.5, in_process=True)
     srv.busy_wait = 0.2
     await nursery.start(srv.serve)
     yield srv

@@ -17,7 +17,8 @@ F = api.BY_NAME
 
 @pytest.fixture
 async def cl_server(nursery, sock_dir):
-    srv = Server(os.path.join(sock_dir, "cl.sock"), backend="opencl", stall_timeout=0.5)
+    srv = Server(os.path.join(sock_dir, "cl.sock"), backend="opencl", stall_timeout=0.5,
+                 in_process=True)
     await nursery.start(srv.serve)
     yield srv
     nursery.cancel_scope.cancel()

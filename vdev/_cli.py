@@ -9,7 +9,10 @@ import sys
 
 import trio
 
-from ._server import BACKENDS, Server, SocketInUse
+from ._backends import BACKENDS
+from ._executor import ExecutorLimits
+from ._sandbox import SandboxConfig, SandboxError
+from ._server import Server, SocketInUse
 
 log = logging.getLogger("vdev")
 
@@ -43,6 +46,29 @@ def build_parser() -> argparse.ArgumentParser:
                        help="log only warnings and errors")
     serve.add_argument("--stall-timeout", type=float, default=5.0, metavar="SECONDS",
                        help="cut off a client that stops mid-message for this long (default 5)")
+    ex = serve.add_argument_group(
+        "executor", "Each client's commands run in a child process of its own (the executor), "
+        "which may die without the server or QEMU noticing: its pending commands fail with "
+        "ENODEV (CL_OUT_OF_RESOURCES in the guest), the guest processes that used it lose "
+        "their contexts, and a new executor serves new ones.")
+    ex.add_argument("--command-timeout", type=float, default=10.0, metavar="SECONDS",
+                    help="reset the executor (as a GPU driver's hang check would) when a kernel "
+                         "runs, or a non-blocking command takes, longer than this (default 10)")
+    ex.add_argument("--sandbox", choices=("auto", "required", "off"), default="auto",
+                    help="confine the executor: its own mount, network, IPC and UTS "
+                         "namespaces, a read-only view of /usr, the Python prefix and the "
+                         "project, a private /tmp, an unprivileged user, no new privileges, "
+                         "rlimits. 'auto' (default): when the server runs as root, else "
+                         "rlimits only; 'required': refuse to start without it; 'off': "
+                         "rlimits only")
+    ex.add_argument("--executor-user", default="nobody", metavar="USER",
+                    help="the unprivileged user the sandboxed executor runs as (default nobody)")
+    ex.add_argument("--executor-memory", type=float, default=32, metavar="GIB",
+                    help="cap on the executor's private memory (RLIMIT_DATA; guest RAM is "
+                         "shared and not counted), in GiB (default 32)")
+    ex.add_argument("--executor-bind", action="append", default=[], metavar="PATH",
+                    help="also give the sandboxed executor this host path, read-write (a "
+                         "GPU's device nodes, e.g. /dev/nvidia0); repeatable")
     return parser
 
 
@@ -55,7 +81,11 @@ def configure_logging(verbose: int, quiet: bool) -> None:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    server = Server(args.socket, backend=args.backend, stall_timeout=args.stall_timeout)
+    sandbox = SandboxConfig(mode=args.sandbox, user=args.executor_user,
+                            memory_bytes=int(args.executor_memory * (1 << 30)),
+                            extra_binds=args.executor_bind)
+    server = Server(args.socket, backend=args.backend, stall_timeout=args.stall_timeout,
+                    sandbox=sandbox, limits=ExecutorLimits(command_s=args.command_timeout))
     server.bind()       # fail early, outside any nursery, with a plain error
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -76,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         try:
             trio.run(_serve, args)
-        except SocketInUse as exc:
+        except (SocketInUse, SandboxError) as exc:
             log.error("%s", exc)
             return 2
         except OSError as exc:

@@ -55,8 +55,10 @@ class DmaError(Exception):
 class _MappedFile:
     """One mmap of a whole file, shared by every range that points into it."""
 
-    def __init__(self, key: tuple[int, int], mm: mmap.mmap, size: int, writable: bool):
+    def __init__(self, key: tuple[int, int], mm: mmap.mmap, size: int, writable: bool,
+                 fd: int | None = None):
         self.key = key
+        self.fd = fd            # kept open only when the map hands its files on
         self.mm = mm
         self.size = size
         self.writable = writable
@@ -65,6 +67,9 @@ class _MappedFile:
         self.users = 0
 
     def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
         self.view_ro.release()
         self.view.release()
         try:
@@ -91,8 +96,11 @@ class DmaRange:
 class DmaMap:
     """Guest-physical address ranges and their host mappings."""
 
-    def __init__(self, max_ranges: int = 65535):
+    def __init__(self, max_ranges: int = 65535, *, keep_fds: bool = False):
+        """``keep_fds``: keep each mapped file's fd open, so that ``snapshot`` can hand
+        the whole map to another process (the device server's executor)."""
         self.max_ranges = max_ranges
+        self.keep_fds = keep_fds
         self._ranges: list[DmaRange] = []    # sorted by iova, non-overlapping
         self._starts: list[int] = []
         self._files: dict[tuple[int, int], _MappedFile] = {}
@@ -180,7 +188,8 @@ class DmaMap:
                     raise DmaError(errno.EACCES, f"cannot mmap DMA_MAP fd: {exc}") from exc
             except (OSError, ValueError) as exc:
                 raise DmaError(errno.EINVAL, f"cannot mmap DMA_MAP fd: {exc}") from exc
-            mfile = _MappedFile(key, mm, st.st_size, writable)
+            mfile = _MappedFile(key, mm, st.st_size, writable,
+                                os.dup(fd) if self.keep_fds else None)
             self._files[key] = mfile
         if offset + size > mfile.size:
             if not mfile.users:
@@ -231,6 +240,11 @@ class DmaMap:
             rng.file.users -= 1
             if rng.file.users == 0:
                 self._drop_file(rng.file)
+
+    def snapshot(self) -> list[tuple[DmaRange, int | None]]:
+        """Every range with its file's fd (still owned by the map; None: no fd)."""
+        with self._lock:
+            return [(rng, rng.file.fd if rng.file else None) for rng in self._ranges]
 
     # -- access ------------------------------------------------------------------
 

@@ -19,8 +19,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
-
-import trio
+from typing import Protocol
 
 from protocols import device_abi as abi
 from protocols.device_abi import CmdFlags, RingStatus
@@ -139,12 +138,24 @@ class DaemonWorkers:
                 self._idle += 1
 
 
+class CommandMonitor(Protocol):
+    """Told when each command starts and when an inline one ends (the executor's
+    status page, which lets the parent bound a command's time)."""
+
+    def started(self, queue: int, opcode: int, inline: bool) -> None: ...
+
+    def finished(self) -> None: ...
+
+
 class RingEngine:
-    """Serves the rings of one session (implements the QueueTable listener)."""
+    """Serves the rings of one session (implements the QueueTable listener).
+
+    ``raise_irq(queue)`` and ``fail_queue(queue, errno)`` are called from the
+    engine's own threads; they must be thread-safe."""
 
     def __init__(self, dma: DmaMap, backend: Backend, *,
                  raise_irq: Callable[[int], None], fail_queue: Callable[[int, int], None],
-                 trio_token: trio.lowlevel.TrioToken | None = None,
+                 monitor: CommandMonitor | None = None,
                  spin_s: float = 50e-6, idle_timeout: float = 2e-3, max_sleep: float = 200e-6):
         self.dma = dma
         self.backend = backend
@@ -153,7 +164,7 @@ class RingEngine:
         self.max_sleep = max_sleep
         self._raise_irq = raise_irq
         self._fail_queue = fail_queue
-        self._token = trio_token or trio.lowlevel.current_trio_token()
+        self._monitor = monitor
         self._rings: dict[int, Ring] = {}
         self._active: tuple[Ring, ...] = ()
         self._lock = threading.RLock()
@@ -304,12 +315,20 @@ class RingEngine:
         ctx.payload_len, ctx.payload_addr = payload_len, payload_addr
         ctx.reply_len, ctx.reply_addr = reply_len, reply_addr
         ctx.arg0, ctx.arg1, ctx.arg2 = arg0, arg1, arg2
+        monitor = self._monitor
         if opcode in self.backend.blocking_opcodes or (
                 flags & _SG_FLAGS and _long_lists(flags, payload_len, reply_len)):
             ring.busy = True
+            if monitor is not None:
+                monitor.started(ring.queue, opcode, False)
             self._workers.submit(self._run_blocking, ring, index, ring.generation, flags)
             return False
-        status, result_len = self._execute(ctx)
+        if monitor is not None:
+            monitor.started(ring.queue, opcode, True)
+            status, result_len = self._execute(ctx)
+            monitor.finished()
+        else:
+            status, result_len = self._execute(ctx)
         self._complete(ring, index, status, result_len, flags)
         return True
 
@@ -341,13 +360,7 @@ class RingEngine:
         self._fence()
         if flags & CmdFlags.IRQ or _U32.unpack_from(view, abi.RING_IRQ_ARMED)[0]:
             _U32.pack_into(view, abi.RING_IRQ_ARMED, 0)
-            self._request_irq(ring.queue)
-
-    def _request_irq(self, queue: int) -> None:
-        try:
-            self._token.run_sync_soon(self._raise_irq, queue)
-        except trio.RunFinishedError:
-            pass
+            self._raise_irq(ring.queue)
 
     def _fail(self, ring: Ring, err: int, why: str, *, write_status: bool = True) -> None:
         log.warning("queue %d failed: %s", ring.queue, why)

@@ -8,31 +8,19 @@ rather than left waiting for a VERSION reply that QEMU would time out on.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import socket
 import stat
+import tempfile
 
 import trio
 
-from ._backend import Backend, WithDiagnostics
+from ._backends import BACKENDS, make_backend
 from ._device import AcceleratorDevice
-from ._selftest import SelftestBackend
+from ._executor import ExecutorConfig, ExecutorLimits
+from ._sandbox import SandboxConfig
 from ._session import Session, session_name
-
-#: Backends by name; each session gets a fresh instance.  Real backends live
-#: in host_backend/ and are imported only when chosen.
-BACKENDS: dict[str, type[SelftestBackend] | str] = {
-    "test": SelftestBackend, "opencl": "host_backend:OpenClBackend"}
-
-
-def make_backend(name: str) -> Backend:
-    factory = BACKENDS[name]
-    if not isinstance(factory, str):
-        return factory()
-    module, _, attr = factory.partition(":")
-    return WithDiagnostics(getattr(importlib.import_module(module), attr)(), SelftestBackend())
 
 log = logging.getLogger("vdev.server")
 
@@ -64,13 +52,22 @@ def _prepare_path(path: str) -> None:
 
 
 class Server:
-    """Owns the listening socket and the device; serves sessions one at a time."""
+    """Owns the listening socket and the device; serves sessions one at a time.
+
+    Each session's commands run in an executor process of its own (sandboxed by
+    ``sandbox``, reset past ``limits``); ``in_process=True`` runs them in this
+    process instead, for white-box tests of the ring engine and backends."""
 
     def __init__(self, path: str, device: AcceleratorDevice | None = None, *,
-                 backend: str = "test", stall_timeout: float = 5.0):
+                 backend: str = "test", stall_timeout: float = 5.0, in_process: bool = False,
+                 sandbox: SandboxConfig | None = None, limits: ExecutorLimits | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
         self.backend_name = backend
+        self.in_process = in_process
+        self.sandbox = sandbox or SandboxConfig()
+        self.limits = limits or ExecutorLimits()
+        self.sandbox_root: str | None = None
         self.path = os.path.abspath(path)
         self.device = device or AcceleratorDevice()
         self.stall_timeout = stall_timeout
@@ -82,10 +79,17 @@ class Server:
         self._one_at_a_time = trio.Lock()
         self.busy_wait = 1.0
 
+    def executor_config(self) -> ExecutorConfig:
+        level = logging.getLogger("vdev").getEffectiveLevel()
+        return ExecutorConfig(backend=self.backend_name, sandbox=self.sandbox,
+                              limits=self.limits, log_level=logging.getLevelName(level))
+
     def bind(self) -> None:
         """Create the socket (mode 0600) at ``path``; raises SocketInUse or OSError."""
         if self._listener is not None:
             return
+        if not self.in_process:
+            self.sandbox.full_sandbox()     # SandboxError now, not at the first client
         _prepare_path(self.path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
@@ -105,6 +109,10 @@ class Server:
         listener, ino = self._listener, self._ino
         assert listener is not None
         try:
+            if not self.in_process and self.sandbox.mode != "off" and os.geteuid() == 0:
+                # Where each executor mounts its root (in its own mount namespace).
+                self.sandbox_root = tempfile.mkdtemp(prefix="ava-vdev-executor-")
+                self.sandbox.root_dir = self.sandbox_root
             listener.listen(4)
             log.info("listening on %s", self.path)
             task_status.started(self)
@@ -116,6 +124,12 @@ class Server:
         finally:
             listener.close()
             self._listener = None
+            if self.sandbox_root:
+                try:
+                    os.rmdir(self.sandbox_root)
+                except OSError as exc:
+                    log.warning("could not remove %s: %s", self.sandbox_root, exc)
+                self.sandbox_root = None
             try:
                 if os.stat(self.path).st_ino == ino:
                     os.unlink(self.path)
@@ -136,9 +150,14 @@ class Server:
                 log.warning("%s refused: %s is being served (one client at a time)", name, busy)
                 return
             try:
-                self.session = Session(self.device, conn, name=name,
-                                       backend=make_backend(self.backend_name),
-                                       stall_timeout=self.stall_timeout)
+                if self.in_process:
+                    self.session = Session(self.device, conn, name=name,
+                                           backend=make_backend(self.backend_name),
+                                           stall_timeout=self.stall_timeout)
+                else:
+                    self.session = Session(self.device, conn, name=name,
+                                           executor=self.executor_config(),
+                                           stall_timeout=self.stall_timeout)
                 await self.session.run()
             finally:
                 self.session = None

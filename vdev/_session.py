@@ -25,6 +25,7 @@ from protocols.vfio_user import Command, HeaderFlags, MsgType
 from ._backend import Backend
 from ._device import NUM_REGIONS, AcceleratorDevice, RegionError
 from ._dma import DmaError, DmaMap
+from ._executor import ExecutorConfig, IsolatedEngine
 from ._irq import IrqError
 from ._rings import RingEngine
 from ._transport import ConnectionLost, FramingError, Message, MessageStream
@@ -52,20 +53,38 @@ def _peer_pid(sock: trio.socket.SocketType) -> int | None:
         return None
 
 
+def _soon(token: trio.lowlevel.TrioToken, fn: Callable[[int], None]) -> Callable[[int], None]:
+    """``fn`` made callable from any thread: it runs on the session's trio thread."""
+    def call(arg: int) -> None:
+        try:
+            token.run_sync_soon(fn, arg)
+        except trio.RunFinishedError:
+            pass
+    return call
+
+
 class Session:
-    """Serves one vfio-user client until it disconnects."""
+    """Serves one vfio-user client until it disconnects.
+
+    The rings are served by an executor process (``executor``: the normal case,
+    see ``_executor``) or, for white-box tests of the ring engine, by a
+    ``RingEngine`` in this process running ``backend``."""
 
     #: Commands that may carry file descriptors, and how many at most.
     FD_LIMITS: ClassVar[dict[Command, int]] = {Command.DMA_MAP: 1, Command.DEVICE_SET_IRQS: MAX_MSG_FDS}
 
     def __init__(self, device: AcceleratorDevice, sock: trio.socket.SocketType, *,
-                 name: str, backend: Backend, stall_timeout: float = 5.0):
+                 name: str, backend: Backend | None = None,
+                 executor: ExecutorConfig | None = None, stall_timeout: float = 5.0):
+        if (backend is None) == (executor is None):
+            raise ValueError("a session needs a backend (in process) or an executor config")
         self.device = device
         self.backend = backend
-        self.engine: RingEngine | None = None
+        self.executor = executor
+        self.engine: RingEngine | IsolatedEngine | None = None
         self.name = name
         self.stream = MessageStream(sock, max_size=MAX_MESSAGE, stall_timeout=stall_timeout)
-        self.dma = DmaMap()
+        self.dma = DmaMap(keep_fds=executor is not None)
         self.negotiated = False
         self.client_caps: dict[str, Any] = {}
         self.messages = 0
@@ -84,21 +103,40 @@ class Session:
 
     # -- the loop ------------------------------------------------------------------
 
+    @property
+    def backend_name(self) -> str:
+        return self.executor.backend if self.executor else self.backend.name  # type: ignore[union-attr]
+
     async def run(self) -> None:
-        log.info("%s: connected (backend %s)", self.name, self.backend.name)
+        log.info("%s: connected (backend %s%s)", self.name, self.backend_name,
+                 ", in an executor process" if self.executor else ", in process")
         device = self.device
         try:
             async with trio.open_nursery() as nursery:
                 device.irq.attach_nursery(nursery)
-                self.engine = RingEngine(self.dma, self.backend, raise_irq=device.raise_irq,
-                                         fail_queue=device.queues.fail)
-                device.queues.listener = self.engine
-                device.on_doorbell = self.engine.kick
-                nursery.start_soon(partial(trio.to_thread.run_sync, self.engine.run))
+                engine: RingEngine | IsolatedEngine
+                if self.executor is not None:
+                    engine = IsolatedEngine(self.dma, device.queues, self.executor,
+                                            name=self.name, raise_irq=device.raise_irq,
+                                            on_give_up=device.fail)
+                    await nursery.start(engine.run)
+                else:
+                    assert self.backend is not None
+                    token = trio.lowlevel.current_trio_token()
+                    engine = RingEngine(self.dma, self.backend,
+                                        raise_irq=_soon(token, device.raise_irq),
+                                        fail_queue=device.queues.fail)
+                    nursery.start_soon(partial(trio.to_thread.run_sync, engine.run))
+                self.engine = engine
+                device.queues.listener = engine
+                device.on_doorbell = engine.kick
                 try:
                     await self._loop()
                 finally:
-                    self.engine.stop()
+                    if isinstance(engine, IsolatedEngine):
+                        engine.close()
+                    else:
+                        engine.stop()
                     nursery.cancel_scope.cancel()
         finally:
             device.on_doorbell = None
@@ -107,10 +145,11 @@ class Session:
             device.irq.attach_nursery(None)
             device.irq.close()
             self.dma.clear()
-            try:
-                self.backend.close()
-            except Exception:
-                log.exception("%s: backend %s failed to close", self.name, self.backend.name)
+            if self.backend is not None:
+                try:
+                    self.backend.close()
+                except Exception:
+                    log.exception("%s: backend %s failed to close", self.name, self.backend.name)
             log.info("%s: closed after %d messages; queues, DMA maps and IRQ fds released",
                      self.name, self.messages)
 
@@ -223,9 +262,11 @@ class Session:
         req = vu.DmaMap.parse(msg.payload)
         self._check_argsz("DMA_MAP", req.argsz, vu.DMA_MAP_SIZE, vu.DMA_MAP_SIZE)
         fds = msg.take_fds()
-        self.dma.add(req.address, req.size, req.flags, req.offset, fds[0] if fds else None)
+        rng = self.dma.add(req.address, req.size, req.flags, req.offset, fds[0] if fds else None)
         log.debug("%s: mapped %#x+%#x flags %#x %s", self.name, req.address, req.size, req.flags,
                   "with fd" if fds else "message-only")
+        if isinstance(self.engine, IsolatedEngine):
+            self.engine.dma_added(rng, rng.file.fd if rng.file else None)
         if self.engine is not None:
             self.engine.dma_changed()
         return None
@@ -239,8 +280,12 @@ class Session:
             if req.address or req.size:
                 raise VfioUserError(errno.EINVAL, "UNMAP_ALL needs address 0 and size 0")
             self.dma.clear()
+            if isinstance(self.engine, IsolatedEngine):
+                self.engine.dma_cleared()
         else:
             self.dma.remove(req.address, req.size)
+            if isinstance(self.engine, IsolatedEngine):
+                self.engine.dma_removed(req.address, req.size)
         if self.engine is not None:
             self.engine.dma_changed()
         return msg.payload[:vu.DMA_UNMAP_SIZE]

@@ -1,0 +1,371 @@
+"""The executor process: a VM's OpenCL work runs in a sandboxed child of the device
+server.  When it dies (killed, aborted, a kernel that faults, a kernel past the time
+limit, a hang) the server completes what was in flight with an error, the guest
+process's old contexts fail cleanly, new contexts work, and the vfio-user session
+(here: the application's own loopback connection) never notices.
+
+Everything that may die runs in a child process; pytest only watches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+import trio
+from ringutil import Allocator, PyRing, connect_guest
+from test_containment import ROOT, device_env, read, stop, stops_on_sigterm
+
+from protocols import executor as xp
+from protocols import opencl_api as api
+from protocols.device_abi import QReg, QueueCtrl, Reg
+
+#: A guest application: a kernel that works, then a command the test breaks, then
+#: what a real application does after a GPU reset (old context fails, new one works).
+RESET_APP = r"""
+import sys, numpy as np, pyopencl as cl
+mode = sys.argv[1]
+SRC = '''
+__kernel void add(__global const float *a, __global const float *b, __global float *c)
+{ int i = get_global_id(0); c[i] = a[i] + b[i]; }
+__kernel void spin(__global int *a) { for (;;) a[0]++; }
+__kernel void poke(__global int *a, ulong addr) { *(volatile __global int *)addr = a[0]; }
+__kernel void trap(__global int *a) { if (a[0] != 12345) __builtin_trap(); }
+'''
+def vadd(ctx):
+    q = cl.CommandQueue(ctx)
+    prg = cl.Program(ctx, SRC).build()
+    a = np.arange(4096, dtype=np.float32); b = np.ones(4096, dtype=np.float32)
+    mf = cl.mem_flags
+    da = cl.Buffer(ctx, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=a)
+    db = cl.Buffer(ctx, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=b)
+    dc = cl.Buffer(ctx, mf.WRITE_ONLY, a.nbytes)
+    prg.add(q, a.shape, None, da, db, dc)
+    c = np.empty_like(a); cl.enqueue_copy(q, c, dc); q.finish()
+    assert (c == a + b).all()
+    return q, prg
+platform = cl.get_platforms()[0]
+device = platform.get_devices()[0]
+ctx = cl.Context([device])
+q, prg = vadd(ctx)
+print("ok before", flush=True)
+buf = cl.Buffer(ctx, cl.mem_flags.READ_WRITE, 4)
+if mode == "segv":
+    prg.poke(q, (1,), None, buf, np.uint64(16))
+elif mode == "trap":
+    prg.trap(q, (1,), None, buf)
+elif mode == "spin":
+    prg.spin(q, (1,), None, buf)
+q.flush()
+print("running", flush=True)
+if mode == "later":         # the next call goes out once the test broke the executor
+    import time; time.sleep(2)
+try:
+    q.finish()
+    print("finish returned normally", flush=True)
+except cl.Error as exc:
+    print("in flight:", exc.code, flush=True)
+try:
+    cl.Buffer(ctx, cl.mem_flags.READ_WRITE, 4)
+    print("old context still works", flush=True)
+except cl.Error as exc:
+    print("old context:", exc.code, flush=True)
+ctx2 = cl.Context([device])
+vadd(ctx2)
+print("new context works", flush=True)
+"""
+CL_OUT_OF_RESOURCES = -5
+
+
+def executor_of(server_pid: int, timeout: float = 30.0, not_pid: int | None = None) -> int:
+    """The PID of the server's executor child (waits for one, other than ``not_pid``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == not_pid:
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmd = f.read()
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == server_pid and b"vdev._executor_child" in cmd:
+                return int(entry)
+        time.sleep(0.05)
+    pytest.fail(f"server {server_pid} has no executor after {timeout} s")
+
+
+def executors_started(log: str) -> list[int]:
+    """The PIDs of the executors the server started, in order (from its log)."""
+    with open(log) as f:
+        return [int(m) for m in re.findall(r"executor started \(pid (\d+)", f.read())]
+
+
+@pytest.fixture
+def cl_server(tmp_path):
+    """An OpenCL device server with a 3 s command limit, in its own process."""
+    d = tempfile.mkdtemp(prefix="ava-ex-", dir="/tmp")
+    log = str(tmp_path / "server.log")
+    path = os.path.join(d, "cl.sock")
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "vdev", "serve", "--socket", path,
+                                 "--backend", "opencl", "--command-timeout", "3"], cwd=ROOT,
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.exists(path):
+            assert proc.poll() is None, read(log)
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        yield path, proc, log
+    finally:
+        stop(proc, timeout=15)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def run_app(env, mode: str, on_running=None, timeout: float = 180.0) -> list[str]:
+    """Run RESET_APP; ``on_running()`` is called once its broken command is in flight."""
+    app = subprocess.Popen([sys.executable, "-c", RESET_APP, mode], env=env,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    running = threading.Event()
+
+    def reader() -> None:
+        for line in app.stdout:
+            lines.append(line.strip())
+            if line.startswith("running"):
+                running.set()
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    try:
+        if on_running is not None:
+            assert running.wait(timeout), f"the app never got going: {lines} {app.stderr.read()}"
+            time.sleep(0.5)
+            on_running()
+        app.wait(timeout=timeout)
+    finally:
+        if app.poll() is None:
+            app.kill()
+            app.wait()
+        t.join(timeout=10)
+        app.stdout.close()
+    err = app.stderr.read()
+    app.stderr.close()
+    assert app.returncode == 0, f"app exit {app.returncode}: {lines} {err[-2000:]}"
+    return lines
+
+
+def check_reset(lines: list[str], log: str, cause: str) -> None:
+    assert lines[0] == "ok before", lines
+    assert f"in flight: {CL_OUT_OF_RESOURCES}" in lines, lines
+    assert f"old context: {CL_OUT_OF_RESOURCES}" in lines, lines
+    assert lines[-1] == "new context works", lines
+    text = read(log)
+    assert cause in text and "a new executor starts" in text, text
+
+
+@pytest.mark.parametrize("how,cause", [
+    ("SIGKILL", "was killed by SIGKILL"),
+    ("SIGABRT", "was killed by SIGABRT"),       # what PoCL's abort() does
+    ("SIGSTOP", "stopped answering"),           # a wedged executor: reset by the heartbeat
+])
+def test_executor_death_is_a_device_reset_for_its_contexts(shim, cl_server, how, cause):
+    path, server, log = cl_server
+    env = dict(device_env(shim, path), PYOPENCL_CTX="0")
+    victim: list[int] = []
+
+    def break_it() -> None:
+        victim.append(executor_of(server.pid))
+        os.kill(victim[0], getattr(signal, how))
+        if how == "SIGABRT":
+            # LLVM (inside PoCL) catches SIGABRT to print a trace and returns, leaving the
+            # default action in place; abort() then raises it again, as this does.
+            time.sleep(0.2)
+            os.kill(victim[0], signal.SIGABRT)
+
+    lines = run_app(env, "later" if how == "SIGSTOP" else "spin", break_it)
+    check_reset(lines, log, cause)
+    assert server.poll() is None, read(log)
+    started = executors_started(log)
+    assert len(started) >= 2 and started[0] == victim[0] and victim[0] not in started[1:], started
+    stops_on_sigterm(server, log)
+
+
+@pytest.mark.parametrize("mode,signame", [("segv", "SIGSEGV"), ("trap", "SIGILL")])
+def test_kernel_that_faults_resets_only_its_executor(shim, cl_server, mode, signame):
+    """A kernel writing to address 16, or trapping, ends the executor inside PoCL."""
+    path, server, log = cl_server
+    lines = run_app(dict(device_env(shim, path), PYOPENCL_CTX="0"), mode)
+    check_reset(lines, log, f"was killed by {signame}")
+    assert server.poll() is None, read(log)
+
+
+def test_runaway_kernel_is_stopped_at_the_command_limit(shim, cl_server):
+    """for(;;) with a 3 s limit: the app's clFinish fails after about 3 s, by itself."""
+    path, _server, log = cl_server
+    t0 = time.monotonic()
+    lines = run_app(dict(device_env(shim, path), PYOPENCL_CTX="0"), "spin")
+    check_reset(lines, log, "ran for")
+    assert "limit 3 s" in read(log)
+    assert time.monotonic() - t0 < 120
+
+
+async def test_runaway_kernel_of_a_departed_process_is_stopped_too(cl_server):
+    """As in a VM: the session (QEMU's) stays, the guest process that launched a
+    kernel that never ends goes away (its queue released).  The kernel does not run
+    for ever: the executor is reset at the limit, and the same session's next queue
+    runs OpenCL again."""
+    from test_opencl_ring import remote
+
+    from vdev.client import GuestMemory
+    path, _server, log = cl_server
+    mem = GuestMemory(16 << 20)
+    cli = await connect_guest(path, mem)
+    try:
+        alloc = Allocator(mem.size)
+        ring = await PyRing.create(cli, mem, alloc)
+        _ctx, queue, _buf, _prog, kern = await spin_kernel(ring)
+        assert (await remote(ring, "clEnqueueNDRangeKernel", command_queue=queue, kernel=kern,
+                             work_dim=1, global_work_offset=None, global_work_size=[1],
+                             local_work_size=None))[0] == 0
+        assert (await remote(ring, "clFlush", command_queue=queue))[0] == 0
+        await ring.qwrite(QReg.CTRL, QueueCtrl.RELEASE)         # its process is gone
+        with trio.fail_after(30):
+            while "ran for" not in read(log):
+                await trio.sleep(0.1)
+        fresh = await PyRing.create(cli, mem, alloc)
+        with trio.fail_after(30):
+            status, out = await remote(fresh, "clGetPlatformIDs", num_entries=1, platforms=1)
+        assert status == 0 and out["platforms"], "the session's next queue is served"
+        assert await cli.read32(Reg.MAGIC) == 0x44415641, "the session itself never noticed"
+    finally:
+        await cli.aclose()
+        mem.close()
+    assert len(executors_started(log)) == 2, read(log)
+
+
+async def spin_kernel(ring):
+    """A context, queue, buffer and a kernel that never ends, through raw ring calls."""
+    from test_opencl_ring import remote
+    _, out = await remote(ring, "clGetPlatformIDs", num_entries=1, platforms=1)
+    _, out = await remote(ring, "clGetDeviceIDs", platform=out["platforms"][0],
+                          device_type=0xFFFFFFFF, num_entries=1, devices=1)
+    dev = out["devices"][0]
+    CTX, Q, BUF, PROG, KERN = range(1, 6)
+    assert (await remote(ring, "clCreateContext", CTX, properties=None, num_devices=1,
+                         devices=[dev]))[0] == 0
+    assert (await remote(ring, "clCreateCommandQueue", Q, context=CTX, device=dev,
+                         properties=0))[0] == 0
+    assert (await remote(ring, "clCreateBuffer", BUF, context=CTX, flags=1, size=4))[0] == 0
+    src = b"__kernel void spin(__global int *a) { for (;;) a[0]++; }"
+    assert (await remote(ring, "clCreateProgramWithSource", PROG, context=CTX, count=1,
+                         strings=[src]))[0] == 0
+    assert (await remote(ring, "clBuildProgram", program=PROG, num_devices=1, device_list=[dev],
+                         options=b"\0"))[0] == 0
+    assert (await remote(ring, "clCreateKernel", KERN, program=PROG, kernel_name=b"spin\0"))[0] == 0
+    assert (await remote(ring, "clSetKernelArg", kernel=KERN, arg_index=0,
+                         arg_value=(api.KARG_MEM, BUF)))[0] == 0
+    return CTX, Q, BUF, PROG, KERN
+
+
+@pytest.fixture(scope="module")
+def vadd_exe(tmp_path_factory):
+    from test_containment import SAMPLES
+    exe = tmp_path_factory.mktemp("vadd-ex") / "vadd"
+    subprocess.run(["gcc", "-o", str(exe), os.path.join(SAMPLES, "vadd.c"), "-lOpenCL"],
+                   check=True, timeout=120)
+    return exe
+
+
+# -- the sandbox ----------------------------------------------------------------------------
+
+def _status_fields(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def test_running_executor_is_unprivileged_and_has_no_network(shim, cl_server):
+    path, server, _log = cl_server
+    seen: dict[str, object] = {}
+
+    def inspect() -> None:
+        pid = executor_of(server.pid)
+        seen["status"] = _status_fields(pid)
+        seen["ns"] = {ns: os.readlink(f"/proc/{pid}/ns/{ns}") for ns in ("net", "mnt", "ipc", "uts")}
+
+    lines = run_app(dict(device_env(shim, path), PYOPENCL_CTX="0"), "later", inspect)
+    assert "finish returned normally" in lines and lines[-1] == "new context works", lines
+    status = seen["status"]
+    uids = status["Uid"].split()
+    assert uids[0] != "0" and all(u == uids[0] for u in uids), status["Uid"]
+    assert status["Groups"].strip() == ""
+    assert status["NoNewPrivs"].strip() == "1"
+    assert status["CapEff"].strip() == "0000000000000000"
+    for ns, link in seen["ns"].items():
+        assert link != os.readlink(f"/proc/self/ns/{ns}"), f"the executor shares the {ns} namespace"
+    assert os.readlink(f"/proc/{server.pid}/ns/net") == os.readlink("/proc/self/ns/net"), \
+        "the parent keeps the host's view"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the full sandbox needs root")
+def test_sandbox_cannot_read_host_files_or_connect_anywhere(tmp_path):
+    """The very code the executor runs first (``_sandbox.enter``), then probes."""
+    secret = tempfile.NamedTemporaryFile(dir="/tmp", prefix="ava-secret-", delete=False)
+    secret.write(b"host secret")
+    secret.close()
+    root = tempfile.mkdtemp(prefix="ava-sbx-")
+    try:
+        res = subprocess.run([sys.executable, "-m", "vdev._executor_child", "--probe",
+                              "--sandbox", "required", "--sandbox-root", root,
+                              "--probe-path", secret.name, "--probe-path", "/etc/hostname"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        got = json.loads(res.stdout)
+    finally:
+        os.unlink(secret.name)
+        os.rmdir(root)
+    assert got["mode"] == "full"
+    assert got["uid"] != 0 and got["euid"] != 0
+    assert got["read /etc/shadow"] == "ENOENT"
+    assert got[f"read {secret.name}"] == "ENOENT"
+    assert got["read /etc/hostname"] == "ENOENT"
+    assert got["write /usr"] == "EROFS"
+    assert got["connect tcp 127.0.0.1"] == "ENETUNREACH"
+    assert got["connect tcp 8.8.8.8"] == "ENETUNREACH"
+    assert got["connect unix /run/systemd/private"] == "ENOENT"
+    assert got["write /tmp"] == "allowed"
+    assert got["pids visible"] == 1, "other processes are hidden"
+    assert got["core limit"] == 0
+
+
+def test_sandbox_required_without_root_refuses_to_start(monkeypatch, caplog):
+    """--sandbox required under an unprivileged user: a clear error, exit status 2,
+    no socket left behind."""
+    from vdev import _cli, _sandbox
+    monkeypatch.setattr(_sandbox.os, "geteuid", lambda: 1000)
+    sock = tempfile.mktemp(prefix="ava-nosbx-", dir="/tmp")
+    assert _cli.main(["serve", "--socket", sock, "--sandbox", "required", "-q"]) == 2
+    assert "needs the server to run as root" in caplog.text
+    assert not os.path.exists(sock)
+
+
+def test_status_page_fits_and_parses():
+    blank = xp.Status.build(dict(pid=1, heartbeat=2, command_since=3, command_queue=4,
+                                 command_opcode=5, commands=6, kernel_since=7, kernel_owner=8,
+                                 kernel_opcode=9, teardown_since=10))
+    assert len(blank) <= xp.STATUS_SIZE
+    assert xp.Status.parse(blank).kernel_owner == 8
+    assert xp.STATUS_OFFSETS["teardown_since"] == len(blank) - 8
