@@ -10,9 +10,13 @@ import itertools
 import os
 import re
 import shutil
+import signal
 import subprocess
+import threading
+import time
 
 import pytest
+from conftest import _children_of
 
 from protocols import device_abi as abi
 
@@ -64,6 +68,9 @@ PROGRAMS_SCRIPT = PRELUDE + INSTALL + r"""
 section status; python3 -m guest_driver status --out $BUILD
 section clinfo; clinfo
 section vadd; gcc -o /tmp/vadd tests/samples/vadd.c -lOpenCL; /tmp/vadd
+section reset; touch /mnt/scratch/kill-executor; i=0
+while [ ! -e /mnt/scratch/executor-killed ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+cat /mnt/scratch/executor-killed; /tmp/vadd
 for area in $CONFORMANCE; do
   section "conformance $area"; gcc -std=gnu11 -o /tmp/$area tests/conformance/$area.c -lOpenCL; /tmp/$area
 done
@@ -148,12 +155,13 @@ def scratch(tmp_path_factory):
     return tmp_path_factory.mktemp("guest-scratch")
 
 
-def run_part(lab_run, scratch, script: str, **env: str) -> dict[str, str]:
-    """Boot a guest with the OpenCL backend, run ``script``; its output by section."""
+def run_part(lab_run, scratch, script: str, during=None, **env: str) -> dict[str, str]:
+    """Boot a guest with the OpenCL backend, run ``script``; its output by section (and
+    the server's warnings under "server warnings")."""
     res = lab_run("--timeout", str(PART_TIMEOUT - 10), "--keep-logs", "--scratch", str(scratch),
                   "--", "env",
                   *(f"{k}={v}" for k, v in env.items()), "sh", "-c", script,
-                  timeout=PART_TIMEOUT)
+                  timeout=PART_TIMEOUT, during=during)
     times = section_times(res.stderr)
     print(times)
     warnings = server_warnings(res.stderr)
@@ -161,7 +169,30 @@ def run_part(lab_run, scratch, script: str, **env: str) -> dict[str, str]:
                                            times))
     sections = dict(part.split("\n", 1) for part in res.stdout.split("== ")[1:])
     assert "done" in sections, res.stdout[-2000:]
+    sections["server warnings"] = warnings
     return sections
+
+
+def executor_killer(scratch):
+    """A ``during`` hook: once the guest asks (a file in the scratch share), SIGKILL the
+    device server's executor, by PID, and tell the guest which one."""
+    def kill_when_asked(children: dict[int, str]) -> None:
+        server = next((pid for pid, cmd in children.items() if " -m vdev serve " in cmd), None)
+
+        def wait_and_kill() -> None:
+            deadline = time.monotonic() + PART_TIMEOUT
+            while not (scratch / "kill-executor").exists():
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.1)
+            victims = [pid for pid, cmd in _children_of(server).items()
+                       if "vdev._executor_child" in cmd] if server else []
+            for pid in victims:
+                os.kill(pid, signal.SIGKILL)
+            (scratch / "executor-killed").write_text(f"killed executors {victims}\n")
+
+        threading.Thread(target=wait_and_kill, daemon=True).start()
+    return kill_when_asked
 
 
 def test_runtime_over_uio(lab_run, scratch):
@@ -186,7 +217,10 @@ def differing_properties(guest: dict[str, str], host: dict[str, str]) -> dict[st
 def test_opencl_programs_in_the_guest(lab_run, scratch, tmp_path):
     """clinfo, a C sample and conformance programs compiled in the guest, each compared
     with the same program run natively on the host."""
-    sections = run_part(lab_run, scratch, PROGRAMS_SCRIPT, CONFORMANCE=" ".join(CONFORMANCE))
+    for marker in ("kill-executor", "executor-killed"):
+        (scratch / marker).unlink(missing_ok=True)
+    sections = run_part(lab_run, scratch, PROGRAMS_SCRIPT, executor_killer(scratch),
+                        CONFORMANCE=" ".join(CONFORMANCE))
     assert "via uio" in sections["status"] and "ABI:        0.1" in sections["status"]
     guest = sections["clinfo"]
     assert re.search(r"Number of platforms\s+1\n", guest), "exactly one platform: ours"
@@ -200,6 +234,11 @@ def test_opencl_programs_in_the_guest(lab_run, scratch, tmp_path):
     differing = differing_properties(ours, native)
     assert not differing, differing
     assert "1048576 elements correct" in sections["vadd"]
+    # The executor killed between two programs: QEMU and the guest never notice, and the
+    # next program runs on a fresh executor.
+    assert re.search(r"killed executors \[\d+\]", sections["reset"]), sections["reset"]
+    assert "1048576 elements correct" in sections["reset"]
+    assert "was killed by SIGKILL" in sections["server warnings"], sections["server warnings"]
     for area in CONFORMANCE:
         exe = os.path.join(str(tmp_path), area)
         subprocess.run(["gcc", "-std=gnu11", "-o", exe, os.path.join(HERE, "conformance",

@@ -105,6 +105,18 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with status {returncode}"
 
 
+#: Environment variables an executor inherits (by prefix): what the OpenCL
+#: implementation, the loader and Python read.  The rest of the server's environment
+#: (credentials, tokens, paths of other services) stays out of its reach.
+ENV_PREFIXES = ("POCL_", "OCL_", "AVA_", "CUDA_", "NVIDIA_", "ROCR_", "HSA_", "GPU_", "LC_",
+                "PYTHON")
+ENV_NAMES = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "LD_LIBRARY_PATH", "VIRTUAL_ENV"})
+
+
+def executor_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k in ENV_NAMES or k.startswith(ENV_PREFIXES)}
+
+
 class ExecutorProcess:
     """One executor: the child, its sockets, eventfd and status page."""
 
@@ -130,7 +142,7 @@ class ExecutorProcess:
                 *config.sandbox.as_args()]
         try:
             self.proc = subprocess.Popen(argv, pass_fds=child_fds, stdin=subprocess.DEVNULL,
-                                         cwd="/")
+                                         cwd="/", env=executor_environment())
         finally:
             ctl_child.close()
             evt_child.close()

@@ -167,6 +167,17 @@ def python_paths() -> list[str]:
     return out
 
 
+def environment_paths() -> list[str]:
+    """Host paths the environment points the OpenCL loader at (a vendors directory,
+    a library named by AVA_HOST_OPENCL): visible, read-only, if they exist."""
+    paths = []
+    for var in ("OCL_ICD_VENDORS", "OCL_ICD_FILENAMES", "AVA_HOST_OPENCL"):
+        for entry in os.environ.get(var, "").split(":"):
+            if os.path.isabs(entry) and os.path.exists(entry):
+                paths.append(os.path.realpath(entry))
+    return paths
+
+
 def _build_root(cfg: SandboxConfig, uid: int, gid: int) -> None:
     root = cfg.root_dir
     _mount("none", "/", None, MS_REC | MS_PRIVATE)
@@ -181,9 +192,11 @@ def _build_root(cfg: SandboxConfig, uid: int, gid: int) -> None:
     os.makedirs(root + "/tmp", mode=0o1777, exist_ok=True)
     _mount("ava-tmp", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
            f"mode=1777,size={cfg.tmp_bytes},uid={uid},gid={gid}")
-    for host in (*SYSTEM_PATHS, *python_paths(), *cfg.read_only_paths):
-        if os.path.exists(host):
+    bound: list[str] = []
+    for host in (*SYSTEM_PATHS, *python_paths(), *environment_paths(), *cfg.read_only_paths):
+        if os.path.exists(host) and not any(host == b or host.startswith(b + "/") for b in bound):
             _bind(host, root)
+            bound.append(host)
     os.makedirs(root + "/proc", mode=0o555)
     try:
         _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,

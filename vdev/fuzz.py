@@ -12,8 +12,10 @@ socket) the way QEMU would, then mutates what it sends:
   addresses (inside, across and outside the map) and scatter lists.
 
 After every batch the harness checks that the server is alive, that a good client
-is served (VERSION and a BAR0 read) within 1 s, and that the server's open fds,
-threads and resident memory stay within bounds of what they were after warm-up.
+is served (VERSION and a BAR0 read) within 1 s, that the server's open fds,
+threads and resident memory stay within bounds of what they were after warm-up,
+and that no executor (the child that runs a session's commands) died: the server
+survives that, but an input that kills an executor is still a bug.
 The first violation ends the campaign with the seed that reproduces it.
 
 The structured OpenCL-call fuzzer (``tests/backend_fuzz.py``) covers the decoding
@@ -31,6 +33,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import IO
 
 import trio
 
@@ -62,6 +65,7 @@ class Campaign:
     error_replies: int = 0
     disconnects: int = 0
     worst_probe_s: float = 0.0
+    log_seen: int = 0           # how much of the server's log was checked
     figures: dict[str, int] = field(default_factory=dict)
 
 
@@ -275,6 +279,20 @@ async def probe(path: str, server: subprocess.Popen[bytes], camp: Campaign) -> N
     camp.worst_probe_s = max(camp.worst_probe_s, time.monotonic() - t0)
 
 
+def check_executors(log: IO[bytes] | None, camp: Campaign) -> None:
+    """No executor ended other than with its session (the server logs each one that
+    dies or is reset as "executor pid N ended (why)")."""
+    if log is None:
+        return
+    log.seek(camp.log_seen)
+    data = log.read()
+    data = data[:data.rfind(b"\n") + 1]            # whole lines only
+    camp.log_seen += len(data)
+    for line in data.decode(errors="replace").splitlines():
+        if "vdev.executor ERROR" in line and " ended (" in line:
+            raise FuzzFailure(f"an executor died: {line}")
+
+
 def check_bounds(pid: int, base: dict[str, int], camp: Campaign) -> None:
     now = proc_figures(pid)
     camp.figures = now
@@ -287,7 +305,8 @@ def check_bounds(pid: int, base: dict[str, int], camp: Campaign) -> None:
 
 
 async def campaign(path: str, server: subprocess.Popen[bytes], *, messages: int, commands: int,
-                   seed: int, batch: int, progress: bool) -> Campaign:
+                   seed: int, batch: int, progress: bool,
+                   log: IO[bytes] | None = None) -> Campaign:
     rng = random.Random(seed)
     camp = Campaign()
     with GuestMemory(RAM_SIZE, name="ava-fuzz-ram") as mem:     # sealed, as QEMU's RAM is
@@ -304,6 +323,7 @@ async def campaign(path: str, server: subprocess.Popen[bytes], *, messages: int,
             camp.batches += 1
             await probe(path, server, camp)
             check_bounds(server.pid, base, camp)
+            check_executors(log, camp)
             if progress and time.monotonic() - last > 5:
                 last = time.monotonic()
                 print(f"  {camp.messages} messages, {camp.commands} commands, "
@@ -318,7 +338,7 @@ def run(args: argparse.Namespace) -> int:
                 t0 = time.monotonic()
                 camp = trio.run(lambda: campaign(
                     path, server, messages=args.messages, commands=args.commands,
-                    seed=args.seed, batch=args.batch, progress=not args.quiet))
+                    seed=args.seed, batch=args.batch, progress=not args.quiet, log=log))
         except FuzzFailure as exc:
             log.seek(0)
             tail = log.read().decode(errors="replace")[-3000:]
@@ -328,7 +348,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"fuzz: {camp.messages} vfio-user messages and {camp.commands} ring commands "
           f"in {camp.batches} batches ({time.monotonic() - t0:.0f} s, seed {args.seed}, "
           f"backend {args.backend}): 0 crashes, 0 hangs, 0 leaks; "
-          f"{camp.error_replies} error replies, {camp.disconnects} disconnects; "
+          f"{camp.error_replies} error replies, {camp.disconnects} disconnects, "
+          "no executor died; "
           f"slowest good client {camp.worst_probe_s * 1000:.0f} ms; server at the end: "
           f"{camp.figures['fds']} fds, {camp.figures['threads']} threads, "
           f"{camp.figures['rss'] >> 20} MiB RSS")
