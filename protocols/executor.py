@@ -36,8 +36,8 @@ class ControlOp(enum.IntEnum):
     DMA_REMOVE = 2      # acked: the executor no longer touches the range
     DMA_CLEAR = 3       # acked: every range is gone
     QUEUE_ENABLE = 4    # start serving a ring
-    QUEUE_DISABLE = 5
-    QUEUE_RELEASE = 6   # a queue is gone; ``last``: its owner has no other queue
+    QUEUE_DISABLE = 5   # acked: the ring's memory is no longer touched
+    QUEUE_RELEASE = 6   # acked; a queue is gone; ``last``: its owner has no other queue
     SYNC = 7            # acked once everything before it is done
 
 
@@ -54,7 +54,6 @@ _Seq = Struct("seq" / Int32ul)
 _Enable = Struct("queue" / Int32ul, "slots" / Int32ul, "ring" / Int64ul, "owner" / Int32ul,
                  "generation" / Int32ul)
 _Queue = Struct("queue" / Int32ul)
-_Release = Struct("queue" / Int32ul, "owner" / Int32ul, "last" / Int32ul)
 
 Control = Struct(
     "op" / Enum(Int16ul, ControlOp),
@@ -63,8 +62,9 @@ Control = Struct(
         ControlOp.DMA_REMOVE.name: Struct("iova" / Int64ul, "size" / Int64ul, "seq" / Int32ul),
         ControlOp.DMA_CLEAR.name: _Seq,
         ControlOp.QUEUE_ENABLE.name: _Enable,
-        ControlOp.QUEUE_DISABLE.name: _Queue,
-        ControlOp.QUEUE_RELEASE.name: _Release,
+        ControlOp.QUEUE_DISABLE.name: Struct("queue" / Int32ul, "seq" / Int32ul),
+        ControlOp.QUEUE_RELEASE.name: Struct("queue" / Int32ul, "owner" / Int32ul,
+                                             "last" / Int32ul, "seq" / Int32ul),
         ControlOp.SYNC.name: _Seq,
     }),
 )

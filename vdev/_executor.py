@@ -284,13 +284,15 @@ class IsolatedEngine:
         self._needed.set()
         return 0
 
+    # Disable and release are acknowledged, like an unmap: once the guest's register
+    # write returns, the executor no longer reads or writes that ring's memory.
     def disable_queue(self, queue: int) -> None:
         if self.rings.pop(queue, None) is not None:
-            self._forward(ControlOp.QUEUE_DISABLE, queue=queue)
+            self._request(ControlOp.QUEUE_DISABLE, queue=queue)
 
     def release_queue(self, queue: int, owner: int = 0, last: bool = True) -> None:
         self.rings.pop(queue, None)
-        self._forward(ControlOp.QUEUE_RELEASE, queue=queue, owner=owner, last=int(last))
+        self._request(ControlOp.QUEUE_RELEASE, queue=queue, owner=owner, last=int(last))
 
     def kick(self, queue: int = 0) -> None:
         if self.proc is not None:

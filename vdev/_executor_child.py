@@ -205,8 +205,10 @@ class Executor:
                 self._queue_failed(body.queue, err)
         elif op == ControlOp.QUEUE_DISABLE:
             self.engine.disable_queue(body.queue)
+            self._ack(body.seq)
         elif op == ControlOp.QUEUE_RELEASE:
             self.engine.release_queue(body.queue, body.owner, bool(body.last))
+            self._ack(body.seq)
         elif op == ControlOp.SYNC:
             self._ack(body.seq)
 

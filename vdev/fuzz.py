@@ -69,6 +69,11 @@ class Campaign:
     figures: dict[str, int] = field(default_factory=dict)
 
 
+#: How long a reply may take before the connection counts as out of step (a mutated
+#: header that claimed more bytes than were sent leaves the server waiting for them).
+REPLY_WAIT_S = 0.25
+
+
 class FuzzFailure(Exception):
     """The server crashed, hung or leaked."""
 
@@ -153,7 +158,19 @@ def mutate(rng: random.Random, msg_id: int, command: int, payload: bytes) -> byt
 
 async def message_batch(path: str, mem: GuestMemory, rng: random.Random, n: int,
                         camp: Campaign) -> None:
-    """One connection: the connect sequence, with ``n`` mutated messages mixed in."""
+    """``n`` messages: connections replaying the connect sequence with mutated
+    messages mixed in, a new one whenever the server (rightly) drops the last."""
+    goal = camp.messages + n
+    while camp.messages < goal:
+        before = camp.messages
+        await message_connection(path, mem, rng, goal - camp.messages, camp)
+        if camp.messages == before:
+            return          # could not connect (or nothing went out): the probe will say
+
+
+async def message_connection(path: str, mem: GuestMemory, rng: random.Random, n: int,
+                             camp: Campaign) -> None:
+    """One connection: the connect sequence, with up to ``n`` mutated messages mixed in."""
     try:
         cli = await VfioUserClient.connect(path, timeout=2.0)
     except OSError:
@@ -175,7 +192,7 @@ async def message_batch(path: str, mem: GuestMemory, rng: random.Random, n: int,
                 if flags & vu.HeaderFlags.NO_REPLY or flags & vu.HeaderFlags.TYPE_MASK:
                     continue            # no reply is owed (a posted write, a stray reply)
                 reply = None
-                with trio.move_on_after(0.5):
+                with trio.move_on_after(REPLY_WAIT_S):
                     reply = await cli.stream.receive()
                     if reply is None:
                         camp.disconnects += 1
@@ -202,31 +219,41 @@ async def message_batch(path: str, mem: GuestMemory, rng: random.Random, n: int,
 
 async def ring_batch(path: str, mem: GuestMemory, rng: random.Random, n: int,
                      camp: Campaign) -> None:
-    """A queue in guest RAM, then ``n`` random commands published on it."""
+    """One session: a queue in guest RAM and ``n`` random commands published on it,
+    with a new queue whenever the server (rightly) fails the last one."""
     async with await VfioUserClient.connect(path, timeout=2.0) as cli:
         await cli.negotiate()
         await cli.dma_map(RAM_IOVA, RAM_SIZE, fd=mem.fd)
-        queue = await cli.read32(Reg.QUEUE_ALLOC)
-        if queue == abi.NO_QUEUE:
-            raise FuzzFailure("no free queue for a fresh client: queues leak")
-        ring_off = 0
-        mem.mm[0:abi.ring_bytes(RING_SLOTS)] = bytes(abi.ring_bytes(RING_SLOTS))
-        for reg, value in ((QReg.RING_LO, RAM_IOVA & 0xFFFFFFFF), (QReg.RING_HI, RAM_IOVA >> 32),
-                           (QReg.SIZE, RING_SLOTS), (QReg.OWNER, os.getpid()),
-                           (QReg.CTRL, QueueCtrl.ENABLE)):
-            await cli.write32(abi.queue_reg(queue, reg), value)
-        data_base = 1 << 20
-        mem.mm[data_base:data_base + 4096] = rng.randbytes(4096)
-        addresses = [0, RAM_IOVA, RAM_IOVA + data_base, RAM_IOVA + RAM_SIZE - 8,
-                     RAM_IOVA + RAM_SIZE, RAM_IOVA - 4096, (1 << 64) - 4096, 1 << 40]
-        lengths = [0, 1, 8, 64, 4096, 1 << 20, abi.MAX_SG_ENTRIES + 1, 0xFFFFFFFF]
-        opcodes = [o.value for o in abi.SelftestOp] + [0x100 + rng.randrange(140), 0xFFFF,
-                                                       rng.randrange(0x10000)]
-        sg_table = data_base + 8192
-        for i in range(16):                     # a scatter list, some entries hostile
-            mem.mm[sg_table + 16 * i:sg_table + 16 * i + 16] = struct.pack(
-                "<QII", rng.choice(addresses), rng.choice(lengths), 0)
-        tail = 0
+        goal = camp.commands + n
+        while camp.commands < goal:
+            await ring_queue(cli, mem, rng, goal - camp.commands, camp)
+
+
+async def ring_queue(cli: VfioUserClient, mem: GuestMemory, rng: random.Random, n: int,
+                     camp: Campaign) -> None:
+    """A queue, then up to ``n`` random commands on it until it fails; released after."""
+    queue = await cli.read32(Reg.QUEUE_ALLOC)
+    if queue == abi.NO_QUEUE:
+        raise FuzzFailure("no free queue for a client that released its last: queues leak")
+    ring_off = 0
+    mem.mm[0:abi.ring_bytes(RING_SLOTS)] = bytes(abi.ring_bytes(RING_SLOTS))
+    for reg, value in ((QReg.RING_LO, RAM_IOVA & 0xFFFFFFFF), (QReg.RING_HI, RAM_IOVA >> 32),
+                       (QReg.SIZE, RING_SLOTS), (QReg.OWNER, os.getpid()),
+                       (QReg.CTRL, QueueCtrl.ENABLE)):
+        await cli.write32(abi.queue_reg(queue, reg), value)
+    data_base = 1 << 20
+    mem.mm[data_base:data_base + 4096] = rng.randbytes(4096)
+    addresses = [0, RAM_IOVA, RAM_IOVA + data_base, RAM_IOVA + RAM_SIZE - 8,
+                 RAM_IOVA + RAM_SIZE, RAM_IOVA - 4096, (1 << 64) - 4096, 1 << 40]
+    lengths = [0, 1, 8, 64, 4096, 1 << 20, abi.MAX_SG_ENTRIES + 1, 0xFFFFFFFF]
+    opcodes = [o.value for o in abi.SelftestOp] + [0x100 + rng.randrange(140), 0xFFFF,
+                                                   rng.randrange(0x10000)]
+    sg_table = data_base + 8192
+    for i in range(16):                     # a scatter list, some entries hostile
+        mem.mm[sg_table + 16 * i:sg_table + 16 * i + 16] = struct.pack(
+            "<QII", rng.choice(addresses), rng.choice(lengths), 0)
+    tail = 0
+    try:
         for i in range(n):
             flags = rng.choice([0, 0, abi.CmdFlags.PAYLOAD_SG, abi.CmdFlags.REPLY_SG,
                                 abi.CmdFlags.IRQ, rng.randrange(1 << 16)])
@@ -251,6 +278,7 @@ async def ring_batch(path: str, mem: GuestMemory, rng: random.Random, n: int,
                     if await cli.read32(abi.queue_reg(queue, QReg.CTRL)) & QueueState.FAILED:
                         return
                     await trio.sleep(0.0002)
+    finally:
         await cli.write32(abi.queue_reg(queue, QReg.CTRL), QueueCtrl.RELEASE)
 
 
