@@ -149,6 +149,24 @@ async def test_intx_unmask_with_unpollable_resample_fd_is_refused(server, client
     await fresh_client_is_served(server.path, timeout=5)
 
 
+async def test_interrupt_through_a_full_eventfd_does_not_block_the_server(server, client):
+    """A client that fills its interrupt eventfd's counter (0xfffffffffffffffe) and
+    hands over a blocking one: the server's next interrupt write must not block."""
+    efd = os.eventfd(0, os.EFD_CLOEXEC)             # blocking, as a hostile client may pass
+    try:
+        os.eventfd_write(efd, 0xFFFFFFFFFFFFFFFE)
+        await client.set_irqs(IrqIndex.MSIX, IrqSetFlags.DATA_EVENTFD | IrqSetFlags.ACTION_TRIGGER,
+                              0, 1, [efd])
+        def raise_twice() -> None:
+            server.device.irq.raise_vector(0)
+            server.device.irq.raise_vector(0)
+        with trio.fail_after(2):      # off the loop, so that a blocked write fails the test
+            await trio.to_thread.run_sync(raise_twice, abandon_on_cancel=True)
+        assert await client.read32(Reg.MAGIC) == MAGIC, "the session still answers"
+    finally:
+        os.close(efd)
+
+
 # -- 2. DMA-mapped memfd shrunk by the client ---------------------------------------------------
 
 class Memfd:

@@ -42,6 +42,10 @@ def _check_eventfd(fd: int) -> None:
     if kind != "anon_inode:[eventfd]":
         raise IrqError(errno.EINVAL, f"SET_IRQS: an fd is not an eventfd (it is {kind!r}); "
                                      "QEMU sends eventfds")
+    # A write to an eventfd whose counter is full blocks: a client that filled one would
+    # stop the server at its next interrupt.  Non-blocking, the write fails instead (the
+    # interrupt is already pending then).  QEMU's own event notifiers are non-blocking.
+    os.set_blocking(fd, False)
 
 @dataclass
 class _Vector:
