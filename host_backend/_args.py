@@ -118,6 +118,24 @@ def as_signed(value: int, width: int) -> int:
     return value - (1 << bits) if value >> (bits - 1) else value
 
 
+def scalar_value(raw: int, ctype: str, what: str) -> int:
+    """The C value of a scalar the guest sent as 64 bits.  The guest widens a signed
+    type by sign extension (``(uint64_t)(cl_int)-30`` is 0xffffffffffffffe2), so a
+    signed value fits when it is in range either way; an unsigned one must have no bits
+    above its width."""
+    width, signed = api.SCALAR_TYPES[ctype]
+    if signed:
+        value = as_signed(raw, 8)
+        if width < 8 and not -(1 << (width * 8 - 1)) <= value < (1 << (width * 8 - 1)):
+            if raw >> (width * 8):
+                raise WireError(f"{what}={raw:#x} does not fit {ctype}")
+            value = as_signed(raw, width)       # the zero-extended form of a negative value
+        return value
+    if width < 8 and raw >> (width * 8):
+        raise WireError(f"{what}={raw:#x} does not fit {ctype}")
+    return raw
+
+
 class ArgDecoder:
     """Decodes the arguments of one call of ``fn`` (see the module docstring)."""
 
@@ -155,11 +173,7 @@ class ArgDecoder:
     # -- one method per argument kind ------------------------------------------------------
 
     def _arg_scalar(self, arg, kind) -> None:
-        width, signed = api.SCALAR_TYPES[kind.ctype]
-        raw = self.dec.u64()
-        if width < 8 and raw >> (width * 8):
-            raise WireError(f"{arg.name}={raw:#x} does not fit {kind.ctype}")
-        value = as_signed(raw, width) if signed else raw
+        value = scalar_value(self.dec.u64(), kind.ctype, arg.name)
         if (isinstance(kind, api.MemFlags) and value & api.CL_MEM_USE_HOST_PTR
                 and not value & (api.CL_MEM_COPY_HOST_PTR | CL_MEM_ALLOC_HOST_PTR)):
             value = value & ~api.CL_MEM_USE_HOST_PTR | api.CL_MEM_COPY_HOST_PTR
@@ -499,9 +513,7 @@ class ArgDecoder:
         out = ffi.new(f"{kind.ctype} *")
         values = {}
         for (name, ctype), raw in zip(kind.fields, dec.u64s(n), strict=True):
-            width, _ = api.SCALAR_TYPES[ctype]
-            if width < 8 and raw >> (width * 8):
-                raise WireError(f"{arg.name}.{name}={raw:#x} does not fit {ctype}")
+            raw = scalar_value(raw, ctype, f"{arg.name}.{name}") & ((1 << 64) - 1)
             if raw and name in kind.zero_fields:
                 raise CallError(kind.bad_handle or CL_INVALID_VALUE,
                                 f"{fn.name}.{arg.name}.{name} must be 0")

@@ -504,3 +504,24 @@ def test_structured_hostile_calls_never_crash_the_host(seed):
                           "4000"], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, f"the host process died ({res.returncode}): {res.stderr[-2000:]}"
     assert f"done {seed} 0" in res.stdout, res.stdout[-3000:]
+
+
+@pytest.mark.parametrize("raw,ctype,value", [
+    (0xFFFFFFFFFFFFFFE2, "cl_int", -30),          # sign-extended by the guest
+    (0xFFFFFFE2, "cl_int", -30),                  # zero-extended
+    (0xFFFFFFFF80000000, "cl_int", -(1 << 31)),
+    (0x7FFFFFFF, "cl_int", (1 << 31) - 1),
+    (0xFFFFFFFF, "cl_uint", 0xFFFFFFFF),
+])
+def test_signed_scalars_arrive_with_their_sign(raw, ctype, value):
+    from host_backend._args import scalar_value
+    assert scalar_value(raw, ctype, "x") == value
+
+
+@pytest.mark.parametrize("raw,ctype", [(0x1_0000_0000, "cl_int"), (0xFFFFFFFF7FFFFFFF, "cl_int"),
+                                       (0x1_0000_0000, "cl_uint"), (0xFFFFFFFFFFFFFFFF, "cl_uint")])
+def test_scalars_that_do_not_fit_are_malformed(raw, ctype):
+    from host_backend._args import scalar_value
+    from host_backend._wire import WireError
+    with pytest.raises(WireError, match="does not fit"):
+        scalar_value(raw, ctype, "x")

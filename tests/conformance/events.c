@@ -25,6 +25,23 @@ int main(void)
     CASE("RetainEvent(NULL)", clRetainEvent(NULL));
     CASE("ReleaseEvent(marker)", clReleaseEvent(marker));
     CASE("ReleaseEvent(user)", clReleaseEvent(user));
+    /* A negative execution status (any error code, which the spec allows): the command
+     * waiting on it ends in error, and so does a wait for it. */
+    cl_event failing = clCreateUserEvent(context, &err);
+    CASE("CreateUserEvent(to fail)", err);
+    cl_event blocked;
+    CASE("EnqueueMarkerWithWaitList(failing)", clEnqueueMarkerWithWaitList(queue, 1, &failing, &blocked));
+    CASE("SetUserEventStatus(CL_INVALID_VALUE)", clSetUserEventStatus(failing, CL_INVALID_VALUE));
+    CASE("GetEventInfo(failed status)", clGetEventInfo(failing, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof(status), &status, NULL));
+    printf("%-48s %d\n", "  user event status", status);
+    CASE("SetUserEventStatus(after failing)", clSetUserEventStatus(failing, CL_COMPLETE));
+    CASE("WaitForEvents(blocked by failed)", clWaitForEvents(1, &blocked) != CL_SUCCESS);
+    cl_event minus = clCreateUserEvent(context, &err);
+    CASE("SetUserEventStatus(-1)", clSetUserEventStatus(minus, -1));
+    CASE("SetUserEventStatus(INT_MIN)", clSetUserEventStatus(minus, -2147483647 - 1));
+    CASE("ReleaseEvent(blocked)", clReleaseEvent(blocked));
+    CASE("ReleaseEvent(failing)", clReleaseEvent(failing));
+    CASE("ReleaseEvent(minus)", clReleaseEvent(minus));
     CASE("EnqueueBarrierWithWaitList", clEnqueueBarrierWithWaitList(queue, 0, NULL, NULL));
     CASE("Finish", clFinish(queue));
     return 0;
