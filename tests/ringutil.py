@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 
 import trio
 
 from protocols import device_abi as abi
 from protocols.device_abi import QReg, QueueCtrl, Reg, RingStatus
 from vdev.client import GuestMemory, VfioUserClient
+
+#: A locked read-modify-write (a mutex round trip) as a full memory barrier.
+_FENCE = threading.Lock()
 
 CMD = struct.Struct("<HHIQQQIIQQQ")
 CQE = struct.Struct("<QiI")
@@ -89,7 +93,14 @@ class PyRing:
         return st.unpack_from(self.mem.mm, self.offset + off)[0]
 
     def set_field(self, off: int, value: int, st=U64) -> None:
-        st.pack_into(self.mem.mm, self.offset + off, value)
+        """One aligned store, as a guest's must be: ``struct.pack_into`` zeroes the bytes
+        first and then writes them one by one, so an engine in another process (an
+        executor) could read a tail of 0 in between and rightly fail the ring."""
+        pos = self.offset + off
+        fmt = "Q" if st is U64 else "I"
+        assert st in (U64, U32) and pos % st.size == 0
+        with memoryview(self.mem.mm) as raw, raw.cast(fmt) as words:
+            words[pos // st.size] = value
 
     @property
     def head(self) -> int:
@@ -116,6 +127,11 @@ class PyRing:
         """Publish ``value`` as the tail the way a guest must: ring the doorbell when
         the engine sleeps (IDLE), or it never looks."""
         self.set_field(abi.RING_TAIL, value)
+        # A full barrier between the store and the load, as the C runtime has: the engine
+        # (another process, running in parallel) sets IDLE and then reads the tail, so
+        # without it each side can miss the other's store and the doorbell is never rung.
+        _FENCE.acquire()
+        _FENCE.release()
         if self.status & RingStatus.IDLE:
             await self.cli.write32(Reg.DOORBELL, self.queue, posted=True)
 
