@@ -97,8 +97,8 @@ class PyRing:
         first and then writes them one by one, so an engine in another process (an
         executor) could read a tail of 0 in between and rightly fail the ring."""
         pos = self.offset + off
-        fmt = "Q" if st is U64 else "I"
-        assert st in (U64, U32) and pos % st.size == 0
+        fmt = {8: "Q", 4: "I"}[st.size]
+        assert pos % st.size == 0
         with memoryview(self.mem.mm) as raw, raw.cast(fmt) as words:
             words[pos // st.size] = value
 

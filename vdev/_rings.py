@@ -29,11 +29,13 @@ from ._dma import DmaError, DmaMap
 
 log = logging.getLogger("vdev.rings")
 
-_U64 = struct.Struct("<Q")
-_U32 = struct.Struct("<I")
 _CMD = struct.Struct("<HHIQQQII QQQ".replace(" ", ""))
 _CQE = struct.Struct("<QiI")
 assert _CMD.size == abi.COMMAND_SIZE and _CQE.size == abi.COMPLETION_SIZE
+#: Word indices of the header fields (the ring is 64-byte aligned).
+_TAIL_W, _HEAD_W = abi.RING_TAIL // 8, abi.RING_HEAD // 8
+_STATUS_W, _ARMED_W = abi.RING_STATUS // 4, abi.RING_IRQ_ARMED // 4
+assert not (abi.RING_TAIL % 8 or abi.RING_HEAD % 8 or abi.RING_STATUS % 4 or abi.RING_IRQ_ARMED % 4)
 
 
 class Ring:
@@ -51,6 +53,8 @@ class Ring:
         "mask",
         "queue",
         "slots",
+        "u32",
+        "u64",
         "view",
     )
 
@@ -60,7 +64,7 @@ class Ring:
         self.addr = addr
         self.slots = slots
         self.mask = slots - 1
-        self.view = view
+        self.set_view(view)
         self.head = 0
         self.generation = 0
         self.busy = False
@@ -69,8 +73,16 @@ class Ring:
         self.cq_base = abi.RING_HEADER_SIZE + slots * abi.COMMAND_SIZE
         self.commands = 0
 
+    def set_view(self, view: memoryview) -> None:
+        """The ring's memory, also as 32- and 64-bit words: header fields are read and
+        written with one aligned access each, as the guest's atomics expect
+        (``struct.pack_into`` zeroes the bytes first, then writes them one by one)."""
+        self.view = view
+        self.u32 = view.cast("I")
+        self.u64 = view.cast("Q")
+
     def set_status(self, value: int) -> None:
-        _U32.pack_into(self.view, abi.RING_STATUS, value)
+        self.u32[_STATUS_W] = value
 
 
 _SG_FLAGS = int(CmdFlags.PAYLOAD_SG | CmdFlags.REPLY_SG)
@@ -184,7 +196,7 @@ class RingEngine:
             log.warning("queue %d: ring %#x unusable: %s", queue, ring_addr, exc)
             return exc.errno
         ring = Ring(queue, ring_addr, slots, view, self.dma, owner)
-        _U64.pack_into(view, abi.RING_HEAD, 0)
+        ring.u64[_HEAD_W] = 0
         ring.set_status(0)
         with self._lock:
             self._rings[queue] = ring
@@ -215,7 +227,8 @@ class RingEngine:
         with self._lock:
             for ring in list(self._rings.values()):
                 try:
-                    ring.view = self.dma.translate(ring.addr, abi.ring_bytes(ring.slots), write=True)
+                    ring.set_view(self.dma.translate(ring.addr, abi.ring_bytes(ring.slots),
+                                                     write=True))
                 except DmaError as exc:
                     self._fail(ring, errno.EFAULT, f"ring memory unmapped ({exc})", write_status=False)
 
@@ -277,7 +290,7 @@ class RingEngine:
 
     def _has_work(self, rings: Iterable[Ring]) -> bool:
         for ring in rings:
-            if not ring.busy and _U64.unpack_from(ring.view, abi.RING_TAIL)[0] != ring.head:
+            if not ring.busy and ring.u64[_TAIL_W] != ring.head:
                 return True
         return False
 
@@ -287,8 +300,7 @@ class RingEngine:
         for ring in self._active:
             if ring.busy:
                 continue
-            view = ring.view
-            tail = _U64.unpack_from(view, abi.RING_TAIL)[0]
+            tail = ring.u64[_TAIL_W]
             head = ring.head
             if tail == head:
                 continue
@@ -352,14 +364,14 @@ class RingEngine:
         self._wake.set()
 
     def _complete(self, ring: Ring, index: int, status: int, result_len: int, flags: int) -> None:
-        view = ring.view
-        _CQE.pack_into(view, ring.cq_base + (index & ring.mask) * 16, index, status, result_len)
+        _CQE.pack_into(ring.view, ring.cq_base + (index & ring.mask) * 16, index, status,
+                       result_len)
         ring.head = index + 1
-        _U64.pack_into(view, abi.RING_HEAD, index + 1)
+        ring.u64[_HEAD_W] = index + 1
         ring.commands += 1
         self._fence()
-        if flags & CmdFlags.IRQ or _U32.unpack_from(view, abi.RING_IRQ_ARMED)[0]:
-            _U32.pack_into(view, abi.RING_IRQ_ARMED, 0)
+        if flags & CmdFlags.IRQ or ring.u32[_ARMED_W]:
+            ring.u32[_ARMED_W] = 0
             self._raise_irq(ring.queue)
 
     def _fail(self, ring: Ring, err: int, why: str, *, write_status: bool = True) -> None:
