@@ -114,7 +114,12 @@ ENV_NAMES = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "LD_LIBRARY_PATH", "VIR
 
 
 def executor_environment() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k in ENV_NAMES or k.startswith(ENV_PREFIXES)}
+    env = {k: v for k, v in os.environ.items() if k in ENV_NAMES or k.startswith(ENV_PREFIXES)}
+    # The executor imports this very checkout (it starts in /, so its own directory would
+    # not be on its path), whether the project is installed or run from a source tree.
+    project = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (project, env.get("PYTHONPATH")) if p)
+    return env
 
 
 class ExecutorProcess:
