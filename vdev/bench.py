@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from typing import IO, Any
@@ -38,7 +39,25 @@ def build_tools() -> str:
 def loopback_server(backend: str, log: IO[bytes] | None = None
                     ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A device server on a private socket (its output to ``log`` if given); yields
-    the socket path and the process, stopped (by PID) on the way out."""
+    the socket path and the process, stopped (by PID) on the way out, also when this
+    process gets SIGTERM (SystemExit, outside trio; code that runs trio inside the
+    block catches SIGTERM itself, see ``vdev.fuzz``)."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield from _loopback_server(backend, log)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _loopback_server(backend: str, log: IO[bytes] | None
+                     ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     with tempfile.TemporaryDirectory(prefix="ava-bench-", dir="/tmp") as d:
         sock = os.path.join(d, "bench.sock")
         server = subprocess.Popen([sys.executable, "-m", "vdev", "serve", "--socket", sock,

@@ -27,13 +27,15 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import signal
 import struct
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 import trio
 
@@ -359,14 +361,37 @@ async def campaign(path: str, server: subprocess.Popen[bytes], *, messages: int,
     return camp
 
 
+async def until_sigterm(job: Coroutine[Any, Any, Campaign]) -> Campaign | None:
+    """``job``'s result, or None if SIGTERM came first (the job is cancelled, so every
+    connection closes and the server is stopped on the way out)."""
+    result: list[Campaign] = []
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            async def run_job() -> None:
+                result.append(await job)
+                nursery.cancel_scope.cancel()
+
+            async def watch() -> None:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(run_job)
+            nursery.start_soon(watch)
+    return result[0] if result else None
+
+
 def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryFile() as log:
         try:
             with loopback_server(args.backend, log) as (path, server):
                 t0 = time.monotonic()
-                camp = trio.run(lambda: campaign(
+                camp = trio.run(lambda: until_sigterm(campaign(
                     path, server, messages=args.messages, commands=args.commands,
-                    seed=args.seed, batch=args.batch, progress=not args.quiet, log=log))
+                    seed=args.seed, batch=args.batch, progress=not args.quiet, log=log)))
+                if camp is None:
+                    print("fuzz: stopped by SIGTERM", file=sys.stderr)
+                    return 128 + signal.SIGTERM
         except FuzzFailure as exc:
             log.seek(0)
             tail = log.read().decode(errors="replace")[-3000:]
