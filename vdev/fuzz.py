@@ -365,10 +365,14 @@ async def until_sigterm(job: Coroutine[Any, Any, Campaign]) -> Campaign | None:
     """``job``'s result, or None if SIGTERM came first (the job is cancelled, so every
     connection closes and the server is stopped on the way out)."""
     result: list[Campaign] = []
+    failed: list[FuzzFailure] = []
     with trio.open_signal_receiver(signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             async def run_job() -> None:
-                result.append(await job)
+                try:
+                    result.append(await job)
+                except FuzzFailure as exc:      # raised as itself, not in a group
+                    failed.append(exc)
                 nursery.cancel_scope.cancel()
 
             async def watch() -> None:
@@ -378,6 +382,8 @@ async def until_sigterm(job: Coroutine[Any, Any, Campaign]) -> Campaign | None:
 
             nursery.start_soon(run_job)
             nursery.start_soon(watch)
+    if failed:
+        raise failed[0]
     return result[0] if result else None
 
 
