@@ -71,6 +71,24 @@ class SandboxError(Exception):
     pass
 
 
+#: The empty directory every executor mounts its root on.  Each does so in its own
+#: mount namespace, so one directory serves every executor of every server, and
+#: nothing is left behind by a server that was killed.
+SANDBOX_ROOT = "/run/ava-vdev/executor-root"
+
+
+def sandbox_root_dir() -> str:
+    """SANDBOX_ROOT, created if needed (root only: it lives in /run), and checked to be
+    a real directory that only root can change."""
+    os.makedirs(SANDBOX_ROOT, mode=0o700, exist_ok=True)
+    for path in (os.path.dirname(SANDBOX_ROOT), SANDBOX_ROOT):
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+            raise SandboxError(f"{path} must be a directory owned by root and writable by "
+                               "root only (it is where executors mount their root)")
+    return SANDBOX_ROOT
+
+
 @dataclass
 class SandboxConfig:
     """How to confine an executor.  ``mode``: "auto" (full sandbox when root, limits

@@ -12,14 +12,13 @@ import logging
 import os
 import socket
 import stat
-import tempfile
 
 import trio
 
 from ._backends import BACKENDS, make_backend
 from ._device import AcceleratorDevice
 from ._executor import ExecutorConfig, ExecutorLimits
-from ._sandbox import SandboxConfig
+from ._sandbox import SandboxConfig, sandbox_root_dir
 from ._session import Session, session_name
 
 log = logging.getLogger("vdev.server")
@@ -67,7 +66,6 @@ class Server:
         self.in_process = in_process
         self.sandbox = sandbox or SandboxConfig()
         self.limits = limits or ExecutorLimits()
-        self.sandbox_root: str | None = None
         self.path = os.path.abspath(path)
         self.device = device or AcceleratorDevice()
         self.stall_timeout = stall_timeout
@@ -88,8 +86,9 @@ class Server:
         """Create the socket (mode 0600) at ``path``; raises SocketInUse or OSError."""
         if self._listener is not None:
             return
-        if not self.in_process:
-            self.sandbox.full_sandbox()     # SandboxError now, not at the first client
+        if not self.in_process and self.sandbox.full_sandbox() and not self.sandbox.root_dir:
+            # SandboxError now, not at the first client.
+            self.sandbox.root_dir = sandbox_root_dir()
         _prepare_path(self.path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
@@ -109,10 +108,6 @@ class Server:
         listener, ino = self._listener, self._ino
         assert listener is not None
         try:
-            if not self.in_process and self.sandbox.mode != "off" and os.geteuid() == 0:
-                # Where each executor mounts its root (in its own mount namespace).
-                self.sandbox_root = tempfile.mkdtemp(prefix="ava-vdev-executor-")
-                self.sandbox.root_dir = self.sandbox_root
             listener.listen(4)
             log.info("listening on %s", self.path)
             task_status.started(self)
@@ -124,12 +119,6 @@ class Server:
         finally:
             listener.close()
             self._listener = None
-            if self.sandbox_root:
-                try:
-                    os.rmdir(self.sandbox_root)
-                except OSError as exc:
-                    log.warning("could not remove %s: %s", self.sandbox_root, exc)
-                self.sandbox_root = None
             try:
                 if os.stat(self.path).st_ino == ino:
                     os.unlink(self.path)
