@@ -281,15 +281,6 @@ async def spin_kernel(ring):
     return CTX, Q, BUF, PROG, KERN
 
 
-@pytest.fixture(scope="module")
-def vadd_exe(tmp_path_factory):
-    from test_containment import SAMPLES
-    exe = tmp_path_factory.mktemp("vadd-ex") / "vadd"
-    subprocess.run(["gcc", "-o", str(exe), os.path.join(SAMPLES, "vadd.c"), "-lOpenCL"],
-                   check=True, timeout=120)
-    return exe
-
-
 # -- the sandbox ----------------------------------------------------------------------------
 
 def _status_fields(pid: int) -> dict[str, str]:
@@ -330,7 +321,9 @@ def test_sandbox_cannot_read_host_files_or_connect_anywhere(tmp_path):
     try:
         res = subprocess.run([sys.executable, "-m", "vdev._executor_child", "--probe",
                               "--sandbox", "required", "--sandbox-root", root,
-                              "--probe-path", secret.name, "--probe-path", "/etc/hostname"],
+                              "--probe-path", secret.name, "--probe-path", "/etc/hostname",
+                              "--probe-path", os.path.join(ROOT, "Makefile"),
+                              "--probe-path", os.path.join(ROOT, "vdev", "_rings.py")],
                              cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert res.returncode == 0, res.stderr
         got = json.loads(res.stdout)
@@ -342,6 +335,8 @@ def test_sandbox_cannot_read_host_files_or_connect_anywhere(tmp_path):
     assert got["read /etc/shadow"] == "ENOENT"
     assert got[f"read {secret.name}"] == "ENOENT"
     assert got["read /etc/hostname"] == "ENOENT"
+    assert got[f"read {os.path.join(ROOT, 'Makefile')}"] == "ENOENT", "only the packages"
+    assert got[f"read {os.path.join(ROOT, 'vdev', '_rings.py')}"] == "allowed"
     assert got["write /usr"] == "EROFS"
     assert got["connect tcp 127.0.0.1"] == "ENETUNREACH"
     assert got["connect tcp 8.8.8.8"] == "ENETUNREACH"

@@ -163,6 +163,7 @@ def python_paths() -> list[str]:
     """What the interpreter and this project's packages need, as host paths."""
     paths = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix),
              os.path.dirname(os.path.realpath(sys.executable))}
+    checkouts = set()                      # where the packages live: not bound whole
     for name in ("vdev", "protocols", "host_backend"):
         module = sys.modules.get(name)
         if module is None:
@@ -171,9 +172,11 @@ def python_paths() -> list[str]:
             except ImportError:
                 continue
         if module.__file__:
-            paths.add(os.path.dirname(os.path.realpath(module.__file__)))
+            package = os.path.dirname(os.path.realpath(module.__file__))
+            paths.add(package)
+            checkouts.add(os.path.dirname(package))
     for entry in sys.path:                 # site-packages and editable installs
-        if entry and os.path.isdir(entry):
+        if entry and os.path.isdir(entry) and os.path.realpath(entry) not in checkouts:
             paths.add(os.path.realpath(entry))
     # Only the outermost of nested paths (a bind of /x covers /x/y).
     out: list[str] = []
