@@ -267,8 +267,6 @@ class IsolatedEngine:
         self.rings: dict[int, _RingRecord] = {}
         self.lost_owners: set[int] = set()
         self.proc: ExecutorProcess | None = None
-        self.executors_started = 0
-        self.resets = 0
         self._generation = 0
         self._closing = False
         self._needed = trio.Event()      # set by the first queue enable: start one
@@ -386,7 +384,6 @@ class IsolatedEngine:
         self._needed = trio.Event()
         proc = ExecutorProcess(self.config, self.name, self.lost_owners)
         self.proc = proc
-        self.executors_started += 1
         log.info("%s: executor started (pid %d, backend %s)", self.name, proc.pid,
                  self.config.backend)
         # What the new executor needs, in order: guest memory, then the rings.
@@ -482,8 +479,6 @@ class IsolatedEngine:
         owners = {self.queues.regs[q].owner for q in range(self.queues.count)
                   if self.queues.regs[q].state & abi.QueueState.CLAIMED}
         pending, queues = self._fail_rings()
-        if proc.ready:
-            self.resets += 1
         self.lost_owners |= owners
         if len(self.lost_owners) > 4096:
             self.lost_owners = set(sorted(self.lost_owners)[-4096:])

@@ -29,6 +29,7 @@ from typing import Any
 
 from construct import ConstructError
 
+from protocols import device_abi as abi
 from protocols import executor as xp
 from protocols.executor import ControlOp, EventOp
 
@@ -91,7 +92,7 @@ class Executor:
         self.generations: dict[int, int] = {}
         self._send_lock = threading.Lock()
         self._irq_records = [xp.Event.build(dict(op=EventOp.IRQ.name, body=dict(queue=q)))
-                             for q in range(256)]
+                             for q in range(abi.NUM_QUEUES)]
         self.kernels = backend.enable_kernel_watch() if hasattr(backend, "enable_kernel_watch") \
             else None
         self.engine = RingEngine(self.dma, backend, raise_irq=self._irq,
