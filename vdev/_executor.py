@@ -250,6 +250,7 @@ class _RingRecord:
     slots: int
     owner: int
     generation: int
+    served_by: int = 0      # the pid of the executor that was told to serve it
 
 
 class IsolatedEngine:
@@ -322,17 +323,22 @@ class IsolatedEngine:
                 self.queues.fail(queue, errno.EFAULT)
 
     def _send_enable(self, queue: int, rec: _RingRecord) -> None:
-        self._forward(ControlOp.QUEUE_ENABLE, queue=queue, slots=rec.slots, ring=rec.addr,
-                      owner=rec.owner & 0xFFFFFFFF, generation=rec.generation)
+        if self._forward(ControlOp.QUEUE_ENABLE, queue=queue, slots=rec.slots, ring=rec.addr,
+                         owner=rec.owner & 0xFFFFFFFF, generation=rec.generation):
+            rec.served_by = self.proc.pid if self.proc else 0
 
-    def _forward(self, op: ControlOp, fds: tuple[int, ...] = (), **body: int) -> None:
+    def _forward(self, op: ControlOp, fds: tuple[int, ...] = (), **body: int) -> bool:
+        """Send ``op`` to the executor; False if there is none to send it to (the next
+        one gets the state it needs when it starts) or it could not take it."""
         proc = self.proc
         if proc is None or proc.killed_because:
-            return      # the next executor gets the state it needs when it starts
+            return False
         try:
             proc.send(op, body, fds)
         except ExecutorGone as exc:
             proc.kill(f"{op.name} could not be delivered: {exc}")
+            return False
+        return True
 
     def _request(self, op: ControlOp, **body: int) -> None:
         proc = self.proc
@@ -478,7 +484,7 @@ class IsolatedEngine:
         cause = proc.killed_because or f"it {describe_exit(returncode)}"
         owners = {self.queues.regs[q].owner for q in range(self.queues.count)
                   if self.queues.regs[q].state & abi.QueueState.CLAIMED}
-        pending, queues = self._fail_rings()
+        pending, queues = self._fail_rings(proc.pid)
         self.lost_owners |= owners
         if len(self.lost_owners) > 4096:
             self.lost_owners = set(sorted(self.lost_owners)[-4096:])
@@ -489,10 +495,15 @@ class IsolatedEngine:
                   "the session is ending" if self._closing
                   else "a new executor starts for the next queue")
 
-    def _fail_rings(self) -> tuple[int, list[int]]:
-        """Complete what is left on every ring with DEVICE_LOST and fail the queues."""
+    def _fail_rings(self, pid: int) -> tuple[int, list[int]]:
+        """Complete what is left on every ring executor ``pid`` served with DEVICE_LOST
+        and fail those queues.  A queue enabled once that executor was doomed never
+        reached it: it stays, for the next executor."""
         pending, queues = 0, []
         for queue, rec in sorted(self.rings.items()):
+            if rec.served_by != pid:
+                continue
+            del self.rings[queue]
             queues.append(queue)
             try:
                 view = self.dma.translate(rec.addr, abi.ring_bytes(rec.slots), write=True)
@@ -511,7 +522,8 @@ class IsolatedEngine:
             _U32.pack_into(view, abi.RING_STATUS, RingStatus.FAILED)
             self.queues.fail(queue, DEVICE_LOST)
             self._raise_irq(queue)          # a guest asleep on the ring wakes and sees it
-        self.rings.clear()
+        if self.rings and not self._closing:
+            self._needed.set()              # queues are waiting: start the next one now
         return pending, queues
 
     def close(self) -> None:
