@@ -6,7 +6,10 @@ import ctypes
 from pathlib import Path
 
 from protocols import device_abi as abi
+from protocols import opencl_caps as caps
 from protocols.device_abi import QReg, QueueState, Reg
+
+CL_DEVICE_TYPE_ALL = 0xFFFFFFFF
 
 
 def status(lib_path: Path) -> str:
@@ -42,6 +45,46 @@ def status(lib_path: Path) -> str:
                 used.append(f"  queue {q}: {QueueState(state)!s}, {reg(abi.queue_reg(q, QReg.SIZE))} "
                             f"slots, owner pid {reg(abi.queue_reg(q, QReg.OWNER))}")
         lines.append(f"queues:     {len(used)} of {n} claimed")
-        return "\n".join(lines + used)
+        lines += used
     finally:
         lib.ava_close(dev)
+    return "\n".join(lines + capabilities(lib))
+
+
+def _info_string(query, obj, param: int) -> str:
+    size = ctypes.c_size_t()
+    if query(obj, param, 0, None, ctypes.byref(size)) != 0:
+        return ""
+    buf = ctypes.create_string_buffer(size.value)
+    if query(obj, param, size.value, buf, None) != 0:
+        return ""
+    return buf.value.decode("ascii", "replace")
+
+
+def capabilities(lib) -> list[str]:
+    """What the device reports it can do, and why each capability is on or off
+    (protocols/opencl_caps.py): asked through the built library, as a program would."""
+    platform, device = ctypes.c_void_p(), ctypes.c_void_p()
+    if (lib.ava_clGetPlatformIDs(1, ctypes.byref(platform), None) != 0 or
+            lib.ava_clGetDeviceIDs(platform, ctypes.c_uint64(CL_DEVICE_TYPE_ALL), 1,
+                                   ctypes.byref(device), None) != 0):
+        return ["capabilities: unknown (the device answers no platform or device)"]
+    query = ctypes.c_uint32
+    lib.ava_clGetPlatformInfo.argtypes = lib.ava_clGetDeviceInfo.argtypes = [
+        ctypes.c_void_p, query, ctypes.c_size_t, ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_size_t)]
+    lines = ["capabilities the device turns off (whatever the host's OpenCL reports):"]
+    for fixed in caps.FIXED_DEVICE_INFO.values():
+        lines.append(f"  {fixed.name} = {fixed.value}: {fixed.why}")
+    for feature, why in caps.HIDDEN_C_FEATURES.items():
+        lines.append(f"  OpenCL C feature {feature}: off, {why}")
+    reported = {
+        "platform": _info_string(lib.ava_clGetPlatformInfo, platform, caps.CL_PLATFORM_EXTENSIONS),
+        "device": _info_string(lib.ava_clGetDeviceInfo, device, caps.CL_DEVICE_EXTENSIONS),
+    }
+    for where, names in reported.items():
+        lines.append(f"{where} extensions reported:")
+        for name in names.split():
+            lines.append(f"  {name}: {caps.extension_reason(name)[1]}")
+    lines.append(f"any other extension: off, {caps.NOT_FORWARDED}")
+    return lines

@@ -64,7 +64,8 @@ def _encode(fn: api.Function) -> list[str]:
     for a in fn.args:
         k, n = a.kind, a.name
         if isinstance(k, api.Scalar) and n in forced:
-            out.append(f"(void){n}; ava_enc_u64(&e, 1);   /* staged data: transfer before replying */")
+            # Blocking unless the staging can wait for the command (icd_deferred.c).
+            out.append("blocking_at = e.len; ava_enc_u64(&e, defer ? 0 : 1);")
         elif isinstance(k, api.Scalar):
             out.append(f"ava_enc_u64(&e, (uint64_t){n});")
         elif isinstance(k, api.Handle):
@@ -113,6 +114,7 @@ def _encode(fn: api.Function) -> list[str]:
             mode = "AVA_STAGE_INOUT" if k.out else "AVA_STAGE_IN"
             out.append(f"if (ava_enc_host_data(&e, &stage_{n}, {n}, {span}, {mode})) "
                        f"{{ status = CL_OUT_OF_RESOURCES; goto done; }}")
+            out += _undefer_unless_deferrable(k, n)
         elif isinstance(k, api.ErrcodeRet):
             pass
         elif isinstance(k, api.InArray):
@@ -126,6 +128,7 @@ def _encode(fn: api.Function) -> list[str]:
             mode = "AVA_STAGE_INOUT" if k.out else "AVA_STAGE_IN"
             out.append(f"if (ava_enc_host_data(&e, &stage_{n}, {n}, {span}, {mode})) "
                        f"{{ status = CL_OUT_OF_RESOURCES; goto done; }}")
+            out += _undefer_unless_deferrable(k, n)
         elif isinstance(k, api.InStruct):
             out += _encode_struct(k, n)
         elif isinstance(k, api.FixedBytes):
@@ -136,9 +139,18 @@ def _encode(fn: api.Function) -> list[str]:
             mode = "AVA_STAGE_OUT" if k.out else "AVA_STAGE_IN"
             out.append(f"if (ava_enc_host_data(&e, &stage_{n}, {n}, {k.size}, {mode})) "
                        f"{{ status = CL_OUT_OF_RESOURCES; goto done; }}")
+            out += _undefer_unless_deferrable(k, n)
         else:
             raise TypeError(f"{fn.name}.{n}: no encoder for {k!r}")
     return out
+
+
+def _undefer_unless_deferrable(k, n: str) -> list[str]:
+    """A staging the host cannot reach as one range cannot wait: the call blocks."""
+    if not getattr(k, "blocking", None):
+        return []
+    return [f"if (defer && !ava_stage_deferrable(&stage_{n})) "
+            "{ defer = 0; ava_enc_patch_u64(&e, blocking_at, 1); }"]
 
 
 def _encode_struct(k: api.InStruct, n: str) -> list[str]:
@@ -169,6 +181,21 @@ def _decode(fn: api.Function) -> list[str]:
     for a in fn.args:
         k, n = a.kind, a.name
         if isinstance(k, api.OutBuffer):
+            props = {p: pk for p, pk in k.property_params.items() if pk.handle_keys}
+            if props:
+                # A property list read back: its handle values come as ids.
+                def keys(pk: api.Properties) -> str:
+                    return ", ".join(f"{{{key:#x}, {OBJ_ENUM[o]}}}"
+                                     for key, o in pk.handle_keys.items())
+                cases = " ".join(
+                    f"case {p:#x}: {{ static const struct ava_handle_key keys[] = "
+                    f"{{ {keys(pk)} }}; pkeys = keys; npkeys = {len(pk.handle_keys)}; break; }}"
+                    for p, pk in props.items())
+                out.append("{ const struct ava_handle_key *pkeys = NULL; size_t npkeys = 0;")
+                out.append(f"  switch ({k.param}) {{ {cases} default: break; }}")
+                out.append(f"  if ({n} && pkeys) ava_dec_out_properties(&d, {n}, {k.size}, "
+                           "pkeys, npkeys);")
+                out.append(f"  else if ({n}) {{")
             if k.handle_params:
                 cases = " ".join(f"case {p:#x}: htype = {OBJ_ENUM[o]}; break;"
                                  for p, o in k.handle_params.items())
@@ -176,6 +203,8 @@ def _decode(fn: api.Function) -> list[str]:
                 out.append(f"  if ({n}) ava_dec_out_buffer(&d, {n}, {k.size}, htype); }}")
             else:
                 out.append(f"if ({n}) ava_dec_out_buffer(&d, {n}, (size_t){k.size} * {k.elem}, 0);")
+            if props:
+                out.append("  } }")
         elif isinstance(k, api.OutScalar):
             out.append(f"if ({n}) *{n} = ({k.ctype})ava_dec_u64(&d);")
         elif isinstance(k, api.OutHandles):
@@ -198,6 +227,16 @@ def render_function(fn: api.Function) -> str:
             "ava_enc_init(&e);"]
     # Everything the exit path looks at is declared (and initialised) before any goto.
     body += [f"struct ava_stage stage_{n} = {{0}};" for n in stages]
+    # A transfer the caller asked not to block: the host runs it asynchronously and
+    # the staging waits for the command (icd_deferred.c), with an event of ours when
+    # the caller wants none.
+    blocking = sorted({a.kind.blocking for a in fn.args
+                       if isinstance(a.kind, STAGED) and a.kind.blocking})
+    deferred = [n for n in stages if getattr(next(a.kind for a in fn.args if a.name == n),
+                                             "blocking", None)]
+    if blocking:
+        body.append(f"int defer = !{blocking[0]};")
+        body.append("size_t blocking_at = 0;")
     if creates:
         body.append(f"{creates} obj = NULL;")
     body += [f"cl_event new_{n} = NULL;" for n in events]
@@ -206,7 +245,8 @@ def render_function(fn: api.Function) -> str:
         body.append(f"obj = ava_obj_new({OBJ_ENUM[creates]});")
         body.append("if (!obj) { status = CL_OUT_OF_HOST_MEMORY; goto done; }")
     for n in events:
-        body.append(f"if ({n} && !(new_{n} = ava_obj_new({OBJ_ENUM['cl_event']}))) "
+        wanted = f"({n} || defer)" if blocking else n
+        body.append(f"if ({wanted} && !(new_{n} = ava_obj_new({OBJ_ENUM['cl_event']}))) "
                     f"{{ status = CL_OUT_OF_HOST_MEMORY; goto done; }}")
     if creates:
         body.append("ava_enc_u64(&e, ava_obj_id(obj));")
@@ -231,12 +271,21 @@ def render_function(fn: api.Function) -> str:
         body.append(f"if (status == CL_SUCCESS) ava_obj_release({fn.args[0].name});")
     if creates or events or stages or arrays:
         body.append("done:")
+    if blocking:
+        if len(events) != 1 or len(deferred) != 1:
+            raise ValueError(f"{fn.name}: a deferred transfer needs one event and one staging")
+        ev, st = events[0], deferred[0]
+        body.append(f"if (defer && status == CL_SUCCESS) ava_deferred_add(command_queue, "
+                    f"new_{ev}, {ev} != NULL, &stage_{st});")
+        body.append("else if (status == CL_SUCCESS) ava_deferred_queue_observed(command_queue);")
     body += [f"ava_stage_finish(&stage_{n}, status == CL_SUCCESS);" for n in stages]
     body += [f"if (new_{n}) ava_dec_new_array(NULL, (void **)new_{n}, {k.count}, 0, NULL);"
              for n, k in arrays]
     for n in events:
-        body.append(f"if (new_{n}) {{ if (status == CL_SUCCESS) *{n} = new_{n}; "
-                    f"else ava_obj_free(new_{n}); }}")
+        # Ours alone, for a transfer that could not wait after all: not needed.
+        unused = f" else if (!defer) ava_clReleaseEvent(new_{n});" if blocking else ""
+        body.append(f"if (new_{n}) {{ if (status != CL_SUCCESS) ava_obj_free(new_{n}); "
+                    f"else if ({n}) *{n} = new_{n};{unused} }}")
     body += ["ava_dec_free(&d);", "ava_enc_free(&e);"]
     if creates:
         body.append("if (errcode_ret) *errcode_ret = (cl_int)status;")

@@ -64,8 +64,10 @@ class Call:
         "arrays",
         "binary_index",
         "cleanups",
+        "deferred",
         "errcode",
         "events",
+        "held",
         "index",
         "size_ret",
         "structs",
@@ -84,6 +86,10 @@ class Call:
         self.binary_index: int | None = None       # an AVA_PROGRAM_BINARY query
         self.structs: dict[str, dict | None] = {}   # InStruct fields by argument name
         self.watch: Any = None       # a kernel launch's cl_event * cell (see KernelWatch)
+        # A non-blocking transfer of guest memory: the position of its blocking flag,
+        # and the views of guest RAM the implementation may touch after the reply.
+        self.deferred: int | None = None
+        self.held: list = []
 
 T = TypeVar("T")
 
@@ -468,14 +474,22 @@ class ArgDecoder:
         if dma is None:
             raise WireError(f"{arg.name}: guest memory reference without a DMA map")
         if getattr(kind, "blocking", None):
-            # Whatever the guest asked: guest memory (which the guest may unmap) and
-            # our bounce buffers must not be touched after we reply.
-            cargs[call.index[kind.blocking]] = 1
+            flag = call.index[kind.blocking]
+            if cargs[flag] == 0 and mode == api.HOSTDATA_RANGE:
+                # The guest keeps this staging until it sees the command over
+                # (guest_driver/icd/icd_deferred.c); the backend holds the view (and
+                # with it the mapping) as long as the command runs.
+                call.deferred = flag
+            else:
+                # Our bounce buffers must not be touched after we reply.
+                cargs[flag] = 1
         if mode == api.HOSTDATA_RANGE:
             addr, length = dec.u64(), dec.u64()
             if length != size:
                 raise WireError(f"{arg.name} is {length} bytes, its arguments say {size}")
-            return ffi.from_buffer(dma.translate(addr, length, write=kind.out))
+            view = ffi.from_buffer(dma.translate(addr, length, write=kind.out))
+            call.held.append(view)
+            return view
         if mode != api.HOSTDATA_SG:
             raise WireError(f"{arg.name}: unknown reference mode {mode}")
         table, count = dec.u64(), dec.u64()

@@ -67,6 +67,10 @@ class HandleTable:
         """The id of a known object by its real address (for info results)."""
         return self._by_ptr.get((obj_type, address))
 
+    def addresses(self) -> set[int]:
+        """The host address of every object known: none of them may reach a guest."""
+        return {address for _, address in self._by_ptr}
+
     def check_new(self, handle: int) -> str | None:
         """Why a guest-assigned id cannot be used for a new object (None if it can)."""
         if not 0 < handle < HOST_ID_BASE:

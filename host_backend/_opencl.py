@@ -17,10 +17,12 @@ import queue
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import ClassVar
 
 from protocols import opencl_api as api
+from protocols import opencl_caps as caps
 
 from ._args import (
     CL_INVALID_VALUE,
@@ -57,6 +59,8 @@ DEAD_OWNER_EVENT_STATUS = -5        # CL_OUT_OF_RESOURCES
 RELEASE_DEADLINE_S = 10.0
 CL_MEM_OBJECT_ALLOCATION_FAILURE = -4
 CL_DEVICE_TYPE_ALL = 0xFFFFFFFF
+#: Non-blocking transfers of guest memory in flight at once; past it they block.
+MAX_TRANSFERS = 4096
 
 #: How to drop a reference of each created type, in the order objects are torn down.
 RELEASE_ORDER = (("cl_event", "clReleaseEvent"), ("cl_kernel", "clReleaseKernel"),
@@ -74,6 +78,8 @@ class OpenClBackend:
         self._lock = threading.Lock()
         self._calls_done = threading.Condition(self._lock)
         self._running: dict[int, int] = {}      # owner -> calls in progress
+        # Non-blocking transfers in flight: (event, views of guest RAM it may touch).
+        self._transfers: deque = deque()
         self._reaping = 0                       # reaper jobs waiting for calls to end
         self._reaper = _Reaper()
         self.kernel_args = KernelArgGuard()
@@ -223,8 +229,19 @@ class OpenClBackend:
                 new_id = self._claim_id(fn, dec)
                 cargs, posts = self._decode(fn, dec, owner, call, dma)
                 dec.done()
+                self._settle_transfers()
+                if call.deferred is not None and (not call.events or
+                                                  len(self._transfers) >= MAX_TRANSFERS):
+                    cargs[call.deferred] = 1      # nothing to follow it by: it blocks
+                    call.deferred = None
+            filters = caps.FILTERED.get(fn.name)
+            info_filter = filters.get(cargs[1]) if filters else None
             if call.binary_index is not None:
                 result = self._program_binary(cargs, call)
+            elif info_filter is not None:
+                result = self._filtered_info(fn, cargs, info_filter)
+            elif fn.name == "clGetProgramInfo" and cargs[1] == api.CL_PROGRAM_BINARIES:
+                result = self._binaries_skipped(cargs)
             else:
                 result = getattr(lib(), fn.name)(*cargs)
             if fn.name in self._AS_NATIVE:
@@ -234,6 +251,8 @@ class OpenClBackend:
                 enc.set_status(status)
                 for post in posts:
                     post(status, enc)
+            if call.deferred is not None and status == CL_SUCCESS:
+                self._hold_transfer(call)
             if call.watch is not None and status == CL_SUCCESS and call.watch[0] != ffi.NULL \
                     and self.kernels is not None:
                 # The guest's own event keeps its reference; a private one is the watch's.
@@ -255,6 +274,27 @@ class OpenClBackend:
                             self._calls_done.notify_all()
         return enc.bytes()
 
+    def _hold_transfer(self, call: Call) -> None:
+        """A non-blocking transfer went to the implementation: its views of guest RAM
+        stay referenced (the mapping with them) until its event says it is over."""
+        event = call.events[0][1][0]
+        lib().clRetainEvent(event)
+        with self._lock:
+            self._transfers.append((event, call.held))
+
+    def _settle_transfers(self) -> None:
+        """Drop the transfers that are over, oldest first (called under the lock)."""
+        cl = lib()
+        state = ffi.new("cl_int *")
+        while self._transfers:
+            event, _ = self._transfers[0]
+            status = cl.clGetEventInfo(event, CL_EVENT_COMMAND_EXECUTION_STATUS, 4, state,
+                                       ffi.NULL)
+            if status == CL_SUCCESS and state[0] > 0:
+                return
+            self._transfers.popleft()
+            cl.clReleaseEvent(event)
+
     def _claim_id(self, fn: api.Function, dec: Decoder) -> int | None:
         if not fn.creates:
             return None
@@ -274,7 +314,7 @@ class OpenClBackend:
             status = call.errcode[0]
             if status == CL_SUCCESS and result != ffi.NULL:
                 nbytes = self._buffer_bytes(fn, cargs, call)
-                if fn.name == "clCreateImage":
+                if fn.name in ("clCreateImage", "clCreateImageWithProperties"):
                     nbytes = self._mem_size(result)
                 # Checked once the object exists, its own bytes included, under the lock
                 # (calls on other queues create objects too): the implementation's own
@@ -352,6 +392,46 @@ class OpenClBackend:
 
     _AS_NATIVE: ClassVar[dict[str, Callable[..., int]]] = {"clGetKernelArgInfo": _kernel_arg_info_as_native,
                   "clGetProgramBuildInfo": _build_options_as_native}
+
+    @staticmethod
+    def _filtered_info(fn: api.Function, cargs, info_filter) -> int:
+        """A device or platform query whose answer the device filters
+        (protocols/opencl_caps.py): the implementation's whole value, filtered, then
+        handed out under the query's own rules (a short buffer is CL_INVALID_VALUE)."""
+        obj, param, size, out, size_ret = cargs
+        query = getattr(lib(), fn.name)
+        need = ffi.new("size_t *")
+        status = query(obj, param, 0, ffi.NULL, need)
+        if status != CL_SUCCESS:
+            return status
+        raw = ffi.new("char[]", max(need[0], 1))
+        status = query(obj, param, need[0], raw, ffi.NULL)
+        if status != CL_SUCCESS:
+            return status
+        value = info_filter(bytes(ffi.buffer(raw, need[0])))
+        if out != ffi.NULL:
+            if size < len(value):
+                return CL_INVALID_VALUE
+            ffi.memmove(out, value, len(value))
+        if size_ret != ffi.NULL:
+            size_ret[0] = len(value)
+        return CL_SUCCESS
+
+    @staticmethod
+    def _binaries_skipped(cargs) -> int:
+        """clGetProgramInfo(CL_PROGRAM_BINARIES) as sent on the wire: an array of
+        pointers the host cannot write through (the guest's ICD asks for each binary
+        with AVA_PROGRAM_BINARY instead).  Every entry reads as NULL, which the spec
+        says to skip; the implementation is asked only the size (PoCL writes through
+        NULL entries and ends its process)."""
+        program, _, size, out, size_ret = cargs
+        need = ffi.new("size_t *")
+        status = lib().clGetProgramInfo(program, api.CL_PROGRAM_BINARIES, 0, ffi.NULL, need)
+        if status == CL_SUCCESS and out != ffi.NULL and size < need[0]:
+            status = CL_INVALID_VALUE
+        if status == CL_SUCCESS and size_ret != ffi.NULL:
+            size_ret[0] = need[0]
+        return status
 
     def _program_binary(self, cargs, call: Call) -> int:
         """clGetProgramInfo(AVA_PROGRAM_BINARY + i): the i-th device's binary."""
@@ -437,13 +517,30 @@ class OpenClBackend:
             data = bytes(ffi.buffer(out, written))
             if scalars.get(kind.param) in kind.hidden_params:
                 data = bytes(len(data))         # a host pointer: the guest answers itself
-            obj = kind.handle_params.get(scalars.get(kind.param, -1))
+            param = scalars.get(kind.param, -1)
+            obj = kind.handle_params.get(param)
             if obj is not None and written % 8 == 0:
                 addrs = struct.unpack(f"<{written // 8}Q", data)
                 data = struct.pack(f"<{len(addrs)}Q",
                                    *(self._shared_or_known_id(obj, a) for a in addrs))
+            props = kind.property_params.get(param)
+            if props is not None and props.handle_keys:
+                data = self._property_ids(props, data)
             enc.blob(data)
         return post
+
+    def _property_ids(self, props: api.Properties, data: bytes) -> bytes:
+        """A property list read back: the values of its handle keys (a context's
+        platform) become ids, the rest stays as the implementation wrote it.  A value
+        whose key is cut off by a short buffer is zeroed: never a host pointer."""
+        words = list(struct.unpack(f"<{len(data) // 8}Q", data[:len(data) // 8 * 8]))
+        i = 0
+        while i < len(words) and words[i] != 0:
+            obj = props.handle_keys.get(words[i])
+            if obj is not None and i + 1 < len(words):
+                words[i + 1] = self._shared_or_known_id(obj, words[i + 1])
+            i += 2
+        return struct.pack(f"<{len(words)}Q", *words) + bytes(len(data) % 8)
 
     @staticmethod
     def _post_out_scalar(cell, present: bool):

@@ -70,10 +70,34 @@ AVA_PROGRAM_BINARY = 0x41560000
 AVA_PROGRAM_BINARY_MAX = 0x100
 
 
+# Param names whose results are the property lists an object was created with.
+CL_CONTEXT_PROPERTIES = 0x1082
+CL_QUEUE_PROPERTIES_ARRAY = 0x1098
+CL_MEM_PROPERTIES = 0x110A
+CL_PIPE_PROPERTIES = 0x1122
+CL_SAMPLER_PROPERTIES = 0x1158
+CL_DEVICE_PARTITION_TYPE = 0x1046
+
+# Each property list kind is declared once: the creating function encodes it, and the
+# info query that returns it decodes it with the same handle keys (a platform inside
+# a context's properties is an id on the wire, the guest's own object to the caller).
+CONTEXT_PROPERTIES = Properties("cl_context_properties", {CL_CONTEXT_PLATFORM: "cl_platform_id"})
+# A device-side queue: PoCL prints "Device side queue is unimplemented" and ends its
+# process; the spec's answer for an unsupported property is this one.
+QUEUE_PROPERTIES = Properties("cl_queue_properties", refused=(
+    (CL_QUEUE_PROPERTIES, CL_QUEUE_ON_DEVICE | CL_QUEUE_ON_DEVICE_DEFAULT,
+     CL_INVALID_QUEUE_PROPERTIES),))
+MEM_PROPERTIES = Properties("cl_mem_properties")
+PIPE_PROPERTIES = Properties("cl_pipe_properties")
+SAMPLER_PROPERTIES = Properties("cl_sampler_properties")
+PARTITION_PROPERTIES = Properties("cl_device_partition_property")
+
+
 def _info(name: str, index: int, obj: str, info_type: str,
           handle_params: dict[int, str] | None = None, blocking: bool = False,
           extra: tuple[tuple[str, object], ...] = (), hidden: Collection[int] = frozenset(),
-          guest_wrap: bool = False) -> Function:
+          guest_wrap: bool = False,
+          property_params: dict[int, Properties] | None = None) -> Function:
     """An info query: object, [extra selector args], param_name, size, value, size_ret."""
     handle_params = handle_params or {}
     return _fn(name, index,
@@ -82,6 +106,7 @@ def _info(name: str, index: int, obj: str, info_type: str,
                ("param_name", Scalar(info_type)),
                ("param_value_size", Scalar("size_t")),
                ("param_value", OutBuffer("param_value_size", "param_name", handle_params,
+                                         property_params=property_params or {},
                                          hidden_params=frozenset(hidden))),
                ("param_value_size_ret", OutScalar("size_t")),
                blocking=blocking, guest_wrap=guest_wrap)
@@ -112,9 +137,10 @@ FUNCTIONS: tuple[Function, ...] = (
         ("devices", OutHandles("cl_device_id", "num_entries")),
         ("num_devices", OutScalar("cl_uint"))),
     _info("clGetDeviceInfo", 3, "cl_device_id", "cl_device_info",
-          {CL_DEVICE_PLATFORM: "cl_platform_id", CL_DEVICE_PARENT_DEVICE: "cl_device_id"}),
+          {CL_DEVICE_PLATFORM: "cl_platform_id", CL_DEVICE_PARENT_DEVICE: "cl_device_id"},
+          property_params={CL_DEVICE_PARTITION_TYPE: PARTITION_PROPERTIES}),
     _fn("clCreateContext", 4,
-        ("properties", Properties("cl_context_properties", {CL_CONTEXT_PLATFORM: "cl_platform_id"})),
+        ("properties", CONTEXT_PROPERTIES),
         ("num_devices", Scalar("cl_uint")),
         ("devices", Handles("cl_device_id", "num_devices")),
         ("pfn_notify", Callback("ava_context_notify", "user_data")),
@@ -122,7 +148,7 @@ FUNCTIONS: tuple[Function, ...] = (
         ("errcode_ret", ErrcodeRet()),
         returns="cl_context", creates="cl_context"),
     _fn("clCreateContextFromType", 5,
-        ("properties", Properties("cl_context_properties", {CL_CONTEXT_PLATFORM: "cl_platform_id"})),
+        ("properties", CONTEXT_PROPERTIES),
         ("device_type", Scalar("cl_device_type")),
         ("pfn_notify", Callback("ava_context_notify", "user_data")),
         ("user_data", UserData()),
@@ -131,7 +157,8 @@ FUNCTIONS: tuple[Function, ...] = (
     _fn("clRetainContext", 6, ("context", Handle("cl_context")), retains="cl_context"),
     _fn("clReleaseContext", 7, ("context", Handle("cl_context")), releases="cl_context", async_ok=True),
     _info("clGetContextInfo", 8, "cl_context", "cl_context_info",
-          {CL_CONTEXT_DEVICES: "cl_device_id"}),
+          {CL_CONTEXT_DEVICES: "cl_device_id"},
+          property_params={CL_CONTEXT_PROPERTIES: CONTEXT_PROPERTIES}),
     _fn("clCreateCommandQueue", 9,
         ("context", Handle("cl_context")),
         ("device", Handle("cl_device_id")),
@@ -143,7 +170,8 @@ FUNCTIONS: tuple[Function, ...] = (
     _fn("clReleaseCommandQueue", 11, ("command_queue", Handle("cl_command_queue")),
         releases="cl_command_queue", blocking=True, async_ok=True),
     _info("clGetCommandQueueInfo", 12, "cl_command_queue", "cl_command_queue_info",
-          {CL_QUEUE_CONTEXT: "cl_context", CL_QUEUE_DEVICE: "cl_device_id"}),
+          {CL_QUEUE_CONTEXT: "cl_context", CL_QUEUE_DEVICE: "cl_device_id"},
+          property_params={CL_QUEUE_PROPERTIES_ARRAY: QUEUE_PROPERTIES}),
     _fn("clCreateBuffer", 14,
         ("context", Handle("cl_context")),
         ("flags", MemFlags()),
@@ -155,10 +183,20 @@ FUNCTIONS: tuple[Function, ...] = (
     _fn("clReleaseMemObject", 18, ("memobj", Handle("cl_mem")), releases="cl_mem", async_ok=True),
     _info("clGetMemObjectInfo", 20, "cl_mem", "cl_mem_info",
           {CL_MEM_CONTEXT: "cl_context", CL_MEM_ASSOCIATED_MEMOBJECT: "cl_mem"},
-          hidden={CL_MEM_HOST_PTR}, guest_wrap=True),
+          hidden={CL_MEM_HOST_PTR}, guest_wrap=True,
+          property_params={CL_MEM_PROPERTIES: MEM_PROPERTIES}),
     _info("clGetImageInfo", 21, "cl_mem", "cl_image_info", {CL_IMAGE_BUFFER: "cl_mem"}),
     _fn("clCreateImage", 96,
         ("context", Handle("cl_context")),
+        ("flags", MemFlags()),
+        ("image_format", IMAGE_FORMAT),
+        ("image_desc", IMAGE_DESC),
+        ("host_ptr", ImageHostPtr("flags", "image_format", "image_desc")),
+        ("errcode_ret", ErrcodeRet()),
+        returns="cl_mem", creates="cl_mem", guest_wrap=True),
+    _fn("clCreateImageWithProperties", 147,
+        ("context", Handle("cl_context")),
+        ("properties", MEM_PROPERTIES),
         ("flags", MemFlags()),
         ("image_format", IMAGE_FORMAT),
         ("image_desc", IMAGE_DESC),
@@ -229,7 +267,8 @@ FUNCTIONS: tuple[Function, ...] = (
     _fn("clRetainSampler", 23, ("sampler", Handle("cl_sampler")), retains="cl_sampler"),
     _fn("clReleaseSampler", 24, ("sampler", Handle("cl_sampler")), releases="cl_sampler", async_ok=True),
     _info("clGetSamplerInfo", 25, "cl_sampler", "cl_sampler_info",
-          {CL_SAMPLER_CONTEXT: "cl_context"}),
+          {CL_SAMPLER_CONTEXT: "cl_context"},
+          property_params={CL_SAMPLER_PROPERTIES: SAMPLER_PROPERTIES}),
     _fn("clCreateProgramWithSource", 26,
         ("context", Handle("cl_context")),
         ("count", Scalar("cl_uint")),
@@ -294,7 +333,7 @@ FUNCTIONS: tuple[Function, ...] = (
         ("num_kernels_ret", OutScalar("cl_uint"))),
     _fn("clCreateSubDevices", 93,
         ("in_device", Handle("cl_device_id")),
-        ("properties", Properties("cl_device_partition_property")),
+        ("properties", PARTITION_PROPERTIES),
         ("num_devices", Scalar("cl_uint")),
         ("out_devices", NewHandles("cl_device_id", "num_devices")),
         ("num_devices_ret", OutScalar("cl_uint"))),
@@ -310,16 +349,20 @@ FUNCTIONS: tuple[Function, ...] = (
     _fn("clReleaseKernel", 37, ("kernel", Handle("cl_kernel")), releases="cl_kernel", async_ok=True),
     _info("clGetKernelInfo", 39, "cl_kernel", "cl_kernel_info",
           {CL_KERNEL_CONTEXT: "cl_context", CL_KERNEL_PROGRAM: "cl_program"}),
+    # Wrapped: a wait, a finish and a status query are where the guest learns that a
+    # non-blocking transfer is over (guest_driver/icd/icd_deferred.c).
     _fn("clWaitForEvents", 41,
         ("num_events", Scalar("cl_uint")),
         ("event_list", Handles("cl_event", "num_events")),
-        blocking=True),
+        blocking=True, guest_wrap=True),
     _info("clGetEventInfo", 42, "cl_event", "cl_event_info",
-          {CL_EVENT_COMMAND_QUEUE: "cl_command_queue", CL_EVENT_CONTEXT: "cl_context"}),
+          {CL_EVENT_COMMAND_QUEUE: "cl_command_queue", CL_EVENT_CONTEXT: "cl_context"},
+          guest_wrap=True),
     _fn("clRetainEvent", 43, ("event", Handle("cl_event")), retains="cl_event"),
     _fn("clReleaseEvent", 44, ("event", Handle("cl_event")), releases="cl_event", async_ok=True),
     _fn("clFlush", 46, ("command_queue", Handle("cl_command_queue")), async_ok=True),
-    _fn("clFinish", 47, ("command_queue", Handle("cl_command_queue")), blocking=True),
+    _fn("clFinish", 47, ("command_queue", Handle("cl_command_queue")), blocking=True,
+        guest_wrap=True),
     _fn("clSetKernelArg", 38,
         ("kernel", Handle("cl_kernel")),
         ("arg_index", Scalar("cl_uint")),
@@ -422,13 +465,14 @@ FUNCTIONS: tuple[Function, ...] = (
         ("flags", Scalar("cl_mem_flags")),
         ("pipe_packet_size", Scalar("cl_uint")),
         ("pipe_max_packets", Scalar("cl_uint")),
-        ("properties", Properties("cl_pipe_properties")),
+        ("properties", PIPE_PROPERTIES),
         ("errcode_ret", ErrcodeRet()),
         returns="cl_mem", creates="cl_mem"),
-    _info("clGetPipeInfo", 125, "cl_mem", "cl_pipe_info"),
+    _info("clGetPipeInfo", 125, "cl_mem", "cl_pipe_info",
+          property_params={CL_PIPE_PROPERTIES: PIPE_PROPERTIES}),
     _fn("clCreateSamplerWithProperties", 133,
         ("context", Handle("cl_context")),
-        ("sampler_properties", Properties("cl_sampler_properties")),
+        ("sampler_properties", SAMPLER_PROPERTIES),
         ("errcode_ret", ErrcodeRet()),
         returns="cl_sampler", creates="cl_sampler"),
     _fn("clCloneKernel", 137,
@@ -460,7 +504,9 @@ FUNCTIONS: tuple[Function, ...] = (
     _fn("clSetDefaultDeviceCommandQueue", 143,
         ("context", Handle("cl_context")),
         ("device", Handle("cl_device_id")),
-        ("command_queue", Handle("cl_command_queue"))),
+        # NULL goes through: a device without replaceable default on-device queues
+        # answers CL_INVALID_OPERATION first (PoCL does, as the spec lists it).
+        ("command_queue", Handle("cl_command_queue", nullable=True))),
     _fn("clSetProgramSpecializationConstant", 145,
         ("program", Handle("cl_program")),
         ("spec_id", Scalar("cl_uint")),
@@ -468,7 +514,7 @@ FUNCTIONS: tuple[Function, ...] = (
         ("spec_value", InBuffer("spec_size"))),
     _fn("clCreateBufferWithProperties", 146,
         ("context", Handle("cl_context")),
-        ("properties", Properties("cl_mem_properties")),
+        ("properties", MEM_PROPERTIES),
         ("flags", MemFlags()),
         ("size", Scalar("size_t")),
         ("host_ptr", InBuffer("size", const=False)),
@@ -477,11 +523,7 @@ FUNCTIONS: tuple[Function, ...] = (
     _fn("clCreateCommandQueueWithProperties", 123,
         ("context", Handle("cl_context")),
         ("device", Handle("cl_device_id")),
-        # A device-side queue: PoCL prints "Device side queue is unimplemented" and
-        # ends its process; the spec's answer for an unsupported property is this one.
-        ("properties", Properties("cl_queue_properties", refused=(
-            (CL_QUEUE_PROPERTIES, CL_QUEUE_ON_DEVICE | CL_QUEUE_ON_DEVICE_DEFAULT,
-             CL_INVALID_QUEUE_PROPERTIES),))),
+        ("properties", QUEUE_PROPERTIES),
         ("errcode_ret", ErrcodeRet()),
         returns="cl_command_queue", creates="cl_command_queue"),
 )
@@ -498,7 +540,6 @@ NOT_YET = {
                     "clEnqueueSVMMemFill", "clEnqueueSVMMap", "clEnqueueSVMUnmap",
                     "clSetKernelArgSVMPointer", "clEnqueueSVMMigrateMem")},
     "clSetKernelExecInfo": "its parameters are SVM pointers",
-    "clCreateImageWithProperties": "not composed yet (clCreateImage without properties)",
     "clSetProgramReleaseCallback": "deprecated; implementations answer CL_INVALID_OPERATION",
     "clSetCommandQueueProperty": "OpenCL 1.0 only",
 }

@@ -99,10 +99,15 @@ MAX_INCLUDE_BYTES = 16 << 20
 @dataclass(frozen=True)
 class OutBuffer:
     """Bytes the function writes (info queries).  ``handle_params`` maps a param_name
-    value to the object type the result holds, so the host turns pointers into ids."""
+    value to the object type the result holds, so the host turns pointers into ids.
+    ``property_params`` maps a param_name value to the property list kind its result
+    is (the list the object was created with): the host turns the values of its
+    handle keys into ids, the guest turns them back into its own objects."""
     size: str
     param: str | None = None
     handle_params: dict[int, str] = field(default_factory=dict, hash=False, compare=False)
+    property_params: dict[int, Properties] = field(default_factory=dict, hash=False,
+                                                     compare=False)
     elem: int = 1            # bytes per unit of ``size`` (an array of structs)
     ctype: str = "void"      # the C element type of the parameter
     hidden_params: frozenset[int] = frozenset()   # param values whose result is a host pointer

@@ -525,3 +525,38 @@ def test_scalars_that_do_not_fit_are_malformed(raw, ctype):
     from host_backend._wire import WireError
     with pytest.raises(WireError, match="does not fit"):
         scalar_value(raw, ctype, "x")
+
+
+def test_non_blocking_transfers_wait_behind_a_user_event_without_blocking(backend):
+    """A non-blocking read of guest memory, gated by a user event the guest sets
+    later, answers at once (blocking would never end); the host holds the guest
+    memory it writes until the command is over.  Without an event to follow it by,
+    the same read blocks (nothing could tell the guest it ended)."""
+    g = Guest(backend)
+    ctx, dev = g.context()
+    queue, buf, gate, done = next(ids), next(ids), next(ids), next(ids)
+    assert g.call("clCreateCommandQueue", queue, context=ctx, device=dev, properties=0)[0] == 0
+    data = bytes(range(256)) * 16
+    assert g.call("clCreateBuffer", buf, context=ctx, flags=CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR,
+                  size=len(data), host_ptr=data)[0] == 0
+    assert g.call("clCreateUserEvent", gate, context=ctx)[0] == 0
+    dma = FakeDma()
+    fn = F["clEnqueueReadBuffer"]
+    args = dict(command_queue=queue, buffer=buf, blocking_read=0, offset=0, size=len(data),
+                ptr=(api.HOSTDATA_RANGE, 0, len(data)), num_events_in_wait_list=1,
+                event_wait_list=[gate])
+    reply = backend.call(fn, encode(fn, event=done, **args), g.owner, dma)
+    assert decode(fn, reply)[0] == 0
+    assert dma.ram[:len(data)] == bytes(len(data)), "nothing read before the gate opens"
+    assert len(backend._transfers) == 1
+    assert g.call("clSetUserEventStatus", event=gate, execution_status=0)[0] == 0
+    assert g.call("clWaitForEvents", num_events=1, event_list=[done])[0] == 0
+    assert dma.ram[:len(data)] == data
+    g.call("clFinish", command_queue=queue)
+    assert not backend._transfers, "the finished transfer let go of guest memory"
+    # No event: blocking, whatever the guest asked.
+    other = FakeDma()
+    args.update(num_events_in_wait_list=0, event_wait_list=None,
+                ptr=(api.HOSTDATA_RANGE, 0, len(data)))
+    assert decode(fn, backend.call(fn, encode(fn, **args), g.owner, other))[0] == 0
+    assert other.ram[:len(data)] == data and not backend._transfers

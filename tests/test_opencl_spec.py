@@ -64,3 +64,33 @@ def test_dispatch_table_data_matches_the_header():
     struct = struct[:struct.index("} cl_icd_dispatch;")]
     order = re.findall(r"(?:cl_api_\w+|void\s*\*)\s+(\w+)\s*;", struct)
     assert tuple(order[:len(DISPATCH)]) == DISPATCH
+
+
+#: The info query that reads back the objects a creating function makes.
+INFO_OF = {"cl_context": ("clGetContextInfo",), "cl_command_queue": ("clGetCommandQueueInfo",),
+           "cl_mem": ("clGetMemObjectInfo", "clGetPipeInfo"), "cl_sampler": ("clGetSamplerInfo",),
+           "cl_device_id": ("clGetDeviceInfo",)}
+
+
+def test_every_property_list_given_is_read_back_with_the_same_handle_keys():
+    """A property list with handles in it (a context's platform) comes back from an
+    info query as ids the guest turns back into its objects: each list a function
+    takes is declared, by the same object, on the query that returns it, so a new
+    creating function cannot forget its read-back (pipes: clGetPipeInfo too)."""
+    read_back = {}
+    for fn in api.FUNCTIONS:
+        for a in fn.args:
+            if isinstance(a.kind, api.OutBuffer):
+                for props in a.kind.property_params.values():
+                    read_back.setdefault(fn.name, []).append(props)
+    for fn in api.FUNCTIONS:
+        lists = [a.kind for a in fn.args if isinstance(a.kind, api.Properties)]
+        if not lists:
+            continue
+        made = fn.creates or next(a.kind.obj for a in fn.args
+                                  if isinstance(a.kind, api.NewHandles))
+        for props in lists:
+            assert any(p is props for info in INFO_OF[made] for p in read_back.get(info, [])), \
+                f"{fn.name}: its {props.ctype} list is not read back by {INFO_OF[made]}"
+    assert api.BY_NAME["clGetContextInfo"].args[3].kind.property_params[
+        api.CL_CONTEXT_PROPERTIES].handle_keys == {api.CL_CONTEXT_PLATFORM: "cl_platform_id"}

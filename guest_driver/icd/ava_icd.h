@@ -97,6 +97,7 @@ struct ava_stage {
     size_t len;
     int out;                 /* copy back to app on success */
     void *priv;              /* transport's allocation */
+    int contiguous;          /* the host reaches it as one range (it may be deferred) */
 };
 
 void ava_enc_init(struct ava_enc *e);
@@ -130,10 +131,20 @@ void ava_enc_cstrings(struct ava_enc *e, const char **strings, uint64_t n);
 void ava_enc_new_array(struct ava_enc *e, void **objs, uint64_t n);
 void ava_dec_new_array(struct ava_dec *d, void **objs, uint64_t n, int success, void **dst);
 void ava_stage_finish(struct ava_stage *st, int success);
+void ava_enc_patch_u64(struct ava_enc *e, size_t at, uint64_t v);
+/* Non-blocking transfers (icd_deferred.c): kept until their command is seen over. */
+int ava_stage_deferrable(const struct ava_stage *st);
+void ava_deferred_add(cl_command_queue queue, cl_event event, int caller_has_event,
+                      struct ava_stage *st);
+void ava_deferred_queue_observed(cl_command_queue queue);
+/* Memory a deferred read was to fill is going away (an unmap): copy nothing there. */
+void ava_deferred_forget(const void *app);
 size_t ava_icd_create_info_size(cl_buffer_create_type type);
 
 uint64_t ava_dec_u64(struct ava_dec *d);
-void ava_dec_out_buffer(struct ava_dec *d, void *dst, size_t cap, int handle_type);
+size_t ava_dec_out_buffer(struct ava_dec *d, void *dst, size_t cap, int handle_type);
+void ava_dec_out_properties(struct ava_dec *d, void *dst, size_t cap,
+                            const struct ava_handle_key *keys, size_t nkeys);
 void ava_dec_out_handles(struct ava_dec *d, int type, void **dst, uint64_t cap);
 void ava_dec_free(struct ava_dec *d);
 

@@ -104,11 +104,20 @@ ava_clCreateSubBuffer(cl_mem buffer, cl_mem_flags flags, cl_buffer_create_type t
     }
     const struct mem_ext *parent = ava_obj_ext(buffer, AVA_OBJ_MEM);
     const cl_buffer_region *region = info;          /* the host accepted it: a region */
-    const cl_mem_flags inherited = CL_MEM_USE_HOST_PTR | CL_MEM_ALLOC_HOST_PTR |
-                                   CL_MEM_COPY_HOST_PTR;
+    /* The spec's inheritance: the parent's host pointer flags always, its device
+     * access and host access flags where the sub-buffer names none of its own. */
+    const cl_mem_flags host_ptr = CL_MEM_USE_HOST_PTR | CL_MEM_ALLOC_HOST_PTR |
+                                  CL_MEM_COPY_HOST_PTR;
+    const cl_mem_flags access = CL_MEM_READ_WRITE | CL_MEM_WRITE_ONLY | CL_MEM_READ_ONLY;
+    const cl_mem_flags host_access = CL_MEM_HOST_WRITE_ONLY | CL_MEM_HOST_READ_ONLY |
+                                     CL_MEM_HOST_NO_ACCESS;
     x->size = region->size;
     if (parent) {
-        x->flags = flags ? flags | (parent->flags & inherited) : parent->flags;
+        x->flags = flags | (parent->flags & host_ptr);
+        if (!(flags & access))
+            x->flags |= parent->flags & access;
+        if (!(flags & host_access))
+            x->flags |= parent->flags & host_access;
         x->host_ptr = parent->host_ptr ? (char *)parent->host_ptr + region->origin : NULL;
     }
     ava_obj_set_ext(mem, x);
@@ -171,13 +180,56 @@ static cl_int map_allowed(cl_mem_flags mem_flags, cl_map_flags flags)
     return CL_SUCCESS;
 }
 
+/* A temporary buffer in ``mem``'s context, for the copies below. */
+static cl_mem scratch_buffer(cl_mem mem, size_t size, cl_int *status)
+{
+    cl_context context = NULL;
+    *status = ava_clGetMemObjectInfo(mem, CL_MEM_CONTEXT, sizeof(context), &context, NULL);
+    if (*status != CL_SUCCESS)
+        return NULL;
+    return ava_clCreateBuffer(context, CL_MEM_READ_WRITE, size, NULL, status);
+}
+
+/* The contents a CL_MAP_WRITE mapping of CL_MEM_HOST_WRITE_ONLY memory starts with:
+ * the host may not read such memory, so the device copies it into a scratch buffer
+ * first (as a native map reads it without asking the host-access rule), and the
+ * scratch buffer is read.  The caller's event is the read's, after the copy. */
+static cl_int read_host_write_only(cl_command_queue queue, cl_mem buffer, size_t offset,
+                                   size_t size, void *ptr, cl_uint num_events,
+                                   const cl_event *wait_list, cl_event *event)
+{
+    cl_int status;
+    cl_event copied = NULL;
+    cl_mem scratch = scratch_buffer(buffer, size, &status);
+    if (!scratch)
+        return status;
+    status = ava_clEnqueueCopyBuffer(queue, buffer, scratch, offset, 0, size, num_events,
+                                     wait_list, &copied);
+    if (status == CL_SUCCESS) {
+        status = ava_clEnqueueReadBuffer(queue, scratch, CL_TRUE, 0, size, ptr, 1, &copied,
+                                         event);
+        ava_clReleaseEvent(copied);
+    }
+    ava_clReleaseMemObject(scratch);
+    return status;
+}
+
+/* Whether a map's read blocks.  A non-blocking map must not wait (its wait list may
+ * hold a user event set later): its read is deferred like any non-blocking read, and
+ * the data is in place once the map's event is seen complete.  A map for writing
+ * still blocks: its unmap writes the mapping back, and must never write back bytes
+ * the read has not delivered yet. */
+static cl_bool map_blocks(cl_bool blocking_map, cl_map_flags map_flags)
+{
+    return blocking_map || (map_flags & CL_MAP_WRITE) ? CL_TRUE : CL_FALSE;
+}
+
 CL_API_ENTRY void *CL_API_CALL
 ava_clEnqueueMapBuffer(cl_command_queue queue, cl_mem buffer, cl_bool blocking_map,
                        cl_map_flags map_flags, size_t offset, size_t size,
                        cl_uint num_events_in_wait_list, const cl_event *event_wait_list,
                        cl_event *event, cl_int *errcode_ret)
 {
-    (void)blocking_map;            /* the data is in place when we return: always allowed */
     struct mem_ext *x = ava_obj_ext(buffer, AVA_OBJ_MEM);
     struct mapping *m = NULL;
     void *ptr = NULL;
@@ -202,9 +254,13 @@ ava_clEnqueueMapBuffer(cl_command_queue queue, cl_mem buffer, cl_bool blocking_m
         if (map_flags & CL_MAP_WRITE_INVALIDATE_REGION)
             status = ava_clEnqueueMarkerWithWaitList(queue, num_events_in_wait_list,
                                                      event_wait_list, event);
+        else if (x->flags & CL_MEM_HOST_WRITE_ONLY)
+            status = read_host_write_only(queue, buffer, offset, size, ptr,
+                                          num_events_in_wait_list, event_wait_list, event);
         else
-            status = ava_clEnqueueReadBuffer(queue, buffer, CL_TRUE, offset, size, ptr,
-                                             num_events_in_wait_list, event_wait_list, event);
+            status = ava_clEnqueueReadBuffer(queue, buffer, map_blocks(blocking_map, map_flags),
+                                             offset, size, ptr, num_events_in_wait_list,
+                                             event_wait_list, event);
     }
     if (status == CL_SUCCESS) {
         m->offset = offset;
@@ -257,8 +313,10 @@ ava_clEnqueueUnmapMemObject(cl_command_queue queue, cl_mem memobj, void *mapped_
     }
     pthread_mutex_unlock(&mem_lock);
     if (m) {
-        if (m->owned)
+        if (m->owned) {
+            ava_deferred_forget(m->ptr);
             free(m->ptr);
+        }
         free(m);
     }
     return status;
@@ -365,6 +423,9 @@ size_t ava_image_span(cl_mem image, const size_t *region, size_t row, size_t sli
 /* Our images keep their type and pixel size (to size transfers the way the host
  * does) and, with CL_MEM_USE_HOST_PTR, the application's memory and its pitches
  * (maps answer with it, as the host cannot share it). */
+static cl_mem image_created(cl_mem mem, struct mem_ext *x, cl_mem_flags flags,
+                            const cl_image_desc *image_desc, void *host_ptr);
+
 CL_API_ENTRY cl_mem CL_API_CALL
 ava_clCreateImage(cl_context context, cl_mem_flags flags, const cl_image_format *image_format,
                   const cl_image_desc *image_desc, void *host_ptr, cl_int *errcode_ret)
@@ -372,8 +433,30 @@ ava_clCreateImage(cl_context context, cl_mem_flags flags, const cl_image_format 
     struct mem_ext *x = new_mem_ext(errcode_ret);
     if (!x)
         return NULL;
-    cl_mem mem = ava_fwd_clCreateImage(context, flags, image_format, image_desc, host_ptr,
-                                       errcode_ret);
+    return image_created(ava_fwd_clCreateImage(context, flags, image_format, image_desc,
+                                               host_ptr, errcode_ret),
+                         x, flags, image_desc, host_ptr);
+}
+
+CL_API_ENTRY cl_mem CL_API_CALL
+ava_clCreateImageWithProperties(cl_context context, const cl_mem_properties *properties,
+                                cl_mem_flags flags, const cl_image_format *image_format,
+                                const cl_image_desc *image_desc, void *host_ptr,
+                                cl_int *errcode_ret)
+{
+    struct mem_ext *x = new_mem_ext(errcode_ret);
+    if (!x)
+        return NULL;
+    return image_created(ava_fwd_clCreateImageWithProperties(context, properties, flags,
+                                                             image_format, image_desc,
+                                                             host_ptr, errcode_ret),
+                         x, flags, image_desc, host_ptr);
+}
+
+/* An image the host created: its guest-side state, as for buffers. */
+static cl_mem image_created(cl_mem mem, struct mem_ext *x, cl_mem_flags flags,
+                            const cl_image_desc *image_desc, void *host_ptr)
+{
     if (!mem) {
         free(x);
         return NULL;
@@ -431,6 +514,40 @@ static cl_int map_image_allowed(cl_command_queue queue, const struct mem_ext *x,
                                               CL_MAP_WRITE_INVALIDATE_REGION));
 }
 
+/* read_host_write_only for an image: the region copied into a scratch buffer (packed
+ * rows), then read at the mapping's pitches. */
+static cl_int read_image_host_write_only(cl_command_queue queue, cl_mem image,
+                                         const struct mem_ext *x, const size_t *origin,
+                                         const size_t *region, size_t row, size_t slice,
+                                         void *ptr, cl_uint num_events,
+                                         const cl_event *wait_list, cl_event *event)
+{
+    size_t packed_row = region[0] * x->elem, bytes;
+    if (__builtin_mul_overflow(packed_row, region[1], &bytes) ||
+        __builtin_mul_overflow(bytes, region[2], &bytes))
+        return CL_INVALID_VALUE;
+    cl_int status;
+    cl_event copied = NULL;
+    cl_mem scratch = scratch_buffer(image, bytes ? bytes : 1, &status);
+    if (!scratch)
+        return status;
+    status = ava_clEnqueueCopyImageToBuffer(queue, image, scratch, origin, region, 0,
+                                            num_events, wait_list, &copied);
+    if (status == CL_SUCCESS) {
+        /* A 1D array's slices are its rows. */
+        size_t host_row = is_1d_array(x->image_type) ? slice : row;
+        size_t host_slice = is_1d_array(x->image_type) ? 0 : slice;
+        const size_t zero[3] = {0, 0, 0};
+        const size_t bytes_region[3] = {packed_row, region[1], region[2]};
+        status = ava_clEnqueueReadBufferRect(queue, scratch, CL_TRUE, zero, zero, bytes_region,
+                                             packed_row, packed_row * region[1], host_row,
+                                             host_slice, ptr, 1, &copied, event);
+        ava_clReleaseEvent(copied);
+    }
+    ava_clReleaseMemObject(scratch);
+    return status;
+}
+
 /* A mapping is a rectangle read into guest memory: packed rows (our pitches) in
  * memory we own, or the application's host_ptr at its own pitches. */
 CL_API_ENTRY void *CL_API_CALL
@@ -440,7 +557,6 @@ ava_clEnqueueMapImage(cl_command_queue queue, cl_mem image, cl_bool blocking_map
                       cl_uint num_events_in_wait_list, const cl_event *event_wait_list,
                       cl_event *event, cl_int *errcode_ret)
 {
-    (void)blocking_map;            /* the data is in place when we return: always allowed */
     struct mem_ext *x = ava_obj_ext(image, AVA_OBJ_MEM);
     struct mapping *m = NULL;
     void *ptr = NULL;
@@ -469,10 +585,14 @@ ava_clEnqueueMapImage(cl_command_queue queue, cl_mem image, cl_bool blocking_map
         if (map_flags & CL_MAP_WRITE_INVALIDATE_REGION)
             status = ava_clEnqueueMarkerWithWaitList(queue, num_events_in_wait_list,
                                                      event_wait_list, event);
+        else if (x->flags & CL_MEM_HOST_WRITE_ONLY)
+            status = read_image_host_write_only(queue, image, x, origin, region, row, slice,
+                                                ptr, num_events_in_wait_list,
+                                                event_wait_list, event);
         else
-            status = ava_clEnqueueReadImage(queue, image, CL_TRUE, origin, region, row, slice,
-                                            ptr, num_events_in_wait_list, event_wait_list,
-                                            event);
+            status = ava_clEnqueueReadImage(queue, image, map_blocks(blocking_map, map_flags),
+                                            origin, region, row, slice, ptr,
+                                            num_events_in_wait_list, event_wait_list, event);
     }
     if (status == CL_SUCCESS) {
         m->flags = map_flags;

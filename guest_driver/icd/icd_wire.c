@@ -173,10 +173,17 @@ int ava_enc_host_data(struct ava_enc *e, struct ava_stage *st, const void *p, si
         return -1;
     if (dir != AVA_STAGE_OUT && n)
         memcpy(st->dma, p, n);
+    st->contiguous = mode == AVA_HOSTDATA_RANGE;
     ava_enc_u64(e, mode);
     ava_enc_u64(e, addr);
     ava_enc_u64(e, count);
     return 0;
+}
+
+void ava_enc_patch_u64(struct ava_enc *e, size_t at, uint64_t v)
+{
+    if (!e->oom && at + 8 <= e->len)
+        memcpy(e->buf + at, &v, 8);
 }
 
 void ava_stage_finish(struct ava_stage *st, int success)
@@ -266,11 +273,11 @@ uint64_t ava_dec_u64(struct ava_dec *d)
     return v;
 }
 
-void ava_dec_out_buffer(struct ava_dec *d, void *dst, size_t cap, int handle_type)
+size_t ava_dec_out_buffer(struct ava_dec *d, void *dst, size_t cap, int handle_type)
 {
     uint64_t n = ava_dec_u64(d);
     if (d->pos > d->len || n > d->len - d->pos)
-        return;
+        return 0;
     size_t take = n < cap ? (size_t)n : cap;
     if (handle_type && take % 8 == 0) {
         /* Object-valued results come back as ids: give the application our objects. */
@@ -284,6 +291,25 @@ void ava_dec_out_buffer(struct ava_dec *d, void *dst, size_t cap, int handle_typ
         memcpy(dst, d->buf + d->pos, take);
     }
     d->pos += (n + 7) & ~(uint64_t)7;
+    return take;
+}
+
+void ava_dec_out_properties(struct ava_dec *d, void *dst, size_t cap,
+                            const struct ava_handle_key *keys, size_t nkeys)
+{
+    /* The host sent the values of handle keys as ids: give back our objects (the
+     * ones the list was created with), in the bytes it wrote and nowhere else. */
+    size_t words = ava_dec_out_buffer(d, dst, cap, 0) / 8, n = 0;
+    int64_t *props = dst;
+    while (n < words && props[n] != 0) {
+        for (size_t k = 0; k < nkeys && n + 1 < words; k++) {
+            if (props[n] == keys[k].key) {
+                void *obj = ava_obj_from_id(keys[k].type, (uint64_t)props[n + 1]);
+                props[n + 1] = (int64_t)(intptr_t)obj;
+            }
+        }
+        n += 2;
+    }
 }
 
 void ava_dec_out_handles(struct ava_dec *d, int type, void **dst, uint64_t cap)
