@@ -326,7 +326,9 @@ class ArgDecoder:
             if obj is not None:
                 value = int(ffi.cast("uintptr_t", self.resolve(obj, value, arg)))
             values += [as_signed(key, 8), as_signed(value, 8)] if signed else [key, value]
-        self.cargs.append(ffi.new(f"{kind.ctype}[]", values + [0]))
+        # Two zeros: a partition by counts ends its counts with a 0 of its own, and a
+        # list of an odd number of them reaches the wire without it.
+        self.cargs.append(ffi.new(f"{kind.ctype}[]", values + [0, 0]))
 
     def _arg_callback(self, arg, kind) -> None:
         if self.dec.u64() != 0:

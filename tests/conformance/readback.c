@@ -219,6 +219,36 @@ static void write_maps_of_host_write_only_memory(void)
     clReleaseMemObject(buf);
 }
 
+/* Partition property lists (a list by counts carries its own 0 before the end),
+ * read back from the sub-device with its parent. */
+static void sub_devices(void)
+{
+    cl_device_partition_property one[] = {CL_DEVICE_PARTITION_BY_COUNTS, 1,
+                                          CL_DEVICE_PARTITION_BY_COUNTS_LIST_END, 0};
+    cl_device_partition_property two[] = {CL_DEVICE_PARTITION_BY_COUNTS, 1, 1,
+                                          CL_DEVICE_PARTITION_BY_COUNTS_LIST_END, 0};
+    cl_device_partition_property equally[] = {CL_DEVICE_PARTITION_EQUALLY, 1, 0};
+    cl_device_partition_property *lists[] = {one, two, equally};
+    for (int i = 0; i < 3; i++) {
+        cl_device_id sub[64];
+        cl_uint n = 0;
+        cl_int err = clCreateSubDevices(device, lists[i], 64, sub, &n);
+        printf("%-48s %d %d\n", "clCreateSubDevices", err, err == CL_SUCCESS && n > 0);
+        if (err != CL_SUCCESS)
+            continue;
+        cl_device_partition_property got[16] = {0};
+        size_t size = 0;
+        err = clGetDeviceInfo(sub[0], CL_DEVICE_PARTITION_TYPE, sizeof(got), got, &size);
+        printf("%-48s %d size %zu %#lx %ld %ld\n", "  CL_DEVICE_PARTITION_TYPE", err, size,
+               (long)got[0], (long)got[1], (long)got[2]);
+        cl_device_id parent = NULL;
+        clGetDeviceInfo(sub[0], CL_DEVICE_PARENT_DEVICE, sizeof(parent), &parent, NULL);
+        printf("%-48s %d\n", "  CL_DEVICE_PARENT_DEVICE is the device", parent == device);
+        for (cl_uint j = 0; j < n && j < 64; j++)
+            clReleaseDevice(sub[j]);
+    }
+}
+
 /* What is reported works, what does not work is not reported. */
 static void capabilities(void)
 {
@@ -273,6 +303,7 @@ int main(void)
     memory_objects();
     sub_buffer_flags();
     write_maps_of_host_write_only_memory();
+    sub_devices();
     capabilities();
     return 0;
 }
