@@ -46,6 +46,7 @@ CL_CONTEXT_PLATFORM = 0x1084
 CL_QUEUE_CONTEXT = 0x1090
 CL_QUEUE_DEVICE = 0x1091
 CL_QUEUE_PROPERTIES = 0x1093
+CL_QUEUE_DEVICE_DEFAULT = 0x1095
 CL_QUEUE_ON_DEVICE = 1 << 2
 CL_QUEUE_ON_DEVICE_DEFAULT = 1 << 3
 CL_INVALID_QUEUE_PROPERTIES = -35
@@ -170,7 +171,8 @@ FUNCTIONS: tuple[Function, ...] = (
     _fn("clReleaseCommandQueue", 11, ("command_queue", Handle("cl_command_queue")),
         releases="cl_command_queue", blocking=True, async_ok=True),
     _info("clGetCommandQueueInfo", 12, "cl_command_queue", "cl_command_queue_info",
-          {CL_QUEUE_CONTEXT: "cl_context", CL_QUEUE_DEVICE: "cl_device_id"},
+          {CL_QUEUE_CONTEXT: "cl_context", CL_QUEUE_DEVICE: "cl_device_id",
+           CL_QUEUE_DEVICE_DEFAULT: "cl_command_queue"},
           property_params={CL_QUEUE_PROPERTIES_ARRAY: QUEUE_PROPERTIES}),
     _fn("clCreateBuffer", 14,
         ("context", Handle("cl_context")),

@@ -64,6 +64,9 @@ static void context_and_queue(void)
     CASE("CL_QUEUE_CONTEXT", clGetCommandQueueInfo(q, CL_QUEUE_CONTEXT, sizeof(qctx), &qctx, NULL));
     CASE("CL_QUEUE_DEVICE", clGetCommandQueueInfo(q, CL_QUEUE_DEVICE, sizeof(qdev), &qdev, NULL));
     printf("%-48s %d %d\n", "  the context and device it was made in", qctx == ctx, qdev == device);
+    cl_command_queue dq = (cl_command_queue)1;
+    CASE("CL_QUEUE_DEVICE_DEFAULT", clGetCommandQueueInfo(q, CL_QUEUE_DEVICE_DEFAULT, sizeof(dq), &dq, NULL));
+    printf("%-48s %d\n", "  none (no on-device queues)", dq == NULL);
     cl_platform_id dplat = NULL;
     CASE("CL_DEVICE_PLATFORM", clGetDeviceInfo(device, CL_DEVICE_PLATFORM, sizeof(dplat), &dplat, NULL));
     printf("%-48s %d\n", "  the platform enumerated", dplat == platform);
