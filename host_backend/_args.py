@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 import struct
-import tempfile
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
@@ -673,26 +671,20 @@ class ArgDecoder:
         text = options[:-1].decode("utf-8", "replace") if options is not None else ""
         text, asked = with_arg_info(text)
         self.backend.kernel_args.program_built(call.target, asked)
-        if files or api.INCLUDE_MARKER.format(0) in text:
-            root = tempfile.mkdtemp(prefix="ava-inc-")
-            call.cleanups.append(lambda: shutil.rmtree(root, ignore_errors=True))
-            dirs = set()
+        indices = {i for i in range(256) if api.INCLUDE_MARKER.format(i) in text}
+        if files or indices:
+            checked = []
             for index, path, data in files:
                 rel = path.decode("utf-8", "replace")
                 parts = rel.split("/")
                 if rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or index > 255:
                     raise CallError(CL_INVALID_VALUE, f"include path {rel!r} is not a plain "
                                     "relative path")
-                target = os.path.join(root, str(index), *parts)
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                with open(target, "wb") as f:
-                    f.write(data)
-                dirs.add(index)
-            for index in range(256):
-                marker = api.INCLUDE_MARKER.format(index)
-                if marker in text:
-                    os.makedirs(os.path.join(root, str(index)), exist_ok=True)
-                    text = text.replace(marker, os.path.join(root, str(index)))
+                checked.append((index, parts, data))
+            root, done = self.backend.includes.checkout(checked, indices)
+            call.cleanups.append(done)
+            for index in indices:
+                text = text.replace(api.INCLUDE_MARKER.format(index), os.path.join(root, str(index)))
         return ffi.new("char[]", text.encode() + b"\0")
 
 

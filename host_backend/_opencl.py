@@ -36,6 +36,7 @@ from ._args import (
 )
 from ._cl import ffi, lib
 from ._handles import HOST_ID_BASE, HandleTable, _address
+from ._includes import IncludeStore
 from ._kernel_args import (
     CL_KERNEL_ARG_INFO_NOT_AVAILABLE,
     CL_PROGRAM_BUILD_OPTIONS,
@@ -83,6 +84,7 @@ class OpenClBackend:
         self._reaping = 0                       # reaper jobs waiting for calls to end
         self._reaper = _Reaper()
         self.kernel_args = KernelArgGuard()
+        self.includes = IncludeStore()
         self.calls = 0
         #: Guest processes whose objects were lost with a previous executor (a device
         #: reset): their stale ids fail with CL_OUT_OF_RESOURCES, as after a GPU reset.
@@ -147,6 +149,7 @@ class OpenClBackend:
         doomed = self._forget_objects(lambda entry: entry.owner is not None)
         self._reaper.submit(self._release_dead_owners, doomed,
                             {e.owner for _, e in doomed if e.owner is not None})
+        self._reaper.submit(self.includes.close)
         self._reaper.stop()
 
     def _release_dead_owners(self, doomed: list, owners: set[int]) -> None:

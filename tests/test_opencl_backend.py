@@ -276,15 +276,45 @@ def test_include_directories_travel_with_the_build(backend):
     files = [(0, b"sub/val.h", b"#define VAL 42\n")]
     assert g.call("clBuildProgram", program=prog, num_devices=1, device_list=[dev],
                   options=(b"-I @AVA_INC0@\0", files))[0] == 0
-    import glob
-    import tempfile
-    assert not glob.glob(os.path.join(tempfile.gettempdir(), "ava-inc-*")), "removed after the call"
+    # Kept under a name from their content, so a second build of the same files sees
+    # the same options (the implementation's kernel cache hits), and other files
+    # another directory (a cached program never outlives its headers).
+    root = backend.includes._root
+    assert len(os.listdir(root)) == 1
+    again = next(ids)
+    assert g.call("clCreateProgramWithSource", again, context=ctx, count=1, strings=[src])[0] == 0
+    assert g.call("clBuildProgram", program=again, num_devices=1, device_list=[dev],
+                  options=(b"-I @AVA_INC0@\0", files))[0] == 0
+    assert len(os.listdir(root)) == 1
+    assert g.call("clBuildProgram", program=again, num_devices=1, device_list=[dev],
+                  options=(b"-I @AVA_INC0@\0", [(0, b"sub/val.h", b"#define VAL 43\n")]))[0] == 0
+    assert len(os.listdir(root)) == 2
     bad = next(ids)
     assert g.call("clCreateProgramWithSource", bad, context=ctx, count=1, strings=[src])[0] == 0
     for path in (b"../escape.h", b"/etc/passwd", b"sub/../../x.h", b""):
         assert g.call("clBuildProgram", program=bad, num_devices=1, device_list=[dev],
                       options=(b"-I @AVA_INC0@\0", [(0, path, b"x")]))[0] == -30
-    assert not glob.glob(os.path.join(tempfile.gettempdir(), "ava-inc-*"))
+    assert len(os.listdir(root)) == 2
+    backend.includes.close()
+    assert not os.path.exists(root), "removed with the session"
+
+
+def test_include_store_evicts_only_directories_no_build_uses(tmp_path, monkeypatch):
+    from host_backend import _includes
+    monkeypatch.setattr(_includes, "MAX_DIRS", 2)
+    store = _includes.IncludeStore()
+    held, done_held = store.checkout([(0, ["a.h"], b"held")], {0})
+    for i in range(4):
+        _, done = store.checkout([(0, ["a.h"], b"%d" % i)], {0})
+        done()
+    assert os.path.isfile(os.path.join(held, "0", "a.h")), "in use: kept"
+    assert len(os.listdir(os.path.dirname(held))) == 2
+    same, done_same = store.checkout([(0, ["a.h"], b"held")], {0})
+    assert same == held
+    done_held()
+    done_same()
+    store.close()
+    assert not os.path.exists(os.path.dirname(held))
 
 
 def _linked_program(g, ctx, dev, src=b"__kernel void a(__global int *x) { x[0] = 1; }\n"
