@@ -56,16 +56,16 @@ def _reply_capacity(fn: api.Function) -> str:
 
 def _encode(fn: api.Function) -> list[str]:
     out = []
-    # Application data goes through DMA staging that is copied back when the call
-    # returns, so the host must finish the transfer before replying: such calls are
-    # made blocking (completing early is always allowed).
+    # Application data goes through DMA staging: a blocking transfer copies it back
+    # when the call returns, a non-blocking one once the command is seen over.
     forced = {a.kind.blocking for a in fn.args
               if isinstance(a.kind, STAGED) and a.kind.blocking}
     for a in fn.args:
         k, n = a.kind, a.name
         if isinstance(k, api.Scalar) and n in forced:
-            # Blocking unless the staging can wait for the command (icd_deferred.c).
-            out.append("blocking_at = e.len; ava_enc_u64(&e, defer ? 0 : 1);")
+            # As asked: the staging waits for the command (icd_deferred.c); the host
+            # blocks where it cannot run the transfer on the staging asynchronously.
+            out.append("ava_enc_u64(&e, defer ? 0 : 1);")
         elif isinstance(k, api.Scalar):
             out.append(f"ava_enc_u64(&e, (uint64_t){n});")
         elif isinstance(k, api.Handle):
@@ -114,7 +114,6 @@ def _encode(fn: api.Function) -> list[str]:
             mode = "AVA_STAGE_INOUT" if k.out else "AVA_STAGE_IN"
             out.append(f"if (ava_enc_host_data(&e, &stage_{n}, {n}, {span}, {mode})) "
                        f"{{ status = CL_OUT_OF_RESOURCES; goto done; }}")
-            out += _undefer_unless_deferrable(k, n)
         elif isinstance(k, api.ErrcodeRet):
             pass
         elif isinstance(k, api.InArray):
@@ -128,7 +127,6 @@ def _encode(fn: api.Function) -> list[str]:
             mode = "AVA_STAGE_INOUT" if k.out else "AVA_STAGE_IN"
             out.append(f"if (ava_enc_host_data(&e, &stage_{n}, {n}, {span}, {mode})) "
                        f"{{ status = CL_OUT_OF_RESOURCES; goto done; }}")
-            out += _undefer_unless_deferrable(k, n)
         elif isinstance(k, api.InStruct):
             out += _encode_struct(k, n)
         elif isinstance(k, api.FixedBytes):
@@ -139,18 +137,9 @@ def _encode(fn: api.Function) -> list[str]:
             mode = "AVA_STAGE_OUT" if k.out else "AVA_STAGE_IN"
             out.append(f"if (ava_enc_host_data(&e, &stage_{n}, {n}, {k.size}, {mode})) "
                        f"{{ status = CL_OUT_OF_RESOURCES; goto done; }}")
-            out += _undefer_unless_deferrable(k, n)
         else:
             raise TypeError(f"{fn.name}.{n}: no encoder for {k!r}")
     return out
-
-
-def _undefer_unless_deferrable(k, n: str) -> list[str]:
-    """A staging the host cannot reach as one range cannot wait: the call blocks."""
-    if not getattr(k, "blocking", None):
-        return []
-    return [f"if (defer && !ava_stage_deferrable(&stage_{n})) "
-            "{ defer = 0; ava_enc_patch_u64(&e, blocking_at, 1); }"]
 
 
 def _encode_struct(k: api.InStruct, n: str) -> list[str]:
@@ -236,7 +225,6 @@ def render_function(fn: api.Function) -> str:
                                              "blocking", None)]
     if blocking:
         body.append(f"int defer = !{blocking[0]};")
-        body.append("size_t blocking_at = 0;")
     if creates:
         body.append(f"{creates} obj = NULL;")
     body += [f"cl_event new_{n} = NULL;" for n in events]
@@ -282,10 +270,8 @@ def render_function(fn: api.Function) -> str:
     body += [f"if (new_{n}) ava_dec_new_array(NULL, (void **)new_{n}, {k.count}, 0, NULL);"
              for n, k in arrays]
     for n in events:
-        # Ours alone, for a transfer that could not wait after all: not needed.
-        unused = f" else if (!defer) ava_clReleaseEvent(new_{n});" if blocking else ""
         body.append(f"if (new_{n}) {{ if (status != CL_SUCCESS) ava_obj_free(new_{n}); "
-                    f"else if ({n}) *{n} = new_{n};{unused} }}")
+                    f"else if ({n}) *{n} = new_{n}; }}")
     body += ["ava_dec_free(&d);", "ava_enc_free(&e);"]
     if creates:
         body.append("if (errcode_ret) *errcode_ret = (cl_int)status;")

@@ -67,6 +67,7 @@ class Call:
         "events",
         "held",
         "index",
+        "segments",
         "size_ret",
         "structs",
         "target",
@@ -88,6 +89,7 @@ class Call:
         # and the views of guest RAM the implementation may touch after the reply.
         self.deferred: int | None = None
         self.held: list = []
+        self.segments: list | None = None    # a non-blocking HostData's scatter pieces
 
 T = TypeVar("T")
 
@@ -473,16 +475,14 @@ class ArgDecoder:
             return ffi.NULL
         if dma is None:
             raise WireError(f"{arg.name}: guest memory reference without a DMA map")
-        if getattr(kind, "blocking", None):
-            flag = call.index[kind.blocking]
-            if cargs[flag] == 0 and mode == api.HOSTDATA_RANGE:
-                # The guest keeps this staging until it sees the command over
-                # (guest_driver/icd/icd_deferred.c); the backend holds the view (and
-                # with it the mapping) as long as the command runs.
-                call.deferred = flag
-            else:
-                # Our bounce buffers must not be touched after we reply.
-                cargs[flag] = 1
+        flag = call.index[kind.blocking] if getattr(kind, "blocking", None) else None
+        if flag is not None and cargs[flag] == 0:
+            # The guest keeps this staging until it sees the command over
+            # (guest_driver/icd/icd_deferred.c); the backend holds the views (and
+            # with them the mapping) as long as the command runs.
+            call.deferred = flag
+        elif flag is not None:
+            cargs[flag] = 1
         if mode == api.HOSTDATA_RANGE:
             addr, length = dec.u64(), dec.u64()
             if length != size:
@@ -500,6 +500,15 @@ class ArgDecoder:
                  for a, n, _ in struct.iter_unpack("<QII", raw) if n]
         if sum(v.nbytes for v in views) != size:
             raise WireError(f"{arg.name}: scatter list does not add up to {size} bytes")
+        if call.deferred is not None and isinstance(kind, api.HostData):
+            # One command per piece, in place (OpenClBackend._segmented).
+            call.segments = [ffi.from_buffer(v) for v in views]
+            call.held += call.segments
+            return ffi.NULL
+        if flag is not None:
+            # Our bounce buffers must not be touched after we reply.
+            cargs[flag] = 1
+            call.deferred = None
         if not kind.out:
             return ffi.from_buffer(b"".join(views))
         # A rectangle leaves the bytes between its rows alone: start from the guest's.

@@ -245,6 +245,8 @@ class OpenClBackend:
                 result = self._filtered_info(fn, cargs, info_filter)
             elif fn.name == "clGetProgramInfo" and cargs[1] == api.CL_PROGRAM_BINARIES:
                 result = self._binaries_skipped(cargs)
+            elif call.segments is not None:
+                result = self._segmented(fn, cargs, call)
             else:
                 result = getattr(lib(), fn.name)(*cargs)
             if fn.name in self._AS_NATIVE:
@@ -276,6 +278,54 @@ class OpenClBackend:
                         if self._reaping:
                             self._calls_done.notify_all()
         return enc.bytes()
+
+    @staticmethod
+    def _segmented(fn: api.Function, cargs, call: Call) -> int:
+        """A buffer transfer of guest memory that a scatter list describes, run as one
+        command per piece, each after the one before (the guest's wait list goes to
+        the first): no bounce buffer, so it need not block.  The last piece's event
+        is the guest's.  Bounds are checked first, as the implementation would for
+        the whole, so no piece runs for a transfer it would refuse.  Blocking (the
+        guest asked so, or there is no event): the pieces run one by one."""
+        cl = lib()
+        at = call.index
+        buffer, offset, size = cargs[at["buffer"]], cargs[at["offset"]], cargs[at["size"]]
+        total = ffi.new("size_t *")
+        status = cl.clGetMemObjectInfo(buffer, CL_MEM_SIZE, ffi.sizeof("size_t"), total, ffi.NULL)
+        if status != CL_SUCCESS:
+            return status
+        if size == 0 or offset > total[0] or size > total[0] - offset:
+            return CL_INVALID_VALUE
+        pieces = call.segments or []
+        last_cell = cargs[at["event"]]
+        previous = None
+        pos = 0
+        for i, piece in enumerate(pieces):
+            args = list(cargs)
+            n = ffi.sizeof(piece)
+            args[at["offset"]], args[at["size"]], args[at["ptr"]] = offset + pos, n, piece
+            if previous is not None:
+                args[at["num_events_in_wait_list"]] = 1
+                args[at["event_wait_list"]] = ffi.new("cl_event[1]", [previous])
+            last = i == len(pieces) - 1
+            args[at["event"]] = last_cell if last and last_cell != ffi.NULL else \
+                ffi.new("cl_event *")
+            status = getattr(cl, fn.name)(*args)
+            if status != CL_SUCCESS and previous is not None:
+                # The pieces before run on: the guest memory they touch must outlive
+                # them (the caller drops its views when we return).
+                cl.clWaitForEvents(1, ffi.new("cl_event[1]", [previous]))
+            if previous is not None:
+                cl.clReleaseEvent(previous)
+                previous = None
+            if status != CL_SUCCESS:
+                return status
+            if not last or last_cell == ffi.NULL:
+                previous = args[at["event"]][0]
+            pos += n
+        if previous is not None:
+            cl.clReleaseEvent(previous)
+        return CL_SUCCESS
 
     def _hold_transfer(self, call: Call) -> None:
         """A non-blocking transfer went to the implementation: its views of guest RAM

@@ -2,6 +2,7 @@
 translation, exact status codes, isolation and cleanup."""
 
 import itertools
+import struct
 import os
 
 import pytest
@@ -590,3 +591,55 @@ def test_non_blocking_transfers_wait_behind_a_user_event_without_blocking(backen
                 ptr=(api.HOSTDATA_RANGE, 0, len(data)))
     assert decode(fn, backend.call(fn, encode(fn, **args), g.owner, other))[0] == 0
     assert other.ram[:len(data)] == data and not backend._transfers
+
+
+def test_non_blocking_transfers_through_a_scatter_list_run_piece_by_piece(backend):
+    """Staging in pieces (a VM's hugepages need not be contiguous): a non-blocking
+    buffer transfer behind a user event still answers at once, as one command per
+    piece, each after the one before, in guest memory itself; the bytes land in the
+    right pieces, and bounds are the whole transfer's."""
+    g = Guest(backend)
+    ctx, dev = g.context()
+    queue, buf, gate, wrote, read = (next(ids) for _ in range(5))
+    assert g.call("clCreateCommandQueue", queue, context=ctx, device=dev, properties=0)[0] == 0
+    assert g.call("clCreateBuffer", buf, context=ctx, flags=CL_MEM_READ_WRITE, size=12288)[0] == 0
+    assert g.call("clCreateUserEvent", gate, context=ctx)[0] == 0
+    dma = FakeDma()
+    pieces = [(0x10000, 4096), (0x30000, 1000), (0x20000, 7192)]       # out of order
+    table = b"".join(struct.pack("<QII", a, n, 0) for a, n in pieces)
+    dma.ram[0:len(table)] = table
+    data = bytes((i * 7) & 0xFF for i in range(12288))
+    pos = 0
+    for a, n in pieces:
+        dma.ram[a:a + n] = data[pos:pos + n]
+        pos += n
+    fn = F["clEnqueueWriteBuffer"]
+    sg = (api.HOSTDATA_SG, 0, len(pieces))
+    common = dict(command_queue=queue, buffer=buf, offset=0, size=len(data), ptr=sg)
+    reply = backend.call(fn, encode(fn, blocking_write=0, num_events_in_wait_list=1,
+                                    event_wait_list=[gate], event=wrote, **common), g.owner, dma)
+    assert decode(fn, reply)[0] == 0
+    # The read lands in other pieces (the write's staging stays the guest's until
+    # the write is over).
+    into = [(0x50000, 3000), (0x40000, 9288)]
+    dma.ram[0x100:0x100 + 32] = b"".join(struct.pack("<QII", a, n, 0) for a, n in into)
+    fn = F["clEnqueueReadBuffer"]
+    reply = backend.call(fn, encode(fn, blocking_read=0, num_events_in_wait_list=1,
+                                    event_wait_list=[wrote], event=read,
+                                    **{**common, "ptr": (api.HOSTDATA_SG, 0x100, 2)}),
+                         g.owner, dma)
+    assert decode(fn, reply)[0] == 0
+    assert bytes(dma.ram[0x40000:0x40010]) == bytes(16), "nothing before the gate opens"
+    assert g.call("clSetUserEventStatus", event=gate, execution_status=0)[0] == 0
+    assert g.call("clWaitForEvents", num_events=1, event_list=[read])[0] == 0
+    got = b"".join(bytes(dma.ram[a:a + n]) for a, n in into)
+    assert got == data
+    CL_EVENT_COMMAND_TYPE, CL_COMMAND_READ_BUFFER = 0x11D1, 0x11F3
+    status, out = g.call("clGetEventInfo", object=read, param_name=CL_EVENT_COMMAND_TYPE,
+                         param_value_size=4, param_value=4)
+    assert int.from_bytes(out["param_value"], "little") == CL_COMMAND_READ_BUFFER
+    # Past the buffer's end: refused as a whole, before any piece runs.
+    reply = backend.call(fn, encode(fn, blocking_read=0, num_events_in_wait_list=0,
+                                    event=next(ids), **{**common, "offset": 4}), g.owner, dma)
+    assert decode(fn, reply)[0] == -30
+    assert g.call("clFinish", command_queue=queue)[0] == 0

@@ -97,7 +97,6 @@ struct ava_stage {
     size_t len;
     int out;                 /* copy back to app on success */
     void *priv;              /* transport's allocation */
-    int contiguous;          /* the host reaches it as one range (it may be deferred) */
 };
 
 void ava_enc_init(struct ava_enc *e);
@@ -131,9 +130,7 @@ void ava_enc_cstrings(struct ava_enc *e, const char **strings, uint64_t n);
 void ava_enc_new_array(struct ava_enc *e, void **objs, uint64_t n);
 void ava_dec_new_array(struct ava_dec *d, void **objs, uint64_t n, int success, void **dst);
 void ava_stage_finish(struct ava_stage *st, int success);
-void ava_enc_patch_u64(struct ava_enc *e, size_t at, uint64_t v);
 /* Non-blocking transfers (icd_deferred.c): kept until their command is seen over. */
-int ava_stage_deferrable(const struct ava_stage *st);
 void ava_deferred_add(cl_command_queue queue, cl_event event, int caller_has_event,
                       struct ava_stage *st);
 void ava_deferred_queue_observed(cl_command_queue queue);

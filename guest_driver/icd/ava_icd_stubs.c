@@ -887,16 +887,14 @@ ava_clEnqueueReadBuffer(cl_command_queue command_queue, cl_mem buffer, cl_bool b
     ava_enc_init(&e);
     struct ava_stage stage_ptr = {0};
     int defer = !blocking_read;
-    size_t blocking_at = 0;
     cl_event new_event = NULL;
     if ((event || defer) && !(new_event = ava_obj_new(AVA_OBJ_EVENT))) { status = CL_OUT_OF_HOST_MEMORY; goto done; }
     ava_enc_handle(&e, AVA_OBJ_COMMAND_QUEUE, command_queue);
     ava_enc_handle(&e, AVA_OBJ_MEM, buffer);
-    blocking_at = e.len; ava_enc_u64(&e, defer ? 0 : 1);
+    ava_enc_u64(&e, defer ? 0 : 1);
     ava_enc_u64(&e, (uint64_t)offset);
     ava_enc_u64(&e, (uint64_t)size);
     if (ava_enc_host_data(&e, &stage_ptr, ptr, size, AVA_STAGE_OUT)) { status = CL_OUT_OF_RESOURCES; goto done; }
-    if (defer && !ava_stage_deferrable(&stage_ptr)) { defer = 0; ava_enc_patch_u64(&e, blocking_at, 1); }
     ava_enc_u64(&e, (uint64_t)num_events_in_wait_list);
     ava_enc_handles(&e, AVA_OBJ_EVENT, (const void *const *)event_wait_list, num_events_in_wait_list);
     ava_enc_u64(&e, new_event ? ava_obj_id(new_event) : 0);
@@ -905,7 +903,7 @@ done:
     if (defer && status == CL_SUCCESS) ava_deferred_add(command_queue, new_event, event != NULL, &stage_ptr);
     else if (status == CL_SUCCESS) ava_deferred_queue_observed(command_queue);
     ava_stage_finish(&stage_ptr, status == CL_SUCCESS);
-    if (new_event) { if (status != CL_SUCCESS) ava_obj_free(new_event); else if (event) *event = new_event; else if (!defer) ava_clReleaseEvent(new_event); }
+    if (new_event) { if (status != CL_SUCCESS) ava_obj_free(new_event); else if (event) *event = new_event; }
     ava_dec_free(&d);
     ava_enc_free(&e);
     return (cl_int)status;
@@ -920,16 +918,14 @@ ava_clEnqueueWriteBuffer(cl_command_queue command_queue, cl_mem buffer, cl_bool 
     ava_enc_init(&e);
     struct ava_stage stage_ptr = {0};
     int defer = !blocking_write;
-    size_t blocking_at = 0;
     cl_event new_event = NULL;
     if ((event || defer) && !(new_event = ava_obj_new(AVA_OBJ_EVENT))) { status = CL_OUT_OF_HOST_MEMORY; goto done; }
     ava_enc_handle(&e, AVA_OBJ_COMMAND_QUEUE, command_queue);
     ava_enc_handle(&e, AVA_OBJ_MEM, buffer);
-    blocking_at = e.len; ava_enc_u64(&e, defer ? 0 : 1);
+    ava_enc_u64(&e, defer ? 0 : 1);
     ava_enc_u64(&e, (uint64_t)offset);
     ava_enc_u64(&e, (uint64_t)size);
     if (ava_enc_host_data(&e, &stage_ptr, ptr, size, AVA_STAGE_IN)) { status = CL_OUT_OF_RESOURCES; goto done; }
-    if (defer && !ava_stage_deferrable(&stage_ptr)) { defer = 0; ava_enc_patch_u64(&e, blocking_at, 1); }
     ava_enc_u64(&e, (uint64_t)num_events_in_wait_list);
     ava_enc_handles(&e, AVA_OBJ_EVENT, (const void *const *)event_wait_list, num_events_in_wait_list);
     ava_enc_u64(&e, new_event ? ava_obj_id(new_event) : 0);
@@ -938,7 +934,7 @@ done:
     if (defer && status == CL_SUCCESS) ava_deferred_add(command_queue, new_event, event != NULL, &stage_ptr);
     else if (status == CL_SUCCESS) ava_deferred_queue_observed(command_queue);
     ava_stage_finish(&stage_ptr, status == CL_SUCCESS);
-    if (new_event) { if (status != CL_SUCCESS) ava_obj_free(new_event); else if (event) *event = new_event; else if (!defer) ava_clReleaseEvent(new_event); }
+    if (new_event) { if (status != CL_SUCCESS) ava_obj_free(new_event); else if (event) *event = new_event; }
     ava_dec_free(&d);
     ava_enc_free(&e);
     return (cl_int)status;
@@ -979,18 +975,16 @@ ava_clEnqueueReadImage(cl_command_queue command_queue, cl_mem image, cl_bool blo
     ava_enc_init(&e);
     struct ava_stage stage_ptr = {0};
     int defer = !blocking_read;
-    size_t blocking_at = 0;
     cl_event new_event = NULL;
     if ((event || defer) && !(new_event = ava_obj_new(AVA_OBJ_EVENT))) { status = CL_OUT_OF_HOST_MEMORY; goto done; }
     ava_enc_handle(&e, AVA_OBJ_COMMAND_QUEUE, command_queue);
     ava_enc_handle(&e, AVA_OBJ_MEM, image);
-    blocking_at = e.len; ava_enc_u64(&e, defer ? 0 : 1);
+    ava_enc_u64(&e, defer ? 0 : 1);
     ava_enc_sizes(&e, origin, 3);
     ava_enc_sizes(&e, region, 3);
     ava_enc_u64(&e, (uint64_t)row_pitch);
     ava_enc_u64(&e, (uint64_t)slice_pitch);
     if (ava_enc_host_data(&e, &stage_ptr, ptr, ava_image_span(image, region, row_pitch, slice_pitch), AVA_STAGE_INOUT)) { status = CL_OUT_OF_RESOURCES; goto done; }
-    if (defer && !ava_stage_deferrable(&stage_ptr)) { defer = 0; ava_enc_patch_u64(&e, blocking_at, 1); }
     ava_enc_u64(&e, (uint64_t)num_events_in_wait_list);
     ava_enc_handles(&e, AVA_OBJ_EVENT, (const void *const *)event_wait_list, num_events_in_wait_list);
     ava_enc_u64(&e, new_event ? ava_obj_id(new_event) : 0);
@@ -999,7 +993,7 @@ done:
     if (defer && status == CL_SUCCESS) ava_deferred_add(command_queue, new_event, event != NULL, &stage_ptr);
     else if (status == CL_SUCCESS) ava_deferred_queue_observed(command_queue);
     ava_stage_finish(&stage_ptr, status == CL_SUCCESS);
-    if (new_event) { if (status != CL_SUCCESS) ava_obj_free(new_event); else if (event) *event = new_event; else if (!defer) ava_clReleaseEvent(new_event); }
+    if (new_event) { if (status != CL_SUCCESS) ava_obj_free(new_event); else if (event) *event = new_event; }
     ava_dec_free(&d);
     ava_enc_free(&e);
     return (cl_int)status;
@@ -1014,18 +1008,16 @@ ava_clEnqueueWriteImage(cl_command_queue command_queue, cl_mem image, cl_bool bl
     ava_enc_init(&e);
     struct ava_stage stage_ptr = {0};
     int defer = !blocking_write;
-    size_t blocking_at = 0;
     cl_event new_event = NULL;
     if ((event || defer) && !(new_event = ava_obj_new(AVA_OBJ_EVENT))) { status = CL_OUT_OF_HOST_MEMORY; goto done; }
     ava_enc_handle(&e, AVA_OBJ_COMMAND_QUEUE, command_queue);
     ava_enc_handle(&e, AVA_OBJ_MEM, image);
-    blocking_at = e.len; ava_enc_u64(&e, defer ? 0 : 1);
+    ava_enc_u64(&e, defer ? 0 : 1);
     ava_enc_sizes(&e, origin, 3);
     ava_enc_sizes(&e, region, 3);
     ava_enc_u64(&e, (uint64_t)input_row_pitch);
     ava_enc_u64(&e, (uint64_t)input_slice_pitch);
     if (ava_enc_host_data(&e, &stage_ptr, ptr, ava_image_span(image, region, input_row_pitch, input_slice_pitch), AVA_STAGE_IN)) { status = CL_OUT_OF_RESOURCES; goto done; }
-    if (defer && !ava_stage_deferrable(&stage_ptr)) { defer = 0; ava_enc_patch_u64(&e, blocking_at, 1); }
     ava_enc_u64(&e, (uint64_t)num_events_in_wait_list);
     ava_enc_handles(&e, AVA_OBJ_EVENT, (const void *const *)event_wait_list, num_events_in_wait_list);
     ava_enc_u64(&e, new_event ? ava_obj_id(new_event) : 0);
@@ -1034,7 +1026,7 @@ done:
     if (defer && status == CL_SUCCESS) ava_deferred_add(command_queue, new_event, event != NULL, &stage_ptr);
     else if (status == CL_SUCCESS) ava_deferred_queue_observed(command_queue);
     ava_stage_finish(&stage_ptr, status == CL_SUCCESS);
-    if (new_event) { if (status != CL_SUCCESS) ava_obj_free(new_event); else if (event) *event = new_event; else if (!defer) ava_clReleaseEvent(new_event); }
+    if (new_event) { if (status != CL_SUCCESS) ava_obj_free(new_event); else if (event) *event = new_event; }
     ava_dec_free(&d);
     ava_enc_free(&e);
     return (cl_int)status;
@@ -1268,12 +1260,11 @@ ava_clEnqueueReadBufferRect(cl_command_queue command_queue, cl_mem buffer, cl_bo
     ava_enc_init(&e);
     struct ava_stage stage_ptr = {0};
     int defer = !blocking_read;
-    size_t blocking_at = 0;
     cl_event new_event = NULL;
     if ((event || defer) && !(new_event = ava_obj_new(AVA_OBJ_EVENT))) { status = CL_OUT_OF_HOST_MEMORY; goto done; }
     ava_enc_handle(&e, AVA_OBJ_COMMAND_QUEUE, command_queue);
     ava_enc_handle(&e, AVA_OBJ_MEM, buffer);
-    blocking_at = e.len; ava_enc_u64(&e, defer ? 0 : 1);
+    ava_enc_u64(&e, defer ? 0 : 1);
     ava_enc_sizes(&e, buffer_origin, 3);
     ava_enc_sizes(&e, host_origin, 3);
     ava_enc_sizes(&e, region, 3);
@@ -1282,7 +1273,6 @@ ava_clEnqueueReadBufferRect(cl_command_queue command_queue, cl_mem buffer, cl_bo
     ava_enc_u64(&e, (uint64_t)host_row_pitch);
     ava_enc_u64(&e, (uint64_t)host_slice_pitch);
     if (ava_enc_host_data(&e, &stage_ptr, ptr, ava_rect_span(host_origin, region, host_row_pitch, host_slice_pitch), AVA_STAGE_INOUT)) { status = CL_OUT_OF_RESOURCES; goto done; }
-    if (defer && !ava_stage_deferrable(&stage_ptr)) { defer = 0; ava_enc_patch_u64(&e, blocking_at, 1); }
     ava_enc_u64(&e, (uint64_t)num_events_in_wait_list);
     ava_enc_handles(&e, AVA_OBJ_EVENT, (const void *const *)event_wait_list, num_events_in_wait_list);
     ava_enc_u64(&e, new_event ? ava_obj_id(new_event) : 0);
@@ -1291,7 +1281,7 @@ done:
     if (defer && status == CL_SUCCESS) ava_deferred_add(command_queue, new_event, event != NULL, &stage_ptr);
     else if (status == CL_SUCCESS) ava_deferred_queue_observed(command_queue);
     ava_stage_finish(&stage_ptr, status == CL_SUCCESS);
-    if (new_event) { if (status != CL_SUCCESS) ava_obj_free(new_event); else if (event) *event = new_event; else if (!defer) ava_clReleaseEvent(new_event); }
+    if (new_event) { if (status != CL_SUCCESS) ava_obj_free(new_event); else if (event) *event = new_event; }
     ava_dec_free(&d);
     ava_enc_free(&e);
     return (cl_int)status;
@@ -1306,12 +1296,11 @@ ava_clEnqueueWriteBufferRect(cl_command_queue command_queue, cl_mem buffer, cl_b
     ava_enc_init(&e);
     struct ava_stage stage_ptr = {0};
     int defer = !blocking_write;
-    size_t blocking_at = 0;
     cl_event new_event = NULL;
     if ((event || defer) && !(new_event = ava_obj_new(AVA_OBJ_EVENT))) { status = CL_OUT_OF_HOST_MEMORY; goto done; }
     ava_enc_handle(&e, AVA_OBJ_COMMAND_QUEUE, command_queue);
     ava_enc_handle(&e, AVA_OBJ_MEM, buffer);
-    blocking_at = e.len; ava_enc_u64(&e, defer ? 0 : 1);
+    ava_enc_u64(&e, defer ? 0 : 1);
     ava_enc_sizes(&e, buffer_origin, 3);
     ava_enc_sizes(&e, host_origin, 3);
     ava_enc_sizes(&e, region, 3);
@@ -1320,7 +1309,6 @@ ava_clEnqueueWriteBufferRect(cl_command_queue command_queue, cl_mem buffer, cl_b
     ava_enc_u64(&e, (uint64_t)host_row_pitch);
     ava_enc_u64(&e, (uint64_t)host_slice_pitch);
     if (ava_enc_host_data(&e, &stage_ptr, ptr, ava_rect_span(host_origin, region, host_row_pitch, host_slice_pitch), AVA_STAGE_IN)) { status = CL_OUT_OF_RESOURCES; goto done; }
-    if (defer && !ava_stage_deferrable(&stage_ptr)) { defer = 0; ava_enc_patch_u64(&e, blocking_at, 1); }
     ava_enc_u64(&e, (uint64_t)num_events_in_wait_list);
     ava_enc_handles(&e, AVA_OBJ_EVENT, (const void *const *)event_wait_list, num_events_in_wait_list);
     ava_enc_u64(&e, new_event ? ava_obj_id(new_event) : 0);
@@ -1329,7 +1317,7 @@ done:
     if (defer && status == CL_SUCCESS) ava_deferred_add(command_queue, new_event, event != NULL, &stage_ptr);
     else if (status == CL_SUCCESS) ava_deferred_queue_observed(command_queue);
     ava_stage_finish(&stage_ptr, status == CL_SUCCESS);
-    if (new_event) { if (status != CL_SUCCESS) ava_obj_free(new_event); else if (event) *event = new_event; else if (!defer) ava_clReleaseEvent(new_event); }
+    if (new_event) { if (status != CL_SUCCESS) ava_obj_free(new_event); else if (event) *event = new_event; }
     ava_dec_free(&d);
     ava_enc_free(&e);
     return (cl_int)status;

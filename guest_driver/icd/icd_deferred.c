@@ -5,9 +5,11 @@
  * until the command is known to be complete; a read's data reaches the
  * application's memory at that moment, before the application can tell the
  * command finished: when a wait, a finish, a blocking transfer on the queue, a
- * status query or an event callback shows it.  Only staging the host reaches as
- * one range is deferred (a scatter list needs the host's bounce buffer, which
- * lives for one call); such a transfer stays blocking. */
+ * status query or an event callback shows it.  The host decides how: a staging it
+ * reaches as one range, or a buffer transfer through a scatter list (one command
+ * per piece, chained), runs asynchronously; a rectangle or image through a scatter
+ * list needs the host's bounce buffer, which lives for one call, so the host blocks
+ * on it (correct, but it would wait behind a user event set later). */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,11 +30,6 @@ static pthread_mutex_t deferred_lock = PTHREAD_MUTEX_INITIALIZER;   /* the list 
  * another thread is still copying what this one's caller is about to read. */
 static pthread_mutex_t settle_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct deferred *pending;
-
-int ava_stage_deferrable(const struct ava_stage *st)
-{
-    return st->contiguous || !st->priv;
-}
 
 /* The command is over with ``status`` (CL_COMPLETE or an error): the data is the
  * application's now, the staging and our event reference go. */

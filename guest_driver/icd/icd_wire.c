@@ -173,18 +173,12 @@ int ava_enc_host_data(struct ava_enc *e, struct ava_stage *st, const void *p, si
         return -1;
     if (dir != AVA_STAGE_OUT && n)
         memcpy(st->dma, p, n);
-    st->contiguous = mode == AVA_HOSTDATA_RANGE;
     ava_enc_u64(e, mode);
     ava_enc_u64(e, addr);
     ava_enc_u64(e, count);
     return 0;
 }
 
-void ava_enc_patch_u64(struct ava_enc *e, size_t at, uint64_t v)
-{
-    if (!e->oom && at + 8 <= e->len)
-        memcpy(e->buf + at, &v, 8);
-}
 
 void ava_stage_finish(struct ava_stage *st, int success)
 {

@@ -125,6 +125,28 @@ static void transfers(void)
     clReleaseMemObject(buf);
 }
 
+/* Larger than one 2 MiB hugepage: in a VM its staging may be a scatter list. */
+static void large(void)
+{
+    cl_int err;
+    size_t n = 6u << 20;
+    unsigned char *in = malloc(n), *out = calloc(1, n);
+    for (size_t i = 0; i < n; i++)
+        in[i] = (unsigned char)(i * 13 + (i >> 20));
+    cl_mem buf = clCreateBuffer(context, CL_MEM_READ_WRITE, n, NULL, &err);
+    cl_event gate = clCreateUserEvent(context, &err), ev;
+    CASE("6 MiB write behind a gate", clEnqueueWriteBuffer(queue, buf, CL_FALSE, 0, n, in, 1, &gate, NULL));
+    CASE("6 MiB read after it", clEnqueueReadBuffer(queue, buf, CL_FALSE, 0, n, out, 0, NULL, &ev));
+    CASE("  open the gate", clSetUserEventStatus(gate, CL_COMPLETE));
+    CASE("  wait", clWaitForEvents(1, &ev));
+    printf("%-48s %d\n", "  the data is there", memcmp(in, out, n) == 0);
+    clReleaseEvent(ev);
+    clReleaseEvent(gate);
+    clReleaseMemObject(buf);
+    free(in);
+    free(out);
+}
+
 static void images(void)
 {
     cl_int err;
@@ -198,6 +220,7 @@ int main(void)
     signal(SIGALRM, on_alarm);
     alarm(60);
     transfers();
+    large();
     images();
     threads();
     return 0;
