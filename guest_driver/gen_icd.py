@@ -85,6 +85,9 @@ def _encode(fn: api.Function) -> list[str]:
             out.append(f"ava_enc_build_options(&e, {n});")
         elif isinstance(k, api.OutBuffer):
             out.append(f"ava_enc_u64(&e, {n} ? (uint64_t){k.size} : AVA_NULL_LEN);")
+        elif isinstance(k, api.OutScalar) and _cached(fn):
+            # The size always comes back: a cached answer needs it.
+            out.append(f"ava_enc_u64(&e, ({n} || cacheable) ? 1 : AVA_NULL_LEN);")
         elif isinstance(k, api.OutScalar):
             out.append(f"ava_enc_u64(&e, {n} ? 1 : AVA_NULL_LEN);")
         elif isinstance(k, api.Strings):
@@ -194,6 +197,12 @@ def _decode(fn: api.Function) -> list[str]:
                 out.append(f"if ({n}) ava_dec_out_buffer(&d, {n}, (size_t){k.size} * {k.elem}, 0);")
             if props:
                 out.append("  } }")
+        elif isinstance(k, api.OutScalar) and _cached(fn):
+            out.append(f"if ({n} || cacheable) {{ size_got = (size_t)ava_dec_u64(&d); "
+                       f"if ({n}) *{n} = size_got; }}")
+            out.append(f"if (cacheable && status == CL_SUCCESS && param_value && "
+                       f"size_got <= param_value_size) ava_info_store(object, {fn.opcode:#x}, "
+                       "param_name, cache_key, param_value, size_got);")
         elif isinstance(k, api.OutScalar):
             out.append(f"if ({n}) *{n} = ({k.ctype})ava_dec_u64(&d);")
         elif isinstance(k, api.OutHandles):
@@ -204,6 +213,33 @@ def _decode(fn: api.Function) -> list[str]:
     return out
 
 
+def _cached(fn: api.Function) -> api.OutBuffer | None:
+    """The result an info query's guest keeps for the params that never change."""
+    return next((a.kind for a in fn.args if isinstance(a.kind, api.OutBuffer)
+                 and a.kind.immutable), None)
+
+
+def _cache_lookup(fn: api.Function, k: api.OutBuffer) -> list[str]:
+    """An immutable param asked again is answered from the object's cache (exact
+    sizes and errors: icd_objects.c), before anything is encoded."""
+    cases = [f"case {p:#x}:" for p in sorted(k.immutable)]
+    lines = ["int cacheable = 0;", f"switch ({k.param}) {{"]
+    lines += ["  " + " ".join(cases[i:i + 6]) for i in range(0, len(cases), 6)]
+    lines += ["    cacheable = 1; break;", "  default: break;", "}"]
+    selector = fn.args[1]                  # a device or an argument index, or none
+    if selector.name == k.param:
+        key = "0"
+    elif isinstance(selector.kind, api.Handle):
+        key = f"ava_obj_wire_id({OBJ_ENUM[selector.kind.obj]}, {selector.name})"
+    else:
+        key = f"(uint64_t){selector.name}"
+    lines += [f"uint64_t cache_key = {key};", "size_t size_got = 0;", "cl_int cached;",
+              f"if (cacheable && ava_info_lookup(object, {fn.opcode:#x}, {k.param}, cache_key, "
+              f"{k.size}, param_value, param_value_size_ret, &cached))",
+              "    return cached;"]
+    return lines
+
+
 def render_function(fn: api.Function) -> str:
     """One entry point: allocate what the call creates, encode, invoke, decode, and a
     single exit path that frees whatever the call did not hand to the caller."""
@@ -212,8 +248,10 @@ def render_function(fn: api.Function) -> str:
     events = [a.name for a in fn.args if isinstance(a.kind, api.EventOut)]
     stages = [a.name for a in fn.args if isinstance(a.kind, STAGED)]
     arrays = [(a.name, a.kind) for a in fn.args if isinstance(a.kind, api.NewHandles)]
-    body = ["struct ava_enc e;", "struct ava_dec d = {0};", "int64_t status = CL_SUCCESS;",
-            "ava_enc_init(&e);"]
+    cached = _cached(fn)
+    body = _cache_lookup(fn, cached) if cached else []
+    body += ["struct ava_enc e;", "struct ava_dec d = {0};", "int64_t status = CL_SUCCESS;",
+             "ava_enc_init(&e);"]
     # Everything the exit path looks at is declared (and initialised) before any goto.
     body += [f"struct ava_stage stage_{n} = {{0}};" for n in stages]
     # A transfer the caller asked not to block: the host runs it asynchronously and

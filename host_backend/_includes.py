@@ -12,6 +12,7 @@ headers.  Directories stay for later builds, the least recently used going past
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import shutil
@@ -44,6 +45,9 @@ class IncludeStore:
         with self._lock:
             if self._root is None:
                 self._root = tempfile.mkdtemp(prefix="ava-inc-")
+                # Also when the process ends before the session closes (an executor
+                # without a private /tmp leaves nothing behind).
+                atexit.register(self.close)
             root = self._root
             self._dirs[key] = self._dirs.get(key, 0) + 1
             self._dirs.move_to_end(key)
@@ -81,4 +85,5 @@ class IncludeStore:
             root, self._root = self._root, None
             self._dirs.clear()
         if root:
+            atexit.unregister(self.close)
             shutil.rmtree(root, ignore_errors=True)

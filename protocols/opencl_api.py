@@ -94,6 +94,31 @@ SAMPLER_PROPERTIES = Properties("cl_sampler_properties")
 PARTITION_PROPERTIES = Properties("cl_device_partition_property")
 
 
+# What an object's info query answers the same way for as long as the object lives
+# (OpenCL 3.0, the tables of each clGet*Info).  Left out, and asked of the host every
+# time: reference counts, map counts, event status, everything about a program that
+# a build changes, CL_KERNEL_LOCAL_MEM_SIZE (it counts local memory arguments),
+# CL_DEVICE_AVAILABLE, CL_QUEUE_DEVICE_DEFAULT, and object-valued results (the guest
+# frees an object when its last visible reference goes, before a holder might), but
+# for CL_DEVICE_PLATFORM (platforms live as long as the process).  Extension params
+# are not listed: their meaning is not known here.
+IMMUTABLE = {
+    "clGetPlatformInfo": frozenset(range(0x0900, 0x0908)) | {0x0920},
+    "clGetDeviceInfo": frozenset(range(0x1000, 0x1073)) - {0x1027, 0x1042, 0x1047},
+    "clGetContextInfo": frozenset({0x1083}),
+    "clGetCommandQueueInfo": frozenset({0x1093, 0x1094, 0x1098}),
+    "clGetMemObjectInfo": frozenset({0x1100, 0x1101, 0x1102, 0x1108, 0x1109, 0x110A}),
+    "clGetImageInfo": frozenset(range(0x1110, 0x111B)) - {0x1118},
+    "clGetPipeInfo": frozenset({0x1120, 0x1121, 0x1122}),
+    "clGetSamplerInfo": frozenset({0x1152, 0x1153, 0x1154, 0x1155, 0x1156, 0x1157, 0x1158}),
+    "clGetProgramInfo": frozenset({0x1162, 0x1164, 0x1169}),
+    "clGetKernelInfo": frozenset({0x1190, 0x1191, 0x1195}),
+    "clGetKernelArgInfo": frozenset({0x1196, 0x1197, 0x1198, 0x1199, 0x119A}),
+    "clGetKernelWorkGroupInfo": frozenset({0x11B0, 0x11B1, 0x11B3, 0x11B4, 0x11B5}),
+    "clGetEventInfo": frozenset({0x11D1}),
+}
+
+
 def _info(name: str, index: int, obj: str, info_type: str,
           handle_params: dict[int, str] | None = None, blocking: bool = False,
           extra: tuple[tuple[str, object], ...] = (), hidden: Collection[int] = frozenset(),
@@ -108,7 +133,8 @@ def _info(name: str, index: int, obj: str, info_type: str,
                ("param_value_size", Scalar("size_t")),
                ("param_value", OutBuffer("param_value_size", "param_name", handle_params,
                                          property_params=property_params or {},
-                                         hidden_params=frozenset(hidden))),
+                                         hidden_params=frozenset(hidden),
+                                         immutable=IMMUTABLE.get(name, frozenset()))),
                ("param_value_size_ret", OutScalar("size_t")),
                blocking=blocking, guest_wrap=guest_wrap)
 

@@ -112,6 +112,9 @@ class OutBuffer:
     ctype: str = "void"      # the C element type of the parameter
     hidden_params: frozenset[int] = frozenset()   # param values whose result is a host pointer
     filled_on: frozenset[int] = frozenset({0})    # the statuses after which it holds a result
+    # Params whose value never changes for the object: the guest keeps the first
+    # answer and gives it again without a round trip (guest_driver/icd/icd_objects.c).
+    immutable: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 translation, exact status codes, isolation and cleanup."""
 
 import itertools
-import struct
 import os
+import struct
 
 import pytest
 from clwire import FakeDma, decode, encode
@@ -637,6 +637,7 @@ def test_non_blocking_transfers_through_a_scatter_list_run_piece_by_piece(backen
     CL_EVENT_COMMAND_TYPE, CL_COMMAND_READ_BUFFER = 0x11D1, 0x11F3
     status, out = g.call("clGetEventInfo", object=read, param_name=CL_EVENT_COMMAND_TYPE,
                          param_value_size=4, param_value=4)
+    assert status == 0
     assert int.from_bytes(out["param_value"], "little") == CL_COMMAND_READ_BUFFER
     # Past the buffer's end: refused as a whole, before any piece runs.
     reply = backend.call(fn, encode(fn, blocking_read=0, num_events_in_wait_list=0,

@@ -51,7 +51,15 @@ struct ava_object {
     uint64_t id;             /* what the host knows it by */
     uint32_t refs;           /* mirror of the user-visible reference count */
     void *ext;               /* guest-side state of some types (icd_mem.c, icd_callbacks.c) */
+    struct ava_info *info;   /* answers that never change (icd_objects.c), under its lock */
 };
+
+/* Info answers kept per object: a param the spec marks immutable (protocols'
+ * OutBuffer.immutable) is asked of the host once and answered here after. */
+int ava_info_lookup(const void *obj, uint32_t fn, uint32_t param, uint64_t key, size_t size,
+                    void *value, size_t *size_ret, cl_int *status);
+void ava_info_store(const void *obj, uint32_t fn, uint32_t param, uint64_t key,
+                    const void *value, size_t size);
 
 /* Guest-side state (icd_mem.c, icd_callbacks.c): set once on a live object, finalised (callbacks
  * run, memory freed) by ava_obj_release when the last reference goes. */

@@ -120,13 +120,82 @@ static struct ava_object *insert(int type, uint64_t id)
     return o;
 }
 
+/* One kept answer: which query (opcode), param and selector (a device, an argument
+ * index), and the bytes the host gave. */
+struct ava_info {
+    struct ava_info *next;
+    uint32_t fn, param;
+    uint64_t key;
+    size_t size;
+    unsigned char value[];
+};
+
+#define INFO_MAX_BYTES (64u << 10)     /* larger answers are asked every time */
+
 static void remove_locked(struct ava_object *o)
 {
     del(by_ptr, (uintptr_t)o);
     del(by_id, (uintptr_t)o->id);
     used--;
     o->magic = 0;
+    for (struct ava_info *i = o->info, *next; i; i = next) {
+        next = i->next;
+        free(i);
+    }
     free(o);
+}
+
+int ava_info_lookup(const void *obj, uint32_t fn, uint32_t param, uint64_t key, size_t size,
+                    void *value, size_t *size_ret, cl_int *status)
+{
+    int found = 0;
+    pthread_mutex_lock(&lock);
+    struct slot *s = find(by_ptr, (uintptr_t)obj);
+    for (struct ava_info *i = s ? s->obj->info : NULL; i && !found; i = i->next) {
+        if (i->fn != fn || i->param != param || i->key != key)
+            continue;
+        found = 1;
+        /* What the implementation does: a buffer too small is refused (the size
+         * left alone), otherwise the value and its size. */
+        if (value && size < i->size) {
+            *status = CL_INVALID_VALUE;
+        } else {
+            if (value)
+                memcpy(value, i->value, i->size);
+            if (size_ret)
+                *size_ret = i->size;
+            *status = CL_SUCCESS;
+        }
+    }
+    pthread_mutex_unlock(&lock);
+    return found;
+}
+
+void ava_info_store(const void *obj, uint32_t fn, uint32_t param, uint64_t key,
+                    const void *value, size_t size)
+{
+    if (size > INFO_MAX_BYTES)
+        return;
+    struct ava_info *i = malloc(sizeof(*i) + size);
+    if (!i)
+        return;
+    i->fn = fn;
+    i->param = param;
+    i->key = key;
+    i->size = size;
+    memcpy(i->value, value, size);
+    pthread_mutex_lock(&lock);
+    struct slot *s = find(by_ptr, (uintptr_t)obj);
+    int known = 0;
+    for (struct ava_info *j = s ? s->obj->info : NULL; j; j = j->next)
+        known |= j->fn == fn && j->param == param && j->key == key;
+    if (s && !known) {
+        i->next = s->obj->info;
+        s->obj->info = i;
+        i = NULL;
+    }
+    pthread_mutex_unlock(&lock);
+    free(i);
 }
 
 void *ava_obj_new(int type)

@@ -298,6 +298,66 @@ static void capabilities(void)
     free(v);
 }
 
+/* Answers the guest keeps (immutable params) keep the implementation's rules when
+ * asked again: the same bytes and size, a short buffer refused, a size-only query. */
+static void asked_again(void)
+{
+    for (int round = 0; round < 3; round++) {
+        char name[256];
+        size_t size = 0, size2 = 0;
+        memset(name, 0x7e, sizeof(name));
+        cl_int a = clGetDeviceInfo(device, CL_DEVICE_NAME, sizeof(name), name, &size);
+        cl_int b = clGetDeviceInfo(device, CL_DEVICE_NAME, 0, NULL, &size2);
+        cl_int c = clGetDeviceInfo(device, CL_DEVICE_NAME, size - 1, name, NULL);
+        cl_int d = clGetDeviceInfo(device, CL_DEVICE_NAME, 0, name, NULL);
+        cl_int e = clGetDeviceInfo(device, CL_DEVICE_NAME, 0, NULL, NULL);
+        printf("round %d CL_DEVICE_NAME %d %d %d %d %d sizes %d, tail kept %d\n", round, a, b, c, d, e,
+               size == size2 && size == strlen(name) + 1, name[size] == 0x7e);
+        cl_uint units = 0xabababab;
+        cl_ulong wide = 0xabababababababab;
+        a = clGetDeviceInfo(device, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof(units), &units, &size);
+        b = clGetDeviceInfo(device, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof(wide), &wide, NULL);
+        c = clGetDeviceInfo(device, CL_DEVICE_MAX_COMPUTE_UNITS, 2, &units, NULL);
+        printf("  units %d %d %d size %zu same %d upper kept %d\n", a, b, c, size,
+               (cl_uint)wide == units, (wide >> 32) == 0xabababab);
+        char pname[256];
+        a = clGetPlatformInfo(platform, CL_PLATFORM_NAME, sizeof(pname), pname, &size);
+        printf("  platform name %d size %zu\n", a, size);
+    }
+    cl_int err;
+    const char *src = "__kernel void k(__global int *a, __local int *l, int n) { l[0] = n; a[0] = l[0]; }";
+    cl_program prog = clCreateProgramWithSource(context, 1, &src, NULL, &err);
+    clBuildProgram(prog, 1, &device, "-cl-kernel-arg-info", NULL, NULL);
+    cl_kernel k = clCreateKernel(prog, "k", &err);
+    for (int round = 0; round < 2; round++) {
+        size_t wg = 0, size = 0;
+        cl_ulong local = 0;
+        cl_int a = clGetKernelWorkGroupInfo(k, device, CL_KERNEL_WORK_GROUP_SIZE, sizeof(wg), &wg, &size);
+        cl_int b = clGetKernelWorkGroupInfo(k, NULL, CL_KERNEL_WORK_GROUP_SIZE, sizeof(wg), &wg, NULL);
+        clSetKernelArg(k, 1, 64 * (round + 1), NULL);
+        cl_int c = clGetKernelWorkGroupInfo(k, device, CL_KERNEL_LOCAL_MEM_SIZE, sizeof(local), &local, NULL);
+        printf("round %d work-group size %d %d %zu, local memory %d %lu\n", round, a, b, size, c,
+               (unsigned long)local);
+        char arg[64];
+        for (cl_uint i = 0; i < 4; i++) {
+            cl_int st = clGetKernelArgInfo(k, i, CL_KERNEL_ARG_NAME, sizeof(arg), arg, &size);
+            printf("  arg %u: %d %s\n", i, st, st == CL_SUCCESS ? arg : "-");
+        }
+        cl_uint nargs = 0;
+        CASE("  CL_KERNEL_NUM_ARGS", clGetKernelInfo(k, CL_KERNEL_NUM_ARGS, sizeof(nargs), &nargs, NULL));
+        printf("  %u\n", nargs);
+    }
+    cl_uint refs = 0;
+    clRetainKernel(k);
+    CASE("CL_KERNEL_REFERENCE_COUNT after a retain", clGetKernelInfo(k, CL_KERNEL_REFERENCE_COUNT, sizeof(refs), &refs, NULL));
+    printf("  %u\n", refs);
+    clReleaseKernel(k);
+    CASE("CL_KERNEL_REFERENCE_COUNT after a release", clGetKernelInfo(k, CL_KERNEL_REFERENCE_COUNT, sizeof(refs), &refs, NULL));
+    printf("  %u\n", refs);
+    clReleaseKernel(k);
+    clReleaseProgram(prog);
+}
+
 int main(void)
 {
     if (setup())
@@ -308,5 +368,6 @@ int main(void)
     write_maps_of_host_write_only_memory();
     sub_devices();
     capabilities();
+    asked_again();
     return 0;
 }
