@@ -337,6 +337,8 @@ class OpenClBackend:
 
     def _settle_transfers(self) -> None:
         """Drop the transfers that are over, oldest first (called under the lock)."""
+        if not self._transfers:
+            return                            # every call comes here: nothing to allocate
         cl = lib()
         state = ffi.new("cl_int *")
         while self._transfers:
