@@ -67,8 +67,12 @@ class Call:
         "events",
         "held",
         "index",
+        "kernel_mem",
+        "mems",
+        "own_event",
         "segments",
         "size_ret",
+        "skip_real",
         "structs",
         "target",
         "watch",
@@ -90,6 +94,10 @@ class Call:
         self.deferred: int | None = None
         self.held: list = []
         self.segments: list | None = None    # a non-blocking HostData's scatter pieces
+        self.mems: list = []           # memory objects held resident for the call
+        self.kernel_mem: int | None = None   # the memory object a kernel argument names
+        self.own_event: Any = None     # an event cell the host added to follow a command
+        self.skip_real = False         # only the guest's reference count changes
 
 T = TypeVar("T")
 
@@ -174,7 +182,7 @@ class ArgDecoder:
 
     def resolve(self, obj_type: str, handle: int, arg):
         """The host object behind a guest id (NULL for 0); CallError if not ours."""
-        return self.backend._resolve(obj_type, handle, self.owner, self.fn, arg)
+        return self.backend._resolve(obj_type, handle, self.owner, self.fn, arg, self.call)
 
     # -- one method per argument kind ------------------------------------------------------
 
@@ -426,7 +434,10 @@ class ArgDecoder:
             self.cargs.append(ffi.from_buffer(data))
         elif tag in (api.KARG_MEM, api.KARG_SAMPLER):
             obj = "cl_mem" if tag == api.KARG_MEM else "cl_sampler"
-            ptr = self.resolve(obj, self.dec.u64(), arg)
+            mem_id = self.dec.u64()
+            ptr = self.resolve(obj, mem_id, arg)
+            if tag == api.KARG_MEM:
+                self.call.kernel_mem = mem_id
             self._check_kernel_arg("memory" if tag == api.KARG_MEM else "sampler", None)
             self.cargs.append(ffi.new(f"{obj} *", ptr))
         elif tag == api.KARG_LOCAL:
@@ -548,6 +559,8 @@ class ArgDecoder:
                 if ptr is None:
                     raise CallError(kind.bad_handle or INVALID_HANDLE[obj],
                                     f"{fn.name}.{arg.name}.{name}: {raw:#x} is not a live {obj}")
+                if obj == "cl_mem":
+                    ptr = self.resolve(obj, raw, arg)     # resident for the call
                 setattr(out, name, ffi.cast("void *", ptr))
             values[name] = raw
         call.structs[arg.name] = values

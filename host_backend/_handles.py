@@ -91,6 +91,20 @@ class HandleTable:
         self._by_ptr[(obj_type, _address(ptr))] = handle
         self.bytes_used += nbytes
 
+    def replace(self, handle: int, ptr) -> None:
+        """A live id now stands for another real object (one made again after
+        eviction), or for none while it waits in the host store (NULL).  An id the
+        guest let go of (a parent its sub-buffers keep) has nothing to update."""
+        entry = self._entries.get(handle)
+        if entry is None:
+            return
+        old = (entry.obj_type, _address(entry.ptr))
+        if self._by_ptr.get(old) == handle:
+            del self._by_ptr[old]
+        entry.ptr = ptr
+        if _address(ptr):
+            self._by_ptr[(entry.obj_type, _address(ptr))] = handle
+
     def retain(self, handle: int) -> None:
         self._entries[handle].refs += 1
 
@@ -112,7 +126,9 @@ class HandleTable:
         entry = self._entries.pop(handle, None)
         if entry is not None:
             self.bytes_used -= entry.nbytes
-            self._by_ptr.pop((entry.obj_type, _address(entry.ptr)), None)
+            key = (entry.obj_type, _address(entry.ptr))
+            if self._by_ptr.get(key) == handle:
+                del self._by_ptr[key]
         return entry
 
 

@@ -43,6 +43,7 @@ from ._kernel_args import (
     KernelArgGuard,
     strip_added_option,
 )
+from ._residency import DeviceMemory
 from ._watch import KernelWatch
 from ._wire import Decoder, Encoder, WireError
 
@@ -73,9 +74,18 @@ RELEASE_ORDER = (("cl_event", "clReleaseEvent"), ("cl_kernel", "clReleaseKernel"
 class OpenClBackend:
     name = "opencl"
 
-    def __init__(self, *, max_objects: int = 65536, max_bytes: int = 8 << 30):
+    def __init__(self, *, max_objects: int = 65536, max_bytes: int = 8 << 30,
+                 device_memory: int | None = None, guest_memory: int | None = None,
+                 host_store: int = 16 << 30, swap_dir: str | None = None):
         self.blocking_opcodes = frozenset(fn.opcode for fn in api.FUNCTIONS if fn.blocking)
         self.handles = HandleTable(max_objects=max_objects, max_bytes=max_bytes)
+        #: Device memory and what does not fit it (see _residency).
+        self.memory = DeviceMemory(self, capacity=device_memory, guest_size=guest_memory,
+                                   store=host_store, swap_dir=swap_dir)
+        self._info_filters = dict(caps.FILTERED)
+        extra = self.memory.info_filters()
+        if extra:
+            self._info_filters["clGetDeviceInfo"] = {**caps.FILTERED["clGetDeviceInfo"], **extra}
         self._lock = threading.Lock()
         self._calls_done = threading.Condition(self._lock)
         self._running: dict[int, int] = {}      # owner -> calls in progress
@@ -143,13 +153,20 @@ class OpenClBackend:
             if doomed:
                 self._reaper.submit(self._release_dead_owners, doomed, {owner})
 
+    def summary(self) -> None:
+        """Log the session's device-memory figures (when anything moved)."""
+        with self._lock:
+            self.memory.summary()
+
     def close(self) -> None:
         """The session ended: everything goes, on the reaper thread (a release can
         wait on commands; the caller is the vfio-user loop), which is then stopped."""
+        self.summary()
         doomed = self._forget_objects(lambda entry: entry.owner is not None)
         self._reaper.submit(self._release_dead_owners, doomed,
                             {e.owner for _, e in doomed if e.owner is not None})
         self._reaper.submit(self.includes.close)
+        self._reaper.submit(self.memory.close)
         self._reaper.stop()
 
     def _release_dead_owners(self, doomed: list, owners: set[int]) -> None:
@@ -186,7 +203,7 @@ class OpenClBackend:
     def _fail_user_events(doomed: list) -> None:
         cell = ffi.new("cl_int *")
         for _, entry in doomed:
-            if entry.obj_type != "cl_event":
+            if entry.obj_type != "cl_event" or entry.ptr == ffi.NULL:
                 continue
             get = lib().clGetEventInfo
             if get(entry.ptr, CL_EVENT_COMMAND_TYPE, 4, cell, ffi.NULL) != CL_SUCCESS \
@@ -199,6 +216,8 @@ class OpenClBackend:
     def _forget_objects(self, which) -> list:
         with self._lock:
             doomed = [(h, e) for h, e in self.handles._entries.items() if which(e)]
+            for h, e in doomed:
+                self._object_gone(h, e)
             for h, _ in doomed:
                 self.handles.forget(h)
         return doomed
@@ -208,7 +227,7 @@ class OpenClBackend:
         for obj_type, release_name in RELEASE_ORDER:
             release = getattr(lib(), release_name)
             for _handle, entry in doomed:
-                if entry.obj_type == obj_type:
+                if entry.obj_type == obj_type and entry.ptr != ffi.NULL:   # NULL: in the host store
                     for _ in range(entry.refs):
                         release(entry.ptr)
         if doomed:
@@ -237,9 +256,12 @@ class OpenClBackend:
                                                   len(self._transfers) >= MAX_TRANSFERS):
                     cargs[call.deferred] = 1      # nothing to follow it by: it blocks
                     call.deferred = None
-            filters = caps.FILTERED.get(fn.name)
+                self._memory_before(fn, cargs, call)
+            filters = self._info_filters.get(fn.name)
             info_filter = filters.get(cargs[1]) if filters else None
-            if call.binary_index is not None:
+            if call.skip_real:
+                result = CL_SUCCESS
+            elif call.binary_index is not None:
                 result = self._program_binary(cargs, call)
             elif info_filter is not None:
                 result = self._filtered_info(fn, cargs, info_filter)
@@ -253,6 +275,8 @@ class OpenClBackend:
                 result = self._AS_NATIVE[fn.name](self, result, cargs, call)
             with self._lock:
                 status = self._account(fn, result, cargs, new_id, owner, call)
+                if call.mems and status == CL_SUCCESS:
+                    self.memory.enqueued(call, self._command_event(call, cargs))
                 enc.set_status(status)
                 for post in posts:
                     post(status, enc)
@@ -268,8 +292,11 @@ class OpenClBackend:
         finally:
             for cleanup in call.cleanups:
                 cleanup()
+            if call.own_event is not None and call.own_event[0] != ffi.NULL:
+                lib().clReleaseEvent(call.own_event[0])
             if counted:
                 with self._lock:
+                    self.memory.end_call(call)
                     left = self._running[owner] - 1
                     if left:
                         self._running[owner] = left
@@ -381,7 +408,15 @@ class OpenClBackend:
                              "use of %d)", fn.name, nbytes, self.handles.bytes_used,
                              self.handles.max_bytes)
                     return CL_MEM_OBJECT_ALLOCATION_FAILURE
+                if fn.creates == "cl_mem" and not self.memory.fits_store(nbytes):
+                    lib().clReleaseMemObject(result)
+                    self.memory.refuse(fn.name, nbytes)
+                    return CL_MEM_OBJECT_ALLOCATION_FAILURE
                 self.handles.add(new_id, fn.creates, result, owner, nbytes)
+                if fn.creates == "cl_mem":
+                    self.memory.created(fn.name, new_id, result, cargs, call, nbytes)
+                elif fn.name == "clCloneKernel" and call.target is not None:
+                    self.memory.kernel_cloned(call.target, new_id)
             return status
         status = int(result)
         if status == CL_SUCCESS:
@@ -391,8 +426,49 @@ class OpenClBackend:
             elif fn.retains:
                 self.handles.retain(handle)
             elif fn.releases:
-                self.handles.release(handle)
+                entry = self.handles._entries[handle]
+                if self.handles.release(handle):
+                    self._object_gone(handle, entry)
+            elif fn.name == "clSetKernelArg":
+                self.memory.kernel_arg(handle, cargs[1], call.kernel_mem)
         return status
+
+    def _object_gone(self, handle: int, entry) -> None:
+        """An id died: what the device memory keeps for it goes too."""
+        if entry.obj_type == "cl_mem":
+            self.memory.gone(handle)
+        elif entry.obj_type == "cl_kernel":
+            self.memory.kernel_gone(handle)
+        elif entry.obj_type == "cl_context":
+            self.memory.context_gone(entry.ptr)
+
+    def _memory_before(self, fn: api.Function, cargs, call: Call) -> None:
+        """Under the lock, before the real call: room for a new memory object, the
+        memory objects of a kernel launch resident, and an event to follow a command
+        that uses memory objects by (the guest may have asked for none)."""
+        if fn.creates == "cl_mem":
+            nbytes = self._buffer_bytes(fn, cargs, call)
+            if fn.name in ("clCreateImage", "clCreateImageWithProperties"):
+                fmt, desc = call.structs.get("image_format"), call.structs.get("image_desc")
+                nbytes = api.image_host_size(fmt, desc)[0] if fmt and desc else 0
+            self.memory.room_for(nbytes)
+            return
+        if fn.name in ("clEnqueueNDRangeKernel", "clEnqueueTask"):
+            kernel = cargs[call.index["kernel"]]
+            kernel_id = self.handles.id_for_existing("cl_kernel", _address(kernel))
+            if kernel_id is not None:
+                self.memory.launch(kernel_id, kernel, call)
+        at = call.index.get("event")
+        if call.mems and at is not None and cargs[at] == ffi.NULL and fn.name.startswith("clEnqueue"):
+            call.own_event = cargs[at] = ffi.new("cl_event *")
+
+    @staticmethod
+    def _command_event(call: Call, cargs):
+        """The event of the command a call enqueued (NULL if none)."""
+        at = call.index.get("event")
+        if at is None or cargs[at] == ffi.NULL:
+            return ffi.NULL
+        return cargs[at][0]
 
     @staticmethod
     def _buffer_bytes(fn: api.Function, cargs: list[object], call: Call) -> int:
@@ -445,8 +521,25 @@ class OpenClBackend:
             call.size_ret[0] = len(text)
         return CL_SUCCESS
 
-    _AS_NATIVE: ClassVar[dict[str, Callable[..., int]]] = {"clGetKernelArgInfo": _kernel_arg_info_as_native,
-                  "clGetProgramBuildInfo": _build_options_as_native}
+    def _mem_info_as_native(self, status: int, cargs, call: Call) -> int:
+        """Flags as the guest made the object, also after the host made it again."""
+        if status == CL_SUCCESS and call.target is not None:
+            with self._lock:
+                self.memory.mem_info(call.target, cargs[1], cargs[3])
+        return status
+
+    def _context_info_as_native(self, status: int, cargs, call: Call) -> int:
+        """A context's reference count, whatever waits in the host store."""
+        if status == CL_SUCCESS and cargs[0] != ffi.NULL:
+            with self._lock:
+                self.memory.context_info(cargs[0], cargs[1], cargs[3])
+        return status
+
+    _AS_NATIVE: ClassVar[dict[str, Callable[..., int]]] = {
+        "clGetKernelArgInfo": _kernel_arg_info_as_native,
+        "clGetProgramBuildInfo": _build_options_as_native,
+        "clGetMemObjectInfo": _mem_info_as_native,
+        "clGetContextInfo": _context_info_as_native}
 
     @staticmethod
     def _filtered_info(fn: api.Function, cargs, info_filter) -> int:
@@ -518,10 +611,12 @@ class OpenClBackend:
             ffi.memmove(out, bufs[call.binary_index or 0], length)
         return CL_SUCCESS
 
-    def _resolve(self, obj_type: str, handle: int, owner: int, fn, arg):
+    def _resolve(self, obj_type: str, handle: int, owner: int, fn, arg, call: Call | None = None):
         if handle == 0:
             return ffi.NULL          # the implementation reports NULL itself
         ptr = self.handles.lookup(obj_type, handle, owner)
+        if ptr is not None and obj_type == "cl_mem" and call is not None:
+            return self.memory.use(handle, self.handles._entries[handle], call, fn)
         if ptr is None:
             if owner in self.lost_owners and handle not in self.handles:
                 raise CallError(CL_OUT_OF_RESOURCES,

@@ -5,6 +5,7 @@ chosen, so the device server's parent process never loads OpenCL."""
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 from ._backend import Backend, WithDiagnostics
 from ._selftest import SelftestBackend
@@ -13,9 +14,12 @@ BACKENDS: dict[str, type[SelftestBackend] | str] = {
     "test": SelftestBackend, "opencl": "host_backend:OpenClBackend"}
 
 
-def make_backend(name: str) -> Backend:
+def make_backend(name: str, options: dict[str, Any] | None = None) -> Backend:
+    """A fresh backend; ``options`` are the real backend's keyword arguments (the test
+    backend takes none)."""
     factory = BACKENDS[name]
     if not isinstance(factory, str):
         return factory()
     module, _, attr = factory.partition(":")
-    return WithDiagnostics(getattr(importlib.import_module(module), attr)(), SelftestBackend())
+    real = getattr(importlib.import_module(module), attr)(**(options or {}))
+    return WithDiagnostics(real, SelftestBackend())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
@@ -69,7 +70,59 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--executor-bind", action="append", default=[], metavar="PATH",
                     help="also give the sandboxed executor this host path, read-write (a "
                          "GPU's device nodes, e.g. /dev/nvidia0); repeatable")
+    mem = serve.add_argument_group(
+        "device memory", "Buffers and images past the device-memory capacity wait in a host "
+        "store and come back, contents intact, before a command uses them: the guest sees "
+        "no difference but time. An allocation fails (CL_MEM_OBJECT_ALLOCATION_FAILURE) only "
+        "when the capacity and the host store are both full. SIZE: bytes, or with a suffix "
+        "K, M, G or T (powers of 1024). -v logs every eviction and restore; a session "
+        "in which anything moved ends with a summary line.")
+    mem.add_argument("--device-memory", type=parse_size, metavar="SIZE",
+                     help="the device memory live memory objects may occupy (default: what "
+                          "the device reports; more than that is cut to it)")
+    mem.add_argument("--guest-memory", type=parse_size, metavar="SIZE",
+                     help="the CL_DEVICE_GLOBAL_MEM_SIZE the guest sees, which may exceed "
+                          "the device memory (CL_DEVICE_MAX_MEM_ALLOC_SIZE is cut to it); "
+                          "default: what the device reports")
+    mem.add_argument("--host-store", type=parse_size, default=16 << 30, metavar="SIZE",
+                     help="the most host memory (or swap files) evicted contents may take "
+                          "(default 16G); it counts against --executor-memory unless "
+                          "--swap-dir takes them")
+    mem.add_argument("--swap-dir", metavar="DIR",
+                     help="keep evicted contents of 1 MiB and more in unlinked files in this "
+                          "directory instead of memory; it must be writable by the executor's "
+                          "user (it is bound into the sandbox read-write)")
     return parser
+
+
+SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``64M``, ``1.5G``, ``4096``: bytes (argparse shows the error with the option)."""
+    raw = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = raw[-1:] if raw[-1:] in SIZE_SUFFIXES else ""
+    try:
+        value = float(raw[:len(raw) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (bytes, or with K, M, G "
+                                          "or T)") from None
+    size = int(value * SIZE_SUFFIXES[unit])
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a size must be more than 0")
+    return size
+
+
+def memory_options(args: argparse.Namespace) -> dict[str, object]:
+    """The OpenCL backend's device-memory keyword arguments from the command line."""
+    options: dict[str, object] = {"host_store": args.host_store}
+    if args.device_memory:
+        options["device_memory"] = args.device_memory
+    if args.guest_memory:
+        options["guest_memory"] = args.guest_memory
+    if args.swap_dir:
+        options["swap_dir"] = os.path.abspath(args.swap_dir)
+    return options
 
 
 def configure_logging(verbose: int, quiet: bool) -> None:
@@ -78,14 +131,20 @@ def configure_logging(verbose: int, quiet: bool) -> None:
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     if verbose >= 1:
         logging.getLogger("vdev.msg").setLevel(logging.DEBUG)
+        logging.getLogger("host_backend.memory").setLevel(logging.DEBUG)
 
 
 async def _serve(args: argparse.Namespace) -> None:
+    options = memory_options(args) if args.backend == "opencl" else {}
+    binds = list(args.executor_bind)
+    if "swap_dir" in options:
+        binds.append(str(options["swap_dir"]))
     sandbox = SandboxConfig(mode=args.sandbox, user=args.executor_user,
                             memory_bytes=int(args.executor_memory * (1 << 30)),
-                            extra_binds=args.executor_bind)
+                            extra_binds=binds)
     server = Server(args.socket, backend=args.backend, stall_timeout=args.stall_timeout,
-                    sandbox=sandbox, limits=ExecutorLimits(command_s=args.command_timeout))
+                    sandbox=sandbox, limits=ExecutorLimits(command_s=args.command_timeout),
+                    backend_options=options)
     server.bind()       # fail early, outside any nursery, with a plain error
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -101,7 +160,10 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve" and args.swap_dir and not os.path.isdir(args.swap_dir):
+        parser.error(f"--swap-dir {args.swap_dir}: no such directory")
     configure_logging(args.verbose, args.quiet)
     if args.command == "serve":
         try:

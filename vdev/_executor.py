@@ -25,6 +25,7 @@ QEMU sees none of it: its socket, the device's registers and its DMA map stay.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import mmap
 import os
@@ -77,6 +78,10 @@ class ExecutorConfig:
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     limits: ExecutorLimits = field(default_factory=ExecutorLimits)
     log_level: str = "INFO"
+    #: Keyword arguments of the backend (the OpenCL backend's device memory).
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    #: Loggers the executor logs at DEBUG (the server's -v).
+    debug_loggers: tuple[str, ...] = ()
 
 
 class ExecutorGone(Exception):
@@ -143,6 +148,8 @@ class ExecutorProcess:
                 "--events", str(child_fds[1]), "--doorbell", str(child_fds[2]),
                 "--status", str(child_fds[3]), "--backend", config.backend, "--name", name,
                 "--log-level", config.log_level,
+                "--backend-options", json.dumps(config.backend_options),
+                *(f"--debug-logger={name}" for name in config.debug_loggers),
                 "--lost-owners", ",".join(str(o) for o in sorted(lost_owners)),
                 *config.sandbox.as_args()]
         try:

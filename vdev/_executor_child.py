@@ -230,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default="executor")
     parser.add_argument("--lost-owners", default="")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--backend-options", default="{}",
+                        help="the backend's keyword arguments, as JSON")
+    parser.add_argument("--debug-logger", action="append", default=[])
     parser.add_argument("--sandbox", default="auto", choices=("auto", "required", "off"))
     parser.add_argument("--sandbox-user", default="nobody")
     parser.add_argument("--sandbox-root", default="")
@@ -247,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format=f"%(asctime)s %(name)s[{args.name}, pid {os.getpid()}] "
                                "%(levelname)s: %(message)s")
+    for name in args.debug_logger:
+        logging.getLogger(name).setLevel(logging.DEBUG)
     cfg = SandboxConfig(mode=args.sandbox, user=args.sandbox_user, root_dir=args.sandbox_root,
                         memory_bytes=args.memory, max_tasks=args.max_tasks,
                         max_files=args.max_files, tmp_bytes=args.tmp_bytes,
@@ -263,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["POCL_CACHE_DIR"] = "/tmp/pocl-cache"
     from ._backends import make_backend
 
-    backend = make_backend(args.backend)
+    backend = make_backend(args.backend, json.loads(args.backend_options))
     lost = {int(o) for o in args.lost_owners.split(",") if o}
     if lost and hasattr(backend, "lost_owners"):
         backend.lost_owners.update(lost)
@@ -275,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                         socket.socket(fileno=args.events), args.doorbell,
                         StatusPage(args.status))
     executor.run()
+    if hasattr(backend, "summary"):
+        backend.summary()           # the session's figures (device memory), in its log
     logging.shutdown()
     os._exit(0)             # never join threads a kernel may hold, nor run atexit hooks
 

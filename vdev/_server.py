@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import stat
+from typing import Any
 
 import trio
 
@@ -22,6 +23,8 @@ from ._sandbox import SandboxConfig, sandbox_root_dir
 from ._session import Session, session_name
 
 log = logging.getLogger("vdev.server")
+#: Backend loggers that -v turns to DEBUG in the executor too (evictions, restores).
+DEBUG_LOGGERS = ("host_backend.memory",)
 
 
 class SocketInUse(Exception):
@@ -59,10 +62,12 @@ class Server:
 
     def __init__(self, path: str, device: AcceleratorDevice | None = None, *,
                  backend: str = "test", stall_timeout: float = 5.0, in_process: bool = False,
-                 sandbox: SandboxConfig | None = None, limits: ExecutorLimits | None = None):
+                 sandbox: SandboxConfig | None = None, limits: ExecutorLimits | None = None,
+                 backend_options: dict[str, Any] | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
         self.backend_name = backend
+        self.backend_options = dict(backend_options or {})
         self.in_process = in_process
         self.sandbox = sandbox or SandboxConfig()
         self.limits = limits or ExecutorLimits()
@@ -79,8 +84,11 @@ class Server:
 
     def executor_config(self) -> ExecutorConfig:
         level = logging.getLogger("vdev").getEffectiveLevel()
+        debug = tuple(name for name in DEBUG_LOGGERS
+                      if logging.getLogger(name).isEnabledFor(logging.DEBUG))
         return ExecutorConfig(backend=self.backend_name, sandbox=self.sandbox,
-                              limits=self.limits, log_level=logging.getLevelName(level))
+                              limits=self.limits, log_level=logging.getLevelName(level),
+                              backend_options=self.backend_options, debug_loggers=debug)
 
     def bind(self) -> None:
         """Create the socket (mode 0600) at ``path``; raises SocketInUse or OSError."""
@@ -141,7 +149,8 @@ class Server:
             try:
                 if self.in_process:
                     self.session = Session(self.device, conn, name=name,
-                                           backend=make_backend(self.backend_name),
+                                           backend=make_backend(self.backend_name,
+                                                                self.backend_options),
                                            stall_timeout=self.stall_timeout)
                 else:
                     self.session = Session(self.device, conn, name=name,

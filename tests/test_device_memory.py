@@ -1,0 +1,297 @@
+"""Device memory oversubscribed (host_backend/_residency.py): memory objects past the
+capacity wait in the host store and come back, exactly, before a call uses them.
+Every test runs the backend with a capacity of a few buffers and checks contents,
+statuses and the counts an application can read back."""
+
+import struct
+
+import pytest
+from clwire import FakeDma, decode, encode
+from test_opencl_backend import Guest, ids
+
+from host_backend import OpenClBackend
+from protocols import opencl_api as api
+
+F = api.BY_NAME
+KIB = 1024
+CAPACITY = 64 * KIB
+SIZE = 16 * KIB                     # four buffers fill the capacity
+CL_MEM_READ_WRITE = 1
+CL_MEM_HOST_NO_ACCESS = 1 << 9
+CL_MEM_COPY_HOST_PTR = 1 << 5
+CL_MEM_FLAGS = 0x1101
+CL_MEM_REFERENCE_COUNT = 0x1105
+CL_CONTEXT_REFERENCE_COUNT = 0x1080
+CL_MEM_OBJECT_ALLOCATION_FAILURE = -4
+CL_BUFFER_CREATE_TYPE_REGION = 0x1220
+
+SOURCE = b"""
+__kernel void bump(__global uint *a, uint by) { a[get_global_id(0)] += by; }
+"""
+
+
+@pytest.fixture
+def small():
+    b = OpenClBackend(device_memory=CAPACITY, host_store=1 << 20)
+    yield b
+    b.close()
+
+
+class Session(Guest):
+    """A guest with a context, a queue and guest RAM for transfers."""
+
+    def __init__(self, backend):
+        super().__init__(backend)
+        self.ctx, self.dev = self.context()
+        self.queue = next(ids)
+        assert self.call("clCreateCommandQueue", self.queue, context=self.ctx, device=self.dev,
+                         properties=0)[0] == 0
+        self.dma = FakeDma(4 << 20)
+
+    def buffer(self, data=None, flags=CL_MEM_READ_WRITE, size=SIZE):
+        buf = next(ids)
+        if data is not None:
+            flags |= CL_MEM_COPY_HOST_PTR
+        status, _ = self.call("clCreateBuffer", buf, context=self.ctx, flags=flags, size=size,
+                              host_ptr=data)
+        return buf if status == 0 else status
+
+    def with_dma(self, name, **values):
+        fn = F[name]
+        return decode(fn, self.backend.call(fn, encode(fn, **values), self.owner, self.dma))[0]
+
+    def write(self, buf, data, offset=0, event=0, wait=None, blocking=1, queue=None):
+        self.dma.ram[0:len(data)] = data
+        return self.with_dma("clEnqueueWriteBuffer", command_queue=queue or self.queue, buffer=buf,
+                             blocking_write=blocking, offset=offset, size=len(data),
+                             ptr=(api.HOSTDATA_RANGE, 0, len(data)),
+                             num_events_in_wait_list=len(wait or []), event_wait_list=wait,
+                             event=event)
+
+    def read(self, buf, size=SIZE, offset=0):
+        at = 2 << 20
+        status = self.with_dma("clEnqueueReadBuffer", command_queue=self.queue, buffer=buf,
+                               blocking_read=1, offset=offset, size=size,
+                               ptr=(api.HOSTDATA_RANGE, at, size), num_events_in_wait_list=0)
+        assert status == 0
+        return bytes(self.dma.ram[at:at + size])
+
+    def info(self, name, obj, param, size=8):
+        status, out = self.call(name, **{F[name].args[0].name: obj}, param_name=param,
+                                param_value_size=size, param_value=size)
+        assert status == 0
+        return int.from_bytes(out["param_value"], "little")
+
+    def kernel(self):
+        prog, kern = next(ids), next(ids)
+        assert self.call("clCreateProgramWithSource", prog, context=self.ctx, count=1,
+                         strings=[SOURCE])[0] == 0
+        assert self.call("clBuildProgram", program=prog, num_devices=0, device_list=None,
+                         options=b"\0")[0] == 0
+        assert self.call("clCreateKernel", kern, program=prog, kernel_name=b"bump\0")[0] == 0
+        return kern
+
+    def launch(self, kern, buf, by, n=SIZE // 4):
+        assert self.call("clSetKernelArg", kernel=kern, arg_index=0,
+                         arg_value=(api.KARG_MEM, buf))[0] == 0
+        assert self.call("clSetKernelArg", kernel=kern, arg_index=1,
+                         arg_value=(api.KARG_BYTES, struct.pack("<I", by)))[0] == 0
+        return self.call("clEnqueueNDRangeKernel", command_queue=self.queue, kernel=kern,
+                         work_dim=1, global_work_offset=None, global_work_size=[n],
+                         local_work_size=None, num_events_in_wait_list=0)[0]
+
+
+def push_out(g, handle, limit=40):
+    """Make and use other buffers until ``handle`` has left the device (which ones
+    go first is the policy's choice; that it goes at all is the point)."""
+    others = []
+    while g.backend.memory.mems[handle].root.resident:
+        assert len(others) < limit, "never evicted"
+        others.append(g.buffer(pattern(len(others))))
+        g.read(others[-1])
+    return others
+
+
+def pattern(i, size=SIZE):
+    return bytes((i * 31 + j) & 0xFF for j in range(size))
+
+
+def test_buffers_four_times_the_capacity_keep_their_contents(small):
+    g = Session(small)
+    bufs = [g.buffer(pattern(i)) for i in range(16)]
+    assert all(b > 0 for b in bufs)
+    assert small.memory.resident_bytes <= CAPACITY
+    for rounds in range(2):
+        for i, buf in enumerate(bufs):
+            assert g.read(buf) == pattern(i), f"buffer {i}, round {rounds}"
+    stats = small.memory.stats
+    assert stats.evictions >= 12 and stats.restores >= 12
+    assert stats.bytes_out == stats.evictions * SIZE
+    # Written by transfers and fills, in place, while others come and go.
+    for i, buf in enumerate(bufs):
+        assert g.write(buf, b"w%02d" % i, offset=100) == 0
+        assert g.call("clEnqueueFillBuffer", command_queue=g.queue, buffer=buf,
+                      pattern=struct.pack("<I", i), pattern_size=4, offset=SIZE - 64, size=64,
+                      num_events_in_wait_list=0)[0] == 0
+    for i, buf in enumerate(bufs):
+        got = g.read(buf)
+        want = bytearray(pattern(i))
+        want[100:103] = b"w%02d" % i
+        want[SIZE - 64:] = struct.pack("<I", i) * 16
+        assert got == bytes(want), f"buffer {i}"
+
+
+def test_kernels_and_copies_use_restored_buffers(small):
+    g = Session(small)
+    kern = g.kernel()
+    bufs = [g.buffer(bytes(SIZE)) for _ in range(12)]
+    for _ in range(3):
+        for i, buf in enumerate(bufs):
+            assert g.launch(kern, buf, i + 1) == 0
+    assert g.call("clFinish", command_queue=g.queue)[0] == 0
+    for i, buf in enumerate(bufs):
+        assert g.read(buf) == struct.pack("<I", 3 * (i + 1)) * (SIZE // 4), f"buffer {i}"
+    # The argument set once names the buffer however often it moved meanwhile.
+    assert g.launch(kern, bufs[0], 100) == 0
+    for buf in bufs[1:]:
+        g.read(buf)
+    assert g.call("clEnqueueNDRangeKernel", command_queue=g.queue, kernel=kern, work_dim=1,
+                  global_work_offset=None, global_work_size=[SIZE // 4], local_work_size=None,
+                  num_events_in_wait_list=0)[0] == 0
+    assert g.read(bufs[0]) == struct.pack("<I", 3 + 200) * (SIZE // 4)
+    # Copies between two objects that cannot both have stayed.
+    assert g.call("clEnqueueCopyBuffer", command_queue=g.queue, src_buffer=bufs[1],
+                  dst_buffer=bufs[11], src_offset=0, dst_offset=0, size=SIZE,
+                  num_events_in_wait_list=0)[0] == 0
+    assert g.read(bufs[11]) == struct.pack("<I", 6) * (SIZE // 4)
+    assert small.memory.stats.evictions > 0 and small.memory.stats.restores > 0
+
+
+def test_sub_buffers_move_with_their_parent(small):
+    g = Session(small)
+    parent = g.buffer(pattern(1))
+    sub = next(ids)
+    region = struct.pack("<QQ", 4 * KIB, 4 * KIB)
+    assert g.call("clCreateSubBuffer", sub, buffer=parent, flags=CL_MEM_READ_WRITE,
+                  buffer_create_type=CL_BUFFER_CREATE_TYPE_REGION, buffer_create_info_size=16,
+                  buffer_create_info=region)[0] == 0
+    refs_before = g.info("clGetMemObjectInfo", parent, CL_MEM_REFERENCE_COUNT, 4)
+    assert g.call("clReleaseMemObject", memobj=parent)[0] == 0    # the sub-buffer holds it
+    others = push_out(g, sub)
+    assert g.read(sub, size=4 * KIB) == pattern(1)[4 * KIB:8 * KIB]
+    assert g.write(sub, b"through the sub-buffer") == 0
+    for buf in others:
+        g.read(buf)
+    got = g.read(sub, size=4 * KIB)
+    assert got[:22] == b"through the sub-buffer" and got[22:] == pattern(1)[4 * KIB + 22:8 * KIB]
+    assert refs_before == 2
+    assert g.call("clReleaseMemObject", memobj=sub)[0] == 0
+    assert sub not in small.memory.mems and parent not in small.memory.mems
+
+
+def test_flags_and_reference_counts_read_back_as_native(small):
+    g = Session(small)
+    buf = g.buffer(None, flags=CL_MEM_READ_WRITE)
+    assert g.call("clRetainMemObject", memobj=buf)[0] == 0
+    ctx_refs = g.info("clGetContextInfo", g.ctx, CL_CONTEXT_REFERENCE_COUNT, 4)
+    others = push_out(g, buf)
+    ctx_refs += len(others)             # each buffer holds its context
+    # The guest's count moves while the object waits in the host store.
+    assert g.call("clRetainMemObject", memobj=buf)[0] == 0
+    assert g.call("clReleaseMemObject", memobj=buf)[0] == 0
+    assert not small.memory.mems[buf].resident
+    assert g.info("clGetContextInfo", g.ctx, CL_CONTEXT_REFERENCE_COUNT, 4) == ctx_refs
+    assert g.info("clGetMemObjectInfo", buf, CL_MEM_FLAGS) == CL_MEM_READ_WRITE
+    assert small.memory.mems[buf].restored
+    assert g.info("clGetMemObjectInfo", buf, CL_MEM_REFERENCE_COUNT, 4) == 2
+    assert g.info("clGetContextInfo", g.ctx, CL_CONTEXT_REFERENCE_COUNT, 4) == ctx_refs
+    del others
+
+
+def test_contents_the_host_may_not_read_still_move(small):
+    g = Session(small)
+    kern = g.kernel()
+    hidden = g.buffer(None, flags=CL_MEM_READ_WRITE | CL_MEM_HOST_NO_ACCESS)
+    assert g.call("clEnqueueFillBuffer", command_queue=g.queue, buffer=hidden,
+                  pattern=struct.pack("<I", 7), pattern_size=4, offset=0, size=SIZE,
+                  num_events_in_wait_list=0)[0] == 0
+    assert g.launch(kern, hidden, 1) == 0
+    assert g.call("clFinish", command_queue=g.queue)[0] == 0
+    others = push_out(g, hidden)
+    probe = g.buffer(bytes(SIZE))
+    assert g.call("clEnqueueCopyBuffer", command_queue=g.queue, src_buffer=hidden,
+                  dst_buffer=probe, src_offset=0, dst_offset=0, size=SIZE,
+                  num_events_in_wait_list=0)[0] == 0
+    assert g.read(probe) == struct.pack("<I", 8) * (SIZE // 4)
+    del others
+
+
+def test_a_buffer_in_use_by_a_command_in_flight_stays(small):
+    """A write gated by a user event: its buffer must stay however much else is made
+    meanwhile (released, it would lose the write)."""
+    g = Session(small)
+    target = g.buffer(bytes(SIZE))
+    gate, done = next(ids), next(ids)
+    assert g.call("clCreateUserEvent", gate, context=g.ctx)[0] == 0
+    gated = next(ids)           # its own queue: the reads below must not wait behind it
+    assert g.call("clCreateCommandQueue", gated, context=g.ctx, device=g.dev, properties=0)[0] == 0
+    data = pattern(9)
+    assert g.write(target, data, event=done, wait=[gate], blocking=0, queue=gated) == 0
+    others = [g.buffer(pattern(i)) for i in range(8)]
+    for buf in others:
+        g.read(buf)
+    assert small.memory.mems[target].resident
+    assert small.memory.stats.evictions > 0
+    assert g.call("clSetUserEventStatus", event=gate, execution_status=0)[0] == 0
+    assert g.call("clWaitForEvents", num_events=1, event_list=[done])[0] == 0
+    for buf in others:
+        g.read(buf)
+    assert not small.memory.mems[target].resident, "idle again: it may go"
+    assert g.read(target) == data
+
+
+def test_past_the_host_store_allocations_fail_as_on_a_full_device(small):
+    g = Session(small)
+    made = []
+    while True:
+        buf = g.buffer(pattern(len(made), 64 * KIB), size=64 * KIB)
+        if buf < 0:
+            break
+        made.append(buf)
+        assert len(made) < 64
+    assert buf == CL_MEM_OBJECT_ALLOCATION_FAILURE
+    assert len(made) == (CAPACITY + (1 << 20)) // (64 * KIB)
+    assert small.memory.stats.refused == 1
+    # Still serving: a release makes room again.
+    assert g.call("clReleaseMemObject", memobj=made.pop())[0] == 0
+    assert g.buffer(None, size=64 * KIB) > 0
+    assert g.read(made[0], size=64 * KIB) == pattern(0, 64 * KIB)
+
+
+def test_images_are_evicted_and_restored(small):
+    g = Session(small)
+    fmt = {"image_channel_order": 0x10B5, "image_channel_data_type": 0x10D2}   # RGBA, UNORM_INT8
+    desc = {"image_type": api.CL_MEM_OBJECT_IMAGE2D, "image_width": 64, "image_height": 64}
+    data = pattern(3, 64 * 64 * 4)
+    img = next(ids)
+    assert g.call("clCreateImage", img, context=g.ctx, flags=CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR,
+                  image_format=fmt, image_desc=desc, host_ptr=data)[0] == 0
+    others = push_out(g, img)
+    at = 2 << 20
+    status = g.with_dma("clEnqueueReadImage", command_queue=g.queue, image=img, blocking_read=1,
+                        origin=[0, 0, 0], region=[64, 64, 1], row_pitch=0, slice_pitch=0,
+                        ptr=(api.HOSTDATA_RANGE, at, len(data)), num_events_in_wait_list=0)
+    assert status == 0
+    assert bytes(g.dma.ram[at:at + len(data)]) == data
+    assert g.info("clGetMemObjectInfo", img, CL_MEM_FLAGS) == CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR
+    del others
+
+
+def test_a_dead_owner_leaves_nothing_in_the_host_store(small):
+    g = Session(small)
+    for i in range(10):
+        g.buffer(pattern(i))
+    assert small.memory.stored_bytes > 0
+    small.release_queue(0, g.owner, last=True)
+    assert small.memory.stored_bytes == 0 and small.memory.resident_bytes == 0
+    assert not small.memory.mems
