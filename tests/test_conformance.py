@@ -7,19 +7,42 @@ import subprocess
 
 import pytest
 from test_opencl_e2e import cl_server, native, through_device  # noqa: F401 (fixtures)
+from test_oversubscription import device_server, next_summary, summaries
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conformance")
 AREAS = sorted(os.path.basename(p)[:-2] for p in glob.glob(os.path.join(HERE, "*.c")))
 
 
-@pytest.mark.parametrize("area", AREAS)
-def test_same_status_codes_as_native(area, shim, cl_server, tmp_path):  # noqa: F811
+def same_as_native(area, shim, socket, tmp_path):
     exe = tmp_path / area
     subprocess.run(["gcc", "-std=gnu11", "-Wall", "-Werror", "-o", str(exe),
                     os.path.join(HERE, f"{area}.c"), "-lOpenCL"], check=True)
     theirs = native([str(exe)])
     assert theirs.returncode == 0, theirs.stderr
-    ours = through_device(shim, cl_server, [str(exe)])
+    ours = through_device(shim, socket, [str(exe)])
     assert ours.returncode == 0, ours.stderr
     assert len(theirs.stdout.splitlines()) >= 10
     assert ours.stdout.splitlines() == theirs.stdout.splitlines()
+
+
+@pytest.mark.parametrize("area", AREAS)
+def test_same_status_codes_as_native(area, shim, cl_server, tmp_path):  # noqa: F811
+    same_as_native(area, shim, cl_server, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def evicting_server():
+    """512 bytes of device memory: any second memory object alive evicts the first."""
+    with device_server("--device-memory", "512") as server:
+        yield server
+
+
+@pytest.mark.parametrize("area", AREAS)
+def test_same_status_codes_as_native_while_evicting(area, shim, evicting_server, tmp_path):
+    sock, log = evicting_server
+    before = len(summaries(log))
+    same_as_native(area, shim, sock, tmp_path)
+    if area in ("images", "readback", "map_rect_callbacks"):       # these keep several
+        figures = next_summary(log, before)
+        assert figures["evictions"] > 0, figures
+        assert figures["restores"] > 0 or area == "map_rect_callbacks", figures
