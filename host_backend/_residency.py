@@ -24,13 +24,17 @@ The policy (README, "Device memory"): when a creation or a restore needs room, t
 objects evicted are those whose next use is predicted furthest ahead.  Each object
 keeps its last use and the distance between its last two uses, both on a clock that
 counts the bytes of memory objects the guest's calls touch; the next use is the last
-plus that distance (Belady's rule on predicted reuse).  An object used once is
-assumed not back within a capacity's worth of traffic and its age (so those go
-oldest first, as in LRU), an overdue one not within its age again.  So a sweep
-larger than the capacity keeps a fixed part resident instead of missing on every
-object (LRU's worst case), a hot set that fits stays, and objects used once go
-first.  Among equals, the larger goes first (fewer moves).  Nothing moves
-speculatively, nor more than the room asked for.
+plus that distance (Belady's rule on predicted reuse); an overdue one is not
+expected back within its age again.  An object not used twice yet is predicted
+after every object with a known reuse under a capacity's worth of traffic: while
+fresh (used within the last capacity's worth) the newest goes first, as programs
+make their objects and then go over them in that order; once stale (used longer
+ago than that) the oldest goes first, before any other.  So a sweep larger than
+the capacity keeps a fixed part resident instead of missing on every object (LRU's
+worst case), a hot set that fits stays, and objects left unused go first.  Objects
+just set as kernel arguments go last (their launch follows); among equals the
+larger goes first (fewer moves).  Nothing moves speculatively, nor more than the
+room asked for.
 """
 
 from __future__ import annotations
@@ -64,6 +68,8 @@ CL_DEVICE_MAX_MEM_ALLOC_SIZE = 0x1010
 #: How long making room may wait, in all, for commands in flight to end.
 WAIT_S = 1.0
 CL_EVENT_COMMAND_QUEUE = 0x11D0
+#: Host buffers of restored contents kept for the next evictions of their size.
+SPARE_BUFFERS = 4
 #: Pieces in which contents the host may not read directly are copied out.
 COPY_PIECE = 4 << 20
 
@@ -97,6 +103,9 @@ class Mem:
     reuse: int = -1                 # bytes of traffic between its last two uses (-1: unknown)
     kernel_args: set = field(default_factory=set)   # (kernel id, index) naming it
     held_back: bool = False         # its commands did not end when waited for
+    armed: bool = False             # set as a kernel argument since the last command
+    serial: int = 0                 # the order of making
+    used: bool = False              # a command used it (since its making)
 
     @property
     def root(self) -> Mem:
@@ -148,6 +157,7 @@ class DeviceMemory:
         self.stats = MemoryStats()
         self._queues: dict[int, Any] = {}     # context address -> the private queue
         self._counts: dict[str, int] | None = None   # references an object takes (measured)
+        self._spare: list[bytearray] = []       # host buffers of contents restored
         #: kernel id -> argument index -> (memory object id, the address it was set to)
         self._kernel_args: dict[int, dict[int, tuple[int, int]]] = {}
 
@@ -239,7 +249,9 @@ class DeviceMemory:
         if mem.parent is None:
             self.resident_bytes += nbytes
             self.stats.peak_resident = max(self.stats.peak_resident, self.resident_bytes)
-        self._touch(mem)
+        # Made now, used by the commands to come: the clock moves with commands only.
+        mem.last_use = self.clock
+        mem.serial = self.stats.created
 
     # -- use -------------------------------------------------------------------------------
 
@@ -260,7 +272,8 @@ class DeviceMemory:
                                 f"{fn.name}: memory object {handle:#x} could not be made again")
         root.in_call += 1
         call.mems.append(root)
-        self._touch(root)
+        if fn.name.startswith("clEnqueue"):
+            self._touch(root)               # a command: its data is used
         return mem.ptr
 
     def end_call(self, call) -> None:
@@ -306,6 +319,7 @@ class DeviceMemory:
         if mem is not None:
             args[index] = (mem.handle, _addr(mem.ptr))
             mem.kernel_args.add((kernel_id, index))
+            mem.root.armed = True           # a launch is coming: it goes last
 
     def kernel_cloned(self, source: int, clone: int) -> None:
         for index, (mem_id, _) in self._kernel_args.get(source, {}).items():
@@ -376,15 +390,27 @@ class DeviceMemory:
     # -- eviction and restore ------------------------------------------------------------------
 
     def _touch(self, mem: Mem) -> None:
-        self.clock += max(mem.size, 1)
-        if mem.last_use:
+        mem.armed = False
+        if mem.used:
             mem.reuse = self.clock - mem.last_use
+        mem.used = True
+        self.clock += max(mem.size, 1)
         mem.last_use = self.clock
+
+    def _victim_order(self, mem: Mem) -> tuple[bool, int, int, int]:
+        """Sorted descending, the order in which objects leave: not about to be used by
+        a launch first, then by predicted next use, furthest first, then larger first,
+        then newer first."""
+        return (not mem.armed, self._next_use(mem), mem.size, mem.serial)
 
     def _next_use(self, mem: Mem) -> int:
         age = self.clock - mem.last_use
         if mem.reuse < 0:
-            return self.clock + self.capacity + age
+            if age > self.capacity:                 # stale: oldest first
+                return self.clock + 2 * self.capacity + age
+            # Fresh, not used twice yet: back in the order they came (programs make
+            # their objects, then go over them in that order), so the newest goes first.
+            return self.clock + 2 * self.capacity - age
         due = mem.last_use + mem.reuse
         return due if due >= self.clock else self.clock + age
 
@@ -414,7 +440,7 @@ class DeviceMemory:
         if need <= 0:
             return
         candidates = [m for m in self.mems.values() if self._evictable(m, keep)]
-        candidates.sort(key=lambda m: (self._next_use(m), m.size), reverse=True)
+        candidates.sort(key=self._victim_order, reverse=True)
         for mem in candidates:
             if need <= 0:
                 break
@@ -439,7 +465,7 @@ class DeviceMemory:
                 if m.parent is None and m.resident and not m.pinned and m is not keep
                 and m.create is not None and m.size > 0 and m.busy and not m.held_back
                 and not any(f.in_call for f in m.family())]
-        busy.sort(key=lambda m: (self._next_use(m), m.size), reverse=True)
+        busy.sort(key=self._victim_order, reverse=True)
         deadline = time.monotonic() + WAIT_S
         for mem in busy:
             if need <= 0 or self.stored_bytes + mem.size > self.store_limit:
@@ -479,8 +505,8 @@ class DeviceMemory:
         return True
 
     def _restore(self, mem: Mem) -> None:
-        start = time.perf_counter()
         self._make_room(mem.size, keep=mem)
+        start = time.perf_counter()
         data = self._load(mem.saved)
         name, kept, index = mem.create or ("", [], {})
         args = list(kept)
@@ -574,7 +600,7 @@ class DeviceMemory:
         if queue is None:
             mem.pinned = "the host has no queue on its context"
             return None
-        data = bytearray(mem.size)
+        data = self._buffer(mem.size)
         out = ffi.from_buffer(data)
         cl = lib()
         if mem.kind == "image":
@@ -639,10 +665,21 @@ class DeviceMemory:
     def _forget_saved(self, mem: Mem) -> None:
         if mem.saved is None:
             return
-        if not isinstance(mem.saved, bytearray):
+        if isinstance(mem.saved, bytearray):
+            if len(self._spare) < SPARE_BUFFERS:
+                self._spare.append(mem.saved)     # the next eviction of that size takes it
+        else:
             mem.saved.close()
         mem.saved = None
         self.stored_bytes -= mem.size
+
+    def _buffer(self, size: int) -> bytearray:
+        """Host memory for contents: a spare one of that size if there is one (fresh
+        memory costs a page fault per page, as much as the copy itself)."""
+        for i, spare in enumerate(self._spare):
+            if len(spare) == size:
+                return self._spare.pop(i)
+        return bytearray(size)
 
     def _measure_counts(self) -> None:
         """The references a queue and a buffer take on their context, and a sub-buffer
@@ -696,6 +733,7 @@ class DeviceMemory:
                 lib().clReleaseEvent(event)
             mem.busy.clear()
         self.mems.clear()
+        self._spare.clear()
         for queue in self._queues.values():
             lib().clReleaseCommandQueue(queue)
         self._queues.clear()

@@ -1,11 +1,13 @@
-"""``python -m vdev.bench ring|opencl``: figures beside their native baselines.
+"""``python -m vdev.bench ring|opencl|oversub``: figures beside their native baselines.
 
 ``ring`` runs the guest runtime's ``ava-bench`` against a real server over the
 loopback transport on this machine, and with ``--vm`` also inside a lab guest
 (uio path; slow under TCG); its baselines are a function call for latency and
 memcpy for bandwidth.  ``opencl`` runs the OpenCL sample ``tests/samples/clbench.c``
 twice in the same run: natively on the host's OpenCL, and through the device
-(the ICD over the loopback transport), and prints both side by side."""
+(the ICD over the loopback transport), and prints both side by side.  ``oversub``
+runs a workload at working sets from half to four times a server's device memory
+(``vdev._oversub_bench``)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,9 @@ import time
 from collections.abc import Iterator
 from typing import IO, Any
 
+from ._cli import parse_size
+from ._oversub_bench import RATIOS, plot_oversub, report_oversub, run_oversub
+
 #: A benchmark's figures by name, as ava-bench and clbench print them (JSON).
 Figures = dict[str, Any]
 
@@ -36,7 +41,7 @@ def build_tools() -> str:
 
 
 @contextlib.contextmanager
-def loopback_server(backend: str, log: IO[bytes] | None = None
+def loopback_server(backend: str, log: IO[bytes] | None = None, options: tuple[str, ...] = ()
                     ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A device server on a private socket (its output to ``log`` if given); yields
     the socket path and the process, stopped (by PID) on the way out, also when this
@@ -46,7 +51,7 @@ def loopback_server(backend: str, log: IO[bytes] | None = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        yield from _loopback_server(backend, log)
+        yield from _loopback_server(backend, log, options)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -56,12 +61,12 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def _loopback_server(backend: str, log: IO[bytes] | None
+def _loopback_server(backend: str, log: IO[bytes] | None, options: tuple[str, ...] = ()
                      ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     with tempfile.TemporaryDirectory(prefix="ava-bench-", dir="/tmp") as d:
         sock = os.path.join(d, "bench.sock")
         server = subprocess.Popen([sys.executable, "-m", "vdev", "serve", "--socket", sock,
-                                   "--backend", backend, "-q"], cwd=ROOT,
+                                   "--backend", backend, *(options or ("-q",))], cwd=ROOT,
                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         try:
             deadline = time.monotonic() + 10
@@ -185,13 +190,34 @@ def report(name: str, f: Figures) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vdev.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["ring", "opencl"],
-                        help="ring: the transport; opencl: OpenCL calls, native vs device")
+    parser.add_argument("what", choices=["ring", "opencl", "oversub"],
+                        help="ring: the transport; opencl: OpenCL calls, native vs device; "
+                             "oversub: throughput as the working set outgrows the device memory")
     parser.add_argument("--vm", action="store_true", help="ring: also measure inside a lab guest")
     parser.add_argument("--quick", action="store_true", help="ring: fewer iterations (smoke test)")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
+    parser.add_argument("--capacity", type=parse_size, default=32 << 20, metavar="SIZE",
+                        help="oversub: the server's --device-memory (default 32M)")
+    parser.add_argument("--ratios", default=",".join(f"{r:g}" for r in RATIOS),
+                        metavar="R,R,...", help="oversub: working set / device memory, the "
+                        "first the baseline (default %(default)s)")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="oversub: also draw throughput against the ratio (matplotlib)")
     args = parser.parse_args(argv)
     build_dir = build_tools()
+    if args.what == "oversub":
+        try:
+            ratios = tuple(float(r) for r in args.ratios.split(","))
+        except ValueError:
+            parser.error(f"--ratios {args.ratios!r}: numbers separated by commas")
+        figures = run_oversub(build_dir, args.capacity, ratios,
+                              progress=lambda what: print(f"  running {what}", file=sys.stderr,
+                                                          flush=True))
+        print(json.dumps(figures, indent=2) if args.json else report_oversub(figures))
+        if args.plot:
+            plot_oversub(figures, args.plot)
+            print(f"plot: {args.plot}", file=sys.stderr)
+        return 0
     if args.what == "opencl":
         results = run_opencl(build_dir)
         print(json.dumps(results, indent=2) if args.json else report_opencl(results))
