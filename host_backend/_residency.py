@@ -508,6 +508,7 @@ class DeviceMemory:
         self._make_room(mem.size, keep=mem)
         start = time.perf_counter()
         data = self._load(mem.saved)
+        from_file = data is not mem.saved
         name, kept, index = mem.create or ("", [], {})
         args = list(kept)
         args[index["flags"]] |= CL_MEM_COPY_HOST_PTR
@@ -535,6 +536,8 @@ class DeviceMemory:
         if not mem.alive:
             lib().clReleaseMemObject(ptr)     # held by its sub-buffers only, as natively
         self._forget_saved(mem)
+        if from_file:
+            self._give_back(data)
         self.resident_bytes += mem.size
         self.stats.peak_resident = max(self.stats.peak_resident, self.resident_bytes)
         took = time.perf_counter() - start
@@ -643,31 +646,37 @@ class DeviceMemory:
             cl.clReleaseMemObject(temp)
 
     def _store(self, data: bytearray):
+        """Contents kept: in memory, or large ones in an unlinked file of the swap
+        directory (gone with the file, whatever happens to the process)."""
         if self.swap_dir and len(data) >= self.spill:
             try:
                 f = tempfile.TemporaryFile(dir=self.swap_dir, prefix="ava-evicted-")
                 f.write(data)
-                return f
             except OSError as exc:
                 log.warning("swap directory %s: %s; keeping the contents in memory",
                             self.swap_dir, exc)
+            else:
+                self._give_back(data)
+                return f
         return data
 
-    @staticmethod
-    def _load(saved) -> bytearray:
+    def _load(self, saved) -> bytearray:
         if isinstance(saved, bytearray):
             return saved
         saved.seek(0)
-        data = bytearray(os.fstat(saved.fileno()).st_size)
+        data = self._buffer(os.fstat(saved.fileno()).st_size)
         saved.readinto(data)
         return data
+
+    def _give_back(self, data: bytearray) -> None:
+        if len(self._spare) < SPARE_BUFFERS:
+            self._spare.append(data)      # the next eviction of that size takes it
 
     def _forget_saved(self, mem: Mem) -> None:
         if mem.saved is None:
             return
         if isinstance(mem.saved, bytearray):
-            if len(self._spare) < SPARE_BUFFERS:
-                self._spare.append(mem.saved)     # the next eviction of that size takes it
+            self._give_back(mem.saved)
         else:
             mem.saved.close()
         mem.saved = None

@@ -27,3 +27,19 @@ def test_opencl_benchmark_prints_device_beside_native():
         assert figures[side]["write_64m_gbs"] > 0 and figures[side]["kernel_launch_finish_us"] > 0
     assert figures["device"]["info_query_us"] > 0 and figures["device"]["forwarded_info_us"] > 0
     assert figures["native"]["device"] == figures["device"]["device"], "the same device both ways"
+
+
+def test_oversubscription_benchmark_prints_every_ratio_and_draws_the_curve(tmp_path):
+    plot = tmp_path / "oversub.png"
+    res = subprocess.run([sys.executable, "-m", "vdev.bench", "oversub", "--capacity", "8M",
+                          "--ratios", "0.5,2", "--plot", str(plot)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    for row in ("sweep:", "hotcold:", "native GB/s", "evicted", "restored",
+                "throughput halves at", "target (hot set fits)", "target (everything hot, 2x)"):
+        assert row in out, out
+    assert "WRONG" not in out and out.count("correct") == 4
+    ratio_two = [line for line in out.splitlines() if line.strip().startswith("2 ")]
+    assert len(ratio_two) == 2 and all(" 0 MiB" not in line.split("MiB", 1)[1] for line in ratio_two)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -3,6 +3,7 @@ capacity wait in the host store and come back, exactly, before a call uses them.
 Every test runs the backend with a capacity of a few buffers and checks contents,
 statuses and the counts an application can read back."""
 
+import os
 import struct
 
 import pytest
@@ -295,3 +296,36 @@ def test_a_dead_owner_leaves_nothing_in_the_host_store(small):
     small.release_queue(0, g.owner, last=True)
     assert small.memory.stored_bytes == 0 and small.memory.resident_bytes == 0
     assert not small.memory.mems
+
+
+def test_large_contents_wait_in_unlinked_swap_files(tmp_path):
+    b = OpenClBackend(device_memory=CAPACITY, swap_dir=str(tmp_path))
+    b.memory.spill = SIZE           # every buffer here is "large"
+    try:
+        g = Session(b)
+        bufs = [g.buffer(pattern(i)) for i in range(8)]
+        away = [m for m in b.memory.mems.values() if not m.resident]
+        assert away and all(not isinstance(m.saved, bytearray) for m in away)
+        assert os.listdir(tmp_path) == [], "unlinked: nothing left behind, whatever happens"
+        for i, buf in enumerate(bufs):
+            assert g.read(buf) == pattern(i)
+    finally:
+        b.close()
+
+
+def test_the_guest_sees_the_memory_it_is_promised():
+    b = OpenClBackend(device_memory=CAPACITY, guest_memory=3 << 30)
+    try:
+        g = Guest(b)
+        dev = g.device()
+        for param, want in ((0x101F, 3 << 30), (0x1010, None)):     # GLOBAL_MEM, MAX_ALLOC
+            status, out = g.call("clGetDeviceInfo", object=dev, param_name=param,
+                                 param_value_size=8, param_value=8)
+            assert status == 0
+            value = int.from_bytes(out["param_value"], "little")
+            assert value == want if want else 0 < value <= 3 << 30
+        status, out = g.call("clGetDeviceInfo", object=dev, param_name=0x101F,
+                             param_value_size=4, param_value=4)
+        assert status == -30, "a short buffer is refused as natively"
+    finally:
+        b.close()
