@@ -32,7 +32,7 @@ def test_opencl_benchmark_prints_device_beside_native():
 def test_oversubscription_benchmark_prints_every_ratio_and_draws_the_curve(tmp_path):
     plot = tmp_path / "oversub.png"
     res = subprocess.run([sys.executable, "-m", "vdev.bench", "oversub", "--capacity", "8M",
-                          "--ratios", "0.5,2", "--plot", str(plot)], cwd=ROOT,
+                          "--ratios", "0.5,2", "--repeat", "1", "--plot", str(plot)], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     out = res.stdout

@@ -75,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         "store and come back, contents intact, before a command uses them: the guest sees "
         "no difference but time. An allocation fails (CL_MEM_OBJECT_ALLOCATION_FAILURE) only "
         "when the capacity and the host store are both full. SIZE: bytes, or with a suffix "
-        "K, M, G or T (powers of 1024). -v logs every eviction and restore; a session "
-        "in which anything moved ends with a summary line.")
+        "K, M, G or T (powers of 1024). -v logs every eviction and restore; every "
+        "session that made a memory object ends with a summary line.")
     mem.add_argument("--device-memory", type=parse_size, metavar="SIZE",
                      help="the device memory live memory objects may occupy (default: what "
                           "the device reports; more than that is cut to it)")

@@ -57,8 +57,10 @@ def _run(exe: str, capacity: int, ratio: float, workload: str, env: dict[str, st
 
 
 def run_oversub(build_dir: str, capacity: int, ratios: tuple[float, ...] = RATIOS,
-                progress: Any = None) -> Figures:
-    """Every workload at every ratio, natively and through the device."""
+                progress: Any = None, repeat: int = 3) -> Figures:
+    """Every workload at every ratio, natively and through the device, each ``repeat``
+    times: the fastest run counts (the machine is shared; the others are noise), with
+    the bytes its own session moved."""
     from .bench import loopback_server
 
     results: Figures = {"capacity": capacity, "runs": []}
@@ -79,10 +81,14 @@ def run_oversub(build_dir: str, capacity: int, ratios: tuple[float, ...] = RATIO
                 for ratio in ratios:
                     if progress:
                         progress(f"{workload} at {ratio:g}x the device memory")
-                    theirs = _run(exe, capacity, ratio, workload, dict(os.environ))
-                    before = len(_summaries(log_path))
-                    ours = _run(exe, capacity, ratio, workload, device_env)
-                    moved = _session_summary(log_path, before)
+                    theirs = min((_run(exe, capacity, ratio, workload, dict(os.environ))
+                                  for _ in range(repeat)), key=lambda f: float(f["seconds"]))
+                    tries = []
+                    for _ in range(repeat):
+                        before = len(_summaries(log_path))
+                        ours = _run(exe, capacity, ratio, workload, device_env)
+                        tries.append((ours, _session_summary(log_path, before)))
+                    ours, moved = min(tries, key=lambda t: float(t[0]["seconds"]))
                     results["runs"].append(dict(workload=workload, ratio=ratio, native=theirs,
                                                 device=ours, memory=moved))
     return results
@@ -104,7 +110,8 @@ def report_oversub(results: Figures) -> str:
     capacity = results["capacity"]
     lines = [f"oversubscription benchmark: {capacity >> 20} MiB of device memory "
              "(--device-memory), buffers of 1/8 of it; throughput is the bytes the kernels "
-             "go over per second"]
+             "go over per second (the fastest of the runs); evicted and restored are the "
+             "run's whole session (making the buffers and checking them included)"]
     moved_bytes = sum(r["memory"]["bytes_out"] + r["memory"]["bytes_in"] for r in results["runs"])
     moved_s = sum(r["memory"]["seconds_out"] + r["memory"]["seconds_in"] for r in results["runs"])
     copy_bw = moved_bytes / moved_s if moved_s else 0.0

@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ratios", default=",".join(f"{r:g}" for r in RATIOS),
                         metavar="R,R,...", help="oversub: working set / device memory, the "
                         "first the baseline (default %(default)s)")
+    parser.add_argument("--repeat", type=int, default=3, metavar="N",
+                        help="oversub: runs of each case, the fastest counting (default 3)")
     parser.add_argument("--plot", metavar="FILE.png",
                         help="oversub: also draw throughput against the ratio (matplotlib)")
     args = parser.parse_args(argv)
@@ -210,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             ratios = tuple(float(r) for r in args.ratios.split(","))
         except ValueError:
             parser.error(f"--ratios {args.ratios!r}: numbers separated by commas")
-        figures = run_oversub(build_dir, args.capacity, ratios,
+        figures = run_oversub(build_dir, args.capacity, ratios, repeat=max(args.repeat, 1),
                               progress=lambda what: print(f"  running {what}", file=sys.stderr,
                                                           flush=True))
         print(json.dumps(figures, indent=2) if args.json else report_oversub(figures))

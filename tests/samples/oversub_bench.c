@@ -3,7 +3,8 @@
  *   oversub_bench CAPACITY_BYTES RATIO sweep|hotcold
  *
  * Buffers of CAPACITY/8 bytes, RATIO x CAPACITY of them in all (the working set).
- *   sweep:   every buffer is hot: 8 passes, a kernel over each buffer in turn.
+ *   sweep:   every buffer is hot: passes of a kernel over each buffer in turn, 256
+ *            launches in all (at least 8 passes).
  *   hotcold: two buffers (a quarter of the capacity) are hot, the rest cold: 128
  *            steps, each running the kernel 4 times over each hot buffer, and every
  *            32nd step once over the next cold buffer (one cold access in 257).
@@ -80,7 +81,8 @@ int main(int argc, char **argv)
     launches = 0;
     double start = now();
     if (!hotcold) {
-        for (int pass = 0; pass < 8; pass++)
+        int passes = count < 32 ? 256 / count : 8;
+        for (int pass = 0; pass < passes; pass++)
             for (int b = 0; b < count; b++)
                 RUN(b);
     } else {
