@@ -262,14 +262,14 @@ class DeviceMemory:
         if mem is None:
             return entry.ptr
         root = mem.root
+        if not mem.resident and (fn.retains or fn.releases):
+            call.skip_real = True           # only the guest's count changes (see restore)
+            return entry.ptr
         if not root.resident:
-            if fn.retains or fn.releases:
-                call.skip_real = True       # only the guest's count changes (see restore)
-                return entry.ptr
             self._restore(root)
-            if not root.resident:
-                raise CallError(CL_MEM_OBJECT_ALLOCATION_FAILURE,
-                                f"{fn.name}: memory object {handle:#x} could not be made again")
+        if not mem.resident:            # (a sub-buffer too: its parent came back without it)
+            raise CallError(CL_MEM_OBJECT_ALLOCATION_FAILURE,
+                            f"{fn.name}: memory object {handle:#x} could not be made again")
         root.in_call += 1
         call.mems.append(root)
         if fn.name.startswith("clEnqueue"):

@@ -3,8 +3,9 @@ them: every spec function, with arguments of the right kinds but values drawn fr
 what breaks implementations (NULL and foreign handles, zero and huge counts,
 truncated strings, forged kernel arguments).  Run by test_opencl_backend in a child
 process, so that a crash of the host's OpenCL shows as a failure, not a dead test
-run:  python tests/backend_fuzz.py SEED CALLS  (prints "done" at the end, and "EXC"
-for any exception other than a refused encoding)."""
+run:  python tests/backend_fuzz.py SEED CALLS [DEVICE_MEMORY]  (prints "done" at the end,
+and "EXC" for any exception other than a refused encoding; with DEVICE_MEMORY bytes of
+device memory, memory objects are evicted and restored under the hostile calls)."""
 
 import os
 import random
@@ -21,7 +22,8 @@ from protocols import opencl_api as api
 
 seed = int(sys.argv[1]); N = int(sys.argv[2])
 rng = random.Random(seed)
-b = OpenClBackend(); g = Guest(b, owner=1)
+b = OpenClBackend(device_memory=int(sys.argv[3])) if len(sys.argv) > 3 else OpenClBackend()
+g = Guest(b, owner=1)
 ctx, dev = g.context()
 q = next(ids); g.call("clCreateCommandQueue", q, context=ctx, device=dev)
 buf = next(ids); g.call("clCreateBuffer", buf, context=ctx, flags=1, size=4096)
@@ -32,6 +34,21 @@ plat = g.platform()
 handles = {"cl_context": ctx, "cl_device_id": dev, "cl_command_queue": q, "cl_mem": buf,
            "cl_program": prog, "cl_kernel": kern, "cl_platform_id": plat}
 dma = FakeDma(1 << 22)
+mems = [buf]          # with little device memory: several, which evict one another
+
+
+def new_buffer():
+    m = next(ids)
+    if g.call("clCreateBuffer", m, context=ctx, flags=1 | (1 << 5), size=2048,
+              host_ptr=bytes(rng.getrandbits(8) for _ in range(2048)))[0] == 0:
+        mems.append(m)
+if len(sys.argv) > 3:
+    for _ in range(5):
+        new_buffer()
+    sub = next(ids)
+    if g.call("clCreateSubBuffer", sub, buffer=mems[1], flags=1, buffer_create_type=0x1220,
+              buffer_create_info_size=16, buffer_create_info=bytes(8) + (1024).to_bytes(8, "little"))[0] == 0:
+        mems.append(sub)
 small = [0, 1, 2, 3, 4, 7, 8, 16, 64, 100, 4096, 1 << 31, 1 << 32, 1 << 62, api.NULL_LEN]
 def val(): return rng.choice(small) if rng.random() < 0.8 else rng.getrandbits(64)
 def rand_args(fn):
@@ -42,6 +59,8 @@ def rand_args(fn):
             w = api.SCALAR_TYPES[k.ctype][0]
             x = val()
             v[a.name] = x & ((1 << (8*w)) - 1) if rng.random() < 0.9 else x
+        elif isinstance(k, api.Handle) and k.obj == "cl_mem":
+            v[a.name] = rng.choice([0, rng.choice(mems), 12345, rng.choice(mems)])
         elif isinstance(k, api.Handle):
             v[a.name] = rng.choice([0, handles.get(k.obj, 0), 12345, handles.get(k.obj, 0)])
         elif isinstance(k, api.Handles):
@@ -65,7 +84,7 @@ def rand_args(fn):
         elif isinstance(k, (api.EventOut,)):
             v[a.name] = rng.choice([0, next(ids), ctx])
         elif isinstance(k, api.KernelArg):
-            v[a.name] = rng.choice([(api.KARG_BYTES, b"\1\0\0\0"), (api.KARG_MEM, buf), (api.KARG_LOCAL, 16), (api.KARG_MEM, 777), (api.KARG_BYTES, b"12345678")])
+            v[a.name] = rng.choice([(api.KARG_BYTES, b"\1\0\0\0"), (api.KARG_MEM, rng.choice(mems)), (api.KARG_LOCAL, 16), (api.KARG_MEM, 777), (api.KARG_BYTES, b"12345678")])
         elif isinstance(k, (api.HostData, api.HostRect, api.HostImage)):
             v[a.name] = None if rng.random() < 0.2 else (api.HOSTDATA_RANGE, rng.choice([0, 8192]), rng.choice([0, 4, 64, 4096, 1 << 20]))
         elif isinstance(k, api.Callback):
@@ -83,6 +102,8 @@ skip = {"clReleaseContext", "clReleaseCommandQueue", "clReleaseMemObject", "clRe
 fns = [f for f in api.FUNCTIONS if f.name not in skip]
 seen = set()
 for i in range(N):
+    if len(sys.argv) > 3 and i % 100 == 99 and len(mems) < 40:
+        new_buffer()
     fn = rng.choice(fns)
     vals = rand_args(fn)
     try:
@@ -100,4 +121,5 @@ for i in range(N):
         if key not in seen:
             seen.add(key)
             print("EXC", fn.name, repr(exc)[:200], payload.hex()[:200], flush=True)
+print("memory", b.memory.stats.line())
 print("done", seed, len(seen))

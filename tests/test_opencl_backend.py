@@ -521,20 +521,26 @@ def test_random_payloads_get_an_answer_or_a_wire_error(backend):
     assert not failures, "\n".join(sorted(set(failures))[:10])
 
 
-@pytest.mark.parametrize("seed", [101, 102])
-def test_structured_hostile_calls_never_crash_the_host(seed):
+@pytest.mark.parametrize("seed,device_memory", [(101, None), (102, None), (103, 6144)])
+def test_structured_hostile_calls_never_crash_the_host(seed, device_memory):
     """Thousands of well-formed calls with hostile values (tests/backend_fuzz.py) in a
     child process: it must finish, and no call may raise anything but a refused
     encoding.  Found: PoCL dereferences a NULL kernel (clEnqueueTask) and NULL
     devices in lists, aborts the process on clEnqueueWaitForEvents and on mipmapped
-    image descriptors, and reads forged bytes as a buffer pointer."""
+    image descriptors, and reads forged bytes as a buffer pointer.  Seed 103 runs
+    with 6 KiB of device memory, so its objects are evicted and made again meanwhile."""
     import subprocess
     import sys
     here = os.path.dirname(os.path.abspath(__file__))
+    extra = [str(device_memory)] if device_memory else []
     res = subprocess.run([sys.executable, os.path.join(here, "backend_fuzz.py"), str(seed),
-                          "4000"], capture_output=True, text=True, timeout=600)
+                          "4000", *extra], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, f"the host process died ({res.returncode}): {res.stderr[-2000:]}"
     assert f"done {seed} 0" in res.stdout, res.stdout[-3000:]
+    if device_memory:
+        import re
+        moved = re.search(r"evictions=(\d+) restores=(\d+)", res.stdout)
+        assert moved and int(moved.group(1)) > 0 and int(moved.group(2)) > 0, res.stdout[-500:]
 
 
 @pytest.mark.parametrize("raw,ctype,value", [
