@@ -17,6 +17,27 @@ ffi = FFI()
 ffi.cdef(api.C_TYPEDEFS + "\n".join(api.c_declaration(fn) for fn in api.FUNCTIONS))
 
 _lib = None
+CL_DEVICE_TYPE_ALL = 0xFFFFFFFF
+
+
+def platforms_and_devices() -> list[tuple[object, list]]:
+    """Every platform with its devices, in enumeration order (empty if none)."""
+    cl = lib()
+    count = ffi.new("cl_uint *")
+    if cl.clGetPlatformIDs(0, ffi.NULL, count) != 0 or not count[0]:
+        return []
+    platforms = ffi.new("cl_platform_id[]", count[0])
+    if cl.clGetPlatformIDs(count[0], platforms, ffi.NULL) != 0:
+        return []
+    found = []
+    for platform in platforms:
+        devices: list = []
+        if cl.clGetDeviceIDs(platform, CL_DEVICE_TYPE_ALL, 0, ffi.NULL, count) == 0 and count[0]:
+            cells = ffi.new("cl_device_id[]", count[0])
+            if cl.clGetDeviceIDs(platform, CL_DEVICE_TYPE_ALL, count[0], cells, ffi.NULL) == 0:
+                devices = list(cells)
+        found.append((platform, devices))
+    return found
 
 
 def lib():

@@ -34,7 +34,7 @@ from ._args import (
     Call,
     CallError,
 )
-from ._cl import ffi, lib
+from ._cl import ffi, lib, platforms_and_devices
 from ._handles import HOST_ID_BASE, HandleTable, _address
 from ._includes import IncludeStore
 from ._kernel_args import (
@@ -60,7 +60,6 @@ DEAD_OWNER_EVENT_STATUS = -5        # CL_OUT_OF_RESOURCES
 #: How long releasing a dead owner's objects waits for its calls still running.
 RELEASE_DEADLINE_S = 10.0
 CL_MEM_OBJECT_ALLOCATION_FAILURE = -4
-CL_DEVICE_TYPE_ALL = 0xFFFFFFFF
 #: Non-blocking transfers of guest memory in flight at once; past it they block.
 MAX_TRANSFERS = 4096
 
@@ -112,22 +111,10 @@ class OpenClBackend:
         """Give the platforms and devices their ids now, in enumeration order, so that
         every executor of a VM hands out the same ids: a guest process that survived a
         device reset can create new contexts with the ids it already has."""
-        cl = lib()
-        count = ffi.new("cl_uint *")
-        if cl.clGetPlatformIDs(0, ffi.NULL, count) != CL_SUCCESS or not count[0]:
-            return
-        platforms = ffi.new("cl_platform_id[]", count[0])
-        if cl.clGetPlatformIDs(count[0], platforms, ffi.NULL) != CL_SUCCESS:
-            return
-        for platform in platforms:
+        for platform, devices in platforms_and_devices():
             self.handles.id_for_shared("cl_platform_id", platform, _address(platform))
-            if cl.clGetDeviceIDs(platform, CL_DEVICE_TYPE_ALL, 0, ffi.NULL, count) != CL_SUCCESS:
-                continue
-            devices = ffi.new("cl_device_id[]", count[0])
-            if cl.clGetDeviceIDs(platform, CL_DEVICE_TYPE_ALL, count[0], devices,
-                                 ffi.NULL) == CL_SUCCESS:
-                for device in devices:
-                    self.handles.id_for_shared("cl_device_id", device, _address(device))
+            for device in devices:
+                self.handles.id_for_shared("cl_device_id", device, _address(device))
 
     # -- Backend protocol --------------------------------------------------------------
 

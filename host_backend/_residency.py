@@ -49,7 +49,7 @@ from typing import Any
 from protocols import opencl_api as api
 
 from ._args import CallError
-from ._cl import ffi, lib
+from ._cl import ffi, lib, platforms_and_devices
 
 log = logging.getLogger("host_backend.memory")
 
@@ -429,10 +429,16 @@ class DeviceMemory:
         mem.busy = left
         return not left
 
-    def _evictable(self, mem: Mem, keep: Mem | None) -> bool:
+    @staticmethod
+    def _movable(mem: Mem, keep: Mem | None) -> bool:
+        """Whether an object may leave at all (a resident root no call holds)."""
         return (mem.parent is None and mem.resident and not mem.pinned and mem is not keep
                 and mem.create is not None and mem.size > 0
-                and not any(m.in_call for m in mem.family()) and self._settle(mem)
+                and not any(m.in_call for m in mem.family()))
+
+    def _evictable(self, mem: Mem, keep: Mem | None) -> bool:
+        """Whether it may leave now: no command in flight uses it, and it fits the store."""
+        return (self._movable(mem, keep) and self._settle(mem)
                 and self.stored_bytes + mem.size <= self.store_limit)
 
     def _make_room(self, nbytes: int, keep: Mem | None = None) -> None:
@@ -462,9 +468,7 @@ class DeviceMemory:
         capacity is exceeded until they end).  One that does not end in time is not
         waited for again until it gets another command."""
         busy = [m for m in self.mems.values()
-                if m.parent is None and m.resident and not m.pinned and m is not keep
-                and m.create is not None and m.size > 0 and m.busy and not m.held_back
-                and not any(f.in_call for f in m.family())]
+                if m.busy and not m.held_back and self._movable(m, keep)]
         busy.sort(key=self._victim_order, reverse=True)
         deadline = time.monotonic() + WAIT_S
         for mem in busy:
@@ -763,19 +767,7 @@ def _flush(events: list) -> None:
 
 
 def _all_devices() -> list:
-    cl = lib()
-    count = ffi.new("cl_uint *")
-    if cl.clGetPlatformIDs(0, ffi.NULL, count) != CL_SUCCESS or not count[0]:
-        return []
-    platforms = ffi.new("cl_platform_id[]", count[0])
-    cl.clGetPlatformIDs(count[0], platforms, ffi.NULL)
-    devices: list = []
-    for platform in platforms:
-        if cl.clGetDeviceIDs(platform, 0xFFFFFFFF, 0, ffi.NULL, count) == CL_SUCCESS and count[0]:
-            found = ffi.new("cl_device_id[]", count[0])
-            if cl.clGetDeviceIDs(platform, 0xFFFFFFFF, count[0], found, ffi.NULL) == CL_SUCCESS:
-                devices += list(found)
-    return devices
+    return [device for _, devices in platforms_and_devices() for device in devices]
 
 
 def _addr(ptr) -> int:

@@ -2,12 +2,14 @@
 (loopback transport): clinfo, a C sample, pyopencl's own examples, each compared
 with or checked like the native run."""
 
+import contextlib
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -17,28 +19,35 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(ROOT, "tests", "samples")
 
 
-@pytest.fixture(scope="module")
-def cl_server(tmp_path_factory):
-    import tempfile
+@contextlib.contextmanager
+def device_server(*options):
+    """An OpenCL device server with extra options; yields (socket path, log path)."""
     d = tempfile.mkdtemp(prefix="ava-e2e-", dir="/tmp")
-    path = os.path.join(d, "cl.sock")
-    proc = subprocess.Popen([sys.executable, "-m", "vdev", "serve", "--socket", path,
-                             "--backend", "opencl", "-q"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    path, log = os.path.join(d, "s.sock"), os.path.join(d, "server.log")
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "vdev", "serve", "--socket", path,
+                                 "--backend", "opencl", *options], cwd=ROOT, stderr=out)
     try:
         deadline = time.monotonic() + 10
         while not os.path.exists(path):
-            assert proc.poll() is None, proc.stderr.read()
+            assert proc.poll() is None, open(log).read()
             assert time.monotonic() < deadline
             time.sleep(0.02)
-        yield path
+        yield path, log
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.communicate(timeout=15)
+            proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.communicate()
+            proc.wait()
         shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cl_server():
+    with device_server("-q") as (path, _):
+        yield path
 
 
 def through_device(shim, socket, argv, timeout=300, cwd=None):

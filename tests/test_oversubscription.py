@@ -2,66 +2,19 @@
 programs whose memory objects far exceed the server's --device-memory give the
 native results, and the server's session summary shows that objects moved."""
 
-import contextlib
 import os
 import re
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 
 import pytest
-from test_opencl_e2e import native, through_device
+from test_opencl_e2e import device_server, native, through_device
+
+from vdev._oversub_bench import session_summaries as summaries
+from vdev._oversub_bench import session_summary as next_summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(ROOT, "tests", "samples")
-SUMMARY = re.compile(r"device memory summary: (.*)$", re.M)
-
-
-@contextlib.contextmanager
-def device_server(*options):
-    """A server with extra options; yields (socket path, log path)."""
-    d = tempfile.mkdtemp(prefix="ava-oversub-", dir="/tmp")
-    path, log = os.path.join(d, "s.sock"), os.path.join(d, "server.log")
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "vdev", "serve", "--socket", path,
-                                 "--backend", "opencl", *options], cwd=ROOT, stderr=out)
-    try:
-        deadline = time.monotonic() + 10
-        while not os.path.exists(path):
-            assert proc.poll() is None, open(log).read()
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        yield path, log
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        for name in os.listdir(d):
-            os.unlink(os.path.join(d, name))
-        os.rmdir(d)
-
-
-def summaries(log):
-    """Every session summary in the log so far, as {name: number}."""
-    with open(log) as f:
-        return [{k: float(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
-                for m in SUMMARY.finditer(f.read())]
-
-
-def next_summary(log, before):
-    """The summary of the session that just ended (logged as it closes)."""
-    deadline = time.monotonic() + 15
-    while True:
-        found = summaries(log)
-        if len(found) > before:
-            return found[before]
-        assert time.monotonic() < deadline, "no session summary in the server's log"
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

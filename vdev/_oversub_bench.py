@@ -29,17 +29,19 @@ SUMMARY = re.compile(r"device memory summary: (.*)$", re.M)
 Figures = dict[str, Any]
 
 
-def _summaries(log_path: str) -> list[dict[str, float]]:
+def session_summaries(log_path: str) -> list[dict[str, float]]:
+    """Every device-memory session summary in a server's log so far, as {name: number}."""
     with open(log_path) as f:
         return [{k: float(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
                 for m in SUMMARY.finditer(f.read())]
 
 
-def _session_summary(log_path: str, before: int) -> dict[str, float]:
-    """The summary the server logs when the run's session ends (just after it)."""
+def session_summary(log_path: str, before: int) -> dict[str, float]:
+    """The summary the server logs when the run's session ends (just after it): the
+    one after the first ``before``."""
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        found = _summaries(log_path)
+        found = session_summaries(log_path)
         if len(found) > before:
             return found[before]
         time.sleep(0.05)
@@ -85,9 +87,9 @@ def run_oversub(build_dir: str, capacity: int, ratios: tuple[float, ...] = RATIO
                                   for _ in range(repeat)), key=lambda f: float(f["seconds"]))
                     tries = []
                     for _ in range(repeat):
-                        before = len(_summaries(log_path))
+                        before = len(session_summaries(log_path))
                         ours = _run(exe, capacity, ratio, workload, device_env)
-                        tries.append((ours, _session_summary(log_path, before)))
+                        tries.append((ours, session_summary(log_path, before)))
                     ours, moved = min(tries, key=lambda t: float(t[0]["seconds"]))
                     results["runs"].append(dict(workload=workload, ratio=ratio, native=theirs,
                                                 device=ours, memory=moved))
