@@ -65,6 +65,7 @@ class Call:
         "deferred",
         "errcode",
         "events",
+        "forced_profiling",
         "held",
         "index",
         "kernel_mem",
@@ -98,6 +99,7 @@ class Call:
         self.kernel_mem: int | None = None   # the memory object a kernel argument names
         self.own_event: Any = None     # an event cell the host added to follow a command
         self.skip_real = False         # only the guest's reference count changes
+        self.forced_profiling: Any = None   # a queue made profiled for the scheduler
 
 T = TypeVar("T")
 

@@ -36,6 +36,7 @@ class HandleTable:
         self._entries: dict[int, Entry] = {}
         self._by_ptr: dict[tuple[str, int], int] = {}     # (type, real address) -> id
         self._next_host_id = itertools.count(HOST_ID_BASE + 1)
+        self._shared = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -61,7 +62,19 @@ class HandleTable:
             handle = next(self._next_host_id)
             self._by_ptr[key] = handle
             self._entries[handle] = Entry(obj_type, ptr, None)
+            self._shared += 1
         return handle
+
+    def alias_shared(self, handle: int, obj_type: str, ptr) -> None:
+        """An enumerated id now stands for ``ptr`` (a compute partition's sub-device),
+        which also reads back as that id; the original object still does too."""
+        self._entries[handle].ptr = ptr
+        self._by_ptr[(obj_type, _address(ptr))] = handle
+
+    @property
+    def created(self) -> int:
+        """Live objects the guest created (enumerated platforms and devices aside)."""
+        return len(self._entries) - self._shared
 
     def id_for_existing(self, obj_type: str, address: int) -> int | None:
         """The id of a known object by its real address (for info results)."""
@@ -77,7 +90,7 @@ class HandleTable:
             return f"id {handle:#x} is outside the guest range"
         if handle in self._entries:
             return f"id {handle:#x} is already in use"
-        if len(self._entries) >= self.max_objects:
+        if self.created >= self.max_objects:
             return f"object limit {self.max_objects} reached"
         return None
 

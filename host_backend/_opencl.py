@@ -44,6 +44,7 @@ from ._kernel_args import (
     strip_added_option,
 )
 from ._residency import DeviceMemory
+from ._tenancy import DEVICE_COMMANDS, Tenancy, call_class
 from ._watch import KernelWatch
 from ._wire import Decoder, Encoder, WireError
 
@@ -60,6 +61,7 @@ DEAD_OWNER_EVENT_STATUS = -5        # CL_OUT_OF_RESOURCES
 #: How long releasing a dead owner's objects waits for its calls still running.
 RELEASE_DEADLINE_S = 10.0
 CL_MEM_OBJECT_ALLOCATION_FAILURE = -4
+CL_INVALID_BUFFER_SIZE = -61
 #: Non-blocking transfers of guest memory in flight at once; past it they block.
 MAX_TRANSFERS = 4096
 
@@ -75,16 +77,25 @@ class OpenClBackend:
 
     def __init__(self, *, max_objects: int = 65536, max_bytes: int = 8 << 30,
                  device_memory: int | None = None, guest_memory: int | None = None,
-                 host_store: int = 16 << 30, swap_dir: str | None = None):
+                 host_store: int = 16 << 30, swap_dir: str | None = None,
+                 compute_units: int | None = None, platform: int = 0, device: int = 0):
         self.blocking_opcodes = frozenset(fn.opcode for fn in api.FUNCTIONS if fn.blocking)
+        #: Under a manager: the commands admitted in turn, and each call's latency class.
+        self.device_opcodes = frozenset(fn.opcode for fn in api.FUNCTIONS
+                                        if fn.name in DEVICE_COMMANDS)
+        self.call_classes = {fn.opcode: int(call_class(fn)) for fn in api.FUNCTIONS}
+        #: The VM's scheduler (a manager's TenantScheduler), set by the executor.
+        self.meter = None
+        self.tenancy = Tenancy(self, compute_units=compute_units, platform=platform,
+                               device=device)
+        self._default_limits = (max_objects, max_bytes)
         self.handles = HandleTable(max_objects=max_objects, max_bytes=max_bytes)
         #: Device memory and what does not fit it (see _residency).
         self.memory = DeviceMemory(self, capacity=device_memory, guest_size=guest_memory,
                                    store=host_store, swap_dir=swap_dir)
         self._info_filters = dict(caps.FILTERED)
-        extra = self.memory.info_filters()
-        if extra:
-            self._info_filters["clGetDeviceInfo"] = {**caps.FILTERED["clGetDeviceInfo"], **extra}
+        self._info_filters["clGetDeviceInfo"] = {**caps.FILTERED["clGetDeviceInfo"],
+                                                 **self.memory.info_filters()}
         self._lock = threading.Lock()
         self._calls_done = threading.Condition(self._lock)
         self._running: dict[int, int] = {}      # owner -> calls in progress
@@ -115,6 +126,17 @@ class OpenClBackend:
             self.handles.id_for_shared("cl_platform_id", platform, _address(platform))
             for device in devices:
                 self.handles.id_for_shared("cl_device_id", device, _address(device))
+        self.tenancy.prepare()
+
+    def set_quotas(self, *, memory: int | None, objects: int | None) -> None:
+        """A manager's quotas for this VM (at start, and whenever they change): live
+        memory-object bytes, which the device also reports as its memory, and live
+        objects.  None: the session's default limit."""
+        with self._lock:
+            default_objects, default_bytes = self._default_limits
+            self.handles.max_objects = objects or default_objects
+            self.handles.max_bytes = memory or default_bytes
+            self.memory.quota = memory
 
     # -- Backend protocol --------------------------------------------------------------
 
@@ -244,6 +266,12 @@ class OpenClBackend:
                     cargs[call.deferred] = 1      # nothing to follow it by: it blocks
                     call.deferred = None
                 self._memory_before(fn, cargs, call)
+                if self.meter is not None:
+                    self.tenancy.before(fn, cargs, call)
+                    if fn.name in DEVICE_COMMANDS:
+                        at = call.index.get("event")
+                        if at is not None and cargs[at] == ffi.NULL:
+                            call.own_event = cargs[at] = ffi.new("cl_event *")
             filters = self._info_filters.get(fn.name)
             info_filter = filters.get(cargs[1]) if filters else None
             if call.skip_real:
@@ -260,6 +288,8 @@ class OpenClBackend:
                 result = getattr(lib(), fn.name)(*cargs)
             if fn.name in self._AS_NATIVE:
                 result = self._AS_NATIVE[fn.name](self, result, cargs, call)
+            if self.meter is not None and fn.name == "clGetCommandQueueInfo":
+                result = self.tenancy.queue_info(int(result), cargs)
             with self._lock:
                 status = self._account(fn, result, cargs, new_id, owner, call)
                 if call.mems and status == CL_SUCCESS:
@@ -267,6 +297,10 @@ class OpenClBackend:
                 enc.set_status(status)
                 for post in posts:
                     post(status, enc)
+            if self.meter is not None and fn.name in DEVICE_COMMANDS and status == CL_SUCCESS:
+                size_at = call.index.get("size")
+                self.tenancy.issued(self._command_event(call, cargs), self.meter,
+                                    int(cargs[size_at]) if size_at is not None else 0)
             if call.deferred is not None and status == CL_SUCCESS:
                 self._hold_transfer(call)
             if call.watch is not None and status == CL_SUCCESS and call.watch[0] != ffi.NULL \
@@ -369,6 +403,8 @@ class OpenClBackend:
             return None
         new_id = dec.u64()
         why = self.handles.check_new(new_id)
+        if why and "limit" in why:
+            self._refused("objects", fn.name)
         if why:
             raise CallError(CL_OUT_OF_RESOURCES if "limit" in why else CL_INVALID_VALUE,
                             f"new {fn.creates}: {why}")
@@ -389,17 +425,21 @@ class OpenClBackend:
                 # (calls on other queues create objects too): the implementation's own
                 # answers (a size over CL_DEVICE_MAX_MEM_ALLOC_SIZE, a bad flag) come
                 # first, as natively, and an image's size is known only now.
+                if fn.creates == "cl_mem" and self.memory.over_max_alloc(fn.name, nbytes):
+                    lib().clReleaseMemObject(result)
+                    self._refused("memory", fn.name, nbytes)
+                    return CL_INVALID_BUFFER_SIZE
                 if self.handles.over_cap(nbytes):
                     lib().clReleaseMemObject(result)
-                    log.info("%s refused: %d bytes over the session's memory limit (%d in "
-                             "use of %d)", fn.name, nbytes, self.handles.bytes_used,
-                             self.handles.max_bytes)
+                    self._refused("memory", fn.name, nbytes)
                     return CL_MEM_OBJECT_ALLOCATION_FAILURE
                 if fn.creates == "cl_mem" and not self.memory.fits_store(nbytes):
                     lib().clReleaseMemObject(result)
                     self.memory.refuse(fn.name, nbytes)
                     return CL_MEM_OBJECT_ALLOCATION_FAILURE
                 self.handles.add(new_id, fn.creates, result, owner, nbytes)
+                if fn.creates == "cl_command_queue":
+                    self.tenancy.created_queue(result, call)
                 if fn.creates == "cl_mem":
                     self.memory.created(fn.name, new_id, result, cargs, call, nbytes)
                 elif fn.name == "clCloneKernel" and call.target is not None:
@@ -428,6 +468,28 @@ class OpenClBackend:
             self.memory.kernel_gone(handle)
         elif entry.obj_type == "cl_context":
             self.memory.context_gone(entry.ptr)
+        elif entry.obj_type == "cl_command_queue":
+            self.tenancy.queue_gone(entry.ptr)
+
+    def _refused(self, which: str, fn_name: str, nbytes: int = 0) -> None:
+        """A quota said no: the log says which, and by how much."""
+        handles = self.handles
+        if which == "memory":
+            limit = self.memory.quota or handles.max_bytes
+            what = "memory quota" if self.memory.quota else "session memory limit"
+            if nbytes > self.memory.max_alloc():
+                log.warning("%s refused by the %s: %d bytes asked, over the largest "
+                            "allocation (%d) by %d bytes", fn_name, what, nbytes,
+                            self.memory.max_alloc(), nbytes - self.memory.max_alloc())
+            else:
+                log.warning("%s refused by the %s: %d bytes asked, %d of %d in use: %d bytes "
+                            "over", fn_name, what, nbytes, handles.bytes_used, limit,
+                            handles.bytes_used + nbytes - limit)
+        else:
+            log.warning("%s refused by the object quota: %d live objects of %d", fn_name,
+                        handles.created, handles.max_objects)
+        if self.meter is not None:
+            self.meter.refused(which)
 
     def _memory_before(self, fn: api.Function, cargs, call: Call) -> None:
         """Under the lock, before the real call: room for a new memory object, the

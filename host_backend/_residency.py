@@ -147,6 +147,10 @@ class DeviceMemory:
         self.capacity = 0                   # set from the devices at first need
         self._configured = False
         self.guest_size = guest_size
+        #: A manager's memory quota for the VM (None: none).
+        self.quota: int | None = None
+        self.reported = 0                   # the device's own global memory size
+        self.native_max_alloc = 1 << 62     # and its largest allocation
         self.store_limit = store
         self.swap_dir = swap_dir
         self.spill = spill
@@ -174,6 +178,11 @@ class DeviceMemory:
             if lib().clGetDeviceInfo(device, CL_DEVICE_GLOBAL_MEM_SIZE, 8, cell,
                                      ffi.NULL) == CL_SUCCESS:
                 reported = max(reported, int(cell[0]))
+            if lib().clGetDeviceInfo(device, CL_DEVICE_MAX_MEM_ALLOC_SIZE, 8, cell,
+                                     ffi.NULL) == CL_SUCCESS:
+                self.native_max_alloc = int(cell[0]) if self.native_max_alloc == 1 << 62 \
+                    else max(self.native_max_alloc, int(cell[0]))
+        self.reported = reported
         self.capacity = min(self.asked_capacity or reported, reported or self.asked_capacity
                             or (1 << 62))
         log.debug("device memory: capacity %d bytes (the device reports %d), host store %d "
@@ -182,19 +191,40 @@ class DeviceMemory:
 
     def info_filters(self) -> dict[int, Any]:
         """clGetDeviceInfo answers the guest sees differently: the memory size it is
-        promised (which may exceed the capacity), and the largest allocation within it."""
-        if self.guest_size is None:
-            return {}
-        size = self.guest_size
+        promised (which may exceed the capacity), cut to a manager's quota (never more
+        than the device has), and the largest allocation within it.  Read at each
+        query: a quota may change while the session runs."""
 
         def global_mem(raw: bytes) -> bytes:
-            return size.to_bytes(8, "little") if len(raw) == 8 else raw
+            if len(raw) != 8:
+                return raw
+            return self.promised(int.from_bytes(raw, "little")).to_bytes(8, "little")
 
         def max_alloc(raw: bytes) -> bytes:
             if len(raw) != 8:
                 return raw
-            return min(int.from_bytes(raw, "little"), size).to_bytes(8, "little")
+            native = int.from_bytes(raw, "little")
+            return min(native, self.promised(native)).to_bytes(8, "little")
         return {CL_DEVICE_GLOBAL_MEM_SIZE: global_mem, CL_DEVICE_MAX_MEM_ALLOC_SIZE: max_alloc}
+
+    def promised(self, reported: int) -> int:
+        """The memory the guest is told of, for a device that reports ``reported``."""
+        size = self.guest_size if self.guest_size is not None else reported
+        if self.quota is not None:
+            size = min(size, self.quota, reported)
+        return size
+
+    def max_alloc(self) -> int:
+        """The largest buffer the guest is told it may make (the device's, or less)."""
+        self._configure()
+        return min(self.native_max_alloc, self.promised(self.reported))
+
+    def over_max_alloc(self, fn_name: str, nbytes: int) -> bool:
+        """A buffer the implementation made that a device of the promised size would
+        have refused (CL_INVALID_BUFFER_SIZE): past a quota's largest allocation."""
+        return (fn_name in ("clCreateBuffer", "clCreateBufferWithProperties")
+                and (self.guest_size is not None or self.quota is not None)
+                and nbytes > self.max_alloc())
 
     # -- creation --------------------------------------------------------------------------
 

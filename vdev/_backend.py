@@ -155,3 +155,12 @@ class WithDiagnostics:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.primary, name)      # e.g. the OpenCL backend's handle table
+
+    @property
+    def meter(self) -> Any:
+        """A manager's scheduler for the VM: the real backend charges its commands."""
+        return getattr(self.primary, "meter", None)
+
+    @meter.setter
+    def meter(self, value: Any) -> None:
+        self.primary.meter = value

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import logging
 import os
 import signal
@@ -10,6 +12,7 @@ import sys
 
 import trio
 
+from . import _sizes as sizes
 from ._backends import BACKENDS
 from ._executor import ExecutorLimits
 from ._sandbox import SandboxConfig, SandboxError
@@ -92,25 +95,74 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep evicted contents of 1 MiB and more in unlinked files in this "
                           "directory instead of memory; it must be writable by the executor's "
                           "user (it is bound into the sandbox read-write)")
+    tenant = serve.add_argument_group(
+        "under a manager", "Set by `python -m vdev manager` for each VM it serves; a bare "
+        "`serve` leaves them out.")
+    tenant.add_argument("--vm-name", metavar="NAME",
+                        help="the VM's name, in every log line")
+    tenant.add_argument("--tenant-table", metavar="PATH",
+                        help="the manager's tenant table: this VM's weight, latency class and "
+                             "quotas, read by its executors at every decision")
+    tenant.add_argument("--tenant-slot", type=int, default=0, metavar="N",
+                        help="this VM's slot in the tenant table (default 0)")
+    tenant.add_argument("--compute-units", type=int, metavar="N",
+                        help="run the VM's contexts on a sub-device of N compute units "
+                             "(clCreateSubDevices by counts) of --opencl-device")
+    tenant.add_argument("--opencl-device", default="0:0", metavar="P:D",
+                        help="the device --compute-units partitions: platform and device "
+                             "index (default 0:0)")
+
+    manager = sub.add_parser(
+        "manager", help="serve the device to many VMs, one server each, with shares and quotas",
+        description="Start one device server per VM of the configuration (TOML), each on "
+                    "its VM's socket, supervise them (a server that dies is logged and "
+                    "restarted; the others keep serving), and enforce each VM's weight, "
+                    "latency class and quotas.  SIGHUP reloads the file; SIGTERM stops "
+                    "every server and removes the sockets.  See the README's 'Sharing the "
+                    "device among VMs' for the file's keys.")
+    manager.add_argument("--config", required=True, metavar="FILE.toml")
+    manager.add_argument("--check", action="store_true",
+                         help="only check the configuration (against the device too) and exit")
+    for p in (manager,):
+        p.add_argument("-v", "--verbose", action="count", default=0,
+                       help="-v: also the servers' every vfio-user message; -vv: more")
+        p.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
+
+    ctl = sub.add_parser(
+        "ctl", help="change a running manager's weights and quotas, or reload its file",
+        description="Talk to a running manager over its control socket.  `set VM key=value "
+                    "...` changes weight, class, memory (a size, or 0 for none), objects, "
+                    "inflight and rate (0: none) at once, without restarting anything "
+                    "(until the next reload, which reads the file again); `reload` re-reads "
+                    "the file, as SIGHUP does.")
+    stats = sub.add_parser(
+        "stats", help="per-VM statistics of a running manager",
+        description="Calls, device commands and time, bytes moved, live objects and bytes, "
+                    "quota refusals and latency, per VM.  The same figures are served in "
+                    "the Prometheus text format on the manager's metrics socket.")
+    for p in (ctl, stats):
+        where = p.add_mutually_exclusive_group()
+        where.add_argument("--config", metavar="FILE.toml",
+                           help="the manager's configuration (its control socket is found "
+                                "there)")
+        where.add_argument("--control", metavar="PATH",
+                           help="the manager's control socket (default "
+                                "/run/ava-vdev/control.sock)")
+    ctl.add_argument("action", choices=("set", "reload"))
+    ctl.add_argument("vm", nargs="?", help="with set: the VM")
+    ctl.add_argument("values", nargs="*", metavar="KEY=VALUE")
+    stats.add_argument("--json", action="store_true", help="the raw figures, as JSON")
+    stats.add_argument("--prometheus", action="store_true",
+                       help="the Prometheus text format, as the metrics socket serves it")
     return parser
 
 
-SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
 def parse_size(text: str) -> int:
-    """``64M``, ``1.5G``, ``4096``: bytes (argparse shows the error with the option)."""
-    raw = text.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = raw[-1:] if raw[-1:] in SIZE_SUFFIXES else ""
+    """A size option's bytes (argparse shows the error with the option)."""
     try:
-        value = float(raw[:len(raw) - len(unit)])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (bytes, or with K, M, G "
-                                          "or T)") from None
-    size = int(value * SIZE_SUFFIXES[unit])
-    if size <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: a size must be more than 0")
-    return size
+        return sizes.parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def memory_options(args: argparse.Namespace) -> dict[str, object]:
@@ -125,10 +177,11 @@ def memory_options(args: argparse.Namespace) -> dict[str, object]:
     return options
 
 
-def configure_logging(verbose: int, quiet: bool) -> None:
+def configure_logging(verbose: int, quiet: bool, vm: str | None = None) -> None:
     level = logging.WARNING if quiet else logging.DEBUG if verbose >= 2 else logging.INFO
+    where = f" vm={vm}" if vm else ""
     logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+                        format=f"%(asctime)s{where} %(name)s %(levelname)s: %(message)s")
     if verbose >= 1:
         logging.getLogger("vdev.msg").setLevel(logging.DEBUG)
         logging.getLogger("host_backend.memory").setLevel(logging.DEBUG)
@@ -136,6 +189,13 @@ def configure_logging(verbose: int, quiet: bool) -> None:
 
 async def _serve(args: argparse.Namespace) -> None:
     options = memory_options(args) if args.backend == "opencl" else {}
+    if args.compute_units and args.backend == "opencl":
+        platform, _, device = args.opencl_device.partition(":")
+        options.update(compute_units=args.compute_units, platform=int(platform),
+                       device=int(device or 0))
+    tenant = None
+    if args.tenant_table:
+        tenant = (os.open(args.tenant_table, os.O_RDWR | os.O_CLOEXEC), args.tenant_slot)
     binds = list(args.executor_bind)
     if "swap_dir" in options:
         binds.append(str(options["swap_dir"]))
@@ -144,7 +204,7 @@ async def _serve(args: argparse.Namespace) -> None:
                             extra_binds=binds)
     server = Server(args.socket, backend=args.backend, stall_timeout=args.stall_timeout,
                     sandbox=sandbox, limits=ExecutorLimits(command_s=args.command_timeout),
-                    backend_options=options)
+                    backend_options=options, tenant=tenant)
     server.bind()       # fail early, outside any nursery, with a plain error
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -159,12 +219,55 @@ async def _serve(args: argparse.Namespace) -> None:
             nursery.start_soon(stop_on_signal)
 
 
+def _client(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``vdev ctl`` and ``vdev stats``: requests to a running manager."""
+    from . import _metrics
+    from ._manager import ManagerError, request
+    from ._manager_config import ConfigError, load_config
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        control = args.control or (load_config(args.config).control if args.config
+                                   else "/run/ava-vdev/control.sock")
+        if args.command == "stats":
+            vms = request(control, {"op": "stats"})["vms"]
+            out = json.dumps(vms, indent=1) + "\n" if args.json else \
+                _metrics.render(vms) if args.prometheus else _metrics.table(vms)
+            sys.stdout.write(out)
+            return 0
+        if args.action == "reload":
+            print(request(control, {"op": "reload"}, timeout=120)["changes"])
+            return 0
+        if not args.vm or not args.values:
+            parser.error("ctl set needs a VM and KEY=VALUE pairs, e.g. `ctl set alpha weight=3`")
+        values = {}
+        for pair in args.values:
+            key, eq, value = pair.partition("=")
+            if not eq:
+                parser.error(f"{pair!r} is not KEY=VALUE")
+            values[key.strip()] = value
+        request(control, {"op": "set", "vm": args.vm, "values": values})
+        print(f"{args.vm}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+        return 0
+    except (ManagerError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "serve" and args.swap_dir and not os.path.isdir(args.swap_dir):
         parser.error(f"--swap-dir {args.swap_dir}: no such directory")
-    configure_logging(args.verbose, args.quiet)
+    if args.command in ("ctl", "stats"):
+        return _client(parser, args)
+    configure_logging(args.verbose, args.quiet, getattr(args, "vm_name", None))
+    if args.command == "manager":
+        from ._manager import check_only, run_manager
+        if args.check:
+            return check_only(args.config)
+        return trio.run(functools.partial(run_manager, args.config, verbose=args.verbose,
+                                          quiet=args.quiet))
     if args.command == "serve":
         try:
             trio.run(_serve, args)

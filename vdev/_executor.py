@@ -82,6 +82,9 @@ class ExecutorConfig:
     backend_options: dict[str, Any] = field(default_factory=dict)
     #: Loggers the executor logs at DEBUG (the server's -v).
     debug_loggers: tuple[str, ...] = ()
+    #: Under a manager: the tenant table's fd (inherited) and this VM's slot in it.
+    tenant_fd: int | None = None
+    tenant_slot: int = 0
 
 
 class ExecutorGone(Exception):
@@ -143,7 +146,13 @@ class ExecutorProcess:
         status_fd = os.memfd_create("ava-executor-status", os.MFD_CLOEXEC)
         os.ftruncate(status_fd, xp.STATUS_SIZE)
         self.status = mmap.mmap(status_fd, xp.STATUS_SIZE, mmap.MAP_SHARED)
-        child_fds = (ctl_child.fileno(), evt_child.fileno(), self.doorbell, status_fd)
+        child_fds: tuple[int, ...] = (ctl_child.fileno(), evt_child.fileno(), self.doorbell,
+                                      status_fd)
+        tenant_args: list[str] = []
+        if config.tenant_fd is not None:
+            child_fds += (config.tenant_fd,)
+            tenant_args = ["--tenant-fd", str(config.tenant_fd),
+                           "--tenant-slot", str(config.tenant_slot)]
         argv = [sys.executable, "-m", "vdev._executor_child", "--control", str(child_fds[0]),
                 "--events", str(child_fds[1]), "--doorbell", str(child_fds[2]),
                 "--status", str(child_fds[3]), "--backend", config.backend, "--name", name,
@@ -151,7 +160,7 @@ class ExecutorProcess:
                 "--backend-options", json.dumps(config.backend_options),
                 *(f"--debug-logger={name}" for name in config.debug_loggers),
                 "--lost-owners", ",".join(str(o) for o in sorted(lost_owners)),
-                *config.sandbox.as_args()]
+                *tenant_args, *config.sandbox.as_args()]
         try:
             self.proc = subprocess.Popen(argv, pass_fds=child_fds, stdin=subprocess.DEVNULL,
                                          cwd="/", env=executor_environment())

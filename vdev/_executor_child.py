@@ -35,6 +35,7 @@ from protocols.executor import ControlOp, EventOp
 
 from ._backend import Backend
 from ._sandbox import SandboxConfig, SandboxError, enter, probe
+from ._tenants import TenantScheduler
 
 log = logging.getLogger("vdev.executor")
 
@@ -79,7 +80,7 @@ class Executor:
     """Serves one VM's rings until the parent closes the control socket."""
 
     def __init__(self, backend: Backend, control: socket.socket, events: socket.socket,
-                 doorbell: int, status: StatusPage):
+                 doorbell: int, status: StatusPage, tenant: TenantScheduler | None = None):
         from ._dma import DmaMap
         from ._rings import RingEngine
 
@@ -95,8 +96,30 @@ class Executor:
                              for q in range(abi.NUM_QUEUES)]
         self.kernels = backend.enable_kernel_watch() if hasattr(backend, "enable_kernel_watch") \
             else None
+        self.tenant = tenant
+        self._tenant_generation = -1
+        if tenant is not None:
+            backend.meter = tenant
+            self._apply_settings()
         self.engine = RingEngine(self.dma, backend, raise_irq=self._irq,
-                                 fail_queue=self._queue_failed, monitor=status)
+                                 fail_queue=self._queue_failed, monitor=status,
+                                 admission=tenant)
+
+    def _apply_settings(self) -> None:
+        """The VM's quotas from the tenant table, when the manager changed them."""
+        assert self.tenant is not None
+        generation = self.tenant.me["generation"]
+        if generation == self._tenant_generation:
+            return
+        self._tenant_generation = generation
+        settings = self.tenant.settings
+        if hasattr(self.backend, "set_quotas"):
+            self.backend.set_quotas(memory=settings.memory_quota or None,
+                                    objects=settings.objects_quota or None)
+        log.info("tenant %s: weight %d, %s, quotas: memory %s, objects %s, in flight %s, "
+                 "rate %s/s", settings.name, settings.weight, settings.latency_class.name.lower(),
+                 settings.memory_quota or "-", settings.objects_quota or "-",
+                 settings.inflight_quota or "-", settings.rate_quota or "-")
 
     # -- to the parent --------------------------------------------------------------
 
@@ -144,6 +167,21 @@ class Executor:
                 except Exception:
                     log.exception("sampling kernel run times failed")
             self.status.put("teardown_since", getattr(backend, "teardown_since", 0))
+            if self.tenant is not None:
+                self._tenant_tick()
+
+    def _tenant_tick(self) -> None:
+        assert self.tenant is not None
+        try:
+            self._apply_settings()
+            running = False
+            if self.kernels is not None:
+                running = bool(self.kernels.sample(time.monotonic_ns())[0])
+            handles = getattr(self.backend, "handles", None)
+            self.tenant.tick(running, len(handles) if handles is not None else 0,
+                             handles.bytes_used if handles is not None else 0)
+        except Exception:
+            log.exception("tenant table update failed")
 
     def run(self) -> None:
         for target, name in ((self.engine.run, "poller"), (self._doorbells, "doorbell"),
@@ -233,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend-options", default="{}",
                         help="the backend's keyword arguments, as JSON")
     parser.add_argument("--debug-logger", action="append", default=[])
+    parser.add_argument("--tenant-fd", type=int, default=-1,
+                        help="the manager's tenant table (inherited fd)")
+    parser.add_argument("--tenant-slot", type=int, default=0)
     parser.add_argument("--sandbox", default="auto", choices=("auto", "required", "off"))
     parser.add_argument("--sandbox-user", default="nobody")
     parser.add_argument("--sandbox-root", default="")
@@ -266,6 +307,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if mode == "full":          # the host's kernel cache is out of view: a private one
         os.environ["POCL_CACHE_DIR"] = "/tmp/pocl-cache"
+    tenant = None
+    if args.tenant_fd >= 0:
+        from ._tenants import TenantTable
+        tenant = TenantScheduler(TenantTable(args.tenant_fd), args.tenant_slot)
+        tenant.lower_priority_if_batch()    # before any thread exists: they all inherit it
     from ._backends import make_backend
 
     backend = make_backend(args.backend, json.loads(args.backend_options))
@@ -278,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
              f", contexts of guest processes {sorted(lost)} lost" if lost else "")
     executor = Executor(backend, socket.socket(fileno=args.control),
                         socket.socket(fileno=args.events), args.doorbell,
-                        StatusPage(args.status))
+                        StatusPage(args.status), tenant)
     executor.run()
     if hasattr(backend, "summary"):
         backend.summary()           # the session's figures (device memory), in its log

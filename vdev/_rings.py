@@ -23,6 +23,7 @@ from typing import Protocol
 
 from protocols import device_abi as abi
 from protocols.device_abi import CmdFlags, RingStatus
+from protocols.tenants import CallClass
 
 from ._backend import Backend, CommandContext
 from ._dma import DmaError, DmaMap
@@ -85,6 +86,7 @@ class Ring:
         self.u32[_STATUS_W] = value
 
 
+_OTHER = int(CallClass.OTHER)
 _SG_FLAGS = int(CmdFlags.PAYLOAD_SG | CmdFlags.REPLY_SG)
 #: Scatter lists longer than this are walked on a worker thread, not the poller: a
 #: 1M-entry list takes seconds to translate, and the poller serves every queue.
@@ -159,6 +161,20 @@ class CommandMonitor(Protocol):
     def finished(self) -> None: ...
 
 
+class Admission(Protocol):
+    """A tenant's scheduler under a manager (``_tenants.TenantScheduler``): told of
+    every command before it runs, so it may slow it (the command rate) or hold a
+    device command for the VM's turn, and of its latency after."""
+
+    def admit_call(self) -> None: ...
+
+    def admit_device(self) -> None: ...
+
+    def settle(self) -> None: ...
+
+    def record(self, klass: int, latency_ns: int) -> None: ...
+
+
 class RingEngine:
     """Serves the rings of one session (implements the QueueTable listener).
 
@@ -167,7 +183,7 @@ class RingEngine:
 
     def __init__(self, dma: DmaMap, backend: Backend, *,
                  raise_irq: Callable[[int], None], fail_queue: Callable[[int, int], None],
-                 monitor: CommandMonitor | None = None,
+                 monitor: CommandMonitor | None = None, admission: Admission | None = None,
                  spin_s: float = 50e-6, idle_timeout: float = 2e-3, max_sleep: float = 200e-6):
         self.dma = dma
         self.backend = backend
@@ -177,6 +193,11 @@ class RingEngine:
         self._raise_irq = raise_irq
         self._fail_queue = fail_queue
         self._monitor = monitor
+        self._admission = admission
+        #: What the backend says of each opcode: which are device commands (admitted
+        #: in turn) and each one's latency class (statistics).
+        self._device_opcodes: frozenset[int] = getattr(backend, "device_opcodes", frozenset())
+        self._call_classes: dict[int, int] = getattr(backend, "call_classes", {})
         self._rings: dict[int, Ring] = {}
         self._active: tuple[Ring, ...] = ()
         self._lock = threading.RLock()
@@ -335,7 +356,10 @@ class RingEngine:
                 monitor.started(ring.queue, opcode, False)
             self._workers.submit(self._run_blocking, ring, index, ring.generation, flags)
             return False
-        if monitor is not None:
+        admission = self._admission
+        if admission is not None:
+            status, result_len = self._admitted(ctx, admission, monitor, ring.queue)
+        elif monitor is not None:
             monitor.started(ring.queue, opcode, True)
             status, result_len = self._execute(ctx)
             monitor.finished()
@@ -343,6 +367,28 @@ class RingEngine:
             status, result_len = self._execute(ctx)
         self._complete(ring, index, status, result_len, flags)
         return True
+
+    def _admitted(self, ctx: CommandContext, admission: Admission,
+                  monitor: CommandMonitor | None, queue: int | None) -> tuple[int, int]:
+        """Run a command under a manager: admitted first (a wait for the VM's turn is not
+        the command's own time, so the monitor starts after it), its latency recorded.
+        ``queue`` None: on a worker thread, which started the monitor itself."""
+        started = time.monotonic_ns()
+        admission.admit_call()
+        device = ctx.opcode in self._device_opcodes
+        if device:
+            admission.admit_device()
+        if monitor is not None and queue is not None:
+            monitor.started(queue, ctx.opcode, True)
+        try:
+            result = self._execute(ctx)
+        finally:
+            if monitor is not None and queue is not None:
+                monitor.finished()
+            if device:
+                admission.settle()
+        admission.record(self._call_classes.get(ctx.opcode, _OTHER), time.monotonic_ns() - started)
+        return result
 
     def _execute(self, ctx: CommandContext) -> tuple[int, int]:
         try:
@@ -356,7 +402,10 @@ class RingEngine:
             return -errno.EIO, 0
 
     def _run_blocking(self, ring: Ring, index: int, generation: int, flags: int) -> None:
-        status, result_len = self._execute(ring.ctx)
+        if self._admission is not None:
+            status, result_len = self._admitted(ring.ctx, self._admission, None, None)
+        else:
+            status, result_len = self._execute(ring.ctx)
         with self._lock:
             if ring.generation == generation:
                 self._complete(ring, index, status, result_len, flags)

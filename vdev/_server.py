@@ -63,11 +63,14 @@ class Server:
     def __init__(self, path: str, device: AcceleratorDevice | None = None, *,
                  backend: str = "test", stall_timeout: float = 5.0, in_process: bool = False,
                  sandbox: SandboxConfig | None = None, limits: ExecutorLimits | None = None,
-                 backend_options: dict[str, Any] | None = None):
+                 backend_options: dict[str, Any] | None = None,
+                 tenant: tuple[int, int] | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
         self.backend_name = backend
         self.backend_options = dict(backend_options or {})
+        #: Under a manager: (the tenant table's fd, this VM's slot), handed to executors.
+        self.tenant = tenant
         self.in_process = in_process
         self.sandbox = sandbox or SandboxConfig()
         self.limits = limits or ExecutorLimits()
@@ -88,7 +91,9 @@ class Server:
                       if logging.getLogger(name).isEnabledFor(logging.DEBUG))
         return ExecutorConfig(backend=self.backend_name, sandbox=self.sandbox,
                               limits=self.limits, log_level=logging.getLevelName(level),
-                              backend_options=self.backend_options, debug_loggers=debug)
+                              backend_options=self.backend_options, debug_loggers=debug,
+                              tenant_fd=self.tenant[0] if self.tenant else None,
+                              tenant_slot=self.tenant[1] if self.tenant else 0)
 
     def bind(self) -> None:
         """Create the socket (mode 0600) at ``path``; raises SocketInUse or OSError."""

@@ -1,4 +1,4 @@
-"""``python -m vdev.bench ring|opencl|oversub``: figures beside their native baselines.
+"""``python -m vdev.bench ring|opencl|oversub|tenants``: figures beside their native baselines.
 
 ``ring`` runs the guest runtime's ``ava-bench`` against a real server over the
 loopback transport on this machine, and with ``--vm`` also inside a lab guest
@@ -7,7 +7,9 @@ memcpy for bandwidth.  ``opencl`` runs the OpenCL sample ``tests/samples/clbench
 twice in the same run: natively on the host's OpenCL, and through the device
 (the ICD over the loopback transport), and prints both side by side.  ``oversub``
 runs a workload at working sets from half to four times a server's device memory
-(``vdev._oversub_bench``)."""
+(``vdev._oversub_bench``).  ``tenants`` runs VMs side by side under a manager:
+shares against weights, throughput, interactive latency, the scheduler's cost
+(``vdev._tenants_bench``)."""
 
 from __future__ import annotations
 
@@ -190,11 +192,16 @@ def report(name: str, f: Figures) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vdev.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["ring", "opencl", "oversub"],
+    parser.add_argument("what", choices=["ring", "opencl", "oversub", "tenants"],
                         help="ring: the transport; opencl: OpenCL calls, native vs device; "
-                             "oversub: throughput as the working set outgrows the device memory")
+                             "oversub: throughput as the working set outgrows the device "
+                             "memory; tenants: VMs sharing the device under a manager "
+                             "(shares, throughput, interactive latency, scheduler cost)")
     parser.add_argument("--vm", action="store_true", help="ring: also measure inside a lab guest")
-    parser.add_argument("--quick", action="store_true", help="ring: fewer iterations (smoke test)")
+    parser.add_argument("--quick", action="store_true",
+                        help="ring: fewer iterations; tenants: 2 s workloads (smoke test)")
+    parser.add_argument("--seconds", type=float, default=6.0, metavar="S",
+                        help="tenants: how long each workload runs (default 6)")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
     parser.add_argument("--capacity", type=parse_size, default=32 << 20, metavar="SIZE",
                         help="oversub: the server's --device-memory (default 32M)")
@@ -204,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, metavar="N",
                         help="oversub: runs of each case, the fastest counting (default 3)")
     parser.add_argument("--plot", metavar="FILE.png",
-                        help="oversub: also draw throughput against the ratio (matplotlib)")
+                        help="oversub: draw throughput against the ratio; tenants: shares "
+                             "over time and the latency distributions (matplotlib)")
     args = parser.parse_args(argv)
     build_dir = build_tools()
     if args.what == "oversub":
@@ -218,6 +226,16 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(figures, indent=2) if args.json else report_oversub(figures))
         if args.plot:
             plot_oversub(figures, args.plot)
+            print(f"plot: {args.plot}", file=sys.stderr)
+        return 0
+    if args.what == "tenants":
+        from ._tenants_bench import plot_tenants, report_tenants, run_tenants
+        figures = run_tenants(build_dir, seconds=args.seconds, quick=args.quick,
+                              progress=lambda what: print(f"  running {what}", file=sys.stderr,
+                                                          flush=True))
+        print(json.dumps(figures, indent=2) if args.json else report_tenants(figures))
+        if args.plot:
+            plot_tenants(figures, args.plot)
             print(f"plot: {args.plot}", file=sys.stderr)
         return 0
     if args.what == "opencl":

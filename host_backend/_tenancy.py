@@ -1,0 +1,257 @@
+"""A VM's slice of the device, as the OpenCL backend enforces it under a manager.
+
+- **Compute partition.**  The named device is split with ``clCreateSubDevices``
+  (by counts) and the sub-device stands in for it under the same guest id: the
+  VM's contexts, queues and builds run on its compute units, and every device
+  query answers for it (``CL_DEVICE_MAX_COMPUTE_UNITS`` is the partition).  What
+  would tell the guest it holds a sub-device is asked of the whole device
+  instead (its parent, partition type and reference count), and retaining or
+  releasing it is the no-op it is on a root device, so the guest cannot free it.
+- **Device time.**  Every device command gets an event (a private one when the
+  guest asked none), and its completion callback charges the time between
+  ``CL_PROFILING_COMMAND_START`` and ``END`` to the VM's scheduler.  Every queue
+  is therefore made with ``CL_QUEUE_PROFILING_ENABLE``; where the guest did not
+  ask for it, the queue's properties read as the guest gave them and its events'
+  profiling answers ``CL_PROFILING_INFO_NOT_AVAILABLE``, as they would natively.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from typing import Any
+
+from protocols.tenants import CallClass
+
+from ._args import CL_SUCCESS, CallError
+from ._cl import ffi, lib, platforms_and_devices
+
+log = logging.getLogger("host_backend.tenancy")
+
+CL_DEVICE_PARENT_DEVICE = 0x1042
+CL_DEVICE_PARTITION_TYPE = 0x1046
+CL_DEVICE_REFERENCE_COUNT = 0x1047
+CL_DEVICE_MAX_COMPUTE_UNITS = 0x1002
+CL_DEVICE_PARTITION_BY_COUNTS = 0x1087
+CL_DEVICE_PARTITION_BY_COUNTS_LIST_END = 0
+CL_QUEUE_PROPERTIES = 0x1093
+CL_QUEUE_PROPERTIES_ARRAY = 0x1098
+CL_QUEUE_PROFILING_ENABLE = 1 << 1
+CL_EVENT_COMMAND_QUEUE = 0x11D0
+CL_PROFILING_INFO_NOT_AVAILABLE = -7
+CL_PROFILING_COMMAND_START = 0x1282
+CL_PROFILING_COMMAND_END = 0x1283
+CL_COMPLETE = 0
+CL_INVALID_VALUE = -30
+
+#: Device queries a partition answers as the whole device would.
+AS_ROOT = frozenset({CL_DEVICE_PARENT_DEVICE, CL_DEVICE_PARTITION_TYPE,
+                     CL_DEVICE_REFERENCE_COUNT})
+#: Commands whose device time is charged, and which are admitted in turn.
+DEVICE_COMMANDS = frozenset({
+    "clEnqueueNDRangeKernel", "clEnqueueTask",
+    "clEnqueueReadBuffer", "clEnqueueWriteBuffer", "clEnqueueCopyBuffer", "clEnqueueFillBuffer",
+    "clEnqueueReadBufferRect", "clEnqueueWriteBufferRect", "clEnqueueCopyBufferRect",
+    "clEnqueueReadImage", "clEnqueueWriteImage", "clEnqueueCopyImage", "clEnqueueFillImage",
+    "clEnqueueCopyImageToBuffer", "clEnqueueCopyBufferToImage", "clEnqueueMigrateMemObjects"})
+
+
+def call_class(fn) -> CallClass:
+    """The latency histogram a function's calls land in."""
+    if fn.name.startswith("clGet") and fn.name.endswith("Info"):
+        return CallClass.INFO
+    if fn.blocking and fn.name not in ("clReleaseCommandQueue", "clCreateContextFromType",
+                                       "clCreateProgramWithIL", "clBuildProgram",
+                                       "clCompileProgram", "clLinkProgram"):
+        return CallClass.SYNC
+    if fn.name.startswith("clEnqueue"):
+        return CallClass.ENQUEUE
+    return CallClass.OTHER
+
+
+class _Completions:
+    """The one completion callback every metered command shares (a cffi callback
+    must stay alive while the implementation may call it)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[int, tuple[Any, int, int]] = {}   # key -> meter, estimate, t0
+        self._keys = itertools.count(1)
+        self._cell = ffi.new("cl_ulong[2]")
+        self.callback = ffi.callback("void(cl_event, cl_int, void *)", self._on_complete)
+
+    def watch(self, event, meter, estimate: int) -> bool:
+        key = next(self._keys)
+        with self._lock:
+            self._pending[key] = (meter, estimate, time.monotonic_ns())
+        status = lib().clSetEventCallback(event, CL_COMPLETE, self.callback,
+                                          ffi.cast("void *", key))
+        if status != CL_SUCCESS:
+            with self._lock:
+                self._pending.pop(key, None)
+            return False
+        return True
+
+    def _on_complete(self, event, status, user_data) -> None:
+        key = int(ffi.cast("uintptr_t", user_data))
+        with self._lock:
+            entry = self._pending.pop(key, None)
+            if entry is None:
+                return
+            meter, estimate, t0 = entry
+            cell = self._cell
+            cl = lib()
+            ok = status == CL_COMPLETE and cl.clGetEventProfilingInfo(
+                event, CL_PROFILING_COMMAND_START, 8, cell, ffi.NULL) == CL_SUCCESS and \
+                cl.clGetEventProfilingInfo(event, CL_PROFILING_COMMAND_END, 8, cell + 1,
+                                           ffi.NULL) == CL_SUCCESS
+            device_ns = int(cell[1] - cell[0]) if ok and cell[1] >= cell[0] else \
+                time.monotonic_ns() - t0        # not profiled: the time it was out
+        try:
+            meter.completed(device_ns, estimate)
+        except Exception:
+            log.exception("charging a command's device time failed")
+
+
+_completions: _Completions | None = None
+
+
+class Tenancy:
+    """What the backend does differently for a VM under a manager (module docstring)."""
+
+    def __init__(self, backend, *, compute_units: int | None = None, platform: int = 0,
+                 device: int = 0):
+        self.backend = backend
+        self.compute_units = compute_units
+        self.platform_index = platform
+        self.device_index = device
+        self.root = None            # the partitioned device (its guest id stands for sub)
+        self.sub = None
+        #: queue address -> (the guest's CL_QUEUE_PROPERTIES, its properties array or None)
+        self.forced: dict[int, tuple[int, list[int] | None]] = {}
+
+    # -- the partition ------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Split the named device (after the backend gave the devices their ids)."""
+        if not self.compute_units:
+            return
+        found = platforms_and_devices()
+        try:
+            root = found[self.platform_index][1][self.device_index]
+        except IndexError:
+            raise RuntimeError(f"no OpenCL device {self.device_index} on platform "
+                               f"{self.platform_index} to partition") from None
+        props = ffi.new("cl_device_partition_property[]", [
+            CL_DEVICE_PARTITION_BY_COUNTS, self.compute_units,
+            CL_DEVICE_PARTITION_BY_COUNTS_LIST_END, 0])
+        sub = ffi.new("cl_device_id[1]")
+        count = ffi.new("cl_uint *")
+        status = lib().clCreateSubDevices(root, props, 1, sub, count)
+        if status != CL_SUCCESS or count[0] != 1:
+            raise RuntimeError(f"cannot partition the device into {self.compute_units} "
+                               f"compute units (clCreateSubDevices: {status})")
+        self.root, self.sub = root, sub[0]
+        handles = self.backend.handles
+        guest_id = handles.id_for_existing("cl_device_id", _address(root))
+        handles.alias_shared(guest_id, "cl_device_id", self.sub)
+        log.info("compute partition: %d compute units of the device", self.compute_units)
+
+    # -- before and after a call ----------------------------------------------------------
+
+    def before(self, fn, cargs, call) -> None:
+        """Under the backend's lock, before the real call."""
+        name = fn.name
+        if self.sub is not None:
+            if name in ("clRetainDevice", "clReleaseDevice") and _same(cargs[0], self.sub):
+                call.skip_real = True           # a root device's count does not move
+            elif name == "clGetDeviceInfo" and _same(cargs[0], self.sub) and cargs[1] in AS_ROOT:
+                cargs[0] = self.root
+        if name == "clCreateCommandQueue":
+            call.forced_profiling = (int(cargs[2]), None)
+            cargs[2] = int(cargs[2]) | CL_QUEUE_PROFILING_ENABLE
+        elif name == "clCreateCommandQueueWithProperties":
+            cargs[2], call.forced_profiling = _with_profiling(cargs[2])
+        elif name == "clGetEventProfilingInfo" and cargs[0] != ffi.NULL:
+            queue = ffi.new("cl_command_queue *")
+            if lib().clGetEventInfo(cargs[0], CL_EVENT_COMMAND_QUEUE, ffi.sizeof(queue[0]),
+                                    queue, ffi.NULL) == CL_SUCCESS:
+                guest = self.forced.get(_address(queue[0]))
+                if guest is not None and not guest[0] & CL_QUEUE_PROFILING_ENABLE:
+                    raise CallError(CL_PROFILING_INFO_NOT_AVAILABLE,
+                                    "the guest's queue is not profiled")
+
+    def created_queue(self, queue, call) -> None:
+        forced = getattr(call, "forced_profiling", None)
+        if forced is not None:
+            self.forced[_address(queue)] = forced
+
+    def queue_gone(self, queue) -> None:
+        self.forced.pop(_address(queue), None)
+
+    def queue_info(self, status: int, cargs) -> int:
+        """clGetCommandQueueInfo: the properties as the guest gave them."""
+        queue, param, size, out, size_ret = cargs
+        if status != CL_SUCCESS or param not in (CL_QUEUE_PROPERTIES, CL_QUEUE_PROPERTIES_ARRAY):
+            return status
+        guest = self.forced.get(_address(queue))
+        if guest is None:
+            return status
+        if param == CL_QUEUE_PROPERTIES:
+            if out != ffi.NULL:
+                ffi.cast("cl_command_queue_properties *", out)[0] = guest[0]
+            return status
+        values = guest[1] or []
+        nbytes = 8 * len(values)
+        if out != ffi.NULL:
+            if size < nbytes:
+                return CL_INVALID_VALUE
+            ffi.memmove(out, ffi.new("cl_queue_properties[]", values or [0]), nbytes)
+        if size_ret != ffi.NULL:
+            size_ret[0] = nbytes
+        return status
+
+    # -- device time ---------------------------------------------------------------------
+
+    def issued(self, event, meter, nbytes: int) -> None:
+        """A device command reached the implementation: charge it when it completes."""
+        global _completions
+        if _completions is None:
+            _completions = _Completions()
+        estimate = meter.pending_estimate()
+        meter.issued(nbytes)
+        if event == ffi.NULL or not _completions.watch(event, meter, estimate):
+            meter.completed(0, estimate)
+
+
+def _with_profiling(props):
+    """A queue properties list with profiling on, and what the guest asked."""
+    values: list[int] = []
+    if props != ffi.NULL:
+        i = 0
+        while props[i] != 0:
+            values += [int(props[i]), int(props[i + 1])]
+            i += 2
+    asked = 0
+    for i in range(0, len(values), 2):
+        if values[i] == CL_QUEUE_PROPERTIES:
+            asked = values[i + 1]
+    new = list(values)
+    if any(new[i] == CL_QUEUE_PROPERTIES for i in range(0, len(new), 2)):
+        for i in range(0, len(new), 2):
+            if new[i] == CL_QUEUE_PROPERTIES:
+                new[i + 1] |= CL_QUEUE_PROFILING_ENABLE
+    else:
+        new += [CL_QUEUE_PROPERTIES, CL_QUEUE_PROFILING_ENABLE]
+    guest_array = values + [0] if props != ffi.NULL else None
+    return ffi.new("cl_queue_properties[]", new + [0, 0]), (asked, guest_array)
+
+
+def _address(ptr) -> int:
+    return int(ffi.cast("uintptr_t", ptr))
+
+
+def _same(a, b) -> bool:
+    return a != ffi.NULL and _address(a) == _address(b)

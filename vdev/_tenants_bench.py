@@ -1,0 +1,349 @@
+"""``python -m vdev.bench tenants``: VMs sharing the device under one manager.
+
+Every tenant is a VM's server under a real manager (``vdev manager``), reached over
+the loopback transport; its workload is ``tests/samples/tenant_load.c`` through the
+ICD.  In one run:
+
+1. **Shares.**  Two batch tenants run kernels back to back, at weights 1:1, 1:3 and
+   1:9 (changed at runtime with ``vdev ctl set``).  The bench reads each tenant's
+   device time (event profiling, charged by its executor) from the manager's
+   tenant table every second; the share error is each window's share of device
+   time against the weight's, in percentage points.
+2. **Throughput.**  One tenant saturating the device alone, then both together:
+   their kernel work per second against the one alone's.
+3. **Latency.**  An interactive tenant (a small kernel, then clFinish, again and
+   again) alone, then beside a batch neighbour running long kernels; then both
+   again with compute partitions (half the compute units each).
+4. **The scheduler's cost.**  The interactive workload alone, through the manager
+   and through a bare ``vdev serve``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+Figures = dict[str, Any]
+WEIGHTS = ((1, 1), (1, 3), (1, 9))
+TARGETS = {"share_error_points": 5.0, "throughput_ratio": 0.95, "p99_ratio": 1.5,
+           "scheduler_cost": 0.02}
+
+
+class Bench:
+    def __init__(self, build_dir: str, workdir: str, *, seconds: float, batch_iterations: int,
+                 long_iterations: int, small_iterations: int,
+                 progress: Callable[[str], None] | None = None):
+        self.workdir = workdir
+        self.seconds = seconds
+        self.batch_iterations = batch_iterations
+        self.long_iterations = long_iterations
+        self.small_iterations = small_iterations
+        self.progress = progress or (lambda what: None)
+        self.exe = os.path.join(workdir, "tenant_load")
+        subprocess.run(["gcc", "-O2", "-o", self.exe,
+                        os.path.join(ROOT, "tests", "samples", "tenant_load.c"), "-lOpenCL"],
+                       check=True)
+        self.vendors = os.path.join(workdir, "vendors")
+        os.makedirs(self.vendors, exist_ok=True)
+        with open(os.path.join(self.vendors, "ava.icd"), "w") as f:
+            f.write(os.path.join(build_dir, "libava_icd.so") + "\n")
+
+    # -- processes ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def manager(self, name: str, vms: dict[str, dict[str, Any]]) -> Iterator[str]:
+        """A manager serving ``vms`` ({name: table keys}); yields its state directory."""
+        state = os.path.join(self.workdir, name)
+        os.makedirs(state, exist_ok=True)
+        config = os.path.join(state, "manager.toml")
+        with open(config, "w") as f:
+            f.write(f'[manager]\nstate_dir = "{state}"\n')
+            for vm, keys in vms.items():
+                f.write(f'\n[vm.{vm}]\nsocket = "{vm}.sock"\n')
+                for key, value in keys.items():
+                    f.write(f"{key} = {json.dumps(value)}\n")
+        log = open(os.path.join(state, "manager.log"), "wb")
+        proc = subprocess.Popen([sys.executable, "-m", "vdev", "manager", "--config", config,
+                                 "-q"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            deadline = time.monotonic() + 60
+            sockets = [os.path.join(state, f"{vm}.sock") for vm in vms]
+            while not all(os.path.exists(s) for s in sockets):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"the manager did not start: {_tail(log.name)}")
+                time.sleep(0.05)
+            yield state
+        finally:
+            _stop(proc)
+            log.close()
+
+    @contextlib.contextmanager
+    def bare_server(self) -> Iterator[str]:
+        sock = os.path.join(self.workdir, "bare.sock")
+        log = open(os.path.join(self.workdir, "bare.log"), "wb")
+        proc = subprocess.Popen([sys.executable, "-m", "vdev", "serve", "--socket", sock,
+                                 "--backend", "opencl", "-q"], stdout=log,
+                                stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            deadline = time.monotonic() + 30
+            while not os.path.exists(sock):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"the server did not start: {_tail(log.name)}")
+                time.sleep(0.05)
+            yield sock
+        finally:
+            _stop(proc)
+            log.close()
+
+    def load(self, sock: str, mode: str, iterations: int, seconds: float) -> Figures:
+        env = dict(os.environ, OCL_ICD_VENDORS=self.vendors, AVA_VDEV_SOCKET=sock)
+        res = subprocess.run([self.exe, mode, str(iterations), f"{seconds:g}"], env=env,
+                             capture_output=True, text=True, timeout=seconds + 120)
+        if res.returncode != 0:
+            raise SystemExit(f"tenant_load {mode} failed ({res.returncode}): {res.stderr[-800:]}")
+        figures: Figures = json.loads(res.stdout.strip().splitlines()[-1])
+        return figures
+
+    def together(self, jobs: list[tuple[str, str, int, float]]) -> list[Figures]:
+        """Workloads at once, one thread each (each a process of its own)."""
+        out: list[Figures | BaseException | None] = [None] * len(jobs)
+
+        def run(i: int) -> None:
+            try:
+                out[i] = self.load(*jobs[i])
+            except BaseException as exc:
+                out[i] = exc
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for result in out:
+            if isinstance(result, BaseException):
+                raise result
+        return [r for r in out if isinstance(r, dict)]
+
+    # -- the parts -------------------------------------------------------------------
+
+    def shares(self) -> Figures:
+        from ._manager import request
+        from ._tenants import TenantTable
+
+        results = []
+        with self.manager("shares", {"a": {"class": "batch"}, "b": {"class": "batch"}}) as state:
+            control = os.path.join(state, "control.sock")
+            table = TenantTable.open(os.path.join(state, "tenants"))
+            slots = {s.name: s for s in table.slots_in_use()}
+            for wa, wb in WEIGHTS:
+                self.progress(f"shares at weights {wa}:{wb}")
+                request(control, {"op": "set", "vm": "a", "values": {"weight": wa}})
+                request(control, {"op": "set", "vm": "b", "values": {"weight": wb}})
+                samples: list[tuple[float, int, int]] = []
+                stop = threading.Event()
+                sampler = threading.Thread(target=_sample, args=(slots, samples, stop))
+                sampler.start()
+                runs = self.together([(os.path.join(state, "a.sock"), "batch",
+                                       self.batch_iterations, self.seconds),
+                                      (os.path.join(state, "b.sock"), "batch",
+                                       self.batch_iterations, self.seconds)])
+                stop.set()
+                sampler.join()
+                want = wa / (wa + wb)
+                windows = []
+                for (t0, a0, b0), (t1, a1, b1) in itertools.pairwise(samples):
+                    da, db = a1 - a0, b1 - b0
+                    if da + db > 0.5e9 * (t1 - t0):     # both busy (not start-up or tail)
+                        windows.append(dict(t=t1 - samples[0][0], share_a=da / (da + db),
+                                            device_s=(da + db) / 1e9))
+                errors = [abs(w["share_a"] - want) * 100 for w in windows]
+                results.append(dict(weights=[wa, wb], expected_share_a=want, windows=windows,
+                                    mean_error_points=statistics.fmean(errors) if errors else None,
+                                    worst_error_points=max(errors) if errors else None,
+                                    launches=[r["launches"] for r in runs]))
+        return {"runs": results}
+
+    def throughput(self) -> Figures:
+        with self.manager("throughput", {"a": {}, "b": {}}) as state:
+            a, b = os.path.join(state, "a.sock"), os.path.join(state, "b.sock")
+            self.progress("throughput: one tenant alone")
+            alone = self.load(a, "batch", self.batch_iterations, self.seconds)
+            self.progress("throughput: two tenants together")
+            both = self.together([(a, "batch", self.batch_iterations, self.seconds),
+                                  (b, "batch", self.batch_iterations, self.seconds)])
+        rate_alone = alone["work"] / alone["seconds"]
+        rate_both = sum(r["work"] for r in both) / max(r["seconds"] for r in both)
+        return dict(alone_work_per_s=rate_alone, together_work_per_s=rate_both,
+                    ratio=rate_both / rate_alone)
+
+    def latency(self) -> Figures:
+        out = {}
+        for partitioned in (False, True):
+            extra: dict[str, Any] = {"compute_units": self.half_units} if partitioned else {}
+            vms = {"i": {"class": "interactive", **extra}, "b": {"class": "batch", **extra}}
+            label = "partitioned" if partitioned else "shared"
+            with self.manager(f"latency-{label}", vms) as state:
+                i_sock, b_sock = os.path.join(state, "i.sock"), os.path.join(state, "b.sock")
+                self.progress(f"latency ({label}): interactive alone")
+                alone = self.load(i_sock, "interactive", self.small_iterations, self.seconds)
+                self.progress(f"latency ({label}): interactive beside a batch neighbour")
+                both = self.together([(i_sock, "interactive", self.small_iterations,
+                                       self.seconds),
+                                      (b_sock, "batch", self.long_iterations,
+                                       self.seconds + 1)])
+            out[label] = dict(alone=_percentiles(alone), beside_batch=_percentiles(both[0]),
+                              batch_launches=both[1]["launches"],
+                              batch_kernel_ms=1000 * both[1]["seconds"] /
+                              max(both[1]["launches"], 1))
+        return out
+
+    def cost(self, repeat: int = 3) -> Figures:
+        """Alternating runs through the manager and a bare server; the best of each
+        counts (the machine is shared: the slower runs are its noise)."""
+        managed, bare = [], []
+        with self.manager("cost", {"a": {}}) as state, self.bare_server() as sock:
+            for i in range(repeat):
+                self.progress(f"scheduler cost: through the manager and bare ({i + 1}/{repeat})")
+                managed.append(self.load(os.path.join(state, "a.sock"), "interactive",
+                                         self.small_iterations, self.seconds / 2))
+                bare.append(self.load(sock, "interactive", self.small_iterations,
+                                      self.seconds / 2))
+        rate_m = max(r["launches"] / r["seconds"] for r in managed)
+        rate_b = max(r["launches"] / r["seconds"] for r in bare)
+        return dict(managed_launches_per_s=rate_m, bare_launches_per_s=rate_b,
+                    cost=1 - rate_m / rate_b)
+
+    @property
+    def half_units(self) -> int:
+        """Half the device's compute units (its first device, as the manager's default)."""
+        out = subprocess.run([sys.executable, "-m", "vdev._device_probe"], capture_output=True,
+                             text=True, check=True, cwd=ROOT).stdout
+        return max(int(json.loads(out)[0]["compute_units"]) // 2, 1)
+
+
+def _sample(slots: dict[str, Any], samples: list[tuple[float, int, int]],
+            stop: threading.Event) -> None:
+    """Each tenant's device time so far, every second, until ``stop``."""
+    while not stop.is_set():
+        samples.append((time.monotonic(), slots["a"]["device_ns"], slots["b"]["device_ns"]))
+        stop.wait(1.0)
+
+
+def _percentiles(run: Figures) -> Figures:
+    lat = run["latencies_us"]
+    if not lat:
+        return dict(launches=run["launches"])
+
+    def at(q: float) -> float:
+        return float(lat[min(int(q * len(lat)), len(lat) - 1)])
+    return dict(launches=run["launches"], p50_us=at(0.5), p99_us=at(0.99), p999_us=at(0.999))
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _tail(path: str) -> str:
+    with open(path, errors="replace") as f:
+        return f.read()[-2000:]
+
+
+def run_tenants(build_dir: str, *, seconds: float = 6.0, quick: bool = False,
+                progress: Callable[[str], None] | None = None) -> Figures:
+    with tempfile.TemporaryDirectory(prefix="ava-tenants-", dir="/tmp") as d:
+        bench = Bench(build_dir, d, seconds=2.0 if quick else seconds,
+                      batch_iterations=1500, long_iterations=12000, small_iterations=100,
+                      progress=progress)
+        figures: Figures = {"seconds": bench.seconds}
+        figures["shares"] = bench.shares()
+        figures["throughput"] = bench.throughput()
+        figures["latency"] = bench.latency()
+        figures["cost"] = bench.cost()
+    return figures
+
+
+def report_tenants(f: Figures) -> str:
+    lines = [f"tenants: each workload {f['seconds']:g} s, through a manager over the loopback "
+             "transport"]
+    worst_all = []
+    for run in f["shares"]["runs"]:
+        wa, wb = run["weights"]
+        if run["mean_error_points"] is None:
+            lines.append(f"  share at {wa}:{wb}: no window with both tenants busy")
+            continue
+        worst_all.append(run["worst_error_points"])
+        got = statistics.fmean(w["share_a"] for w in run["windows"])
+        lines.append(f"  share at {wa}:{wb}: tenant a {100 * got:.1f} % of device time (asked "
+                     f"{100 * run['expected_share_a']:.1f} %), per 1 s window error mean "
+                     f"{run['mean_error_points']:.2f} points, worst "
+                     f"{run['worst_error_points']:.2f} ({len(run['windows'])} windows)")
+    t = f["throughput"]
+    lines.append(f"  aggregate throughput: {t['ratio']:.3f} of one tenant alone "
+                 f"({t['together_work_per_s']:.3g} vs {t['alone_work_per_s']:.3g} steps/s)")
+    p99_ratios = {}
+    for label, lat in f["latency"].items():
+        a, b = lat["alone"], lat["beside_batch"]
+        p99_ratios[label] = b["p99_us"] / a["p99_us"]
+        lines.append(f"  interactive ({label}): alone p50/p99/p99.9 {a['p50_us']:.0f}/"
+                     f"{a['p99_us']:.0f}/{a['p999_us']:.0f} us; beside batch kernels of "
+                     f"{lat['batch_kernel_ms']:.1f} ms {b['p50_us']:.0f}/{b['p99_us']:.0f}/"
+                     f"{b['p999_us']:.0f} us: p99 {p99_ratios[label]:.2f}x")
+    c = f["cost"]
+    lines.append(f"  scheduler cost: {100 * c['cost']:.1f} % ({c['managed_launches_per_s']:.0f} "
+                 f"launches/s through the manager, {c['bare_launches_per_s']:.0f} bare)")
+    checks = [
+        (f"share error within ±{TARGETS['share_error_points']:g} points",
+         bool(worst_all) and max(worst_all) <= TARGETS["share_error_points"]),
+        (f"throughput >= {TARGETS['throughput_ratio']:g}", t["ratio"] >= TARGETS["throughput_ratio"]),
+        (f"interactive p99 <= {TARGETS['p99_ratio']:g}x beside batch (shared)",
+         p99_ratios.get("shared", 99) <= TARGETS["p99_ratio"]),
+        (f"scheduler cost <= {100 * TARGETS['scheduler_cost']:g} %",
+         c["cost"] <= TARGETS["scheduler_cost"]),
+    ]
+    lines.append("  targets: " + "; ".join(f"{n}: {'met' if ok else 'NOT met'}"
+                                           for n, ok in checks))
+    return "\n".join(lines)
+
+
+def plot_tenants(f: Figures, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for run in f["shares"]["runs"]:
+        wa, wb = run["weights"]
+        xs = [w["t"] for w in run["windows"]]
+        line, = left.plot(xs, [100 * w["share_a"] for w in run["windows"]], marker="o",
+                          label=f"{wa}:{wb}")
+        left.axhline(100 * run["expected_share_a"], color=line.get_color(), linestyle=":")
+    left.set(xlabel="s", ylabel="tenant a's share of device time (%)",
+             title="shares per 1 s window (dotted: asked)")
+    left.legend(title="weights")
+    for label, lat in f["latency"].items():
+        for which in ("alone", "beside_batch"):
+            p = lat[which]
+            right.plot(["p50", "p99", "p99.9"], [p["p50_us"] / 1000, p["p99_us"] / 1000,
+                                                 p["p999_us"] / 1000], marker="o",
+                       label=f"{label}, {which.replace('_', ' ')}")
+    right.set(ylabel="ms", yscale="log", title="interactive launch + finish latency")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path)
