@@ -326,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
                         socket.socket(fileno=args.events), args.doorbell,
                         StatusPage(args.status), tenant)
     executor.run()
+    if tenant is not None:
+        tenant.tick(False, 0, 0)    # the session's objects are gone with it
     if hasattr(backend, "summary"):
         backend.summary()           # the session's figures (device memory), in its log
     logging.shutdown()

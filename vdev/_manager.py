@@ -343,31 +343,24 @@ class Manager:
         return out
 
     async def _serve_control(self, listener: trio.socket.SocketType) -> None:
-        async with trio.open_nursery() as nursery:
-            while True:
-                conn, _ = await listener.accept()
-                nursery.start_soon(self._control_connection, conn)
+        await _serve_each(listener, self._control_connection, "control")
 
-    async def _control_connection(self, conn: trio.socket.SocketType) -> None:
-        with conn:
-            buf = b""
-            with trio.move_on_after(10):
-                while b"\n" not in buf and len(buf) < 65536:
-                    chunk = await conn.recv(4096)
-                    if not chunk:
-                        break
-                    buf += chunk
-            try:
-                request = json.loads(buf.split(b"\n", 1)[0] or b"{}")
-                reply = await self._control(request if isinstance(request, dict) else {})
-            except (ManagerError, ConfigError) as exc:
-                reply = {"ok": False, "error": str(exc)}
-            except ValueError as exc:
-                reply = {"ok": False, "error": f"malformed request: {exc}"}
-            try:
-                await conn.sendall(json.dumps(reply).encode() + b"\n")
-            except OSError:
-                pass
+    async def _control_connection(self, stream: trio.SocketStream) -> None:
+        buf = b""
+        with trio.move_on_after(10):
+            while b"\n" not in buf and len(buf) < 65536:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    break
+                buf += chunk
+        try:
+            request = json.loads(buf.split(b"\n", 1)[0] or b"{}")
+            reply = await self._control(request if isinstance(request, dict) else {})
+        except (ManagerError, ConfigError) as exc:
+            reply = {"ok": False, "error": str(exc)}
+        except ValueError as exc:
+            reply = {"ok": False, "error": f"malformed request: {exc}"}
+        await stream.send_all(json.dumps(reply).encode() + b"\n")
 
     async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
@@ -381,32 +374,45 @@ class Manager:
         raise ManagerError(f"unknown request {op!r} (stats, set, reload)")
 
     async def _serve_metrics(self, listener: trio.socket.SocketType) -> None:
-        async with trio.open_nursery() as nursery:
-            while True:
-                conn, _ = await listener.accept()
-                nursery.start_soon(self._metrics_connection, conn)
+        await _serve_each(listener, self._metrics_connection, "metrics")
 
-    async def _metrics_connection(self, conn: trio.socket.SocketType) -> None:
-        with conn:
-            with trio.move_on_after(5):
-                request = b""
-                while b"\r\n\r\n" not in request and b"\n\n" not in request \
-                        and len(request) < 8192:
-                    chunk = await conn.recv(4096)
-                    if not chunk:
-                        break
-                    request += chunk
-            line = request.split(b"\n", 1)[0].split()
-            if line[:1] not in ([b"GET"], [b"HEAD"]):
-                body, status = b"only GET\n", "405 Method Not Allowed"
-            else:
-                body, status = _metrics.render(self.snapshot()).encode(), "200 OK"
-            head = (f"HTTP/1.1 {status}\r\nContent-Type: {_metrics.CONTENT_TYPE}\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-            try:
-                await conn.sendall(head + (body if line[:1] != [b"HEAD"] else b""))
-            except OSError:
-                pass
+    async def _metrics_connection(self, stream: trio.SocketStream) -> None:
+        request = b""
+        with trio.move_on_after(5):
+            while b"\r\n\r\n" not in request and b"\n\n" not in request \
+                    and len(request) < 8192:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    break
+                request += chunk
+        method = request.split(b"\n", 1)[0].split()[:1]
+        if method not in ([b"GET"], [b"HEAD"]):
+            body, status = b"only GET\n", "405 Method Not Allowed"
+        else:
+            body, status = _metrics.render(self.snapshot()).encode(), "200 OK"
+        head = (f"HTTP/1.1 {status}\r\nContent-Type: {_metrics.CONTENT_TYPE}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        await stream.send_all(head + (body if method != [b"HEAD"] else b""))
+
+
+async def _serve_each(listener: trio.socket.SocketType, handler: Any, what: str) -> None:
+    """Accept for ever; each connection on its own task, whose failure is logged and
+    ends that connection only: a client can never take the manager down."""
+    async def one(conn: trio.socket.SocketType) -> None:
+        stream = trio.SocketStream(conn)
+        try:
+            await handler(stream)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.debug("%s connection: %s", what, exc)
+        except Exception:
+            log.exception("%s connection failed", what)
+        finally:
+            await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        while True:
+            conn, _ = await listener.accept()
+            nursery.start_soon(one, conn)
 
 
 def _parse_setting(key: str, raw: Any) -> dict[str, Any]:

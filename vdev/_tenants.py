@@ -222,7 +222,7 @@ class TenantScheduler:
         self._rate_at = 0.0            # the command rate's virtual clock (monotonic s)
         self._last_progress = time.monotonic_ns()
         self.kernel_running = False    # the watchdog's last sample
-        for key in tp.SCHED_FIELDS:
+        for key in (*tp.SCHED_FIELDS, "live_objects", "live_bytes"):
             self.me[key] = 0
         self.me["executor_pid"] = os.getpid()
         self._others = [table.slot(i) for i in range(tp.MAX_TENANTS) if i != index]
