@@ -204,7 +204,7 @@ async def _serve(args: argparse.Namespace) -> None:
                             extra_binds=binds)
     server = Server(args.socket, backend=args.backend, stall_timeout=args.stall_timeout,
                     sandbox=sandbox, limits=ExecutorLimits(command_s=args.command_timeout),
-                    backend_options=options, tenant=tenant)
+                    backend_options=options, tenant=tenant, vm_name=args.vm_name or "")
     server.bind()       # fail early, outside any nursery, with a plain error
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:

@@ -85,6 +85,8 @@ class ExecutorConfig:
     #: Under a manager: the tenant table's fd (inherited) and this VM's slot in it.
     tenant_fd: int | None = None
     tenant_slot: int = 0
+    #: The VM's name in the executor's log lines (under a manager).
+    vm_name: str = ""
 
 
 class ExecutorGone(Exception):
@@ -153,6 +155,8 @@ class ExecutorProcess:
             child_fds += (config.tenant_fd,)
             tenant_args = ["--tenant-fd", str(config.tenant_fd),
                            "--tenant-slot", str(config.tenant_slot)]
+        if config.vm_name:
+            tenant_args += ["--vm-name", config.vm_name]
         argv = [sys.executable, "-m", "vdev._executor_child", "--control", str(child_fds[0]),
                 "--events", str(child_fds[1]), "--doorbell", str(child_fds[2]),
                 "--status", str(child_fds[3]), "--backend", config.backend, "--name", name,

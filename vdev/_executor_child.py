@@ -274,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tenant-fd", type=int, default=-1,
                         help="the manager's tenant table (inherited fd)")
     parser.add_argument("--tenant-slot", type=int, default=0)
+    parser.add_argument("--vm-name", default="")
     parser.add_argument("--sandbox", default="auto", choices=("auto", "required", "off"))
     parser.add_argument("--sandbox-user", default="nobody")
     parser.add_argument("--sandbox-root", default="")
@@ -288,8 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    where = f" vm={args.vm_name}" if args.vm_name else ""
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format=f"%(asctime)s %(name)s[{args.name}, pid {os.getpid()}] "
+                        format=f"%(asctime)s{where} %(name)s[{args.name}, pid {os.getpid()}] "
                                "%(levelname)s: %(message)s")
     for name in args.debug_logger:
         logging.getLogger(name).setLevel(logging.DEBUG)

@@ -64,13 +64,14 @@ class Server:
                  backend: str = "test", stall_timeout: float = 5.0, in_process: bool = False,
                  sandbox: SandboxConfig | None = None, limits: ExecutorLimits | None = None,
                  backend_options: dict[str, Any] | None = None,
-                 tenant: tuple[int, int] | None = None):
+                 tenant: tuple[int, int] | None = None, vm_name: str = ""):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
         self.backend_name = backend
         self.backend_options = dict(backend_options or {})
         #: Under a manager: (the tenant table's fd, this VM's slot), handed to executors.
         self.tenant = tenant
+        self.vm_name = vm_name
         self.in_process = in_process
         self.sandbox = sandbox or SandboxConfig()
         self.limits = limits or ExecutorLimits()
@@ -93,7 +94,8 @@ class Server:
                               limits=self.limits, log_level=logging.getLevelName(level),
                               backend_options=self.backend_options, debug_loggers=debug,
                               tenant_fd=self.tenant[0] if self.tenant else None,
-                              tenant_slot=self.tenant[1] if self.tenant else 0)
+                              tenant_slot=self.tenant[1] if self.tenant else 0,
+                              vm_name=self.vm_name)
 
     def bind(self) -> None:
         """Create the socket (mode 0600) at ``path``; raises SocketInUse or OSError."""
