@@ -299,6 +299,13 @@ def main(argv: list[str] | None = None) -> int:
                         memory_bytes=args.memory, max_tasks=args.max_tasks,
                         max_files=args.max_files, tmp_bytes=args.tmp_bytes,
                         extra_binds=args.bind, read_only_paths=args.bind_ro)
+    tenant = None
+    if args.tenant_fd >= 0:
+        from ._tenants import TenantTable
+        tenant = TenantScheduler(TenantTable(args.tenant_fd), args.tenant_slot)
+        # Before the sandbox drops privileges (raising needs them) and before any
+        # thread exists (threads inherit it).
+        tenant.set_cpu_priority()
     try:
         mode = enter(cfg)
     except (SandboxError, OSError) as exc:
@@ -309,11 +316,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if mode == "full":          # the host's kernel cache is out of view: a private one
         os.environ["POCL_CACHE_DIR"] = "/tmp/pocl-cache"
-    tenant = None
-    if args.tenant_fd >= 0:
-        from ._tenants import TenantTable
-        tenant = TenantScheduler(TenantTable(args.tenant_fd), args.tenant_slot)
-        tenant.lower_priority_if_batch()    # before any thread exists: they all inherit it
     from ._backends import make_backend
 
     backend = make_backend(args.backend, json.loads(args.backend_options))

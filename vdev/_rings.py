@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import queue
 import struct
 import threading
@@ -271,7 +270,9 @@ class RingEngine:
                     continue
                 idle_for = time.monotonic() - last_work
                 if idle_for < self.spin_s:
-                    os.sched_yield()
+                    # Spin.  No sched_yield: it hands the core to any runnable thread,
+                    # a batch VM's low-priority kernel included, until the next tick.
+                    continue
                 elif idle_for < self.idle_timeout:
                     backoff = min(max(backoff * 2, 10e-6), self.max_sleep)
                     # A finished blocking command or a doorbell ends the nap early: the

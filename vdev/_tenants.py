@@ -59,9 +59,29 @@ ACTIVE_NS = 30_000_000
 STALL_NS = 100_000_000
 #: The command rate's allowance for bursts.
 RATE_BURST_S = 0.02
+#: The executors' nice values by latency class (see ``set_cpu_priority``).
+BATCH_NICE = 19
+INTERACTIVE_NICE = -5
 #: How long a waiting command sleeps between looks at the table.
 POLL_S = 100e-6
 _EPOCH = tp.HEADER_OFFSETS["epoch"] // 8
+
+
+def _word(name: str, size: int = 8) -> int:
+    """A slot field's index in the slot's 8-byte (or 4-byte) words."""
+    offset = tp.SLOT_OFFSETS[name]
+    assert offset % size == 0
+    return offset // size
+
+
+# The hot path's fields, as word indices (one aligned access each; no lookups).
+_IN_USE, _WEIGHT, _CLASS = _word("in_use", 4), _word("weight", 4), _word("latency_class", 4)
+_INFLIGHT, _RATE = _word("inflight_quota"), _word("rate_quota")
+_VTIME, _DEVICE_NS, _OUTSTANDING = _word("vtime"), _word("device_ns"), _word("outstanding")
+_WAITING, _ACTIVE, _ESTIMATE = _word("waiting"), _word("active_until"), _word("estimate_ns")
+_CALLS, _COMMANDS, _MOVED = _word("calls"), _word("commands"), _word("bytes_moved")
+_SUMS, _BUCKETS = _word("latency_sum_ns"), _word("latency_buckets")
+_INTERACTIVE = int(LatencyClass.INTERACTIVE)
 
 
 @dataclass
@@ -225,35 +245,39 @@ class TenantScheduler:
         for key in (*tp.SCHED_FIELDS, "live_objects", "live_bytes"):
             self.me[key] = 0
         self.me["executor_pid"] = os.getpid()
-        self._others = [table.slot(i) for i in range(tp.MAX_TENANTS) if i != index]
+        self._i, self._q, self._d = self.me._i, self.me._q, self.me._d
+        self._epoch = -1
+        self._peers: list[tuple[memoryview, memoryview, memoryview]] = []
 
     @property
     def settings(self) -> TenantSettings:
         return self.me.settings()
 
-    def lower_priority_if_batch(self) -> None:
-        """A batch VM's executor yields the host's cores to everyone else's.
+    def set_cpu_priority(self) -> None:
+        """The executor's CPU priority follows the VM's latency class.
 
         On a device whose compute units are the host's cores (PoCL), the OS
-        scheduler is the one thing that can preempt a running kernel: with its
-        threads at SCHED_BATCH and nice 19, a batch VM's kernels run in the time
-        interactive VMs leave (about 1.5 % of a core while they want it all).  On
-        a GPU it only touches the executor's own host threads.  It applies to
-        the executor started after a class change (a thread cannot raise its own
-        priority back without privileges)."""
-        if self.me["latency_class"] != LatencyClass.BATCH:
-            return
+        scheduler is the one thing that can preempt a running kernel: a batch VM's
+        executor runs at SCHED_BATCH and nice 19, so its kernels take the time that
+        interactive VMs leave, and an interactive VM's at nice -5 (when the server
+        may raise it), so its wake-ups come first.  On a GPU this touches only the
+        executors' own host threads.  A class changed at runtime applies to the
+        VM's next executor: a thread cannot raise its own priority back without
+        privileges."""
         try:
-            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-            os.setpriority(os.PRIO_PROCESS, 0, 19)
+            if self.me["latency_class"] == LatencyClass.BATCH:
+                os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+                os.setpriority(os.PRIO_PROCESS, 0, BATCH_NICE)
+            elif os.getpriority(os.PRIO_PROCESS, 0) > INTERACTIVE_NICE:
+                os.setpriority(os.PRIO_PROCESS, 0, INTERACTIVE_NICE)
         except OSError as exc:
-            log.warning("cannot lower a batch VM's CPU priority: %s", exc)
+            log.info("the executor's CPU priority stays as it is: %s", exc)
 
     # -- admission (ring threads) --------------------------------------------------------
 
     def admit_call(self) -> None:
         """Every command: the command rate.  Slows the caller, never fails it."""
-        rate = self.me["rate_quota"]
+        rate = self._d[_RATE]
         if rate <= 0:
             return
         now = time.monotonic()
@@ -266,60 +290,72 @@ class TenantScheduler:
 
     def admit_device(self) -> None:
         """A device command: wait for this VM's turn (see the module's docstring)."""
-        me = self.me
+        q, d = self._q, self._d
         started = time.monotonic_ns()
         waited = False
-        interactive = me["latency_class"] == LatencyClass.INTERACTIVE
+        interactive = self._i[_CLASS] == _INTERACTIVE
         while True:
             now = time.monotonic_ns()
             with self._lock:
                 verdict = self._verdict(now, interactive)
                 if verdict is None:
-                    estimate = me["estimate_ns"]
-                    me["outstanding"] += 1
-                    me["vtime"] += estimate / max(me["weight"], 1)
-                    me["active_until"] = now + ACTIVE_NS
+                    estimate = q[_ESTIMATE]
+                    q[_OUTSTANDING] += 1
+                    d[_VTIME] += estimate / max(self._i[_WEIGHT], 1)
+                    q[_ACTIVE] = now + ACTIVE_NS
                     if waited:
-                        me["waiting"] = 0
-                        me["admission_wait_ns"] += now - started
+                        q[_WAITING] = 0
+                        self.me["admission_wait_ns"] += now - started
                     self._local.pending = estimate
                     return
                 if not waited:
                     waited = True
                     if verdict == "inflight":
-                        me["throttled_inflight"] += 1
-                    me["waiting"] = 1
-                    me["active_until"] = now + ACTIVE_NS
+                        self.me["throttled_inflight"] += 1
+                    q[_WAITING] = 1
+                    q[_ACTIVE] = now + ACTIVE_NS
                 if verdict in ("inflight", "bound"):
                     self._lock.wait(0.01)     # a completion of our own ends it early
                     continue
             time.sleep(POLL_S)
 
+    def _peer_words(self) -> list[tuple[memoryview, memoryview, memoryview]]:
+        """The other VMs' slots in use, as word views; looked up again only when the
+        manager changed the table (its epoch)."""
+        epoch = self.table.epoch
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._peers = [(view._i, view._q, view._d) for view in
+                           (self.table.slot(i) for i in range(tp.MAX_TENANTS)
+                            if i != self.index) if view["in_use"]]
+        return self._peers
+
     def _verdict(self, now: int, interactive: bool) -> str | None:
         """None: admit now; else what it waits for (called under the lock)."""
-        me = self.me
-        outstanding = me["outstanding"]
+        q, d = self._q, self._d
+        outstanding = q[_OUTSTANDING]
         stalled = outstanding and now - self._last_progress > STALL_NS and \
             not self.kernel_running
-        quota = me["inflight_quota"]
+        quota = q[_INFLIGHT]
         if quota and outstanding >= quota and not stalled:
             return "inflight"
-        vtime = me["vtime"]
         lowest = None
         interactive_busy = interactive_waiting = False
-        for other in self._others:
-            if not other["in_use"] or other["active_until"] <= now:
+        for pi, pq, pd in self._peer_words():
+            if not pi[_IN_USE] or pq[_ACTIVE] <= now:
                 continue
-            if other["latency_class"] == LatencyClass.INTERACTIVE:
+            if pi[_CLASS] == _INTERACTIVE:
                 interactive_busy = True
-                interactive_waiting = interactive_waiting or bool(other["waiting"])
-            v = other["vtime"]
-            lowest = v if lowest is None or v < lowest else lowest
+                interactive_waiting = interactive_waiting or bool(pq[_WAITING])
+            v = pd[_VTIME]
+            if lowest is None or v < lowest:
+                lowest = v
         if lowest is None:
             return None                 # alone: work-conserving, nothing to wait for
-        if me["active_until"] <= now and vtime < lowest - SLACK_NS:
+        vtime = d[_VTIME]
+        if q[_ACTIVE] <= now and vtime < lowest - SLACK_NS:
             # Back from idle: no credit for the time away.
-            me["vtime"] = vtime = lowest - SLACK_NS
+            d[_VTIME] = vtime = lowest - SLACK_NS
         if not interactive:
             if interactive_waiting:
                 return "interactive"
@@ -332,10 +368,11 @@ class TenantScheduler:
     def issued(self, nbytes: int) -> None:
         """The command reached the implementation (its completion will be charged)."""
         self._local.pending = None
-        me = self.me
-        me["commands"] += 1
-        if nbytes:
-            me["bytes_moved"] += nbytes
+        q = self._q
+        with self._lock:
+            q[_COMMANDS] += 1
+            if nbytes:
+                q[_MOVED] += nbytes
 
     def settle(self) -> None:
         """After a device command ran: one that never reached the implementation
@@ -345,23 +382,23 @@ class TenantScheduler:
             return
         self._local.pending = None
         with self._lock:
-            me = self.me
-            me["outstanding"] = max(me["outstanding"] - 1, 0)
-            me["vtime"] -= estimate / max(me["weight"], 1)
+            q = self._q
+            q[_OUTSTANDING] = max(q[_OUTSTANDING] - 1, 0)
+            self._d[_VTIME] -= estimate / max(self._i[_WEIGHT], 1)
             self._lock.notify_all()
 
     def completed(self, device_ns: int, estimate_ns: int) -> None:
         """A device command finished after ``device_ns`` on the device (charged at
         ``estimate_ns`` when it was admitted)."""
         now = time.monotonic_ns()
+        q = self._q
         with self._lock:
-            me = self.me
-            me["outstanding"] = max(me["outstanding"] - 1, 0)
-            me["device_ns"] += device_ns
-            me["vtime"] += (device_ns - estimate_ns) / max(me["weight"], 1)
+            q[_OUTSTANDING] = max(q[_OUTSTANDING] - 1, 0)
+            q[_DEVICE_NS] += device_ns
+            self._d[_VTIME] += (device_ns - estimate_ns) / max(self._i[_WEIGHT], 1)
             # A running mean over about the last 8 commands.
-            me["estimate_ns"] = (me["estimate_ns"] * 7 + device_ns) // 8
-            me["active_until"] = now + ACTIVE_NS
+            q[_ESTIMATE] = (q[_ESTIMATE] * 7 + device_ns) // 8
+            q[_ACTIVE] = now + ACTIVE_NS
             self._last_progress = now
             self._lock.notify_all()
 
@@ -372,9 +409,11 @@ class TenantScheduler:
     # -- statistics -------------------------------------------------------------------
 
     def record(self, klass: int, latency_ns: int) -> None:
+        q = self._q
         with self._lock:
-            self.me["calls"] += 1
-            self.me.add_latency(klass, latency_ns)
+            q[_CALLS] += 1
+            q[_SUMS + klass] += latency_ns
+            q[_BUCKETS + klass * tp.HISTOGRAM_BUCKETS + tp.bucket_of(latency_ns)] += 1
 
     def tick(self, kernel_running: bool, objects: int, nbytes: int) -> None:
         """The watchdog's beat: a VM whose kernel is running still has work."""
