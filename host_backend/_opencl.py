@@ -128,6 +128,11 @@ class OpenClBackend:
                 self.handles.id_for_shared("cl_device_id", device, _address(device))
         self.tenancy.prepare()
 
+    def reap_device_commands(self) -> int:
+        """Charge the device commands that finished to the VM's scheduler; how many
+        are still out."""
+        return self.tenancy.completions.reap()
+
     def set_quotas(self, *, memory: int | None, objects: int | None) -> None:
         """A manager's quotas for this VM (at start, and whenever they change): live
         memory-object bytes, which the device also reports as its memory, and live

@@ -100,6 +100,7 @@ class Executor:
         self._tenant_generation = -1
         if tenant is not None:
             backend.meter = tenant
+            tenant.reaper = getattr(backend, "reap_device_commands", None)
             self._apply_settings()
         self.engine = RingEngine(self.dma, backend, raise_irq=self._irq,
                                  fail_queue=self._queue_failed, monitor=status,
@@ -303,8 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tenant_fd >= 0:
         from ._tenants import TenantTable
         tenant = TenantScheduler(TenantTable(args.tenant_fd), args.tenant_slot)
-        # Before the sandbox drops privileges (raising needs them) and before any
-        # thread exists (threads inherit it).
+        # Before any thread exists: they all inherit it.
         tenant.set_cpu_priority()
     try:
         mode = enter(cfg)

@@ -270,9 +270,11 @@ class RingEngine:
                     continue
                 idle_for = time.monotonic() - last_work
                 if idle_for < self.spin_s:
-                    # Spin.  No sched_yield: it hands the core to any runnable thread,
-                    # a batch VM's low-priority kernel included, until the next tick.
-                    continue
+                    # Spin, letting other threads have the GIL (a blocking command
+                    # that just returned).  Not sched_yield: that hands the core to
+                    # any runnable thread, a batch VM's low-priority kernel included,
+                    # until the next tick.
+                    time.sleep(0)
                 elif idle_for < self.idle_timeout:
                     backoff = min(max(backoff * 2, 10e-6), self.max_sleep)
                     # A finished blocking command or a doorbell ends the nap early: the

@@ -41,7 +41,7 @@ import mmap
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,9 +59,8 @@ ACTIVE_NS = 30_000_000
 STALL_NS = 100_000_000
 #: The command rate's allowance for bursts.
 RATE_BURST_S = 0.02
-#: The executors' nice values by latency class (see ``set_cpu_priority``).
+#: A batch VM's executor's nice value (see ``set_cpu_priority``).
 BATCH_NICE = 19
-INTERACTIVE_NICE = -5
 #: How long a waiting command sleeps between looks at the table.
 POLL_S = 100e-6
 _EPOCH = tp.HEADER_OFFSETS["epoch"] // 8
@@ -247,6 +246,9 @@ class TenantScheduler:
         self.me["executor_pid"] = os.getpid()
         self._i, self._q, self._d = self.me._i, self.me._q, self.me._d
         self._epoch = -1
+        #: The backend's: charges the device commands that finished (None: each one
+        #: is charged by a call to ``completed`` on its own).
+        self.reaper: Callable[[], int] | None = None
         self._peers: list[tuple[memoryview, memoryview, memoryview]] = []
 
     @property
@@ -259,17 +261,14 @@ class TenantScheduler:
         On a device whose compute units are the host's cores (PoCL), the OS
         scheduler is the one thing that can preempt a running kernel: a batch VM's
         executor runs at SCHED_BATCH and nice 19, so its kernels take the time that
-        interactive VMs leave, and an interactive VM's at nice -5 (when the server
-        may raise it), so its wake-ups come first.  On a GPU this touches only the
-        executors' own host threads.  A class changed at runtime applies to the
-        VM's next executor: a thread cannot raise its own priority back without
-        privileges."""
+        interactive VMs (at the server's own priority) leave.  On a GPU this
+        touches only the executors' own host threads.  A class changed at runtime
+        applies to the VM's next executor: a thread cannot raise its own priority
+        back without privileges."""
         try:
             if self.me["latency_class"] == LatencyClass.BATCH:
                 os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
                 os.setpriority(os.PRIO_PROCESS, 0, BATCH_NICE)
-            elif os.getpriority(os.PRIO_PROCESS, 0) > INTERACTIVE_NICE:
-                os.setpriority(os.PRIO_PROCESS, 0, INTERACTIVE_NICE)
         except OSError as exc:
             log.info("the executor's CPU priority stays as it is: %s", exc)
 
@@ -294,7 +293,10 @@ class TenantScheduler:
         started = time.monotonic_ns()
         waited = False
         interactive = self._i[_CLASS] == _INTERACTIVE
+        reap = self.reaper
         while True:
+            if reap is not None and q[_OUTSTANDING]:
+                reap()                  # charge what finished: it may be our turn now
             now = time.monotonic_ns()
             with self._lock:
                 verdict = self._verdict(now, interactive)
@@ -314,9 +316,6 @@ class TenantScheduler:
                         self.me["throttled_inflight"] += 1
                     q[_WAITING] = 1
                     q[_ACTIVE] = now + ACTIVE_NS
-                if verdict in ("inflight", "bound"):
-                    self._lock.wait(0.01)     # a completion of our own ends it early
-                    continue
             time.sleep(POLL_S)
 
     def _peer_words(self) -> list[tuple[memoryview, memoryview, memoryview]]:
@@ -416,7 +415,10 @@ class TenantScheduler:
             q[_BUCKETS + klass * tp.HISTOGRAM_BUCKETS + tp.bucket_of(latency_ns)] += 1
 
     def tick(self, kernel_running: bool, objects: int, nbytes: int) -> None:
-        """The watchdog's beat: a VM whose kernel is running still has work."""
+        """The watchdog's beat: what finished is charged, and a VM whose kernel is
+        running still has work."""
+        if self.reaper is not None:
+            self.reaper()
         self.kernel_running = kernel_running
         me = self.me
         if kernel_running and me["outstanding"]:
