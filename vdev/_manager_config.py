@@ -105,7 +105,10 @@ class _Lines:
     def of(self, table: str, key: str | None = None) -> int | None:
         if key is not None and (table, key) in self.keys:
             return self.keys[(table, key)]
-        return self.headers.get(table)
+        if table in self.headers:
+            return self.headers[table]
+        nested = [line for name, line in self.headers.items() if name.startswith(table + ".")]
+        return min(nested) if nested and table else None
 
 
 class _Reader:
