@@ -75,6 +75,7 @@ def _add_machine_options(p: argparse.ArgumentParser) -> None:
                    help="debug: boot without the device server")
 
 
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--dir", type=Path, default=None,
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "a command in it: run [OPTIONS] -- CMD [ARGS...]",
                          usage="python -m qemu run [OPTIONS] -- CMD [ARGS...]")
     _add_machine_options(run)
+    run.add_argument("--device-socket", type=Path, default=None, metavar="PATH",
+                     help="attach the device of a server already running on PATH (a VM's "
+                          "socket under `python -m vdev manager`) instead of starting one")
 
     demo = sub.add_parser("demo", parents=[common], help="boot a guest, show the device "
                           "(lspci, a register round trip)")
@@ -145,6 +149,7 @@ def run_command(args: argparse.Namespace, command: Sequence[str],
         machine = LabMachine(
             lab, command, accel=verdict.accel, memory=args.memory, cpus=args.cpus,
             hugepages=args.hugepages, server_args=args.server_arg, device=args.device,
+            device_socket=args.device_socket.absolute() if args.device_socket else None,
             native_pocl=args.native_pocl, keep_logs=args.keep_logs, scratch=args.scratch,
             stdout=stdout)
         try:

@@ -69,6 +69,8 @@ class ByteSink(Protocol):
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 SOCKET_NAME = "vdev.sock"
+#: Where an external server's socket directory (--device-socket) appears in the run.
+EXTERNAL_DIR = "device"
 # Lines in QEMU's log after which the guest never continues (QEMU pauses it).
 QEMU_FATAL_MARKERS = ("KVM internal error", "emulation failure")
 
@@ -191,7 +193,8 @@ class LabMachine:
                  native_pocl: bool = False, keep_logs: bool = False,
                  scratch: Path | None = None, stdout: ByteSink | None = None,
                  stderr: ByteSink | None = None, python: str = sys.executable,
-                 append: str = "", keep_on_failure: bool = True) -> None:
+                 append: str = "", keep_on_failure: bool = True,
+                 device_socket: Path | None = None) -> None:
         if not command:
             raise ValueError("no command to run in the guest")
         self.lab = lab
@@ -210,6 +213,8 @@ class LabMachine:
         self.python = python
         self.append = append
         self.keep_on_failure = keep_on_failure
+        #: A running server's socket (a manager's VM) to attach instead of starting one.
+        self.device_socket = device_socket
 
         self.run_dir: Path | None = None
         self.scratch: Path | None = None
@@ -252,7 +257,9 @@ class LabMachine:
             kernel=f"{RUN_MOUNT}/boot/vmlinuz", initrd=f"{RUN_MOUNT}/boot/initrd.img",
             console_log=f"{RUN_MOUNT}/console.log", root_export=ROOT_VIEW,
             src_export=f"{RUN_MOUNT}/src", scratch_export=f"{RUN_MOUNT}/scratch",
-            device_socket=f"{RUN_MOUNT}/{SOCKET_NAME}" if self.device else None,
+            device_socket=(f"{RUN_MOUNT}/{EXTERNAL_DIR}/{self.device_socket.name}"
+                           if self.device_socket else f"{RUN_MOUNT}/{SOCKET_NAME}")
+            if self.device else None,
             ctl_fd=fds[0], out_fd=fds[1], err_fd=fds[2], append=self.append)
 
     def chroot_spec(self) -> ChrootSpec:
@@ -262,6 +269,8 @@ class LabMachine:
             Bind(CHECKOUT, f"{RUN_MOUNT}/src", readonly=True),
             Bind(self.lab.boot, f"{RUN_MOUNT}/boot", readonly=True),
             Bind(self.scratch, f"{RUN_MOUNT}/scratch"),
+            *((Bind(self.device_socket.parent, f"{RUN_MOUNT}/{EXTERNAL_DIR}"),)
+              if self.device_socket else ()),
         ))
 
     def qemu_argv(self, fds: tuple[int, int, int]) -> list[str]:
@@ -313,7 +322,12 @@ class LabMachine:
             setattr(self, f"_{name}", trio.socket.from_stdlib_socket(ours))
 
     async def _launch(self) -> None:
-        if self.device:
+        if self.device and self.device_socket is not None:
+            if not self.device_socket.is_socket():
+                raise LabError(f"--device-socket {self.device_socket}: no server socket "
+                               "there (start the server or manager first)")
+            (self.run_dir / EXTERNAL_DIR).mkdir()    # type: ignore[operator]
+        elif self.device:
             self.server = Child("server", self.server_argv(), self.log_path("server"),
                                 cwd=CHECKOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
             await self.server.start()

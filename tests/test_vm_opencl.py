@@ -7,11 +7,13 @@ in the guest, pyopencl's examples) run on the host's OpenCL through the device."
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -261,3 +263,80 @@ def test_pyopencl_examples_in_the_guest(lab_run, scratch):
     assert re.search(r"Norm: 0\.0+e\+00", sections["demo"])
     for example in EXAMPLES.split():
         assert f"{example} ok" in sections["examples"], sections["examples"]
+
+
+SLICE_SCRIPT = PRELUDE + INSTALL + r"""
+section clinfo; clinfo | grep -E "Max compute units|Global memory size|Max memory allocation"
+section vadd; gcc -o /tmp/vadd tests/samples/vadd.c -lOpenCL; /tmp/vadd
+section done
+"""
+
+MANAGER_CONFIG = """\
+[manager]
+state_dir = "{state}"
+
+[vm.alpha]
+socket = "alpha.sock"
+class = "interactive"
+memory = "256M"
+compute_units = 1
+
+[vm.beta]
+socket = "beta.sock"
+memory = "512M"
+"""
+
+
+def test_two_guests_under_one_manager(lab_run, scratch, tmp_path):
+    """Two guests booted at once (one CPU each), each on its own VM's socket of one
+    manager: each clinfo shows its own slice, and vadd runs in both."""
+    state = tmp_path / "manager"
+    state.mkdir()
+    (state / "manager.toml").write_text(MANAGER_CONFIG.format(state=state))
+    log = open(state / "manager.log", "w")
+    manager = subprocess.Popen([sys.executable, "-m", "vdev", "manager", "--config",
+                                str(state / "manager.toml")], stdout=log, stderr=log,
+                               cwd=os.path.dirname(HERE))
+    try:
+        deadline = time.monotonic() + 60
+        while not all((state / f"{vm}.sock").exists() for vm in ("alpha", "beta")):
+            assert manager.poll() is None and time.monotonic() < deadline, \
+                (state / "manager.log").read_text()
+            time.sleep(0.1)
+        # The guest driver is built once, in this file's scratch share (earlier tests
+        # built it already when they ran): the two guests then only install it.
+        run_part(lab_run, scratch, PRELUDE + INSTALL + "section done\n")
+        results = {}
+
+        def boot(vm: str) -> None:
+            results[vm] = lab_run("--timeout", str(PART_TIMEOUT - 10), "--cpus", "1",
+                                  "--scratch", str(scratch), "--device-socket",
+                                  str(state / f"{vm}.sock"), "--", "sh", "-c", SLICE_SCRIPT,
+                                  timeout=PART_TIMEOUT)
+        threads = [threading.Thread(target=boot, args=(vm,)) for vm in ("alpha", "beta")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        manager.send_signal(signal.SIGTERM)
+        manager.wait(timeout=30)
+        log.close()
+    probe = subprocess.run([sys.executable, "-m", "vdev._device_probe"], capture_output=True,
+                           text=True, check=True, cwd=os.path.dirname(HERE)).stdout
+    native_alloc = json.loads(probe)[0]["max_mem_alloc_size"]
+    expected = {"alpha": (1, 256 << 20), "beta": (None, 512 << 20)}
+    assert set(results) == {"alpha", "beta"}
+    for vm, res in results.items():
+        assert res.returncode == 0, (vm, res.stdout[-3000:], res.stderr[-3000:])
+        sections = dict(part.split("\n", 1) for part in res.stdout.split("== ")[1:])
+        units, memory = expected[vm]
+        clinfo = sections["clinfo"]
+        assert re.search(rf"Global memory size\s+{memory}\b", clinfo), (vm, clinfo)
+        alloc = min(memory, native_alloc)
+        assert re.search(rf"Max memory allocation\s+{alloc}\b", clinfo), (vm, clinfo)
+        if units:
+            assert re.search(rf"Max compute units\s+{units}\n", clinfo), (vm, clinfo)
+        assert "1048576 elements correct" in sections["vadd"], (vm, sections["vadd"])
+    assert manager.returncode == 0
+    assert sorted(os.listdir(state)) == ["manager.log", "manager.toml"]
