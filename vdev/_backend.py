@@ -163,4 +163,4 @@ class WithDiagnostics:
 
     @meter.setter
     def meter(self, value: Any) -> None:
-        self.primary.meter = value
+        self.primary.meter = value     # type: ignore[attr-defined]

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 
 def describe() -> list[dict[str, object]]:
     from host_backend._cl import ffi, lib, platforms_and_devices
 
-    def query(device, param: int, ctype: str) -> int:
+    def query(device: Any, param: int, ctype: str) -> int:
         cell = ffi.new(f"{ctype} *")
-        status = lib().clGetDeviceInfo(device, param, ffi.sizeof(ctype), cell, ffi.NULL)
+        cl = lib()      # type: ignore[no-untyped-call]
+        status = cl.clGetDeviceInfo(device, param, ffi.sizeof(ctype), cell, ffi.NULL)
         return int(cell[0]) if status == 0 else 0
 
-    def name(device) -> str:
+    def name(device: Any) -> str:
         buf = ffi.new("char[256]")
-        lib().clGetDeviceInfo(device, 0x102B, 256, buf, ffi.NULL)
+        lib().clGetDeviceInfo(device, 0x102B, 256, buf, ffi.NULL)  # type: ignore[no-untyped-call]
         return str(ffi.string(buf).decode("utf-8", "replace"))
 
     found = []

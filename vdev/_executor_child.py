@@ -99,7 +99,7 @@ class Executor:
         self.tenant = tenant
         self._tenant_generation = -1
         if tenant is not None:
-            backend.meter = tenant
+            backend.meter = tenant      # type: ignore[attr-defined]
             tenant.reaper = getattr(backend, "reap_device_commands", None)
             self._apply_settings()
         self.engine = RingEngine(self.dma, backend, raise_irq=self._irq,

@@ -272,8 +272,8 @@ class Manager:
             changes.append(f"removed {name}")
         used = {s.slot for s in self.servers.values()}
         for vm in cfg.vms:
-            server = self.servers.get(vm.name)
-            if server is None:
+            known = self.servers.get(vm.name)
+            if known is None:
                 slot = min(set(range(MAX_TENANTS)) - used)
                 used.add(slot)
                 server = self.servers[vm.name] = VmServer(vm, slot)
@@ -282,6 +282,7 @@ class Manager:
                 self._nursery.start_soon(self._supervise, server)
                 changes.append(f"added {vm.name}")
                 continue
+            server = known
             restart = (vm.socket, vm.compute_units) != (server.vm.socket,
                                                         server.vm.compute_units)
             if vm != server.vm:

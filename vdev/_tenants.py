@@ -108,14 +108,15 @@ class SlotView:
         self._q = self.raw.cast("Q")
         self._i = self.raw.cast("I")
         self._d = self.raw.cast("d")
-        self._fields: dict[str, tuple[memoryview, int]] = {}
+        self._fields: dict[str, tuple[memoryview[Any], int]] = {}
         floats = {sub.name for sub in tp.Slot.subcons
                   if getattr(sub.subcon, "fmtstr", "").endswith("d")}
         for sub in tp.Slot.subcons:
             if sub.name in ("name", "latency_sum_ns", "latency_buckets"):
                 continue
             kind = "d" if sub.name in floats else {8: "Q", 4: "I"}[sub.sizeof()]
-            view = {"Q": self._q, "I": self._i, "d": self._d}[kind]
+            views: dict[str, memoryview[Any]] = {"Q": self._q, "I": self._i, "d": self._d}
+            view = views[kind]
             self._fields[sub.name] = (view, tp.SLOT_OFFSETS[sub.name] // view.itemsize)
         self._sums = tp.SLOT_OFFSETS["latency_sum_ns"] // 8
         self._buckets = tp.SLOT_OFFSETS["latency_buckets"] // 8
@@ -249,7 +250,7 @@ class TenantScheduler:
         #: The backend's: charges the device commands that finished (None: each one
         #: is charged by a call to ``completed`` on its own).
         self.reaper: Callable[[], int] | None = None
-        self._peers: list[tuple[memoryview, memoryview, memoryview]] = []
+        self._peers: list[tuple[memoryview[int], memoryview[int], memoryview[float]]] = []
 
     @property
     def settings(self) -> TenantSettings:
@@ -318,7 +319,7 @@ class TenantScheduler:
                     q[_ACTIVE] = now + ACTIVE_NS
             time.sleep(POLL_S)
 
-    def _peer_words(self) -> list[tuple[memoryview, memoryview, memoryview]]:
+    def _peer_words(self) -> list[tuple[memoryview[int], memoryview[int], memoryview[float]]]:
         """The other VMs' slots in use, as word views; looked up again only when the
         manager changed the table (its epoch)."""
         epoch = self.table.epoch
