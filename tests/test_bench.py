@@ -43,3 +43,18 @@ def test_oversubscription_benchmark_prints_every_ratio_and_draws_the_curve(tmp_p
     ratio_two = [line for line in out.splitlines() if line.strip().startswith("2 ")]
     assert len(ratio_two) == 2 and all(" 0 MiB" not in line.split("MiB", 1)[1] for line in ratio_two)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tenants_benchmark_reports_every_figure_and_draws_them(tmp_path):
+    plot = tmp_path / "tenants.png"
+    res = subprocess.run([sys.executable, "-m", "vdev.bench", "tenants", "--quick", "--plot",
+                          str(plot)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout
+    for weights in ("1:1", "1:3", "1:9"):
+        assert f"share at {weights}: tenant a" in out, out
+    for row in ("per 1 s window error mean", "aggregate throughput:", "interactive (shared): "
+                "alone p50/p99/p99.9", "interactive (partitioned):", "scheduler cost:",
+                "the scheduler's own time per device command", "targets:"):
+        assert row in out, out
+    assert plot.stat().st_size > 10_000

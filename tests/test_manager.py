@@ -407,3 +407,30 @@ def test_bad_configuration_is_refused_at_start(tmp_path):
     assert res.returncode == 2
     assert f"{bad}:3: [vm.a] compute_units: 4096 compute units asked, the device has" \
         in res.stderr
+
+
+def test_bad_control_requests_get_an_error_and_harm_nothing(managed):
+    import socket
+
+    def ask(data: bytes) -> bytes:
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(15)
+        s.connect(managed.control)
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        s.close()
+        return out
+    for bad, words in ((b"{not json\n", "malformed request"), (b"[1, 2]\n", "unknown request"),
+                       (b'{"op": "explode"}\n', "unknown request 'explode'"),
+                       (b'{"op": "set", "vm": "alpha", "values": {"weight": "x"}}\n',
+                        "weight=x"),
+                       (b'{"op": "set", "vm": "alpha", "values": [1]}\n', "malformed"),
+                       (b"\xff" * 70000, "malformed request")):
+        reply = json.loads(ask(bad))
+        assert reply["ok"] is False and words in reply["error"], (bad[:40], reply)
+    assert ask(b"").startswith(b'{"ok": false')
+    assert managed.proc.poll() is None
+    assert set(managed.stats()) == {"alpha", "beta", "gamma"}

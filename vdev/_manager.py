@@ -359,7 +359,7 @@ class Manager:
             reply = await self._control(request if isinstance(request, dict) else {})
         except (ManagerError, ConfigError) as exc:
             reply = {"ok": False, "error": str(exc)}
-        except ValueError as exc:
+        except (ValueError, TypeError, AttributeError) as exc:
             reply = {"ok": False, "error": f"malformed request: {exc}"}
         await stream.send_all(json.dumps(reply).encode() + b"\n")
 

@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                              "(shares, throughput, interactive latency, scheduler cost)")
     parser.add_argument("--vm", action="store_true", help="ring: also measure inside a lab guest")
     parser.add_argument("--quick", action="store_true",
-                        help="ring: fewer iterations; tenants: 2 s workloads (smoke test)")
+                        help="ring: fewer iterations; tenants: 3.5 s workloads (smoke test)")
     parser.add_argument("--seconds", type=float, default=6.0, metavar="S",
                         help="tenants: how long each workload runs (default 6)")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
