@@ -161,12 +161,7 @@ class Bench:
                 stop.set()
                 sampler.join()
                 want = wa / (wa + wb)
-                windows = []
-                for (t0, a0, b0), (t1, a1, b1) in itertools.pairwise(samples):
-                    da, db = a1 - a0, b1 - b0
-                    if da + db > 0.5e9 * (t1 - t0):     # both busy (not start-up or tail)
-                        windows.append(dict(t=t1 - samples[0][0], share_a=da / (da + db),
-                                            device_s=(da + db) / 1e9))
+                windows = _windows(samples)
                 errors = [abs(w["share_a"] - want) * 100 for w in windows]
                 results.append(dict(weights=[wa, wb], expected_share_a=want, windows=windows,
                                     mean_error_points=statistics.fmean(errors) if errors else None,
@@ -262,12 +257,32 @@ def scheduler_time_per_command(workdir: str, commands: int = 20000) -> float:
     return best
 
 
+#: Samples per 1 s share window.
+SUBSAMPLES = 4
+
+
 def _sample(slots: dict[str, Any], samples: list[tuple[float, int, int]],
             stop: threading.Event) -> None:
-    """Each tenant's device time so far, every second, until ``stop``."""
+    """Each tenant's device time so far, every quarter second, until ``stop``."""
     while not stop.is_set():
         samples.append((time.monotonic(), slots["a"]["device_ns"], slots["b"]["device_ns"]))
-        stop.wait(1.0)
+        stop.wait(1.0 / SUBSAMPLES)
+
+
+def _windows(samples: list[tuple[float, int, int]]) -> list[dict[str, float]]:
+    """Consecutive 1 s windows in which both tenants ran all along (device time grew in
+    every quarter): start-up (one program still building its kernel) and the tail
+    (one finished first) are not shares the scheduler decided."""
+    windows = []
+    for start in range(0, len(samples) - SUBSAMPLES, SUBSAMPLES):
+        part = samples[start:start + SUBSAMPLES + 1]
+        if not all(b[1] > a[1] and b[2] > a[2] for a, b in itertools.pairwise(part)):
+            continue
+        (_, a0, b0), (t1, a1, b1) = part[0], part[-1]
+        da, db = a1 - a0, b1 - b0
+        windows.append(dict(t=t1 - samples[0][0], share_a=da / (da + db),
+                            device_s=(da + db) / 1e9))
+    return windows
 
 
 def _percentiles(run: Figures) -> Figures:
