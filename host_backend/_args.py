@@ -71,6 +71,7 @@ class Call:
         "kernel_mem",
         "mems",
         "own_event",
+        "replacement",
         "segments",
         "size_ret",
         "skip_real",
@@ -100,6 +101,7 @@ class Call:
         self.own_event: Any = None     # an event cell the host added to follow a command
         self.skip_real = False         # only the guest's reference count changes
         self.forced_profiling: Any = None   # a queue made profiled for the scheduler
+        self.replacement: Any = None   # what runs instead of the real call (a partition's)
 
 T = TypeVar("T")
 

@@ -271,8 +271,9 @@ class OpenClBackend:
                     cargs[call.deferred] = 1      # nothing to follow it by: it blocks
                     call.deferred = None
                 self._memory_before(fn, cargs, call)
+                if self.meter is not None or self.tenancy.sub is not None:
+                    self.tenancy.before(fn, cargs, call, metered=self.meter is not None)
                 if self.meter is not None:
-                    self.tenancy.before(fn, cargs, call)
                     if fn.name in DEVICE_COMMANDS:
                         at = call.index.get("event")
                         if at is not None and cargs[at] == ffi.NULL:
@@ -281,6 +282,8 @@ class OpenClBackend:
             info_filter = filters.get(cargs[1]) if filters else None
             if call.skip_real:
                 result = CL_SUCCESS
+            elif call.replacement is not None:
+                result = call.replacement()
             elif call.binary_index is not None:
                 result = self._program_binary(cargs, call)
             elif info_filter is not None:

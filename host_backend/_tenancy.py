@@ -44,6 +44,7 @@ CL_PROFILING_INFO_NOT_AVAILABLE = -7
 CL_PROFILING_COMMAND_START = 0x1282
 CL_PROFILING_COMMAND_END = 0x1283
 CL_COMPLETE = 0
+CL_CONTEXT_PLATFORM = 0x1084
 CL_INVALID_VALUE = -30
 
 #: Device queries a partition answers as the whole device would.
@@ -168,14 +169,19 @@ class Tenancy:
 
     # -- before and after a call ----------------------------------------------------------
 
-    def before(self, fn, cargs, call) -> None:
-        """Under the backend's lock, before the real call."""
+    def before(self, fn, cargs, call, *, metered: bool) -> None:
+        """Under the backend's lock, before the real call (``metered``: under a
+        manager's scheduler, which needs every queue profiled)."""
         name = fn.name
         if self.sub is not None:
             if name in ("clRetainDevice", "clReleaseDevice") and _same(cargs[0], self.sub):
                 call.skip_real = True           # a root device's count does not move
             elif name == "clGetDeviceInfo" and _same(cargs[0], self.sub) and cargs[1] in AS_ROOT:
                 cargs[0] = self.root
+            elif name == "clCreateContextFromType":
+                call.replacement = self._context_from_type(cargs)
+        if not metered:
+            return
         if name == "clCreateCommandQueue":
             call.forced_profiling = (int(cargs[2]), None)
             cargs[2] = int(cargs[2]) | CL_QUEUE_PROFILING_ENABLE
@@ -189,6 +195,40 @@ class Tenancy:
                 if guest is not None and not guest[0] & CL_QUEUE_PROFILING_ENABLE:
                     raise CallError(CL_PROFILING_INFO_NOT_AVAILABLE,
                                     "the guest's queue is not profiled")
+
+    def _context_from_type(self, cargs):
+        """clCreateContextFromType on the partition's platform: the devices of that
+        type, the partition in place of its device, through clCreateContext (the
+        implementation's own version would take the whole device).  Its errors are
+        the implementation's: clGetDeviceIDs answers an unknown type or no device
+        with what clCreateContextFromType would."""
+        props, device_type, pfn, user_data, errcode = cargs
+
+        def create():
+            platform = ffi.NULL
+            i = 0
+            while props != ffi.NULL and props[i] != 0:
+                if props[i] == CL_CONTEXT_PLATFORM:
+                    platform = ffi.cast("cl_platform_id", props[i + 1])
+                i += 2
+            found = platforms_and_devices()
+            ours = found[self.platform_index][0]
+            if platform != ffi.NULL and not _same(platform, ours):
+                return lib().clCreateContextFromType(*cargs)
+            count = ffi.new("cl_uint *")
+            status = lib().clGetDeviceIDs(ours, device_type, 0, ffi.NULL, count)
+            devices = ffi.new("cl_device_id[]", max(count[0], 1))
+            if status == CL_SUCCESS:
+                status = lib().clGetDeviceIDs(ours, device_type, count[0], devices, ffi.NULL)
+            if status != CL_SUCCESS:
+                if errcode != ffi.NULL:
+                    errcode[0] = status
+                return ffi.NULL
+            for j in range(count[0]):
+                if _same(devices[j], self.root):
+                    devices[j] = self.sub
+            return lib().clCreateContext(props, count[0], devices, pfn, user_data, errcode)
+        return create
 
     def created_queue(self, queue, call) -> None:
         forced = getattr(call, "forced_profiling", None)

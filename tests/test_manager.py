@@ -434,3 +434,38 @@ def test_bad_control_requests_get_an_error_and_harm_nothing(managed):
     assert ask(b"").startswith(b'{"ok": false')
     assert managed.proc.poll() is None
     assert set(managed.stats()) == {"alpha", "beta", "gamma"}
+
+
+CONTEXT_FROM_TYPE = """
+import pyopencl as cl
+p = cl.get_platforms()[0]
+out = []
+ctx = cl.Context(dev_type=cl.device_type.ALL, properties=[(cl.context_properties.PLATFORM, p)])
+q = cl.CommandQueue(ctx)
+prg = cl.Program(ctx, "__kernel void k(__global int *a) { a[get_global_id(0)] = 7; }").build()
+import numpy as np
+a = np.zeros(64, np.int32)
+buf = cl.Buffer(ctx, cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR, hostbuf=a)
+prg.k(q, a.shape, None, buf)
+cl.enqueue_copy(q, a, buf)
+out.append([ctx.devices[0] == p.get_devices()[0], int(a.sum())])
+for t in (cl.device_type.GPU, cl.device_type.ACCELERATOR, 1 << 20):
+    try:
+        cl.Context(dev_type=t, properties=[(cl.context_properties.PLATFORM, p)])
+        out.append("made")
+    except cl.Error as e:
+        out.append(e.code)
+print(out, ctx.devices[0].max_compute_units)
+"""
+
+
+def test_a_context_from_type_stays_on_the_partition(managed, shim):
+    args = [sys.executable, "-c", CONTEXT_FROM_TYPE]
+    ours = through_device(shim, managed.socket("alpha"), args, timeout=120)
+    assert ours.returncode == 0, ours.stderr
+    native = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert native.returncode == 0, native.stderr
+    answers, units = ours.stdout.rsplit(" ", 1)
+    assert units.strip() == "1", ours.stdout
+    assert answers == native.stdout.rsplit(" ", 1)[0], (ours.stdout, native.stdout)
+    assert answers.startswith("[[True, 448]"), answers
