@@ -225,13 +225,12 @@ def test_stats_match_the_calls_made(managed, shim, tools):
     row = next(line.split() for line in table.stdout.splitlines() if line.startswith("gamma"))
     assert row[5] == str(after["calls"]) and row[6] == str(after["commands"])
     import socket
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(os.path.join(managed.state, "metrics.sock"))
-    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-    body = b""
-    while chunk := s.recv(65536):
-        body += chunk
-    s.close()
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(os.path.join(managed.state, "metrics.sock"))
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        body = b""
+        while chunk := s.recv(65536):
+            body += chunk
     head, _, text = body.decode().partition("\r\n\r\n")
     assert head.startswith("HTTP/1.1 200") and "text/plain; version=0.0.4" in head
     assert f'ava_vdev_vm_device_commands_total{{vm="gamma"}} {after["commands"]}' in text
@@ -413,22 +412,22 @@ def test_bad_control_requests_get_an_error_and_harm_nothing(managed):
     import socket
 
     def ask(data: bytes) -> bytes:
-        s = socket.socket(socket.AF_UNIX)
-        s.settimeout(15)
-        s.connect(managed.control)
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
-        out = b""
-        while chunk := s.recv(65536):
-            out += chunk
-        s.close()
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(15)
+            s.connect(managed.control)
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
         return out
     for bad, words in ((b"{not json\n", "malformed request"), (b"[1, 2]\n", "unknown request"),
                        (b'{"op": "explode"}\n', "unknown request 'explode'"),
                        (b'{"op": "set", "vm": "alpha", "values": {"weight": "x"}}\n',
                         "weight=x"),
                        (b'{"op": "set", "vm": "alpha", "values": [1]}\n', "malformed"),
-                       (b"\xff" * 70000, "malformed request")):
+                       (b"\xff" * 70000, "longer than 65536 bytes"),
+                       (b"\xff" * 1000 + b"\n", "malformed request")):
         reply = json.loads(ask(bad))
         assert reply["ok"] is False and words in reply["error"], (bad[:40], reply)
     assert ask(b"").startswith(b'{"ok": false')

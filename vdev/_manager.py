@@ -49,6 +49,8 @@ STOP_GRACE_S = 5.0
 #: Restart back-off cap, and how long a server must live to reset the back-off.
 MAX_RESTART_DELAY_S = 60.0
 HEALTHY_S = 10.0
+#: The longest control request (one JSON line).
+MAX_REQUEST = 65536
 #: What ``vdev ctl set`` may change at runtime, and how each value is read.
 SETTABLE = ("weight", "class", "memory", "objects", "inflight", "rate")
 
@@ -349,19 +351,23 @@ class Manager:
     async def _control_connection(self, stream: trio.SocketStream) -> None:
         buf = b""
         with trio.move_on_after(10):
-            while b"\n" not in buf and len(buf) < 65536:
+            while b"\n" not in buf and len(buf) <= MAX_REQUEST:
                 chunk = await stream.receive_some(4096)
                 if not chunk:
                     break
                 buf += chunk
+        line = buf.split(b"\n", 1)[0]
         try:
-            request = json.loads(buf.split(b"\n", 1)[0] or b"{}")
+            if len(line) > MAX_REQUEST:
+                raise ManagerError(f"malformed request: longer than {MAX_REQUEST} bytes")
+            request = json.loads(line or b"{}")
             reply = await self._control(request if isinstance(request, dict) else {})
         except (ManagerError, ConfigError) as exc:
             reply = {"ok": False, "error": str(exc)}
         except (ValueError, TypeError, AttributeError) as exc:
             reply = {"ok": False, "error": f"malformed request: {exc}"}
         await stream.send_all(json.dumps(reply).encode() + b"\n")
+        await _finish(stream)
 
     async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
@@ -394,6 +400,18 @@ class Manager:
         head = (f"HTTP/1.1 {status}\r\nContent-Type: {_metrics.CONTENT_TYPE}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
         await stream.send_all(head + (body if method != [b"HEAD"] else b""))
+        await _finish(stream)
+
+
+async def _finish(stream: trio.SocketStream) -> None:
+    """End a reply: read what the client sent past its request first (for a second
+    at most), since closing with unread data resets the connection, and the client
+    could lose the reply."""
+    await stream.send_eof()
+    with trio.move_on_after(1):
+        drained = 0
+        while drained < 16 * MAX_REQUEST and (chunk := await stream.receive_some(65536)):
+            drained += len(chunk)
 
 
 async def _serve_each(listener: trio.socket.SocketType, handler: Any, what: str) -> None:
