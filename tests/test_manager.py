@@ -468,3 +468,36 @@ def test_a_context_from_type_stays_on_the_partition(managed, shim):
     assert units.strip() == "1", ours.stdout
     assert answers == native.stdout.rsplit(" ", 1)[0], (ours.stdout, native.stdout)
     assert answers.startswith("[[True, 448]"), answers
+
+
+def test_servers_do_not_outlive_a_killed_manager(tmp_path):
+    """SIGKILL leaves the manager no chance to clean up: its servers notice and stop
+    within a couple of seconds, removing their sockets, and a new manager starts."""
+    config = tmp_path / "m.toml"
+    config.write_text(f'[device]\nbackend = "test"\n[manager]\nstate_dir = "{tmp_path}"\n'
+                      '[vm.a]\nsocket = "a.sock"\n[vm.b]\nsocket = "b.sock"\n')
+    sockets = [tmp_path / "a.sock", tmp_path / "b.sock"]
+
+    def start() -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-m", "vdev", "manager", "--config",
+                                 str(config), "-q"], cwd=ROOT, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while not all(s.exists() for s in sockets):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.05)
+        return proc
+    proc = start()
+    servers = [vm["pid"] for vm in request(str(tmp_path / "control.sock"),
+                                           {"op": "stats"})["vms"]]
+    proc.kill()
+    proc.wait()
+    proc.stderr.close()
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{pid}") for pid in servers) or \
+            any(s.exists() for s in sockets):
+        assert time.monotonic() < deadline, "servers outlived their manager"
+        time.sleep(0.1)
+    again = start()
+    again.send_signal(signal.SIGTERM)
+    assert again.wait(timeout=30) == 0
+    again.stderr.close()

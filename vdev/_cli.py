@@ -217,6 +217,17 @@ async def _serve(args: argparse.Namespace) -> None:
                     return
 
             nursery.start_soon(stop_on_signal)
+            if args.tenant_table:
+                nursery.start_soon(_stop_with_manager, nursery.cancel_scope, os.getppid())
+
+
+async def _stop_with_manager(scope: trio.CancelScope, manager: int) -> None:
+    """A VM's server under a manager outlives it by a second at most: a manager
+    killed outright (SIGKILL, OOM) leaves no server holding a VM's socket."""
+    while os.getppid() == manager:
+        await trio.sleep(1.0)
+    log.warning("the manager (pid %d) is gone; shutting down", manager)
+    scope.cancel()
 
 
 def _client(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
