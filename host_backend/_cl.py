@@ -15,10 +15,6 @@ from protocols import opencl_api as api
 
 ffi = FFI()
 ffi.cdef(api.C_TYPEDEFS + "\n".join(api.c_declaration(fn) for fn in api.FUNCTIONS))
-#: What the host calls that the guest never forwards: a completion callback charges
-#: a command's device time to its VM (host_backend._tenancy).
-ffi.cdef("cl_int clSetEventCallback(cl_event event, cl_int command_exec_callback_type, "
-         "void (*pfn_notify)(cl_event, cl_int, void *), void *user_data);")
 
 _lib = None
 CL_DEVICE_TYPE_ALL = 0xFFFFFFFF
