@@ -273,11 +273,6 @@ class OpenClBackend:
                 self._memory_before(fn, cargs, call)
                 if self.meter is not None or self.tenancy.sub is not None:
                     self.tenancy.before(fn, cargs, call, metered=self.meter is not None)
-                if self.meter is not None:
-                    if fn.name in DEVICE_COMMANDS:
-                        at = call.index.get("event")
-                        if at is not None and cargs[at] == ffi.NULL:
-                            call.own_event = cargs[at] = ffi.new("cl_event *")
             filters = self._info_filters.get(fn.name)
             info_filter = filters.get(cargs[1]) if filters else None
             if call.skip_real:
@@ -502,7 +497,8 @@ class OpenClBackend:
     def _memory_before(self, fn: api.Function, cargs, call: Call) -> None:
         """Under the lock, before the real call: room for a new memory object, the
         memory objects of a kernel launch resident, and an event to follow a command
-        that uses memory objects by (the guest may have asked for none)."""
+        that uses memory objects, or whose device time a manager's scheduler charges,
+        by (the guest may have asked for none)."""
         if fn.creates == "cl_mem":
             nbytes = self._buffer_bytes(fn, cargs, call)
             if fn.name in ("clCreateImage", "clCreateImageWithProperties"):
@@ -516,7 +512,8 @@ class OpenClBackend:
             if kernel_id is not None:
                 self.memory.launch(kernel_id, kernel, call)
         at = call.index.get("event")
-        if call.mems and at is not None and cargs[at] == ffi.NULL and fn.name.startswith("clEnqueue"):
+        followed = call.mems or (self.meter is not None and fn.name in DEVICE_COMMANDS)
+        if followed and at is not None and cargs[at] == ffi.NULL and fn.name.startswith("clEnqueue"):
             call.own_event = cargs[at] = ffi.new("cl_event *")
 
     @staticmethod

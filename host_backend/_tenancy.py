@@ -205,12 +205,8 @@ class Tenancy:
         props, device_type, pfn, user_data, errcode = cargs
 
         def create():
-            platform = ffi.NULL
-            i = 0
-            while props != ffi.NULL and props[i] != 0:
-                if props[i] == CL_CONTEXT_PLATFORM:
-                    platform = ffi.cast("cl_platform_id", props[i + 1])
-                i += 2
+            asked = dict(_pairs(props)).get(CL_CONTEXT_PLATFORM)
+            platform = ffi.NULL if asked is None else ffi.cast("cl_platform_id", asked)
             found = platforms_and_devices()
             ours = found[self.platform_index][0]
             if platform != ffi.NULL and not _same(platform, ours):
@@ -272,27 +268,27 @@ class Tenancy:
             self.completions.watch(event, meter, estimate)
 
 
+def _pairs(props) -> list[tuple[int, int]]:
+    """A 0-terminated property list's (key, value) pairs (none for NULL)."""
+    pairs = []
+    i = 0
+    while props != ffi.NULL and props[i] != 0:
+        pairs.append((int(props[i]), int(props[i + 1])))
+        i += 2
+    return pairs
+
+
 def _with_profiling(props):
     """A queue properties list with profiling on, and what the guest asked."""
-    values: list[int] = []
-    if props != ffi.NULL:
-        i = 0
-        while props[i] != 0:
-            values += [int(props[i]), int(props[i + 1])]
-            i += 2
-    asked = 0
-    for i in range(0, len(values), 2):
-        if values[i] == CL_QUEUE_PROPERTIES:
-            asked = values[i + 1]
-    new = list(values)
-    if any(new[i] == CL_QUEUE_PROPERTIES for i in range(0, len(new), 2)):
-        for i in range(0, len(new), 2):
-            if new[i] == CL_QUEUE_PROPERTIES:
-                new[i + 1] |= CL_QUEUE_PROFILING_ENABLE
-    else:
-        new += [CL_QUEUE_PROPERTIES, CL_QUEUE_PROFILING_ENABLE]
-    guest_array = values + [0] if props != ffi.NULL else None
-    return ffi.new("cl_queue_properties[]", new + [0, 0]), (asked, guest_array)
+    pairs = _pairs(props)
+    asked = dict(pairs).get(CL_QUEUE_PROPERTIES)
+    new = [(k, v | CL_QUEUE_PROFILING_ENABLE if k == CL_QUEUE_PROPERTIES else v)
+           for k, v in pairs]
+    if asked is None:
+        new.append((CL_QUEUE_PROPERTIES, CL_QUEUE_PROFILING_ENABLE))
+    flat = [x for pair in new for x in pair]
+    guest_array = [x for pair in pairs for x in pair] + [0] if props != ffi.NULL else None
+    return ffi.new("cl_queue_properties[]", flat + [0, 0]), (asked or 0, guest_array)
 
 
 def _address(ptr) -> int:

@@ -136,10 +136,6 @@ class SlotView:
     def set_name(self, name: str) -> None:
         self.raw[:32] = name.encode("ascii").ljust(32, b"\0")
 
-    def add_latency(self, klass: int, latency_ns: int) -> None:
-        self._q[self._sums + klass] += latency_ns
-        self._q[self._buckets + klass * tp.HISTOGRAM_BUCKETS + tp.bucket_of(latency_ns)] += 1
-
     def histogram(self, klass: int) -> tuple[list[int], int]:
         """(counts per bucket, sum of latencies in ns) of one call class."""
         start = self._buckets + klass * tp.HISTOGRAM_BUCKETS
@@ -237,7 +233,7 @@ class TenantScheduler:
         self.table = table
         self.index = index
         self.me = table.slot(index)
-        self._lock = threading.Condition()
+        self._lock = threading.Lock()
         self._local = threading.local()
         self._rate_at = 0.0            # the command rate's virtual clock (monotonic s)
         self._last_progress = time.monotonic_ns()
@@ -385,7 +381,6 @@ class TenantScheduler:
             q = self._q
             q[_OUTSTANDING] = max(q[_OUTSTANDING] - 1, 0)
             self._d[_VTIME] -= estimate / max(self._i[_WEIGHT], 1)
-            self._lock.notify_all()
 
     def completed(self, device_ns: int, estimate_ns: int) -> None:
         """A device command finished after ``device_ns`` on the device (charged at
@@ -400,7 +395,6 @@ class TenantScheduler:
             q[_ESTIMATE] = (q[_ESTIMATE] * 7 + device_ns) // 8
             q[_ACTIVE] = now + ACTIVE_NS
             self._last_progress = now
-            self._lock.notify_all()
 
     def pending_estimate(self) -> int:
         """What the command being issued on this thread was charged at admission."""

@@ -89,24 +89,6 @@ class Bench:
             _stop(proc)
             log.close()
 
-    @contextlib.contextmanager
-    def bare_server(self) -> Iterator[str]:
-        sock = os.path.join(self.workdir, "bare.sock")
-        log = open(os.path.join(self.workdir, "bare.log"), "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "vdev", "serve", "--socket", sock,
-                                 "--backend", "opencl", "-q"], stdout=log,
-                                stderr=subprocess.STDOUT, cwd=ROOT)
-        try:
-            deadline = time.monotonic() + 30
-            while not os.path.exists(sock):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"the server did not start: {_tail(log.name)}")
-                time.sleep(0.05)
-            yield sock
-        finally:
-            _stop(proc)
-            log.close()
-
     def load(self, sock: str, mode: str, iterations: int, seconds: float) -> Figures:
         env = dict(os.environ, OCL_ICD_VENDORS=self.vendors, AVA_VDEV_SOCKET=sock)
         res = subprocess.run([self.exe, mode, str(iterations), f"{seconds:g}"], env=env,
@@ -209,8 +191,9 @@ class Bench:
         median is the figure, the spread its noise)."""
         ratios, managed, bare = [], [], []
         seconds = max(self.seconds / 4, 1.0)
+        from .bench import loopback_server
         with self.manager("cost", {"a": {"class": "interactive"}}) as state, \
-                self.bare_server() as sock:
+                loopback_server("opencl") as (sock, _):
             for i in range(repeat):
                 self.progress(f"scheduler cost: through the manager and bare ({i + 1}/{repeat})")
                 m = self.load(os.path.join(state, "a.sock"), "interactive",
