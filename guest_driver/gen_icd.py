@@ -252,6 +252,8 @@ def render_function(fn: api.Function) -> str:
     body = _cache_lookup(fn, cached) if cached else []
     body += ["struct ava_enc e;", "struct ava_dec d = {0};", "int64_t status = CL_SUCCESS;",
              "ava_enc_init(&e);"]
+    if fn.predicted:
+        body.append("struct ava_prediction pred;")
     # Everything the exit path looks at is declared (and initialised) before any goto.
     body += [f"struct ava_stage stage_{n} = {{0}};" for n in stages]
     # A transfer the caller asked not to block: the host runs it asynchronously and
@@ -279,7 +281,16 @@ def render_function(fn: api.Function) -> str:
     body += _encode(fn)
     invoke = (f"status = ava_icd_invoke({fn.opcode:#x}, \"{fn.name}\", &e, "
               f"{_reply_capacity(fn)}, &d);")
-    if fn.async_ok:
+    if fn.predicted:
+        names = [p.replace("*", " ").split()[-1] for p in api.c_params(fn)]
+        body.append(f"int posted = ava_predict_{fn.name}(&pred, {', '.join(names)}) &&")
+        body.append(f"             ava_icd_post({fn.opcode:#x}, &e) == 0;")
+        body.append("if (posted)")
+        body.append("    status = CL_SUCCESS;   /* an identical call succeeded */")
+        body.append("else")
+        body.append("    " + invoke)
+        body.append("ava_predict_done(&pred, status, posted);")
+    elif fn.async_ok:
         first = fn.args[0]
         if not isinstance(first.kind, api.Handle):
             raise ValueError(f"{fn.name}: async_ok needs an object as its first argument")

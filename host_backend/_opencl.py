@@ -23,6 +23,7 @@ from typing import ClassVar
 
 from protocols import opencl_api as api
 from protocols import opencl_caps as caps
+from protocols.device_abi import CmdFlags
 
 from ._args import (
     CL_INVALID_VALUE,
@@ -49,6 +50,9 @@ from ._watch import KernelWatch
 from ._wire import Decoder, Encoder, WireError
 
 log = logging.getLogger("host_backend.opencl")
+
+_POSTED = int(CmdFlags.POSTED)
+_SUCCESS_REPLY = bytes(8)           # an encoded reply's status word for CL_SUCCESS
 
 CL_MEM_SIZE = 0x1102
 CL_EVENT_COMMAND_TYPE = 0x11D1
@@ -106,6 +110,10 @@ class OpenClBackend:
         self.kernel_args = KernelArgGuard()
         self.includes = IncludeStore()
         self.calls = 0
+        #: Calls the guest posted without waiting, and those whose status was not the
+        #: CL_SUCCESS the guest answered.
+        self.posted = 0
+        self.mispredicted = 0
         #: Guest processes whose objects were lost with a previous executor (a device
         #: reset): their stale ids fail with CL_OUT_OF_RESOURCES, as after a GPU reset.
         self.lost_owners: set[int] = set()
@@ -154,8 +162,25 @@ class OpenClBackend:
             reply = self.call(fn, ctx.read_payload(), ctx.owner, ctx.dma)
         except WireError as exc:
             log.warning("queue %d: malformed %s: %s", ctx.queue, fn.name, exc)
+            if ctx.flags & _POSTED:
+                self._mispredicted(ctx, fn, f"malformed ({exc})")
             return -errno.EINVAL, 0
+        if ctx.flags & _POSTED:
+            self.posted += 1
+            if reply[:8] != _SUCCESS_REPLY:
+                status = int.from_bytes(reply[:8], "little", signed=True)
+                self._mispredicted(ctx, fn, f"status {status}")
         return 0, ctx.write_reply(reply)
+
+    def _mispredicted(self, ctx, fn: api.Function, what: str) -> None:
+        """A posted call (the guest answered CL_SUCCESS without waiting) that the host
+        did not run as predicted: the guest's rule for posting it is wrong."""
+        self.mispredicted += 1
+        log.warning("queue %d owner %d: posted %s got %s, but the guest already answered "
+                    "CL_SUCCESS (a misprediction, %d so far: please report it with this line)",
+                    ctx.queue, ctx.owner, fn.name, what, self.mispredicted)
+        if self.meter is not None:
+            self.meter.mispredicted()
 
     def release_queue(self, queue: int, owner: int | None = None, last: bool = True) -> None:
         """A queue went away (its process died, or it was released): when it was the
@@ -171,6 +196,9 @@ class OpenClBackend:
         """Log the session's device-memory figures (when anything moved)."""
         with self._lock:
             self.memory.summary()
+        if self.posted:
+            log.info("posted calls: %d (answered in the guest without waiting), mispredicted: "
+                     "%d", self.posted, self.mispredicted)
 
     def close(self) -> None:
         """The session ended: everything goes, on the reaper thread (a release can

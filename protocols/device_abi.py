@@ -185,6 +185,8 @@ class CmdFlags(enum.IntFlag):
     IRQ = 1 << 0          # always interrupt when this command completes
     PAYLOAD_SG = 1 << 1   # payload_addr points at payload_len SgEntry records
     REPLY_SG = 1 << 2     # reply_addr points at reply_len SgEntry records
+    POSTED = 1 << 3       # the guest did not wait: it answered CL_SUCCESS itself (a
+                          # different status from the host is a misprediction, logged)
 
 
 Command = Struct(

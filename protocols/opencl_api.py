@@ -388,7 +388,7 @@ FUNCTIONS: tuple[Function, ...] = (
     _fn("clSetKernelArg", 38,
         ("kernel", Handle("cl_kernel")),
         ("arg_index", Scalar("cl_uint")),
-        ("arg_value", KernelArg("arg_size"))),
+        ("arg_value", KernelArg("arg_size")), predicted=True),
     _info("clGetKernelWorkGroupInfo", 40, "cl_kernel", "cl_kernel_work_group_info",
           extra=(("device", Handle("cl_device_id", nullable=True)),)),
     _info("clGetEventProfilingInfo", 45, "cl_event", "cl_profiling_info"),
@@ -444,8 +444,8 @@ FUNCTIONS: tuple[Function, ...] = (
         ("global_work_offset", InArray("size_t", "work_dim")),
         ("global_work_size", InArray("size_t", "work_dim")),
         ("local_work_size", InArray("size_t", "work_dim")),
-        *_WAIT),
-    _fn("clEnqueueTask", 60, _QUEUE, ("kernel", Handle("cl_kernel")), *_WAIT),
+        *_WAIT, predicted=True),
+    _fn("clEnqueueTask", 60, _QUEUE, ("kernel", Handle("cl_kernel")), *_WAIT, predicted=True),
     _fn("clEnqueueMarker", 62, _QUEUE, ("event", EventOut())),
     _fn("clEnqueueBarrier", 64, _QUEUE),
     _fn("clCreateSubBuffer", 82,
@@ -703,6 +703,10 @@ def validate() -> None:
             raise ValueError(f"{fn.name} creates {fn.creates} but returns {fn.returns}")
         if fn.async_ok and (len(fn.args) != 1 or not isinstance(fn.args[0].kind, Handle)):
             raise ValueError(f"{fn.name}: only a call on one object can be posted unanswered")
+        if fn.predicted and (fn.creates or fn.blocking or fn.async_ok or any(
+                isinstance(a.kind, (OutBuffer, OutScalar, OutHandles, NewHandles, HostData))
+                for a in fn.args)):
+            raise ValueError(f"{fn.name}: a predicted call returns its status and nothing else")
 
 
 validate()

@@ -341,6 +341,10 @@ class Function:
     # sees what a round trip would show (release, flush).  Not retain: a retain
     # overtaken by another thread's release would revive a destroyed object.
     async_ok: bool = False
+    # The guest posts it when an identical call (same objects, the same classes of
+    # values) already succeeded: guest_driver/icd/icd_predict.c decides, per call,
+    # with ava_predict_<name>.  Only calls whose outputs are the status alone.
+    predicted: bool = False
 
     @property
     def opcode(self) -> int:

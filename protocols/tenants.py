@@ -89,6 +89,7 @@ Slot = Struct(
     "throttled_inflight" / Int64ul,  # commands that waited for the in-flight quota
     "throttled_rate" / Int64ul,     # commands slowed to the command rate
     "admission_wait_ns" / Int64ul,  # time commands waited for their turn
+    "mispredicted" / Int64ul,       # posted calls whose host status was not CL_SUCCESS
     "latency_sum_ns" / Array(len(CallClass), Int64ul),
     "latency_buckets" / Array(len(CallClass) * HISTOGRAM_BUCKETS, Int64ul),
 )
@@ -101,7 +102,7 @@ SCHED_FIELDS = ("vtime", "device_ns", "outstanding", "waiting", "active_until",
                 "executor_pid", "estimate_ns")
 STAT_FIELDS = ("calls", "commands", "bytes_moved", "live_objects", "live_bytes",
                "refused_memory", "refused_objects", "throttled_inflight", "throttled_rate",
-               "admission_wait_ns")
+               "admission_wait_ns", "mispredicted")
 assert Header.sizeof() <= HEADER_SIZE and Slot.sizeof() <= SLOT_SIZE
 assert all(off % 4 == 0 for off in SLOT_OFFSETS.values())
 assert all(SLOT_OFFSETS[f] % 8 == 0 for f in (*SCHED_FIELDS, *STAT_FIELDS, "memory_quota",

@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--reprobe", action="store_true", help="decide KVM vs TCG again")
     lab_sub.add_parser("status", parents=[common], help="what the lab holds, versions, size, "
                        "KVM verdict")
+    lab_sub.add_parser("examples", parents=[common], help="print the directory of pyopencl's "
+                       "examples in the lab root (exit 1 if the lab has none yet)")
 
     run = sub.add_parser("run", parents=[common], help="boot a guest with the device and run "
                          "a command in it: run [OPTIONS] -- CMD [ARGS...]",
@@ -205,6 +207,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             except KeyboardInterrupt:
                 _err("lab build interrupted (it resumes where it stopped)")
                 return 128 + signal.SIGINT
+            return 0
+        if args.lab_command == "examples":
+            where = lab.path / "root" / "usr" / "share" / "doc" / "python-pyopencl-doc" / \
+                "examples"
+            if not where.is_dir():
+                _err(f"no pyopencl examples in the lab yet ({where}): run `make lab`")
+                return 1
+            print(where)
             return 0
         print("\n".join(lab.status_lines()))
         return 0

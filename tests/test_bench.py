@@ -18,15 +18,30 @@ def test_ring_benchmark_smoke():
 
 
 def test_opencl_benchmark_prints_device_beside_native():
-    res = subprocess.run([sys.executable, "-m", "vdev.bench", "opencl", "--json"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run([sys.executable, "-m", "vdev.bench", "opencl", "--quick", "--json",
+                          "--no-examples"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     import json
     figures = json.loads(res.stdout)
+    from vdev._opencl_bench import ROWS
     for side in ("native", "device"):
-        assert figures[side]["write_64m_gbs"] > 0 and figures[side]["kernel_launch_finish_us"] > 0
-    assert figures["device"]["info_query_us"] > 0 and figures["device"]["forwarded_info_us"] > 0
+        for _, key, *_ in ROWS:
+            assert figures[side][key] > 0, (side, key)
+        assert figures[side]["launch4_p99_us"] >= figures[side]["launch4_median_us"]
     assert figures["native"]["device"] == figures["device"]["device"], "the same device both ways"
+    assert figures["examples"] == {"skipped": "--no-examples"}
+
+
+def test_opencl_benchmark_report_names_every_figure_and_target():
+    from vdev._opencl_bench import ROWS, report_opencl
+    side = {key: 2.0 for _, key, *_ in ROWS} | {"device": "dev"}
+    text = report_opencl({"native": side, "device": dict(side, info_query_us=0.25),
+                          "examples": {"native_cold_s": 2.0, "native_warm_s": 1.0,
+                                       "device_cold_s": 2.1, "device_warm_s": 1.5}})
+    for label, *_ in ROWS:
+        assert label in text, label
+    assert "<= 0.5 us: met" in text and "<= 5 us: met" in text
+    assert "pyopencl examples, cold (wall)" in text and "1.50x  <= 1.1x: NOT met" in text
 
 
 def test_oversubscription_benchmark_prints_every_ratio_and_draws_the_curve(tmp_path):

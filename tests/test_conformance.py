@@ -13,13 +13,13 @@ HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conformance")
 AREAS = sorted(os.path.basename(p)[:-2] for p in glob.glob(os.path.join(HERE, "*.c")))
 
 
-def same_as_native(area, shim, socket, tmp_path):
+def same_as_native(area, shim, socket, tmp_path, env=None):
     exe = tmp_path / area
     subprocess.run(["gcc", "-std=gnu11", "-Wall", "-Werror", "-o", str(exe),
-                    os.path.join(HERE, f"{area}.c"), "-lOpenCL"], check=True)
+                    os.path.join(HERE, f"{area}.c"), "-lOpenCL", "-lpthread"], check=True)
     theirs = native([str(exe)])
     assert theirs.returncode == 0, theirs.stderr
-    ours = through_device(shim, socket, [str(exe)])
+    ours = through_device(shim, socket, [str(exe)], env=env)
     assert ours.returncode == 0, ours.stderr
     assert len(theirs.stdout.splitlines()) >= 10
     assert ours.stdout.splitlines() == theirs.stdout.splitlines()
@@ -28,6 +28,13 @@ def same_as_native(area, shim, socket, tmp_path):
 @pytest.mark.parametrize("area", AREAS)
 def test_same_status_codes_as_native(area, shim, cl_server, tmp_path):  # noqa: F811
     same_as_native(area, shim, cl_server, tmp_path)
+
+
+@pytest.mark.parametrize("area", AREAS)
+def test_same_status_codes_as_native_without_posting(area, shim, cl_server,  # noqa: F811
+                                                     tmp_path):
+    """AVA_ICD_SYNC=1: every call waits for the host's answer (nothing posted)."""
+    same_as_native(area, shim, cl_server, tmp_path, env={"AVA_ICD_SYNC": "1"})
 
 
 @pytest.fixture(scope="module")

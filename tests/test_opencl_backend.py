@@ -650,3 +650,51 @@ def test_non_blocking_transfers_through_a_scatter_list_run_piece_by_piece(backen
                                     event=next(ids), **{**common, "offset": 4}), g.owner, dma)
     assert decode(fn, reply)[0] == -30
     assert g.call("clFinish", command_queue=queue)[0] == 0
+
+
+class _PostedCommand:
+    """What the ring engine hands the backend for one command, posted by the guest."""
+
+    def __init__(self, fn, payload: bytes, owner: int):
+        from protocols.device_abi import CmdFlags
+        self.opcode, self.flags, self.queue, self.owner = fn.opcode, int(CmdFlags.POSTED), 3, owner
+        self.dma = None
+        self.payload, self.reply = payload, b""
+
+    def read_payload(self) -> bytes:
+        return self.payload
+
+    def write_reply(self, data) -> int:
+        self.reply = bytes(data)
+        return len(self.reply)
+
+
+def test_a_posted_call_the_host_answers_differently_is_logged_and_counted(backend, caplog):
+    """The guest posts a call only when it knows its status is CL_SUCCESS; a posted
+    call that fails on the host is a misprediction (a guest bug): logged with the
+    call, counted, and counted in the VM's stats under a manager."""
+    g = Guest(backend)
+    ctx, dev = g.context()
+    prog, kern = next(ids), next(ids)
+    assert g.call("clCreateProgramWithSource", prog, context=ctx, count=1,
+                  strings=[b"__kernel void k(__global int *a) { a[0] = 1; }"])[0] == 0
+    assert g.call("clBuildProgram", program=prog, num_devices=1, device_list=[dev])[0] == 0
+    assert g.call("clCreateKernel", kern, program=prog, kernel_name=b"k\0")[0] == 0
+    charged = []
+    backend.meter = type("Meter", (), {"mispredicted": lambda self: charged.append(1)})()
+    fn = F["clSetKernelArg"]
+    good = _PostedCommand(fn, encode(fn, kernel=kern, arg_index=0,
+                                     arg_value=(api.KARG_LOCAL, 8)), g.owner)
+    assert backend.execute(good) == (0, 8) and good.reply == bytes(8)
+    assert backend.posted == 1 and backend.mispredicted == 0
+    bad = _PostedCommand(fn, encode(fn, kernel=kern, arg_index=7,
+                                    arg_value=(api.KARG_BYTES, b"\0" * 4)), g.owner)
+    with caplog.at_level("WARNING", logger="host_backend.opencl"):
+        backend.execute(bad)
+    assert int.from_bytes(bad.reply[:8], "little", signed=True) == -49   # CL_INVALID_ARG_INDEX
+    assert backend.posted == 2 and backend.mispredicted == 1 and charged == [1]
+    assert "posted clSetKernelArg got status -49" in caplog.text and "misprediction" in caplog.text
+    malformed = _PostedCommand(fn, b"\1\2\3", g.owner)
+    backend.execute(malformed)
+    assert backend.mispredicted == 2 and "posted clSetKernelArg got malformed" in caplog.text
+    backend.meter = None

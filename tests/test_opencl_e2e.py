@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from clinfo_caps import as_the_device_reports, unexplained_differences
@@ -50,10 +51,10 @@ def cl_server():
         yield path
 
 
-def through_device(shim, socket, argv, timeout=300, cwd=None):
+def through_device(shim, socket, argv, timeout=300, cwd=None, env=None):
     lib, vendors = shim
     env = dict(os.environ, AVA_VDEV_SOCKET=socket, OCL_ICD_VENDORS=str(vendors),
-               OCL_ICD_FILENAMES=str(lib), PYOPENCL_CTX="0", MPLBACKEND="Agg")
+               OCL_ICD_FILENAMES=str(lib), PYOPENCL_CTX="0", MPLBACKEND="Agg", **(env or {}))
     time.sleep(0.05)
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
@@ -136,6 +137,45 @@ def test_posted_releases_all_reach_the_host(shim, cl_server, tmp_path):
         del os.environ["AVA_ICD_SYNC"]
     assert sync.returncode == 0, sync.stderr
     print("posted:", posted.stdout.strip(), "| synchronous:", sync.stdout.strip())
+
+
+def _posted_line(log: str) -> tuple[tuple[int, int] | None, str]:
+    """The session's posted-call figures from the server's log, once the session is
+    over (its summary comes after the client went), and the log."""
+    deadline = time.monotonic() + 20
+    while True:
+        text = Path(log).read_text()
+        if "queues, DMA maps and IRQ fds released" in text or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    time.sleep(0.5)                 # the executor's summary, logged as it ends
+    text = Path(log).read_text()
+    m = re.search(r"posted calls: (\d+) .*mispredicted: (\d+)", text)
+    return ((int(m.group(1)), int(m.group(2))) if m else None), text
+
+
+def test_kernel_arguments_and_launches_are_posted_with_native_statuses(shim, tmp_path):
+    """tests/conformance/posted.c repeats every case, so its later rounds are posted:
+    the statuses match native (test_conformance) and here the host saw them arrive as
+    posted, none answered differently than the guest predicted; with AVA_ICD_SYNC=1
+    nothing is posted."""
+    exe = tmp_path / "posted"
+    subprocess.run(["gcc", "-std=gnu11", "-o", str(exe), os.path.join(
+        ROOT, "tests", "conformance", "posted.c"), "-lOpenCL", "-lpthread"], check=True)
+    theirs = native([str(exe)])
+    assert theirs.returncode == 0, theirs.stderr
+    for env, expect_posted in (({}, True), ({"AVA_ICD_SYNC": "1"}, False)):
+        with device_server() as (sock, log):
+            ours = through_device(shim, sock, [str(exe)], env=env)
+            counts, text = _posted_line(log)
+        assert ours.returncode == 0, ours.stderr
+        assert ours.stdout.splitlines() == theirs.stdout.splitlines()
+        if expect_posted:
+            # Rounds two and three of every successful set and launch (80 or so),
+            # plus the releases.
+            assert counts is not None and counts[0] >= 60 and counts[1] == 0, text[-3000:]
+        else:
+            assert counts is None, text[-3000:]
 
 
 def test_status_lists_what_the_device_turns_off_and_why(shim, cl_server, tmp_path):

@@ -543,3 +543,12 @@ def test_demo_verdicts_compare_each_programs_result():
     lines, same = _demo.verdict_lines(native, guest.split(_demo.HEADER_VADD)[0])
     assert not same and "(no output)" in lines[1], "a program that printed nothing differs"
     assert _demo.HEADER_CLINFO in _demo.GUEST_OPENCL_SCRIPT, "both sides print the headers"
+
+
+def test_lab_examples_names_the_directory_or_says_how_to_get_it(tmp_path, capsys):
+    assert _cli.main(["lab", "examples", "--dir", str(tmp_path)]) == 1
+    assert "run `make lab`" in capsys.readouterr().err
+    examples = tmp_path / "root" / "usr" / "share" / "doc" / "python-pyopencl-doc" / "examples"
+    examples.mkdir(parents=True)
+    assert _cli.main(["lab", "examples", "--dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == str(examples.resolve())

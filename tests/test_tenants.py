@@ -214,12 +214,14 @@ def test_statistics_and_metrics(table):
         a.record(int(CallClass.ENQUEUE), ns)
     a.record(int(CallClass.SYNC), 2_000_000)
     a.refused("memory")
+    a.mispredicted()
     snap = dict(a.me.snapshot(), vm="a", up=True, restarts=0, compute_units=0)
     snap["histograms"] = {k: {"buckets": v[0], "sum_ns": v[1]}
                           for k, v in snap["histograms"].items()}
     assert snap["calls"] == 4 and snap["refused_memory"] == 1
     text = _metrics.render([snap])
     assert 'ava_vdev_vm_calls_total{vm="a"} 4' in text
+    assert 'ava_vdev_vm_mispredicted_calls_total{vm="a"} 1' in text
     assert 'ava_vdev_vm_quota{vm="a",quota="memory_bytes"} 1048576' in text
     assert 'ava_vdev_vm_quota_refusals_total{vm="a",quota="memory"} 1' in text
     assert 'ava_vdev_vm_call_duration_seconds_count{vm="a",class="enqueue"} 3' in text

@@ -20,6 +20,7 @@ from protocols.device_abi import CmdFlags
 
 from ._dma import DmaError, DmaMap
 
+_PAYLOAD_SG, _REPLY_SG = int(CmdFlags.PAYLOAD_SG), int(CmdFlags.REPLY_SG)
 _SG = struct.Struct("<QII")
 #: Total bytes one command may reference (payload or reply).
 MAX_TRANSFER = 1 << 32
@@ -90,11 +91,11 @@ class CommandContext:
 
     def payload(self) -> list[memoryview]:
         return self._views(self.payload_addr, self.payload_len,
-                           bool(self.flags & CmdFlags.PAYLOAD_SG), write=False)
+                           bool(self.flags & _PAYLOAD_SG), write=False)
 
     def reply(self) -> list[memoryview]:
         return self._views(self.reply_addr, self.reply_len,
-                           bool(self.flags & CmdFlags.REPLY_SG), write=True)
+                           bool(self.flags & _REPLY_SG), write=True)
 
     def read_payload(self) -> bytes:
         views = self.payload()

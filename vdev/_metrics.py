@@ -31,6 +31,9 @@ _SIMPLE = (
     ("vm_live_memory_bytes", "gauge", "Bytes of the VM's live memory objects.", "live_bytes", 1),
     ("vm_admission_wait_seconds_total", "counter",
      "Time the VM's device commands waited for their turn.", "admission_wait_ns", 1e-9),
+    ("vm_mispredicted_calls_total", "counter",
+     "Posted calls whose host status differed from the guest's (a bug: see the log).",
+     "mispredicted", 1),
     ("vm_compute_units", "gauge", "The VM's compute partition (0: the whole device).",
      "compute_units", 1),
 )

@@ -86,15 +86,17 @@ class Ring:
 
 
 _OTHER = int(CallClass.OTHER)
+# Plain ints: an IntFlag operation costs a microsecond on the hot path.
 _SG_FLAGS = int(CmdFlags.PAYLOAD_SG | CmdFlags.REPLY_SG)
+_PAYLOAD_SG, _REPLY_SG, _IRQ = int(CmdFlags.PAYLOAD_SG), int(CmdFlags.REPLY_SG), int(CmdFlags.IRQ)
 #: Scatter lists longer than this are walked on a worker thread, not the poller: a
 #: 1M-entry list takes seconds to translate, and the poller serves every queue.
 INLINE_SG_ENTRIES = 256
 
 
 def _long_lists(flags: int, payload_len: int, reply_len: int) -> bool:
-    return bool((flags & CmdFlags.PAYLOAD_SG and payload_len > INLINE_SG_ENTRIES)
-                or (flags & CmdFlags.REPLY_SG and reply_len > INLINE_SG_ENTRIES))
+    return bool((flags & _PAYLOAD_SG and payload_len > INLINE_SG_ENTRIES)
+                or (flags & _REPLY_SG and reply_len > INLINE_SG_ENTRIES))
 
 
 class DaemonWorkers:
@@ -422,7 +424,7 @@ class RingEngine:
         ring.u64[_HEAD_W] = index + 1
         ring.commands += 1
         self._fence()
-        if flags & CmdFlags.IRQ or ring.u32[_ARMED_W]:
+        if flags & _IRQ or ring.u32[_ARMED_W]:
             ring.u32[_ARMED_W] = 0
             self._raise_irq(ring.queue)
 

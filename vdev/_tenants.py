@@ -421,6 +421,10 @@ class TenantScheduler:
         me["live_objects"] = objects
         me["live_bytes"] = nbytes
 
+    def mispredicted(self) -> None:
+        with self._lock:
+            self.me["mispredicted"] += 1
+
     def refused(self, which: str) -> None:
         key = {"memory": "refused_memory", "objects": "refused_objects"}[which]
         with self._lock:

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from ._cli import parse_size
+from ._opencl_bench import report_opencl, run_opencl, run_vm_transfers
 from ._oversub_bench import RATIOS, plot_oversub, report_oversub, run_oversub
 
 #: A benchmark's figures by name, as ava-bench and clbench print them (JSON).
@@ -98,51 +99,6 @@ def run_loopback(build_dir: str, quick: bool) -> Figures:
     return figures
 
 
-def run_opencl(build_dir: str) -> Figures:
-    """clbench natively, then through the device: {"native": {...}, "device": {...}}."""
-    with tempfile.TemporaryDirectory(prefix="ava-clbench-", dir="/tmp") as d:
-        exe = os.path.join(d, "clbench")
-        subprocess.run(["gcc", "-O2", "-o", exe, os.path.join(ROOT, "tests", "samples",
-                                                              "clbench.c"), "-lOpenCL"], check=True)
-        vendors = os.path.join(d, "vendors")
-        os.mkdir(vendors)
-        with open(os.path.join(vendors, "ava.icd"), "w") as f:
-            f.write(os.path.join(build_dir, "libava_icd.so") + "\n")
-        results = {}
-        with loopback_server("opencl") as (sock, _):
-            for name, extra in (("native", {}),
-                                ("device", {"OCL_ICD_VENDORS": vendors, "AVA_VDEV_SOCKET": sock})):
-                res = subprocess.run([exe], env=dict(os.environ, **extra), capture_output=True,
-                                     text=True, timeout=600)
-                if res.returncode != 0:
-                    raise SystemExit(f"clbench ({name}) failed: {res.stderr}")
-                results[name] = json.loads(res.stdout.strip().splitlines()[-1])
-    return results
-
-
-def _figure(value: float) -> str:
-    """Two decimals, or four for the sub-0.1 figures (a native info query)."""
-    return f"{value:.2f}" if value >= 0.1 else f"{value:.4f}"
-
-
-def report_opencl(r: Figures) -> str:
-    native, device = r["native"], r["device"]
-    rows = [("info query (kept in the guest)", "info_query_us", "us", False),
-            ("info query (asked of the host)", "forwarded_info_us", "us", False),
-            ("small kernel, enqueue + finish", "kernel_launch_finish_us", "us", False),
-            ("write 64 MiB", "write_64m_gbs", "GB/s", True),
-            ("read 64 MiB", "read_64m_gbs", "GB/s", True)]
-    lines = [f"OpenCL benchmark on {native['device']}: through the device (loopback) vs native",
-             f"  {'':32} {'device':>12} {'native':>12} {'ratio':>10}"]
-    for label, key, unit, higher_better in rows:
-        ours, theirs = device[key], native[key]
-        ratio = (f"{ours / theirs:.0%}" if higher_better else f"{ours / theirs:.1f}x") \
-            if theirs else "-"
-        lines.append(f"  {label:32} {_figure(ours):>9} {unit:<4}{_figure(theirs):>7} {unit:<4} "
-                     f"{ratio:>8}")
-    return "\n".join(lines)
-
-
 def run_vm(quick: bool) -> Figures:
     script = ("cd /mnt/ava && python3 -m guest_driver build --out /tmp/b >/dev/null && "
               f"AVA_VDEV_MEM=400M /tmp/b/ava-bench {'--quick' if quick else ''}")
@@ -197,9 +153,13 @@ def main(argv: list[str] | None = None) -> int:
                              "oversub: throughput as the working set outgrows the device "
                              "memory; tenants: VMs sharing the device under a manager "
                              "(shares, throughput, interactive latency, scheduler cost)")
-    parser.add_argument("--vm", action="store_true", help="ring: also measure inside a lab guest")
+    parser.add_argument("--vm", action="store_true", help="ring, opencl: also measure inside a "
+                        "lab guest (opencl: the transfers)")
     parser.add_argument("--quick", action="store_true",
-                        help="ring: fewer iterations; tenants: 3.5 s workloads (smoke test)")
+                        help="ring, opencl: fewer iterations; tenants: 3.5 s workloads "
+                             "(smoke test)")
+    parser.add_argument("--no-examples", action="store_true",
+                        help="opencl: leave out pyopencl's examples (they take a minute)")
     parser.add_argument("--seconds", type=float, default=6.0, metavar="S",
                         help="tenants: how long each workload runs (default 6)")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
@@ -239,7 +199,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"plot: {args.plot}", file=sys.stderr)
         return 0
     if args.what == "opencl":
-        results = run_opencl(build_dir)
+        results = run_opencl(build_dir, quick=args.quick, examples=not args.no_examples,
+                             progress=lambda what: print(f"  running {what}", file=sys.stderr,
+                                                         flush=True))
+        if args.vm:
+            results["vm"] = run_vm_transfers()
         print(json.dumps(results, indent=2) if args.json else report_opencl(results))
         return 0
     results = {"loopback": run_loopback(build_dir, args.quick)}

@@ -163,6 +163,52 @@ int64_t ava_icd_invoke(uint16_t opcode, const char *name, struct ava_enc *e, siz
 
 int ava_icd_post(uint16_t opcode, struct ava_enc *e);
 
+/* ---- predicted calls (icd_predict.c; spec: predicted) ----------------------------- */
+
+/* What a kernel argument's status can depend on: its size, how the guest sends it
+ * (tag), and for an object, what the implementation may check about it. */
+struct ava_arg_class {
+    uint64_t w[8];                /* tag and zero-ness, size, then ava_mem_arg_class's */
+};
+
+/* A launch's shape: the queue and the work sizes. */
+struct ava_launch_shape {
+    uint64_t queue, dim, has_offset, has_local;
+    uint64_t offset[3], global[3], local[3];
+};
+
+/* One call's prediction, from ava_predict_<name> to ava_predict_done. */
+struct ava_prediction {
+    void *kernel;                 /* NULL: nothing to learn from this call */
+    int launch;                   /* a launch; else a kernel argument */
+    uint32_t index;
+    struct ava_arg_class cls;
+    struct ava_launch_shape shape;
+};
+
+/* Whether the call may be posted: 1 when an identical call succeeded before. */
+int ava_predict_clSetKernelArg(struct ava_prediction *p, cl_kernel kernel, cl_uint arg_index,
+                               size_t arg_size, const void *arg_value);
+int ava_predict_clEnqueueNDRangeKernel(struct ava_prediction *p, cl_command_queue queue,
+                                       cl_kernel kernel, cl_uint work_dim,
+                                       const size_t *global_work_offset,
+                                       const size_t *global_work_size,
+                                       const size_t *local_work_size, cl_uint num_events,
+                                       const cl_event *wait_list, cl_event *event);
+int ava_predict_clEnqueueTask(struct ava_prediction *p, cl_command_queue queue,
+                              cl_kernel kernel, cl_uint num_events, const cl_event *wait_list,
+                              cl_event *event);
+/* The call's status (the host's, or CL_SUCCESS when posted): what is learned. */
+void ava_predict_done(struct ava_prediction *p, int64_t status, int posted);
+/* A kernel's last reference went. */
+void ava_kernel_final(void *ext);
+
+/* How a kernel argument travels (AVA_KARG_*), and the object it names, if any. */
+int ava_kernel_arg_tag(size_t size, const void *value, const void **obj);
+/* What a memory object's use as a kernel argument can depend on (icd_mem.c): 0 and
+ * the words, or -1 when the guest does not know the object. */
+int ava_mem_arg_class(const void *mem, uint64_t w[6]);
+
 /* Transport hooks (icd_transport.c, over the guest runtime). */
 int ava_transport_post(uint16_t opcode, const void *payload, size_t len);
 int ava_transport_call(uint16_t opcode, const void *payload, size_t len, void *reply,

@@ -39,6 +39,10 @@ struct mem_ext {
     cl_mem_object_type image_type;   /* 0 for a buffer */
     size_t elem;               /* an image's bytes per pixel (the host's answer) */
     size_t host_row, host_slice;     /* the pitches of an image's host_ptr */
+    /* What a kernel argument's status may depend on (ava_mem_arg_class). */
+    uint64_t context_id;       /* the context it was created in */
+    uint64_t parent_id;        /* a sub-buffer's buffer, or an image itself */
+    size_t origin;             /* a sub-buffer's offset in its buffer */
 };
 
 static pthread_mutex_t mem_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -73,6 +77,7 @@ ava_clCreateBuffer(cl_context context, cl_mem_flags flags, size_t size, void *ho
     struct mem_ext *x = new_mem_ext(errcode_ret);
     if (!x)
         return NULL;
+    x->context_id = ava_obj_wire_id(AVA_OBJ_CONTEXT, context);
     return buffer_created(ava_fwd_clCreateBuffer(context, flags, size, host_ptr, errcode_ret), x,
                           flags, size, host_ptr);
 }
@@ -85,6 +90,7 @@ ava_clCreateBufferWithProperties(cl_context context, const cl_mem_properties *pr
     struct mem_ext *x = new_mem_ext(errcode_ret);
     if (!x)
         return NULL;
+    x->context_id = ava_obj_wire_id(AVA_OBJ_CONTEXT, context);
     return buffer_created(ava_fwd_clCreateBufferWithProperties(context, properties, flags, size,
                                                                host_ptr, errcode_ret),
                           x, flags, size, host_ptr);
@@ -112,7 +118,10 @@ ava_clCreateSubBuffer(cl_mem buffer, cl_mem_flags flags, cl_buffer_create_type t
     const cl_mem_flags host_access = CL_MEM_HOST_WRITE_ONLY | CL_MEM_HOST_READ_ONLY |
                                      CL_MEM_HOST_NO_ACCESS;
     x->size = region->size;
+    x->origin = region->origin;
+    x->parent_id = ava_obj_id(buffer);
     if (parent) {
+        x->context_id = parent->context_id;
         x->flags = flags | (parent->flags & host_ptr);
         if (!(flags & access))
             x->flags |= parent->flags & access;
@@ -433,6 +442,7 @@ ava_clCreateImage(cl_context context, cl_mem_flags flags, const cl_image_format 
     struct mem_ext *x = new_mem_ext(errcode_ret);
     if (!x)
         return NULL;
+    x->context_id = ava_obj_wire_id(AVA_OBJ_CONTEXT, context);
     return image_created(ava_fwd_clCreateImage(context, flags, image_format, image_desc,
                                                host_ptr, errcode_ret),
                          x, flags, image_desc, host_ptr);
@@ -447,6 +457,7 @@ ava_clCreateImageWithProperties(cl_context context, const cl_mem_properties *pro
     struct mem_ext *x = new_mem_ext(errcode_ret);
     if (!x)
         return NULL;
+    x->context_id = ava_obj_wire_id(AVA_OBJ_CONTEXT, context);
     return image_created(ava_fwd_clCreateImageWithProperties(context, properties, flags,
                                                              image_format, image_desc,
                                                              host_ptr, errcode_ret),
@@ -468,6 +479,7 @@ static cl_mem image_created(cl_mem mem, struct mem_ext *x, cl_mem_flags flags,
         x->elem = 0;
     x->flags = flags;
     x->image_type = image_desc->image_type;
+    x->parent_id = ava_obj_id(mem);      /* its format and sizes: told apart by identity */
     if (flags & CL_MEM_USE_HOST_PTR) {
         x->host_ptr = host_ptr;
         image_host_pitches(image_desc, x->elem, &x->host_row, &x->host_slice);
@@ -629,12 +641,29 @@ ava_clSetMemObjectDestructorCallback(cl_mem memobj, void (CL_CALLBACK *pfn_notif
     return CL_SUCCESS;
 }
 
+/* The fields read are set before the object is handed out and never change. */
+int ava_mem_arg_class(const void *mem, uint64_t w[6])
+{
+    const struct mem_ext *x = ava_obj_ext(mem, AVA_OBJ_MEM);
+    if (!x || !x->context_id)
+        return -1;
+    w[0] = x->flags;
+    w[1] = x->size;
+    w[2] = x->context_id;
+    w[3] = x->parent_id;
+    w[4] = x->origin;
+    w[5] = x->image_type;
+    return 0;
+}
+
 /* The last reference went (ava_obj_release): destructor callbacks newest first,
  * then what the object kept. */
 void ava_ext_final(int type, void *obj, void *ext)
 {
     if (type == AVA_OBJ_CONTEXT)
         ava_context_final(obj, ext);
+    if (type == AVA_OBJ_KERNEL)
+        ava_kernel_final(ext);
     if (type != AVA_OBJ_MEM)
         return;
     struct mem_ext *x = ext;

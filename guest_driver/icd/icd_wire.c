@@ -134,28 +134,35 @@ void ava_enc_properties(struct ava_enc *e, const int64_t *props, const struct av
 
 /* A cl_mem or cl_sampler argument is recognised by what it points at: one of our live
  * objects.  Anything else is bytes, and NULL is local memory. */
+int ava_kernel_arg_tag(size_t size, const void *value, const void **obj)
+{
+    *obj = NULL;
+    if (!value)
+        return AVA_KARG_LOCAL;
+    if (size == sizeof(void *)) {
+        const void *o = *(const void *const *)value;
+        if (o && ava_obj_is(o, AVA_OBJ_MEM)) {
+            *obj = o;
+            return AVA_KARG_MEM;
+        }
+        if (o && ava_obj_is(o, AVA_OBJ_SAMPLER)) {
+            *obj = o;
+            return AVA_KARG_SAMPLER;
+        }
+    }
+    return AVA_KARG_BYTES;
+}
+
 void ava_enc_kernel_arg(struct ava_enc *e, size_t size, const void *value)
 {
+    const void *obj;
+    int tag = ava_kernel_arg_tag(size, value, &obj);
     ava_enc_u64(e, size);
-    if (!value) {
-        ava_enc_u64(e, AVA_KARG_LOCAL);
-        return;
-    }
-    if (size == sizeof(void *)) {
-        const void *obj = *(const void *const *)value;
-        if (obj && ava_obj_is(obj, AVA_OBJ_MEM)) {
-            ava_enc_u64(e, AVA_KARG_MEM);
-            ava_enc_u64(e, ava_obj_id(obj));
-            return;
-        }
-        if (obj && ava_obj_is(obj, AVA_OBJ_SAMPLER)) {
-            ava_enc_u64(e, AVA_KARG_SAMPLER);
-            ava_enc_u64(e, ava_obj_id(obj));
-            return;
-        }
-    }
-    ava_enc_u64(e, AVA_KARG_BYTES);
-    ava_enc_blob(e, value, size);
+    ava_enc_u64(e, (uint64_t)tag);
+    if (tag == AVA_KARG_MEM || tag == AVA_KARG_SAMPLER)
+        ava_enc_u64(e, ava_obj_id(obj));
+    else if (tag == AVA_KARG_BYTES)
+        ava_enc_blob(e, value, size);
 }
 
 int ava_enc_host_data(struct ava_enc *e, struct ava_stage *st, const void *p, size_t n, int dir)

@@ -56,6 +56,7 @@ struct ava_queue {
     uint8_t *staging;          /* per slot: payload then reply, AVA_STAGING_SIZE each */
     uint64_t staging_gpa;
     uint64_t tail;             /* next seq to publish */
+    uint64_t posted_tail;      /* the tail after this queue's last posted command */
     int irq_fd;
     int dead;                  /* the device dropped this queue (reset, failure) */
 };
@@ -153,6 +154,10 @@ int ava_queue_create(struct ava_device *dev, unsigned slots, struct ava_queue **
         goto fail;
     }
     q->irq_fd = dev->ops->irq_fd(dev, idx);     /* may fail: waits then poll on a timer */
+    pthread_mutex_lock(&dev->queues_lock);
+    dev->queues[idx] = q;
+    __atomic_add_fetch(&dev->open_queues, 1, __ATOMIC_SEQ_CST);
+    pthread_mutex_unlock(&dev->queues_lock);
     *out = q;
     return 0;
 fail:
@@ -171,6 +176,12 @@ void ava_queue_destroy(struct ava_queue *q)
     struct ava_result res;
     if (q->tail && !q->dead)
         ava_wait(q, q->tail - 1, &res);     /* posted commands run before the queue goes */
+    pthread_mutex_lock(&dev->queues_lock);
+    if (dev->queues[q->index] == q) {
+        dev->queues[q->index] = NULL;
+        __atomic_sub_fetch(&dev->open_queues, 1, __ATOMIC_SEQ_CST);
+    }
+    pthread_mutex_unlock(&dev->queues_lock);
     ava_write_reg(dev, qreg(q->index, AVA_QREG_CTRL), AVA_QUEUE_CTRL_RELEASE);
     if (q->irq_fd >= 0 && q->irq_fd != dev->uio_fd)
         close(q->irq_fd);
@@ -295,6 +306,41 @@ int ava_wait(struct ava_queue *q, uint64_t seq, struct ava_result *res)
     return 0;
 }
 
+/* Commands another thread posted (a kernel argument, a launch) come before this
+ * thread's next command: the program saw them return, so the host must run them
+ * first.  Queues of other threads are drained up to their last post; with one open
+ * queue (most programs) this costs one load. */
+static int order_after_other_queues(struct ava_queue *q)
+{
+    struct ava_device *dev = q->dev;
+    if (__atomic_load_n(&dev->open_queues, __ATOMIC_SEQ_CST) <= 1)
+        return 0;
+    int rc = 0;
+    pthread_mutex_lock(&dev->queues_lock);
+    for (int i = 0; i < dev->num_queues && rc == 0; i++) {
+        struct ava_queue *p = dev->queues[i];
+        if (!p || p == q || p->dead)
+            continue;
+        uint64_t posted = __atomic_load_n(&p->posted_tail, __ATOMIC_ACQUIRE);
+        uint64_t start = 0;
+        while (__atomic_load_n(ring_head(p), __ATOMIC_ACQUIRE) < posted) {
+            uint64_t t = now_ns();
+            if (!start) {
+                start = t;
+            } else if (t - start > 500000000ull) {
+                if ((rc = check_alive(p)) != 0) {
+                    rc = 0;            /* that queue is dead: nothing of it will run */
+                    break;
+                }
+                start = t;
+            }
+            sched_yield();
+        }
+    }
+    pthread_mutex_unlock(&dev->queues_lock);
+    return rc;
+}
+
 /* The staging of the slot at the tail is free once the host completed the command
  * that used that slot last (posted commands may still be in flight). */
 static int wait_slot_free(struct ava_queue *q)
@@ -327,7 +373,9 @@ int ava_call(struct ava_queue *q, uint16_t opcode, const void *payload, size_t l
     uint64_t slot = q->tail & (q->slots - 1);
     uint8_t *in = q->staging + slot * 2 * AVA_STAGING_SIZE, *out = in + AVA_STAGING_SIZE;
     uint64_t in_gpa = q->staging_gpa + slot * 2 * AVA_STAGING_SIZE, out_gpa = in_gpa + AVA_STAGING_SIZE;
-    int rc = wait_slot_free(q);
+    int rc = order_after_other_queues(q);
+    if (rc == 0)
+        rc = wait_slot_free(q);
     if (rc)
         return rc;
     if (len > AVA_STAGING_SIZE) {
@@ -370,10 +418,12 @@ int ava_post(struct ava_queue *q, uint16_t opcode, const void *payload, size_t l
 {
     if (len > AVA_STAGING_SIZE)
         return -E2BIG;
-    struct ava_cmd cmd = {.opcode = opcode};
+    struct ava_cmd cmd = {.opcode = opcode, .flags = AVA_CMD_FLAG_POSTED};
     uint64_t slot = q->tail & (q->slots - 1);
     uint64_t in_gpa = q->staging_gpa + slot * 2 * AVA_STAGING_SIZE;
-    int rc = wait_slot_free(q);
+    int rc = order_after_other_queues(q);
+    if (rc == 0)
+        rc = wait_slot_free(q);
     if (rc)
         return rc;
     if (len)
@@ -382,7 +432,10 @@ int ava_post(struct ava_queue *q, uint16_t opcode, const void *payload, size_t l
     cmd.payload_len = (uint32_t)len;
     cmd.reply_addr = in_gpa + AVA_STAGING_SIZE;
     cmd.reply_len = 8;                       /* the status, which nobody reads */
-    return ava_submit(q, &cmd, NULL);
+    rc = ava_submit(q, &cmd, NULL);
+    if (rc == 0)
+        __atomic_store_n(&q->posted_tail, q->tail, __ATOMIC_RELEASE);
+    return rc;
 }
 
 /* ---- device ------------------------------------------------------------------------ */
@@ -425,11 +478,15 @@ int ava_open(struct ava_device **out)
             reclaim_dead_owners(dev);
         if (pthread_key_create(&dev->queue_key, thread_queue_dtor) != 0)
             rc = rt_error(EAGAIN, "out of thread keys");
+        else if (!(dev->queues = calloc((size_t)dev->num_queues + 1, sizeof(*dev->queues))))
+            rc = rt_error(ENOMEM, "out of memory");
+        pthread_mutex_init(&dev->queues_lock, NULL);
     }
     if (rc != 0) {
         if (dev->ops)
             dev->ops->close(dev);
         rt_arena_fini(dev);
+        free(dev->queues);
         free(dev);
         return rc;
     }
@@ -449,6 +506,7 @@ void ava_close(struct ava_device *dev)
     pthread_key_delete(dev->queue_key);
     dev->ops->close(dev);
     rt_arena_fini(dev);
+    free(dev->queues);
     free(dev);
 }
 

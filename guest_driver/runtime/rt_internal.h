@@ -41,6 +41,11 @@ struct ava_device {
     char bdf[32];
     pthread_key_t queue_key;
     int num_queues;
+    /* The process's open queues by index (queues_lock): a call on one queue first
+     * waits for what other queues posted, so the host sees the program's order. */
+    pthread_mutex_t queues_lock;
+    struct ava_queue **queues;
+    int open_queues;
 };
 
 int rt_error(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

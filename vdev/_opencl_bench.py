@@ -1,0 +1,195 @@
+"""``python -m vdev.bench opencl``: what OpenCL calls cost through the device, against
+native OpenCL in the same run.
+
+``tests/samples/clbench.c`` runs twice, natively on the host's OpenCL and through the
+device (the ICD over the loopback transport, a fresh server), and prints its figures
+(see that file).  pyopencl's examples, from the lab root, then run the same two ways,
+cold (empty pyopencl and kernel caches: a fresh cache directory, a fresh server) and
+warm (the same again).  With ``--vm`` clbench's transfers also run in a lab guest,
+where the host moves the bulk data, so the bandwidth means something under TCG too.
+Figures are printed beside the issue's targets; nothing here asserts them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+Figures = dict[str, Any]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: pyopencl's examples that finish in seconds on a CPU and need no display.
+EXAMPLES = ("demo.py", "demo_array.py", "demo_elementwise.py", "demo_elementwise_complex.py",
+            "demo_meta_template.py", "demo-struct-reduce.py", "narray.py", "pi-monte-carlo.py",
+            "n-body.py")
+TRANSFER_SIZES = ("4k", "1m", "64m")
+
+
+def _compile(out_dir: str) -> str:
+    exe = os.path.join(out_dir, "clbench")
+    subprocess.run(["gcc", "-O2", "-o", exe, os.path.join(ROOT, "tests", "samples", "clbench.c"),
+                    "-lOpenCL"], check=True)
+    return exe
+
+
+def _vendors(out_dir: str, build_dir: str) -> str:
+    vendors = os.path.join(out_dir, "vendors")
+    os.makedirs(vendors, exist_ok=True)
+    with open(os.path.join(vendors, "ava.icd"), "w") as f:
+        f.write(os.path.join(build_dir, "libava_icd.so") + "\n")
+    return vendors
+
+
+def _clbench(exe: str, env: dict[str, str], args: list[str], what: str) -> Figures:
+    res = subprocess.run([exe, *args], env=env, capture_output=True, text=True, timeout=900)
+    if res.returncode != 0:
+        raise SystemExit(f"clbench ({what}) failed: {res.stderr[-2000:]}")
+    figures: Figures = json.loads(res.stdout.strip().splitlines()[-1])
+    return figures
+
+
+def lab_examples() -> str | None:
+    """pyopencl's examples in the lab root, or None when the lab has not been built."""
+    res = subprocess.run([sys.executable, "-m", "qemu", "lab", "examples"], cwd=ROOT,
+                         capture_output=True, text=True)
+    return res.stdout.strip() if res.returncode == 0 else None
+
+
+def _examples_wall(examples: str, env: dict[str, str], cache: str) -> float:
+    """Seconds for every example, one after the other, with ``cache`` as the cache home."""
+    env = dict(env, XDG_CACHE_HOME=cache, POCL_CACHE_DIR=os.path.join(cache, "pocl"),
+               PYOPENCL_CTX="0", MPLBACKEND="Agg")
+    start = time.monotonic()
+    for example in EXAMPLES:
+        res = subprocess.run([sys.executable, example], cwd=examples, env=env,
+                             capture_output=True, text=True, timeout=600)
+        if res.returncode != 0:
+            raise SystemExit(f"pyopencl example {example} failed: {res.stderr[-2000:]}")
+    return time.monotonic() - start
+
+
+def run_opencl(build_dir: str, *, quick: bool = False, examples: bool = True,
+               progress: Callable[[str], None] = lambda _: None) -> Figures:
+    """{"native": clbench's figures, "device": ..., "examples": {...} or a reason}."""
+    from .bench import loopback_server
+    args = ["--quick"] if quick else []
+    results: Figures = {}
+    with tempfile.TemporaryDirectory(prefix="ava-clbench-", dir="/tmp") as d:
+        exe = _compile(d)
+        vendors = _vendors(d, build_dir)
+        progress("clbench, natively")
+        results["native"] = _clbench(exe, dict(os.environ), args, "native")
+        with loopback_server("opencl") as (sock, _):
+            progress("clbench, through the device")
+            device_env = dict(os.environ, OCL_ICD_VENDORS=vendors, AVA_VDEV_SOCKET=sock)
+            results["device"] = _clbench(exe, device_env, args, "device")
+        if not examples:
+            results["examples"] = {"skipped": "--no-examples"}
+            return results
+        where = lab_examples()
+        if where is None:
+            results["examples"] = {"skipped": "the lab is not built (make lab): pyopencl's "
+                                              "examples come from its root"}
+            return results
+        walls: Figures = {}
+        for side in ("native", "device"):
+            cache = os.path.join(d, f"cache-{side}")
+            os.makedirs(cache)
+            if side == "native":
+                for state in ("cold", "warm"):
+                    progress(f"pyopencl examples, natively, {state}")
+                    walls[f"native_{state}_s"] = _examples_wall(where, dict(os.environ), cache)
+                continue
+            with loopback_server("opencl") as (sock, _):    # a fresh server: cold caches
+                env = dict(os.environ, OCL_ICD_VENDORS=vendors, AVA_VDEV_SOCKET=sock)
+                for state in ("cold", "warm"):
+                    progress(f"pyopencl examples, through the device, {state}")
+                    walls[f"device_{state}_s"] = _examples_wall(where, env, cache)
+        results["examples"] = walls
+    return results
+
+
+def run_vm_transfers() -> Figures:
+    """clbench's transfers in a lab guest, through the device (its ICD built there)."""
+    script = ("set -e; cd /mnt/ava; python3 -m guest_driver install --out /tmp/b >/dev/null; "
+              "gcc -O2 -o /tmp/clbench tests/samples/clbench.c -lOpenCL; "
+              "/tmp/clbench --quick --transfers-only")
+    res = subprocess.run([sys.executable, "-m", "qemu", "run", "--timeout", "900", "--", "sh",
+                          "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=960)
+    if res.returncode != 0:
+        raise SystemExit(f"the VM run failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    figures: Figures = json.loads(res.stdout.strip().splitlines()[-1])
+    return figures
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.2f}" if value >= 0.1 else f"{value:.4f}"
+
+
+#: (label, key, unit, higher is better, target: (kind, value) with kind "abs" (the
+#: device figure itself, at most) or "ratio" (device / native, at most; at least for
+#: bandwidth)).
+ROWS: tuple[tuple[str, str, str, bool, tuple[str, float] | None], ...] = (
+    ("info query (kept in the guest)", "info_query_us", "us", False, ("abs", 0.5)),
+    ("forwarded null call", "forwarded_info_us", "us", False, ("abs", 5.0)),
+    ("clSetKernelArg", "set_arg_us", "us", False, None),
+    ("launch, 4 args + finish, median", "launch4_median_us", "us", False, ("ratio", 1.2)),
+    ("launch, 4 args + finish, p99", "launch4_p99_us", "us", False, ("ratio", 1.5)),
+    ("1,000 launches, then finish", "async_launches_us", "us", False, ("ratio", 1.1)),
+    *((f"{kind} {size.upper().replace('K', ' KiB').replace('M', ' MiB')}",
+       f"{kind}_{size}_gbs", "GB/s", True, ("ratio", 0.9) if size == "64m" else None)
+      for kind in ("write", "read", "map") for size in TRANSFER_SIZES),
+    ("build, cold", "build_cold_ms", "ms", False, None),
+    ("build, warm", "build_warm_ms", "ms", False, ("ratio", 1.2)),
+    ("build with -I, cold", "build_inc_cold_ms", "ms", False, None),
+    ("build with -I, warm", "build_inc_warm_ms", "ms", False, ("ratio", 1.2)),
+)
+
+
+def _verdict(target: tuple[str, float] | None, ours: float, theirs: float,
+             higher_better: bool) -> str:
+    if target is None:
+        return ""
+    kind, value = target
+    if kind == "abs":
+        return f"<= {value:g} us: {'met' if ours <= value else 'NOT met'}"
+    ratio = ours / theirs if theirs else float("inf")
+    ok = ratio >= value if higher_better else ratio <= value
+    return f"{'>=' if higher_better else '<='} {value:g}x: {'met' if ok else 'NOT met'}"
+
+
+def report_opencl(r: Figures) -> str:
+    native, device = r["native"], r["device"]
+    lines = [f"OpenCL benchmark on {native['device']}: through the device (loopback) vs native",
+             f"  {'':34} {'device':>12} {'native':>14} {'ratio':>8}  target"]
+    for label, key, unit, higher_better, target in ROWS:
+        ours, theirs = device[key], native[key]
+        ratio = f"{ours / theirs:.2f}x" if theirs else "-"
+        lines.append(f"  {label:34} {_fmt(ours):>7} {unit:<4} {_fmt(theirs):>9} {unit:<4} "
+                     f"{ratio:>8}  {_verdict(target, ours, theirs, higher_better)}")
+    ex = r.get("examples", {})
+    if "skipped" in ex:
+        lines.append(f"  pyopencl examples: skipped ({ex['skipped']})")
+    elif ex:
+        for state in ("cold", "warm"):
+            ours, theirs = ex[f"device_{state}_s"], ex[f"native_{state}_s"]
+            lines.append(f"  {f'pyopencl examples, {state} (wall)':34} {ours:>7.2f} s    "
+                         f"{theirs:>9.2f} s    {ours / theirs:>7.2f}x  "
+                         f"{_verdict(('ratio', 1.1), ours, theirs, False)}")
+    vm = r.get("vm")
+    if vm:
+        lines.append("  in a lab guest (through the device) against the host natively:")
+        for kind in ("write", "read", "map"):
+            for size in TRANSFER_SIZES:
+                key = f"{kind}_{size}_gbs"
+                ours, theirs = vm[key], native[key]
+                lines.append(f"    {kind} {size:<4} {ours:>9.3f} GB/s {theirs:>9.3f} GB/s "
+                             f"{ours / theirs if theirs else 0:>7.2f}x")
+    return "\n".join(lines)
+
