@@ -206,6 +206,9 @@ class RingEngine:
         self._wake = threading.Event()
         self._stop = False
         self._workers = DaemonWorkers(abi.NUM_QUEUES, "vdev-blocking")
+        self._handed_off = 0        # commands on worker threads now
+        #: The longest a command published on another ring waits meanwhile.
+        self.handoff_nap_s = 50e-6
         self.idle = False
         self.sleeps = 0
 
@@ -271,7 +274,14 @@ class RingEngine:
                     backoff = 0.0
                     continue
                 idle_for = time.monotonic() - last_work
-                if idle_for < self.spin_s:
+                if self._handed_off:
+                    # A worker runs a blocking command (a finish, a wait): spinning
+                    # would take a core from the device work it waits for.  Its end
+                    # (or a doorbell) wakes this nap.
+                    if self._wake.wait(self.handoff_nap_s):
+                        self._wake.clear()
+                        last_work = time.monotonic()
+                elif idle_for < self.spin_s:
                     # Spin, letting other threads have the GIL (a blocking command
                     # that just returned).  Not sched_yield: that hands the core to
                     # any runnable thread, a batch VM's low-priority kernel included,
@@ -359,6 +369,8 @@ class RingEngine:
             ring.busy = True
             if monitor is not None:
                 monitor.started(ring.queue, opcode, False)
+            with self._lock:
+                self._handed_off += 1
             self._workers.submit(self._run_blocking, ring, index, ring.generation, flags)
             return False
         admission = self._admission
@@ -415,6 +427,7 @@ class RingEngine:
             if ring.generation == generation:
                 self._complete(ring, index, status, result_len, flags)
             ring.busy = False
+            self._handed_off -= 1
         self._wake.set()
 
     def _complete(self, ring: Ring, index: int, status: int, result_len: int, flags: int) -> None:
