@@ -8,6 +8,11 @@ the same files give the same path, hence the same options, and the cache hits;
 different files give another path, so a cached program never outlives its
 headers.  Directories stay for later builds, the least recently used going past
 ``MAX_DIRS``; one in use by a build is never removed.
+
+With ``root`` (the device server's kernel cache, which outlives executors) the
+directories keep their paths across sessions too, so a program built in an
+earlier session comes from the cache; the root then belongs to that cache and is
+not removed here.
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ MAX_DIRS = 64
 
 
 class IncludeStore:
-    def __init__(self) -> None:
+    def __init__(self, root: str | None = None) -> None:
         self._lock = threading.Lock()
         self._root: str | None = None
+        self._shared = root
         self._dirs: OrderedDict[str, int] = OrderedDict()   # digest -> builds using it
 
     def checkout(self, files: list[tuple[int, list[str], bytes]],
@@ -43,7 +49,10 @@ class IncludeStore:
         digest.update(struct.pack(f"<{len(indices)}Q", *sorted(indices)))
         key = digest.hexdigest()[:32]
         with self._lock:
-            if self._root is None:
+            if self._root is None and self._shared:
+                os.makedirs(self._shared, mode=0o700, exist_ok=True)
+                self._root = self._shared
+            elif self._root is None:
                 self._root = tempfile.mkdtemp(prefix="ava-inc-")
                 # Also when the process ends before the session closes (an executor
                 # without a private /tmp leaves nothing behind).
@@ -84,6 +93,6 @@ class IncludeStore:
         with self._lock:
             root, self._root = self._root, None
             self._dirs.clear()
-        if root:
+        if root and root != self._shared:
             atexit.unregister(self.close)
             shutil.rmtree(root, ignore_errors=True)

@@ -82,7 +82,8 @@ class OpenClBackend:
     def __init__(self, *, max_objects: int = 65536, max_bytes: int = 8 << 30,
                  device_memory: int | None = None, guest_memory: int | None = None,
                  host_store: int = 16 << 30, swap_dir: str | None = None,
-                 compute_units: int | None = None, platform: int = 0, device: int = 0):
+                 compute_units: int | None = None, platform: int = 0, device: int = 0,
+                 include_root: str | None = None):
         self.blocking_opcodes = frozenset(fn.opcode for fn in api.FUNCTIONS if fn.blocking)
         #: Under a manager: the commands admitted in turn, and each call's latency class.
         self.device_opcodes = frozenset(fn.opcode for fn in api.FUNCTIONS
@@ -108,7 +109,9 @@ class OpenClBackend:
         self._reaping = 0                       # reaper jobs waiting for calls to end
         self._reaper = _Reaper()
         self.kernel_args = KernelArgGuard()
-        self.includes = IncludeStore()
+        #: include_root: where build include directories live, when they should keep
+        #: their paths beyond this session (the server's kernel cache).
+        self.includes = IncludeStore(include_root)
         self.calls = 0
         #: Calls the guest posted without waiting, and those whose status was not the
         #: CL_SUCCESS the guest answered.

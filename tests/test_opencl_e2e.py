@@ -188,3 +188,61 @@ def test_status_lists_what_the_device_turns_off_and_why(shim, cl_server, tmp_pat
     assert re.search(r"device extensions reported:\n(  cl_\w+: .+\n)+", res.stdout), res.stdout
     assert "cl_khr_fp64: kernel language only" in res.stdout
     assert "cl_khr_command_buffer" not in res.stdout
+
+
+BUILD_WITH_HEADER = r"""
+import sys, pyopencl as cl
+ctx = cl.create_some_context(interactive=False)
+src = '#include "scale.h"\n__kernel void k(__global int *a) { a[0] = SCALE; }'
+prg = cl.Program(ctx, src).build(options=["-I", sys.argv[1]], cache_dir=False)
+print("built", prg.k.function_name)
+"""
+
+
+def _server_pid(sock: str) -> int:
+    """The device server serving ``sock`` (started by this test, found by its command line)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"serve" in argv and sock.encode() in argv:
+                return int(entry)
+    raise AssertionError(f"no server process for {sock}")
+
+
+def _tree(root: str) -> set[str]:
+    """The files under root, but the implementation's scratch files."""
+    return {os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root)
+            for f in files if not f.startswith("tempfile")}
+
+
+def test_kernel_cache_outlives_sessions_and_goes_with_the_server(shim, tmp_path):
+    """A program built in one session (guest process) comes from the server's kernel
+    cache in the next: nothing new is compiled into the cache, and the include
+    directory keeps its path.  The cache is a tmpfs in the server's own mount
+    namespace (seen here through /proc/PID/root), gone with the server."""
+    (tmp_path / "scale.h").write_text("#define SCALE 3\n")
+    script = tmp_path / "build.py"
+    script.write_text(BUILD_WITH_HEADER)
+    with device_server() as (sock, log):
+        deadline = time.monotonic() + 10
+        while "kernel cache for this server" not in Path(log).read_text():
+            assert time.monotonic() < deadline, Path(log).read_text()
+            time.sleep(0.05)
+        path = re.search(r"kernel cache for this server's executors: (\S+)",
+                         Path(log).read_text()).group(1)
+        server_pid = _server_pid(sock)
+        seen = []
+        for _ in range(2):
+            res = through_device(shim, sock, [sys.executable, str(script), str(tmp_path)])
+            assert res.returncode == 0 and "built k" in res.stdout, res.stderr[-2000:]
+            seen.append(_tree(f"/proc/{server_pid}/root{path}"))
+        assert seen[0] and seen[0] == seen[1], (seen, "the second build added entries")
+        assert any(p.startswith("includes/") and p.endswith("scale.h") for p in seen[0])
+        assert path not in Path("/proc/mounts").read_text(), "not in the host's namespace"
+    deadline = time.monotonic() + 5
+    while os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(path), "the empty mount point is removed at exit"

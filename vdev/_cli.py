@@ -15,10 +15,12 @@ import trio
 from . import _sizes as sizes
 from ._backends import BACKENDS
 from ._executor import ExecutorLimits
-from ._sandbox import SandboxConfig, SandboxError
+from ._sandbox import KernelCache, SandboxConfig, SandboxError
 from ._server import Server, SocketInUse
 
 log = logging.getLogger("vdev")
+#: The size of a server's kernel cache (a tmpfs: _sandbox.KernelCache).
+KERNEL_CACHE_BYTES = 1 << 30
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,7 +203,7 @@ async def _serve(args: argparse.Namespace) -> None:
         binds.append(str(options["swap_dir"]))
     sandbox = SandboxConfig(mode=args.sandbox, user=args.executor_user,
                             memory_bytes=int(args.executor_memory * (1 << 30)),
-                            extra_binds=binds)
+                            extra_binds=binds, kernel_cache=args.kernel_cache)
     server = Server(args.socket, backend=args.backend, stall_timeout=args.stall_timeout,
                     sandbox=sandbox, limits=ExecutorLimits(command_s=args.command_timeout),
                     backend_options=options, tenant=tenant, vm_name=args.vm_name or "")
@@ -280,7 +282,12 @@ def main(argv: list[str] | None = None) -> int:
         return trio.run(functools.partial(run_manager, args.config, verbose=args.verbose,
                                           quiet=args.quiet))
     if args.command == "serve":
+        cache = None
         try:
+            if args.backend == "opencl":
+                cache = KernelCache(SandboxConfig(mode=args.sandbox, user=args.executor_user),
+                                    KERNEL_CACHE_BYTES)
+            args.kernel_cache = cache.path if cache else ""
             trio.run(_serve, args)
         except (SocketInUse, SandboxError) as exc:
             log.error("%s", exc)
@@ -288,4 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             log.error("cannot serve on %s: %s", args.socket, exc)
             return 1
+        finally:
+            if cache is not None:
+                cache.close()
     return 0

@@ -279,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sandbox", default="auto", choices=("auto", "required", "off"))
     parser.add_argument("--sandbox-user", default="nobody")
     parser.add_argument("--sandbox-root", default="")
+    parser.add_argument("--kernel-cache", default="", metavar="DIR",
+                        help="the server's kernel cache (bound read-write; see "
+                             "_sandbox.KernelCache)")
     parser.add_argument("--memory", type=int, default=32 << 30)
     parser.add_argument("--max-tasks", type=int, default=4096)
     parser.add_argument("--max-files", type=int, default=4096)
@@ -296,10 +299,11 @@ def main(argv: list[str] | None = None) -> int:
                                "%(levelname)s: %(message)s")
     for name in args.debug_logger:
         logging.getLogger(name).setLevel(logging.DEBUG)
+    binds = [*args.bind, *([args.kernel_cache] if args.kernel_cache else [])]
     cfg = SandboxConfig(mode=args.sandbox, user=args.sandbox_user, root_dir=args.sandbox_root,
                         memory_bytes=args.memory, max_tasks=args.max_tasks,
                         max_files=args.max_files, tmp_bytes=args.tmp_bytes,
-                        extra_binds=args.bind, read_only_paths=args.bind_ro)
+                        extra_binds=binds, read_only_paths=args.bind_ro)
     tenant = None
     if args.tenant_fd >= 0:
         from ._tenants import TenantTable
@@ -314,11 +318,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.probe:
         print(json.dumps(dict(probe(args.probe_path), mode=mode)), flush=True)
         return 0
-    if mode == "full":          # the host's kernel cache is out of view: a private one
-        os.environ["POCL_CACHE_DIR"] = "/tmp/pocl-cache"
+    if mode == "full":          # the host's kernel cache is out of view: the server's
+        os.environ["POCL_CACHE_DIR"] = args.kernel_cache or "/tmp/pocl-cache"
     from ._backends import make_backend
 
-    backend = make_backend(args.backend, json.loads(args.backend_options))
+    options = json.loads(args.backend_options)
+    if mode == "full" and args.kernel_cache and args.backend == "opencl":
+        # Include directories at paths that outlive this executor: the cache's keys.
+        options["include_root"] = os.path.join(args.kernel_cache, "includes")
+    backend = make_backend(args.backend, options)
     lost = {int(o) for o in args.lost_owners.split(",") if o}
     if lost and hasattr(backend, "lost_owners"):
         backend.lost_owners.update(lost)

@@ -28,6 +28,7 @@ or refuses to start when the sandbox is required.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -37,6 +38,7 @@ import pwd
 import resource
 import stat
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -55,6 +57,7 @@ MS_REMOUNT = 32
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_DUMPABLE = 4
 
@@ -103,6 +106,8 @@ class SandboxConfig:
     tmp_bytes: int = 1 << 30           # size of the private /tmp
     extra_binds: list[str] = field(default_factory=list)   # read-write, e.g. /dev/nvidia0
     read_only_paths: list[str] = field(default_factory=list)
+    #: The server's kernel cache (``server_kernel_cache``), kept across executors.
+    kernel_cache: str = ""
 
     def as_args(self) -> list[str]:
         args = ["--sandbox", self.mode, "--sandbox-user", self.user, "--sandbox-root",
@@ -113,6 +118,8 @@ class SandboxConfig:
             args += ["--bind", path]
         for path in self.read_only_paths:
             args += ["--bind-ro", path]
+        if self.kernel_cache:
+            args += ["--kernel-cache", self.kernel_cache]
         return args
 
     def full_sandbox(self) -> bool:
@@ -243,6 +250,53 @@ def _limits(cfg: SandboxConfig) -> None:
         _soft, hard = resource.getrlimit(which)
         cap = value if hard == resource.RLIM_INFINITY else min(value, hard)
         resource.setrlimit(which, (cap, cap))
+
+
+class KernelCache:
+    """The implementation's kernel cache of one device server, shared by its
+    executors: a program a guest built once builds from the cache in the next
+    session too (and after an executor was replaced), as it does natively.  A
+    size-limited tmpfs owned by the executor user, mounted in a mount namespace of
+    the server's own, so it goes away with the server whatever ends it, and no other
+    VM's executors (other servers) can see or poison it.  Only for a full sandbox
+    (the server is root); otherwise each executor keeps its own cache in its /tmp.
+    ``path`` is "" when there is none."""
+
+    def __init__(self, cfg: SandboxConfig, size: int):
+        self.path = ""
+        if not cfg.full_sandbox():
+            return
+        try:
+            entry = pwd.getpwnam(cfg.user)
+        except KeyError:
+            return                       # enter() reports the missing user
+        path = tempfile.mkdtemp(prefix="ava-kernel-cache-")
+        try:
+            # Before any thread exists: the namespace is the process's, not a thread's.
+            _check(_libc.unshare(CLONE_NEWNS), "unshare")
+            _mount("none", "/", None, MS_REC | MS_PRIVATE)
+            _mount("ava-kernel-cache", path, "tmpfs", MS_NOSUID | MS_NODEV,
+                   f"mode=0700,size={size},uid={entry.pw_uid},gid={entry.pw_gid}")
+        except SandboxError as exc:
+            os.rmdir(path)
+            log.warning("no kernel cache shared across sessions (%s): each executor keeps "
+                        "its own", exc)
+            return
+        self.path = path
+        log.info("kernel cache for this server's executors: %s (tmpfs, %d MiB)", path,
+                 size >> 20)
+
+    def close(self) -> None:
+        """Unmount and remove it (a server killed outright leaves the empty directory:
+        its namespace, and so the tmpfs, went with it)."""
+        if not self.path:
+            return
+        if _libc.umount2(self.path.encode(), MNT_DETACH) != 0:
+            log.warning("cannot unmount the kernel cache %s: %s", self.path,
+                        os.strerror(ctypes.get_errno()))
+        with contextlib.suppress(OSError):
+            os.rmdir(self.path)
+        self.path = ""
 
 
 def enter(cfg: SandboxConfig) -> str:

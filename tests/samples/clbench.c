@@ -127,18 +127,23 @@ int main(int argc, char **argv)
         return 0;
     }
 
-    double t0 = now();
-    for (int i = 0; i < n; i++) {
-        cl_uint units;
-        CHECK(clGetDeviceInfo(dev, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof(units), &units, NULL));
+    /* The best of three rounds, the first call (which fills the guest's cache) apart:
+     * a preemption on a loaded machine is not the call's cost. */
+    double info_us = 1e30, forwarded_us = 1e30, t0;
+    cl_uint units, refs;
+    CHECK(clGetDeviceInfo(dev, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof(units), &units, NULL));
+    for (int r = 0; r < 3; r++) {
+        t0 = now();
+        for (int i = 0; i < n; i++)
+            CHECK(clGetDeviceInfo(dev, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof(units), &units, NULL));
+        double us = (now() - t0) * 1e6 / n;
+        info_us = us < info_us ? us : info_us;
+        t0 = now();
+        for (int i = 0; i < n; i++)
+            CHECK(clGetContextInfo(ctx, CL_CONTEXT_REFERENCE_COUNT, sizeof(refs), &refs, NULL));
+        us = (now() - t0) * 1e6 / n;
+        forwarded_us = us < forwarded_us ? us : forwarded_us;
     }
-    double info_us = (now() - t0) * 1e6 / n;
-    t0 = now();
-    for (int i = 0; i < n; i++) {
-        cl_uint refs;
-        CHECK(clGetContextInfo(ctx, CL_CONTEXT_REFERENCE_COUNT, sizeof(refs), &refs, NULL));
-    }
-    double forwarded_us = (now() - t0) * 1e6 / n;
 
     const char *src =
         "__kernel void inc(__global int *a, __global int *b, int k, float f)"
