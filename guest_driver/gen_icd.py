@@ -282,8 +282,17 @@ def render_function(fn: api.Function) -> str:
     invoke = (f"status = ava_icd_invoke({fn.opcode:#x}, \"{fn.name}\", &e, "
               f"{_reply_capacity(fn)}, &d);")
     if fn.predicted:
-        names = [p.replace("*", " ").split()[-1] for p in api.c_params(fn)]
-        body.append(f"int posted = ava_predict_{fn.name}(&pred, {', '.join(names)}) &&")
+        if fn.predicted == "custom":
+            names = [p.replace("*", " ").split()[-1] for p in api.c_params(fn)]
+            predict = f"ava_predict_{fn.name}(&pred, {', '.join(names)})"
+        else:
+            waits = [a.name for a in fn.args if isinstance(a.kind, api.Handles)
+                     and a.name == "event_wait_list"]
+            wait = f"{waits[0]} != NULL || num_events_in_wait_list" if waits else "0"
+            has_event = f"new_{events[0]} != NULL" if events else "0"
+            predict = (f"ava_predict_payload(&pred, {fn.opcode:#x}, &e, {wait}, "
+                       f"{has_event})")
+        body.append(f"int posted = {predict} &&")
         body.append(f"             ava_icd_post({fn.opcode:#x}, &e) == 0;")
         body.append("if (posted)")
         body.append("    status = CL_SUCCESS;   /* an identical call succeeded */")

@@ -388,7 +388,7 @@ FUNCTIONS: tuple[Function, ...] = (
     _fn("clSetKernelArg", 38,
         ("kernel", Handle("cl_kernel")),
         ("arg_index", Scalar("cl_uint")),
-        ("arg_value", KernelArg("arg_size")), predicted=True),
+        ("arg_value", KernelArg("arg_size")), predicted="custom"),
     _info("clGetKernelWorkGroupInfo", 40, "cl_kernel", "cl_kernel_work_group_info",
           extra=(("device", Handle("cl_device_id", nullable=True)),)),
     _info("clGetEventProfilingInfo", 45, "cl_event", "cl_profiling_info"),
@@ -412,7 +412,7 @@ FUNCTIONS: tuple[Function, ...] = (
         ("src_offset", Scalar("size_t")),
         ("dst_offset", Scalar("size_t")),
         ("size", Scalar("size_t")),
-        *_WAIT),
+        *_WAIT, predicted="payload"),
     _fn("clEnqueueReadBufferRect", 86, _QUEUE,
         ("buffer", Handle("cl_mem")),
         ("blocking_read", Scalar("cl_bool")),
@@ -444,10 +444,11 @@ FUNCTIONS: tuple[Function, ...] = (
         ("global_work_offset", InArray("size_t", "work_dim")),
         ("global_work_size", InArray("size_t", "work_dim")),
         ("local_work_size", InArray("size_t", "work_dim")),
-        *_WAIT, predicted=True),
-    _fn("clEnqueueTask", 60, _QUEUE, ("kernel", Handle("cl_kernel")), *_WAIT, predicted=True),
-    _fn("clEnqueueMarker", 62, _QUEUE, ("event", EventOut())),
-    _fn("clEnqueueBarrier", 64, _QUEUE),
+        *_WAIT, predicted="custom"),
+    _fn("clEnqueueTask", 60, _QUEUE, ("kernel", Handle("cl_kernel")), *_WAIT,
+        predicted="custom"),
+    _fn("clEnqueueMarker", 62, _QUEUE, ("event", EventOut()), predicted="payload"),
+    _fn("clEnqueueBarrier", 64, _QUEUE, predicted="payload"),
     _fn("clCreateSubBuffer", 82,
         ("buffer", Handle("cl_mem")),
         ("flags", Scalar("cl_mem_flags")),
@@ -473,14 +474,14 @@ FUNCTIONS: tuple[Function, ...] = (
         ("pattern_size", Scalar("size_t")),
         ("offset", Scalar("size_t")),
         ("size", Scalar("size_t")),
-        *_WAIT),
+        *_WAIT, predicted="payload"),
     _fn("clEnqueueMigrateMemObjects", 104, _QUEUE,
         ("num_mem_objects", Scalar("cl_uint")),
         ("mem_objects", Handles("cl_mem", "num_mem_objects")),
         ("flags", Scalar("cl_mem_migration_flags")),
         *_WAIT),
-    _fn("clEnqueueMarkerWithWaitList", 105, _QUEUE, *_WAIT),
-    _fn("clEnqueueBarrierWithWaitList", 106, _QUEUE, *_WAIT),
+    _fn("clEnqueueMarkerWithWaitList", 105, _QUEUE, *_WAIT, predicted="payload"),
+    _fn("clEnqueueBarrierWithWaitList", 106, _QUEUE, *_WAIT, predicted="payload"),
     # -- OpenCL 2.x / 3.0 entry points the host implementation may answer -------------
     _fn("clCreatePipe", 124,
         ("context", Handle("cl_context")),
@@ -703,6 +704,8 @@ def validate() -> None:
             raise ValueError(f"{fn.name} creates {fn.creates} but returns {fn.returns}")
         if fn.async_ok and (len(fn.args) != 1 or not isinstance(fn.args[0].kind, Handle)):
             raise ValueError(f"{fn.name}: only a call on one object can be posted unanswered")
+        if fn.predicted not in ("", "custom", "payload"):
+            raise ValueError(f"{fn.name}: predicted={fn.predicted!r}")
         if fn.predicted and (fn.creates or fn.blocking or fn.async_ok or any(
                 isinstance(a.kind, (OutBuffer, OutScalar, OutHandles, NewHandles, HostData))
                 for a in fn.args)):

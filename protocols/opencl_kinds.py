@@ -341,10 +341,12 @@ class Function:
     # sees what a round trip would show (release, flush).  Not retain: a retain
     # overtaken by another thread's release would revive a destroyed object.
     async_ok: bool = False
-    # The guest posts it when an identical call (same objects, the same classes of
-    # values) already succeeded: guest_driver/icd/icd_predict.c decides, per call,
-    # with ava_predict_<name>.  Only calls whose outputs are the status alone.
-    predicted: bool = False
+    # The guest posts it when an identical call already succeeded by round trip
+    # (guest_driver/icd/icd_predict.c).  "custom": identical as ava_predict_<name>
+    # decides (the same classes of values: kernel arguments, launches); "payload":
+    # the same encoded arguments (object ids included), without a wait list.  Only
+    # calls whose outputs are the status alone (and a guest-assigned event).
+    predicted: str = ""
 
     @property
     def opcode(self) -> int:

@@ -177,6 +177,8 @@ struct ava_launch_shape {
     uint64_t offset[3], global[3], local[3];
 };
 
+#define AVA_PREDICT_KEY_MAX 256
+
 /* One call's prediction, from ava_predict_<name> to ava_predict_done. */
 struct ava_prediction {
     void *kernel;                 /* NULL: nothing to learn from this call */
@@ -184,6 +186,8 @@ struct ava_prediction {
     uint32_t index;
     struct ava_arg_class cls;
     struct ava_launch_shape shape;
+    size_t key_len;               /* a payload-learned call (spec: "payload"): its key */
+    uint8_t key[AVA_PREDICT_KEY_MAX];
 };
 
 /* Whether the call may be posted: 1 when an identical call succeeded before. */
@@ -198,6 +202,10 @@ int ava_predict_clEnqueueNDRangeKernel(struct ava_prediction *p, cl_command_queu
 int ava_predict_clEnqueueTask(struct ava_prediction *p, cl_command_queue queue,
                               cl_kernel kernel, cl_uint num_events, const cl_event *wait_list,
                               cl_event *event);
+/* Spec "payload": 1 when a call with the same encoded arguments (its own event's id
+ * apart) succeeded before; never with a wait list (``has_wait``). */
+int ava_predict_payload(struct ava_prediction *p, uint16_t opcode, const struct ava_enc *e,
+                        int has_wait, int has_event);
 /* The call's status (the host's, or CL_SUCCESS when posted): what is learned. */
 void ava_predict_done(struct ava_prediction *p, int64_t status, int posted);
 /* A kernel's last reference went. */

@@ -228,8 +228,18 @@ static void learn_launch(struct kernel_ext *x, const struct ava_prediction *p)
     memcpy(k->args, x->cur, x->nargs * sizeof(x->cur[0]));
 }
 
+static void learn_payload(const struct ava_prediction *p);
+
 void ava_predict_done(struct ava_prediction *p, int64_t status, int posted)
 {
+    if (p->key_len) {
+        if (status == CL_SUCCESS && !posted) {
+            pthread_mutex_lock(&predict_lock);
+            learn_payload(p);
+            pthread_mutex_unlock(&predict_lock);
+        }
+        return;
+    }
     if (!p->kernel)
         return;
     pthread_mutex_lock(&predict_lock);
@@ -239,4 +249,51 @@ void ava_predict_done(struct ava_prediction *p, int64_t status, int posted)
     else if (x && status == CL_SUCCESS && !posted)
         learn_launch(x, p);
     pthread_mutex_unlock(&predict_lock);
+}
+
+/* Payload-learned calls: a direct-mapped table of keys (opcode, then the encoded
+ * arguments with the new event's id replaced by whether there is one), compared
+ * whole, so a collision only forgets, never matches wrongly. */
+#define KNOWN_PAYLOADS 256
+
+static struct {
+    size_t len;
+    uint8_t key[AVA_PREDICT_KEY_MAX];
+} known_payloads[KNOWN_PAYLOADS];
+
+static size_t payload_slot(const uint8_t *key, size_t len)
+{
+    uint64_t h = 1469598103934665603ull;          /* FNV-1a */
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ key[i]) * 1099511628211ull;
+    return (size_t)(h % KNOWN_PAYLOADS);
+}
+
+int ava_predict_payload(struct ava_prediction *p, uint16_t opcode, const struct ava_enc *e,
+                        int has_wait, int has_event)
+{
+    p->kernel = NULL;
+    p->key_len = 0;
+    size_t n = 2 + e->len;
+    if (has_wait || e->oom || n > AVA_PREDICT_KEY_MAX || (has_event && e->len < 8))
+        return 0;
+    memcpy(p->key, &opcode, 2);
+    memcpy(p->key + 2, e->buf, e->len);
+    if (has_event) {                       /* the event's id is last: a fresh one */
+        uint64_t one = 1;
+        memcpy(p->key + n - 8, &one, 8);
+    }
+    p->key_len = n;
+    size_t slot = payload_slot(p->key, n);
+    pthread_mutex_lock(&predict_lock);
+    int hit = known_payloads[slot].len == n && memcmp(known_payloads[slot].key, p->key, n) == 0;
+    pthread_mutex_unlock(&predict_lock);
+    return hit;
+}
+
+static void learn_payload(const struct ava_prediction *p)
+{
+    size_t slot = payload_slot(p->key, p->key_len);
+    known_payloads[slot].len = p->key_len;
+    memcpy(known_payloads[slot].key, p->key, p->key_len);
 }

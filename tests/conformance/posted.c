@@ -3,6 +3,7 @@
  * first goes by round trip and the rest are posted, and every status, error cases
  * included, must read as natively.  Results are read back to show posted work ran,
  * in order, also when another thread posted it. */
+#define CL_USE_DEPRECATED_OPENCL_1_1_APIS
 #include <pthread.h>
 
 #include "common.h"
@@ -160,6 +161,37 @@ int main(void)
         CASE("s: launch", clEnqueueTask(queue, ks, 0, NULL, NULL));
     }
     CASE("finish", clFinish(queue));
+
+    printf("-- copies, fills, markers and barriers, good and bad, each several times\n");
+    cl_mem c = clCreateBuffer(context, CL_MEM_READ_WRITE, sizeof(zeros), NULL, &err);
+    int pattern = 7;
+    for (int r = 0; r < 3; r++) {
+        CASE("fill", clEnqueueFillBuffer(queue, c, &pattern, sizeof(int), 0, sizeof(zeros), 0,
+                                         NULL, NULL));
+        CASE("fill, pattern size 3", clEnqueueFillBuffer(queue, c, &pattern, 3, 0, 12, 0, NULL,
+                                                         NULL));
+        CASE("fill past the end", clEnqueueFillBuffer(queue, c, &pattern, sizeof(int), 4,
+                                                      sizeof(zeros), 0, NULL, NULL));
+        CASE("copy c to a", clEnqueueCopyBuffer(queue, c, a, 0, 0, sizeof(zeros), 0, NULL,
+                                                NULL));
+        CASE("copy past the end", clEnqueueCopyBuffer(queue, c, a, 8, 0, sizeof(zeros), 0, NULL,
+                                                      NULL));
+        CASE("copy onto itself, overlapping", clEnqueueCopyBuffer(queue, c, c, 0, 4, 16, 0,
+                                                                  NULL, NULL));
+        cl_event ev = NULL;
+        CASE("marker with an event", clEnqueueMarkerWithWaitList(queue, 0, NULL, &ev));
+        CASE("  wait for it", clWaitForEvents(1, &ev));
+        CASE("  release it", clReleaseEvent(ev));
+        CASE("barrier", clEnqueueBarrierWithWaitList(queue, 0, NULL, NULL));
+        CASE("1.1 marker", clEnqueueMarker(queue, &ev));
+        CASE("  release it", clReleaseEvent(ev));
+        CASE("1.1 marker without an event", clEnqueueMarker(queue, NULL));
+        CASE("1.1 barrier", clEnqueueBarrier(queue));
+        CASE("marker on a NULL queue", clEnqueueMarkerWithWaitList(NULL, 0, NULL, NULL));
+    }
+    CASE("finish", clFinish(queue));
+    CASE("sum after the copies (7 each)", sum_a());
+    CASE("release c", clReleaseMemObject(c));
 
     printf("-- another thread's posted argument comes first\n");
     int reset[64] = {0};
