@@ -98,11 +98,21 @@ class CommandContext:
                            bool(self.flags & _REPLY_SG), write=True)
 
     def read_payload(self) -> bytes:
+        if not self.flags & _PAYLOAD_SG:       # the common case, without the lists
+            n = self.payload_len
+            return bytes(self.dma.translate(self.payload_addr, n)) if n else b""
         views = self.payload()
         return bytes(views[0]) if len(views) == 1 else b"".join(views)
 
     def write_reply(self, data: bytes | memoryview) -> int:
         """Scatter ``data`` into the reply; -EMSGSIZE-worthy if it does not fit."""
+        if not self.flags & _REPLY_SG:
+            n, cap = len(data), self.reply_len
+            if n > cap:
+                raise DmaError(errno.EMSGSIZE, f"reply buffer holds {cap} bytes, need {n}")
+            if cap:
+                self.dma.translate(self.reply_addr, cap, write=True)[:n] = data
+            return n
         return scatter(self.reply(), [memoryview(data)])
 
 
