@@ -36,6 +36,8 @@ ABI_STRUCTS = [
     ("ava_completion", abi.Completion),
     ("ava_sg_entry", abi.SgEntry),
     ("ava_queue_window", abi.QueueWindow),
+    ("ava_window_table_header", abi.WindowTableHeader),
+    ("ava_window_entry", abi.WindowEntry),
     ("ava_bar0", abi.Bar0),
 ]
 
@@ -57,6 +59,7 @@ ABI_CONSTANTS = [
     "BAR0_SIZE", "SCRATCH_RESET", "NUM_QUEUES", "NO_QUEUE", "QUEUE_WINDOW_BASE",
     "QUEUE_WINDOW_SIZE", "MIN_RING_SLOTS", "MAX_RING_SLOTS", "CACHE_LINE", "RING_HEADER_SIZE",
     "COMMAND_SIZE", "COMPLETION_SIZE", "SG_ENTRY_SIZE", "MAX_SG_ENTRIES", "MSIX_VECTORS",
+    "MAX_WINDOWS", "WINDOW_TABLE_HEADER_SIZE", "WINDOW_ENTRY_SIZE",
 ]
 
 VU_STRUCTS = [

@@ -21,7 +21,7 @@ CLASS_CODE = 0x120000       # processing accelerator
 
 MAGIC = 0x44415641          # "AVAD" in little-endian bytes
 ABI_MAJOR = 0
-ABI_MINOR = 1
+ABI_MINOR = 2              # 2: per-queue DMA windows (Feature.DMA_WINDOWS)
 ABI_VERSION = (ABI_MAJOR << 16) | ABI_MINOR
 
 BAR0_SIZE = 0x1000
@@ -37,9 +37,10 @@ class Feature(enum.IntFlag):
 
     INTX = 1 << 0
     MSIX = 1 << 1
+    DMA_WINDOWS = 1 << 2    # QueueCtrl.LOAD_WINDOWS: per-queue DMA windows (a software IOMMU)
 
 
-DEVICE_FEATURES = Feature.INTX | Feature.MSIX
+DEVICE_FEATURES = Feature.INTX | Feature.MSIX | Feature.DMA_WINDOWS
 
 
 class DeviceStatus(enum.IntFlag):
@@ -114,9 +115,9 @@ QueueWindow = Struct(
     "size" / Int32ul,       # RW: number of command slots, a power of two
     "ctrl" / Int32ul,       # W: QueueCtrl command; R: QueueState
     "owner" / Int32ul,      # RW: owner tag (the guest runtime writes its pid)
-    "error" / Int32ul,      # RO: errno of the last failed ENABLE, or of the failure
-    "reserved0" / Int32ul,
-    "reserved1" / Int32ul,
+    "error" / Int32ul,      # RO: errno of the last failed ENABLE or LOAD_WINDOWS, or of the failure
+    "windows_lo" / Int32ul, # RW: guest-physical address of a WindowTable (low 32 bits)
+    "windows_hi" / Int32ul, # RW
 )
 
 
@@ -129,6 +130,8 @@ class QReg(enum.IntEnum):
     CTRL = _offsets(QueueWindow)["ctrl"]
     OWNER = _offsets(QueueWindow)["owner"]
     ERROR = _offsets(QueueWindow)["error"]
+    WINDOWS_LO = _offsets(QueueWindow)["windows_lo"]
+    WINDOWS_HI = _offsets(QueueWindow)["windows_hi"]
 
 
 def queue_reg(queue: int, reg: int) -> int:
@@ -141,6 +144,10 @@ class QueueCtrl(enum.IntEnum):
     ENABLE = 1     # validate ring address/size and start serving it
     DISABLE = 2    # stop serving; keep the claim
     RELEASE = 3    # stop serving, drop the claim, free what the queue's owner created
+    LOAD_WINDOWS = 4   # read the WindowTable at WINDOWS_LO/HI: from now on (until RELEASE)
+                       # the host touches only guest memory inside those windows for this
+                       # queue; loading again replaces them, in force before the write's
+                       # effects can be observed (read any register back to wait for it)
 
 
 class QueueState(enum.IntFlag):
@@ -149,10 +156,35 @@ class QueueState(enum.IntFlag):
     CLAIMED = 1 << 0
     ENABLED = 1 << 1
     FAILED = 1 << 2
+    WINDOWED = 1 << 3      # DMA windows loaded: the ring and every command stay inside them
 
 
 MIN_RING_SLOTS = 2
 MAX_RING_SLOTS = 4096
+
+# --- DMA windows (a software IOMMU) ---------------------------------------------------
+#
+# The guest has no IOMMU: any guest-physical address is reachable by DMA.  A guest
+# daemon that owns BAR0 (applications cannot reach it) lets each queue touch only the
+# memory it was given: its ring, its staging and the application pages it pinned.  It
+# writes a table of windows into guest memory of its own, points WINDOWS_LO/HI at it
+# and writes LOAD_WINDOWS to CTRL.  The host copies the table at once; a table that
+# cannot be read, or a bad entry, leaves the queue with no windows at all (fail closed)
+# and ERROR set.  Any ring address, payload, reply or scatter-list entry (the list
+# itself included) outside the windows completes with -EFAULT.
+
+MAX_WINDOWS = 4096
+
+WindowTableHeader = Struct(
+    "count" / Int32ul,      # entries that follow (at most MAX_WINDOWS)
+    "reserved" / Int32ul,
+)
+WindowEntry = Struct(
+    "addr" / Int64ul,       # guest-physical start
+    "size" / Int64ul,       # bytes (0: the entry is ignored)
+)
+WINDOW_TABLE_HEADER_SIZE = 8
+WINDOW_ENTRY_SIZE = 16
 
 # --- ring memory (guest RAM) ------------------------------------------------------------
 #

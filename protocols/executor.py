@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import enum
 
-from construct import Const, Enum, Int16ul, Int32sl, Int32ul, Int64ul, Struct, Switch, this
+from construct import Array, Const, Enum, Int16ul, Int32sl, Int32ul, Int64ul, Struct, Switch, this
 
-from .device_abi import _offsets
+from .device_abi import MAX_WINDOWS, _offsets
 
-#: Largest control or event record (the biggest is 40 bytes; a longer one is refused).
-MAX_RECORD = 64
+#: Largest control or event record (a QUEUE_WINDOWS with every window; a longer one
+#: is refused).
+MAX_RECORD = 16 + 16 * MAX_WINDOWS
 
 
 class ControlOp(enum.IntEnum):
@@ -39,6 +40,8 @@ class ControlOp(enum.IntEnum):
     QUEUE_DISABLE = 5   # acked: the ring's memory is no longer touched
     QUEUE_RELEASE = 6   # acked; a queue is gone; ``last``: its owner has no other queue
     SYNC = 7            # acked once everything before it is done
+    QUEUE_WINDOWS = 8   # acked: a queue's DMA windows (in force for its next enable, and at
+                        # once for an enabled queue)
 
 
 class EventOp(enum.IntEnum):
@@ -66,6 +69,9 @@ Control = Struct(
         ControlOp.QUEUE_RELEASE.name: Struct("queue" / Int32ul, "owner" / Int32ul,
                                              "last" / Int32ul, "seq" / Int32ul),
         ControlOp.SYNC.name: _Seq,
+        ControlOp.QUEUE_WINDOWS.name: Struct(
+            "queue" / Int32ul, "seq" / Int32ul, "count" / Int32ul,
+            "windows" / Array(this.count, Struct("start" / Int64ul, "end" / Int64ul))),
     }),
 )
 

@@ -19,6 +19,7 @@ from protocols import device_abi as abi
 from protocols.device_abi import CmdFlags
 
 from ._dma import DmaError, DmaMap
+from ._windows import WindowedDma
 
 _PAYLOAD_SG, _REPLY_SG = int(CmdFlags.PAYLOAD_SG), int(CmdFlags.REPLY_SG)
 _SG = struct.Struct("<QII")
@@ -69,8 +70,8 @@ class CommandContext:
     arg1: int
     arg2: int
 
-    def __init__(self, dma: DmaMap, queue: int, owner: int = 0):
-        self.dma = dma
+    def __init__(self, dma: DmaMap | WindowedDma, queue: int, owner: int = 0):
+        self.dma = dma      # the queue's view: the DMA map, or the map inside its windows
         self.queue = queue
         self.owner = owner      # the queue's OWNER register: which guest process
 

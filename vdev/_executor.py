@@ -50,6 +50,7 @@ from protocols.executor import ControlOp, EventOp
 from ._dma import DmaError, DmaMap, DmaRange
 from ._queues import QueueTable
 from ._sandbox import SandboxConfig
+from ._windows import WindowedDma, Windows, queue_view, read_window_table
 
 log = logging.getLogger("vdev.executor")
 
@@ -180,7 +181,7 @@ class ExecutorProcess:
 
     # -- control channel (the session's thread; bounded waits) --------------------------
 
-    def send(self, op: ControlOp, body: dict[str, int], fds: tuple[int, ...] = ()) -> None:
+    def send(self, op: ControlOp, body: dict[str, object], fds: tuple[int, ...] = ()) -> None:
         record = xp.Control.build(dict(op=op.name, body=body))
         try:
             if fds:
@@ -190,7 +191,7 @@ class ExecutorProcess:
         except OSError as exc:      # timeout (a full socket: a stuck executor) or gone
             raise ExecutorGone(f"control socket: {exc or 'timed out'}") from exc
 
-    def request(self, op: ControlOp, **body: int) -> None:
+    def request(self, op: ControlOp, **body: object) -> None:
         """Send and wait for the acknowledgement (everything before it is done)."""
         self._seq = (self._seq + 1) & 0xFFFFFFFF
         seq = self._seq
@@ -271,6 +272,11 @@ class _RingRecord:
     owner: int
     generation: int
     served_by: int = 0      # the pid of the executor that was told to serve it
+    windows: Windows | None = None
+
+
+def _window_records(windows: Windows) -> list[dict[str, int]]:
+    return [dict(start=start, end=end) for start, end in windows]
 
 
 class IsolatedEngine:
@@ -294,19 +300,38 @@ class IsolatedEngine:
 
     # -- queue listener and session hooks (the session's thread) --------------------------
 
-    def enable_queue(self, queue: int, ring_addr: int, slots: int, owner: int = 0) -> int:
+    def enable_queue(self, queue: int, ring_addr: int, slots: int, owner: int = 0,
+                     windows: Windows | None = None) -> int:
         try:
-            self.dma.translate(ring_addr, abi.ring_bytes(slots), write=True)
+            queue_view(self.dma, queue, windows).translate(ring_addr, abi.ring_bytes(slots),
+                                                           write=True)
         except DmaError as exc:
             log.warning("queue %d: ring %#x unusable: %s", queue, ring_addr, exc)
             return exc.errno
         if self._closing:
             return errno.ENODEV
         self._generation += 1
-        rec = self.rings[queue] = _RingRecord(ring_addr, slots, owner, self._generation)
+        rec = self.rings[queue] = _RingRecord(ring_addr, slots, owner, self._generation,
+                                              windows=windows)
         self._send_enable(queue, rec)
         self._needed.set()
         return 0
+
+    def read_windows(self, addr: int) -> Windows:
+        return read_window_table(self.dma, addr)
+
+    def set_windows(self, queue: int, windows: Windows) -> None:
+        """Acknowledged, like an unmap: memory the new windows leave out is not touched
+        for this queue once the guest's register write is answered."""
+        rec = self.rings.get(queue)
+        if rec is None:
+            return
+        rec.windows = windows
+        if not WindowedDma(self.dma, queue, windows).allows(rec.addr, abi.ring_bytes(rec.slots)):
+            self.rings.pop(queue, None)
+            self.queues.fail(queue, errno.EFAULT)
+        self._request(ControlOp.QUEUE_WINDOWS, queue=queue, count=len(windows),
+                      windows=_window_records(windows))
 
     # Disable and release are acknowledged, like an unmap: once the guest's register
     # write returns, the executor no longer reads or writes that ring's memory.
@@ -343,11 +368,15 @@ class IsolatedEngine:
                 self.queues.fail(queue, errno.EFAULT)
 
     def _send_enable(self, queue: int, rec: _RingRecord) -> None:
+        if rec.windows is not None and not self._forward(
+                ControlOp.QUEUE_WINDOWS, queue=queue, seq=0, count=len(rec.windows),
+                windows=_window_records(rec.windows)):
+            return
         if self._forward(ControlOp.QUEUE_ENABLE, queue=queue, slots=rec.slots, ring=rec.addr,
                          owner=rec.owner & 0xFFFFFFFF, generation=rec.generation):
             rec.served_by = self.proc.pid if self.proc else 0
 
-    def _forward(self, op: ControlOp, fds: tuple[int, ...] = (), **body: int) -> bool:
+    def _forward(self, op: ControlOp, fds: tuple[int, ...] = (), **body: object) -> bool:
         """Send ``op`` to the executor; False if there is none to send it to (the next
         one gets the state it needs when it starts) or it could not take it."""
         proc = self.proc
@@ -360,7 +389,7 @@ class IsolatedEngine:
             return False
         return True
 
-    def _request(self, op: ControlOp, **body: int) -> None:
+    def _request(self, op: ControlOp, **body: object) -> None:
         proc = self.proc
         if proc is None or proc.killed_because:
             return

@@ -91,6 +91,8 @@ class Executor:
         self.status = status
         self.dma = DmaMap()
         self.generations: dict[int, int] = {}
+        #: Each windowed queue's DMA windows, as the parent last sent them.
+        self.windows: dict[int, tuple[tuple[int, int], ...]] = {}
         self._send_lock = threading.Lock()
         self._irq_records = [xp.Event.build(dict(op=EventOp.IRQ.name, body=dict(queue=q)))
                              for q in range(abi.NUM_QUEUES)]
@@ -238,15 +240,22 @@ class Executor:
             self.dma.clear()
             self.engine.dma_changed()
             self._ack(body.seq)
+        elif op == ControlOp.QUEUE_WINDOWS:
+            windows = tuple((w.start, w.end) for w in body.windows)
+            self.windows[body.queue] = windows
+            self.engine.set_windows(body.queue, windows)
+            self._ack(body.seq)
         elif op == ControlOp.QUEUE_ENABLE:
             self.generations[body.queue] = body.generation
-            err = self.engine.enable_queue(body.queue, body.ring, body.slots, body.owner)
+            err = self.engine.enable_queue(body.queue, body.ring, body.slots, body.owner,
+                                           self.windows.get(body.queue))
             if err:
                 self._queue_failed(body.queue, err)
         elif op == ControlOp.QUEUE_DISABLE:
             self.engine.disable_queue(body.queue)
             self._ack(body.seq)
         elif op == ControlOp.QUEUE_RELEASE:
+            self.windows.pop(body.queue, None)
             self.engine.release_queue(body.queue, body.owner, bool(body.last))
             self._ack(body.seq)
         elif op == ControlOp.SYNC:

@@ -18,12 +18,22 @@ from typing import Protocol
 from protocols import device_abi as abi
 from protocols.device_abi import QReg, QueueCtrl, QueueState
 
+from ._dma import DmaError
+from ._windows import Windows, describe
+
 log = logging.getLogger("vdev.queues")
 
 
 class QueueListener(Protocol):
-    def enable_queue(self, queue: int, ring_addr: int, slots: int, owner: int) -> int:
-        """Start serving; return 0 or an errno."""
+    def enable_queue(self, queue: int, ring_addr: int, slots: int, owner: int,
+                     windows: Windows | None = None) -> int:
+        """Start serving (inside ``windows`` when not None); return 0 or an errno."""
+
+    def read_windows(self, addr: int) -> Windows:
+        """The window table at guest-physical ``addr``; raises DmaError."""
+
+    def set_windows(self, queue: int, windows: Windows) -> None:
+        """An enabled queue's windows change; in force when this returns."""
 
     def disable_queue(self, queue: int) -> None: ...
 
@@ -39,6 +49,9 @@ class QueueRegs:
     owner: int = 0
     error: int = 0
     state: int = 0
+    windows_lo: int = 0
+    windows_hi: int = 0
+    windows: Windows | None = None     # None: not windowed (the whole DMA map)
 
     @property
     def ring_addr(self) -> int:
@@ -68,7 +81,8 @@ class QueueTable:
             r = self.regs[queue]
             values: dict[int, int] = {
                 QReg.RING_LO: r.ring_lo, QReg.RING_HI: r.ring_hi, QReg.SIZE: r.size,
-                QReg.CTRL: r.state, QReg.OWNER: r.owner, QReg.ERROR: r.error}
+                QReg.CTRL: r.state, QReg.OWNER: r.owner, QReg.ERROR: r.error,
+                QReg.WINDOWS_LO: r.windows_lo, QReg.WINDOWS_HI: r.windows_hi}
             return values.get(reg, 0)
 
     def write(self, queue: int, reg: int, value: int) -> None:
@@ -76,6 +90,12 @@ class QueueTable:
             r = self.regs[queue]
             if reg == QReg.CTRL:
                 self._ctrl(queue, value)
+                return
+            if reg == QReg.WINDOWS_LO:      # any time: only LOAD_WINDOWS reads them
+                r.windows_lo = value
+                return
+            if reg == QReg.WINDOWS_HI:
+                r.windows_hi = value
                 return
             if reg not in (QReg.RING_LO, QReg.RING_HI, QReg.SIZE, QReg.OWNER):
                 return
@@ -98,7 +118,8 @@ class QueueTable:
                 return
             err = self._validate(queue, r)
             if not err and self.listener is not None:     # _validate says ENODEV if None
-                err = self.listener.enable_queue(queue, r.ring_addr, r.size, r.owner)
+                err = self.listener.enable_queue(queue, r.ring_addr, r.size, r.owner,
+                                                 r.windows)
             if err:
                 r.state = (r.state | QueueState.FAILED) & ~QueueState.ENABLED
                 r.error = err
@@ -113,8 +134,34 @@ class QueueTable:
             self._disable(queue)
         elif value == QueueCtrl.RELEASE:
             self.release(queue)
+        elif value == QueueCtrl.LOAD_WINDOWS:
+            self._load_windows(queue, r)
         else:
             log.warning("queue %d: unknown CTRL value %#x ignored", queue, value)
+
+    def _load_windows(self, queue: int, r: QueueRegs) -> None:
+        """Copy the queue's window table; a bad one leaves no window at all (fail closed)."""
+        if not r.state & QueueState.CLAIMED or self.listener is None:
+            r.error = errno.EPERM if self.listener is not None else errno.ENODEV
+            log.warning("queue %d: LOAD_WINDOWS on a queue that is not claimed (or no "
+                        "session): ignored", queue)
+            return
+        addr = r.windows_hi << 32 | r.windows_lo
+        err = 0
+        try:
+            windows = self.listener.read_windows(addr)
+        except DmaError as exc:
+            windows, err = (), exc.errno
+            log.warning("queue %d: window table at %#x refused (%s): the queue may touch no "
+                        "guest memory until a good table is loaded", queue, addr, exc)
+        r.windows = windows
+        r.state |= QueueState.WINDOWED
+        r.error = 0
+        log.info("queue %d: DMA windows loaded: %s", queue, describe(windows))
+        if r.state & QueueState.ENABLED:
+            self.listener.set_windows(queue, windows)   # may fail the queue (EFAULT)
+        if err:
+            r.error = err       # the table's fault is the cause, whatever followed
 
     def _validate(self, queue: int, r: QueueRegs) -> int:
         if not r.state & QueueState.CLAIMED:

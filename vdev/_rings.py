@@ -26,6 +26,7 @@ from protocols.tenants import CallClass
 
 from ._backend import Backend, CommandContext
 from ._dma import DmaError, DmaMap
+from ._windows import WindowedDma, Windows, queue_view, read_window_table
 
 log = logging.getLogger("vdev.rings")
 
@@ -58,8 +59,8 @@ class Ring:
         "view",
     )
 
-    def __init__(self, queue: int, addr: int, slots: int, view: memoryview, dma: DmaMap,
-                 owner: int = 0):
+    def __init__(self, queue: int, addr: int, slots: int, view: memoryview,
+                 dma: DmaMap | WindowedDma, owner: int = 0):
         self.queue = queue
         self.addr = addr
         self.slots = slots
@@ -214,13 +215,15 @@ class RingEngine:
 
     # -- queue listener (trio thread) ---------------------------------------------
 
-    def enable_queue(self, queue: int, ring_addr: int, slots: int, owner: int = 0) -> int:
+    def enable_queue(self, queue: int, ring_addr: int, slots: int, owner: int = 0,
+                     windows: Windows | None = None) -> int:
+        dma = queue_view(self.dma, queue, windows)
         try:
-            view = self.dma.translate(ring_addr, abi.ring_bytes(slots), write=True)
+            view = dma.translate(ring_addr, abi.ring_bytes(slots), write=True)
         except DmaError as exc:
             log.warning("queue %d: ring %#x unusable: %s", queue, ring_addr, exc)
             return exc.errno
-        ring = Ring(queue, ring_addr, slots, view, self.dma, owner)
+        ring = Ring(queue, ring_addr, slots, view, dma, owner)
         ring.u64[_HEAD_W] = 0
         ring.set_status(0)
         with self._lock:
@@ -228,6 +231,20 @@ class RingEngine:
             self._active = tuple(self._rings.values())
         self.kick(queue)
         return 0
+
+    def read_windows(self, addr: int) -> Windows:
+        return read_window_table(self.dma, addr)
+
+    def set_windows(self, queue: int, windows: Windows) -> None:
+        """New windows for an enabled queue: its next command translates through them.
+        A ring that the new windows leave out fails (EFAULT)."""
+        with self._lock:
+            ring = self._rings.get(queue)
+            if ring is None:
+                return
+            ring.ctx.dma = dma = WindowedDma(self.dma, queue, windows)
+            if not dma.allows(ring.addr, abi.ring_bytes(ring.slots)):
+                self._fail(ring, errno.EFAULT, "the new DMA windows leave out the ring")
 
     def disable_queue(self, queue: int) -> None:
         with self._lock:
