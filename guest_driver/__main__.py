@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from protocols import guest_daemon as gd
+
 from . import _build
 
 
@@ -28,6 +30,30 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("binaries", nargs="+", metavar="BINARY")
     s = sub.add_parser("status", help="show the device, ABI version, features and queues")
     s.add_argument("--out", type=Path, default=None, help="build directory (as for build)")
+    d = sub.add_parser(
+        "daemon", help="run ava-vdevd (root): own the device and serve OpenCL programs of "
+                       "ordinary users in the group",
+        description="ava-vdevd owns the ava-vdev device (binds it, maps BAR0) and serves "
+                    "applications on a UNIX socket: each process gets DMA memory of its own, "
+                    "queues only it can reach, and DMA windows the host enforces. Runs until "
+                    "SIGTERM or SIGINT, then releases every queue and removes its socket.")
+    d.add_argument("--socket", default=gd.DEFAULT_SOCKET,
+                   help=f"where to listen (default {gd.DEFAULT_SOCKET}; the runtime's "
+                        "AVA_VDEV_DAEMON names another)")
+    d.add_argument("--group", default=gd.DEFAULT_GROUP,
+                   help=f"the group that may use the device (default {gd.DEFAULT_GROUP}); "
+                        "the socket is root:GROUP 0660")
+    d.add_argument("--max-memory", type=_mib, default=256 << 20, metavar="MIB",
+                   help="DMA memory one process may have, in MiB (default 256)")
+    d.add_argument("--max-queues", type=int, default=16,
+                   help="queues (threads using OpenCL) one process may have (default 16)")
+    d.add_argument("--quarantine", type=float, default=15.0, metavar="SECONDS",
+                   help="how long a departed process's memory is kept before it is freed, "
+                        "so the host can finish what it left running (default 15)")
+    d.add_argument("--loopback", metavar="SERVER_SOCKET", default=None,
+                   help="serve a device server on this machine over vfio-user instead of the "
+                        "PCI device (tests and benchmarks on the host)")
+    d.add_argument("-v", "--verbose", action="store_true", help="log every connection and queue")
     args = parser.parse_args(argv)
 
     try:
@@ -52,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{path}: {exc}", file=sys.stderr)
                     rc = 1
             return rc
+        elif args.command == "daemon":
+            return _daemon(args)
         elif args.command == "status":
             from ._status import status
             print(status(_build.build(args.out)))
@@ -65,6 +93,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ava-vdev: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _mib(text: str) -> int:
+    value = int(text)
+    if not 4 <= value <= gd.MAX_CLIENT_MEMORY >> 20:
+        raise argparse.ArgumentTypeError(f"{value} MiB: give 4 to {gd.MAX_CLIENT_MEMORY >> 20}")
+    return value << 20
+
+
+def _daemon(args: argparse.Namespace) -> int:
+    import logging
+
+    from ._daemon import run
+    from ._daemon_devices import LoopbackDevice, UioDevice
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="ava-vdevd: %(message)s")
+    if args.loopback:
+        def factory():
+            return LoopbackDevice(args.loopback)
+    else:
+        factory = UioDevice
+    return run(factory, args.socket, group=args.group or None, max_memory=args.max_memory,
+               max_queues=args.max_queues, quarantine_s=args.quarantine)
 
 
 if __name__ == "__main__":

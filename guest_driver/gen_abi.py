@@ -18,6 +18,7 @@ import argparse
 import enum
 import hashlib
 import inspect
+import json
 import os
 import sys
 
@@ -25,6 +26,7 @@ from construct import Bytes, FormatField, GreedyBytes, Renamed, Struct
 
 from guest_driver._generated import sync
 from protocols import device_abi as abi
+from protocols import guest_daemon as gd
 from protocols import vfio_user as vu
 
 RUNTIME_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runtime")
@@ -80,9 +82,22 @@ VU_ENUMS = [
 ]
 
 
+DAEMON_STRUCTS = [
+    ("ava_daemon_request", gd.Request),
+    ("ava_daemon_reply", gd.Reply),
+]
+DAEMON_ENUMS = [
+    ("AVA_DAEMON_OP_", gd.DaemonOp),
+    ("AVA_DAEMON_FLAG_", gd.DaemonFlags),
+]
+DAEMON_CONSTANTS = ["DAEMON_PROTOCOL", "MAX_CLIENT_MEMORY", "CHUNK_SIZE", "REQUEST_SIZE",
+                    "REPLY_SIZE", "MAX_REPLY"]
+DAEMON_STRINGS = ["DEFAULT_SOCKET", "DEFAULT_GROUP"]
+
+
 class Output:
     def __init__(self, filename: str, guard: str, module, structs, enums, constants,
-                 const_prefix: str):
+                 const_prefix: str, strings: list[str] | None = None):
         self.path = os.path.join(RUNTIME_DIR, filename)
         self.guard = guard
         self.module = module
@@ -90,11 +105,14 @@ class Output:
         self.enums = enums
         self.constants = constants
         self.const_prefix = const_prefix
+        self.strings = strings or []
 
 
 OUTPUTS = [
     Output("ava_abi.h", "AVA_ABI_H", abi, ABI_STRUCTS, ABI_ENUMS, ABI_CONSTANTS, "AVA_"),
     Output("vfio_user_wire.h", "VFIO_USER_WIRE_H", vu, VU_STRUCTS, VU_ENUMS, ["HEADER_SIZE"], "VFU_"),
+    Output("ava_daemon.h", "AVA_DAEMON_H", gd, DAEMON_STRUCTS, DAEMON_ENUMS, DAEMON_CONSTANTS,
+           "AVA_", DAEMON_STRINGS),
 ]
 
 _C_TYPES = {("<", 1, False): "uint8_t", ("<", 2, False): "uint16_t", ("<", 4, False): "uint32_t",
@@ -151,6 +169,8 @@ def render(out: Output) -> str:
     ]
     for name in out.constants:
         lines.append(f"#define {out.const_prefix}{name} {int(getattr(out.module, name)):#x}u")
+    for name in out.strings:
+        lines.append(f"#define {out.const_prefix}{name} {json.dumps(getattr(out.module, name))}")
     lines.append("")
     for prefix, en in out.enums:
         for member in en:

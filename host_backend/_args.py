@@ -20,6 +20,7 @@ from protocols import opencl_api as api
 from protocols.opencl_api import NULL_LEN
 
 from ._cl import ffi, lib
+from ._handles import key as handle_key
 from ._kernel_args import with_arg_info
 from ._wire import Decoder, Encoder, WireError
 
@@ -198,8 +199,13 @@ class ArgDecoder:
         self.scalars[arg.name] = value
         self.cargs.append(value)
 
+    def key(self, handle: int) -> int:
+        """The handle table's key for an id this guest process names (its own id
+        space; see ``_handles``)."""
+        return handle_key(handle, self.owner)
+
     def _arg_handle(self, arg, kind) -> None:
-        handle = self.dec.u64()
+        handle = self.key(self.dec.u64())
         if handle == 0 and not kind.nullable:
             # The spec's answer, given here: some implementations dereference a NULL
             # object (PoCL's clEnqueueTask does).
@@ -225,7 +231,7 @@ class ArgDecoder:
             raise CallError(     # dereference it (PoCL's built-in kernel programs do)
                 NULL_ARRAY_STATUS.get(arg.name, INVALID_HANDLE[kind.obj]),
                 f"{arg.name} holds a NULL {kind.obj}")
-        ptrs = [self.resolve(kind.obj, h, arg) for h in ids]
+        ptrs = [self.resolve(kind.obj, self.key(h), arg) for h in ids]
         self.cargs.append(ffi.new(f"{kind.obj}[]", ptrs) if ptrs else ffi.new(f"{kind.obj}[1]"))
 
     def _arg_out_handles(self, arg, kind) -> None:
@@ -336,7 +342,7 @@ class ArgDecoder:
                                             "supported through the device")
             obj = kind.handle_keys.get(key)
             if obj is not None:
-                value = int(ffi.cast("uintptr_t", self.resolve(obj, value, arg)))
+                value = int(ffi.cast("uintptr_t", self.resolve(obj, self.key(value), arg)))
             values += [as_signed(key, 8), as_signed(value, 8)] if signed else [key, value]
         # Two zeros: a partition by counts ends its counts with a 0 of its own, and a
         # list of an odd number of them reaches the wire without it.
@@ -407,7 +413,7 @@ class ArgDecoder:
         self.cargs.append(ffi.new(f"{kind.ctype}[]", self.dec.u64s(n)) if n else ffi.new(f"{kind.ctype}[1]"))
 
     def _arg_event_out(self, arg, kind) -> None:
-        new_id = self.dec.u64()
+        new_id = self.key(self.dec.u64())
         if new_id == 0:
             if self.fn.name in KERNEL_LAUNCHES and self.backend.kernels is not None:
                 # The launch's event is needed to bound its run time, wanted or not.
@@ -438,7 +444,7 @@ class ArgDecoder:
             self.cargs.append(ffi.from_buffer(data))
         elif tag in (api.KARG_MEM, api.KARG_SAMPLER):
             obj = "cl_mem" if tag == api.KARG_MEM else "cl_sampler"
-            mem_id = self.dec.u64()
+            mem_id = self.key(self.dec.u64())
             ptr = self.resolve(obj, mem_id, arg)
             if tag == api.KARG_MEM:
                 self.call.kernel_mem = mem_id
@@ -559,6 +565,7 @@ class ArgDecoder:
             if obj is None:
                 setattr(out, name, raw)
             elif raw:
+                raw = self.key(raw)
                 ptr = self.backend.handles.lookup(obj, raw, owner)
                 if ptr is None:
                     raise CallError(kind.bad_handle or INVALID_HANDLE[obj],
@@ -655,7 +662,7 @@ class ArgDecoder:
             return ffi.NULL
         if cap != scalars.get(kind.count) or cap > MAX_ARRAY:
             raise WireError(f"{arg.name} capacity {cap}, {kind.count} says {scalars.get(kind.count)}")
-        ids = dec.u64s(cap)
+        ids = [self.key(i) for i in dec.u64s(cap)]
         for new_id in ids:
             why = self.backend.handles.check_new(new_id)
             if why:

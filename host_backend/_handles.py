@@ -2,8 +2,12 @@
 
 Guest-assigned ids (created objects) live below ``HOST_ID_BASE``; ids the host
 hands out for enumerated objects (platforms, devices) live above it, so the
-two never collide.  Each created object remembers its owner (the guest
-process that created it, by queue owner tag); another owner cannot use it.
+two never collide.  Each owner (a guest process, by its queue's owner tag) has
+an id space of its own: the table's key for a created object is the owner and
+the id together (``key``), so an id another owner uses answers exactly like an
+id nobody uses, whatever one process tries (looking it up, creating with it,
+taking the id another is about to use).  The argument decoder turns every id
+it reads into its key at once; ids go back to the guest through ``guest_id``.
 A mirror of the user-visible reference count decides when an id dies.
 """
 
@@ -13,6 +17,20 @@ import itertools
 from dataclasses import dataclass
 
 HOST_ID_BASE = 1 << 63
+_ID_MASK = (1 << 64) - 1
+
+
+def key(handle: int, owner: int) -> int:
+    """The table's key for ``handle`` as ``owner`` names it: enumerated ids (and NULL)
+    are the same for everyone; a guest-assigned id is the owner's own."""
+    if handle >= HOST_ID_BASE or handle == 0:
+        return handle
+    return ((owner & 0xFFFFFFFF) + 1) << 64 | handle
+
+
+def guest_id(handle_key: int) -> int:
+    """The id the guest knows for a key."""
+    return handle_key & _ID_MASK
 
 
 class LimitExceeded(Exception):
@@ -85,11 +103,12 @@ class HandleTable:
         return {address for _, address in self._by_ptr}
 
     def check_new(self, handle: int) -> str | None:
-        """Why a guest-assigned id cannot be used for a new object (None if it can)."""
-        if not 0 < handle < HOST_ID_BASE:
-            return f"id {handle:#x} is outside the guest range"
+        """Why a guest-assigned id (its key) cannot be used for a new object (None if
+        it can)."""
+        if not 0 < guest_id(handle) < HOST_ID_BASE or handle < HOST_ID_BASE:
+            return f"id {guest_id(handle):#x} is outside the guest range"
         if handle in self._entries:
-            return f"id {handle:#x} is already in use"
+            return f"id {guest_id(handle):#x} is already in use"
         if self.created >= self.max_objects:
             return f"object limit {self.max_objects} reached"
         return None

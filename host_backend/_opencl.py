@@ -36,7 +36,8 @@ from ._args import (
     CallError,
 )
 from ._cl import ffi, lib, platforms_and_devices
-from ._handles import HOST_ID_BASE, HandleTable, _address
+from ._handles import HOST_ID_BASE, HandleTable, _address, guest_id
+from ._handles import key as handle_key
 from ._includes import IncludeStore
 from ._kernel_args import (
     CL_KERNEL_ARG_INFO_NOT_AVAILABLE,
@@ -293,7 +294,7 @@ class OpenClBackend:
             with self._lock:
                 self._running[owner] = self._running.get(owner, 0) + 1
                 counted = True
-                new_id = self._claim_id(fn, dec)
+                new_id = self._claim_id(fn, dec, owner)
                 cargs, posts = self._decode(fn, dec, owner, call, dma)
                 dec.done()
                 self._settle_transfers()
@@ -432,10 +433,10 @@ class OpenClBackend:
             self._transfers.popleft()
             cl.clReleaseEvent(event)
 
-    def _claim_id(self, fn: api.Function, dec: Decoder) -> int | None:
+    def _claim_id(self, fn: api.Function, dec: Decoder, owner: int) -> int | None:
         if not fn.creates:
             return None
-        new_id = dec.u64()
+        new_id = handle_key(dec.u64(), owner)
         why = self.handles.check_new(new_id)
         if why and "limit" in why:
             self._refused("objects", fn.name)
@@ -717,7 +718,7 @@ class OpenClBackend:
             return 0
         known = self.handles.id_for_existing(obj_type, address)
         if known is not None:
-            return known
+            return guest_id(known)
         if obj_type in ("cl_platform_id", "cl_device_id"):
             return self.handles.id_for_shared(obj_type, ffi.cast(obj_type, address), address)
         return 0     # an object the guest never saw (created internally): opaque NULL

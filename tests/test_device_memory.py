@@ -11,6 +11,7 @@ from clwire import FakeDma, decode, encode
 from test_opencl_backend import Guest, ids
 
 from host_backend import OpenClBackend
+from host_backend._handles import key
 from protocols import opencl_api as api
 
 F = api.BY_NAME
@@ -56,6 +57,13 @@ class Session(Guest):
         status, _ = self.call("clCreateBuffer", buf, context=self.ctx, flags=flags, size=size,
                               host_ptr=data)
         return buf if status == 0 else status
+
+    def mem(self, handle):
+        """The device memory's record of one of this guest's buffers (keyed by owner and id)."""
+        return self.backend.memory.mems[key(handle, self.owner)]
+
+    def has_mem(self, handle):
+        return key(handle, self.owner) in self.backend.memory.mems
 
     def with_dma(self, name, **values):
         fn = F[name]
@@ -106,7 +114,7 @@ def push_out(g, handle, limit=40):
     """Make and use other buffers until ``handle`` has left the device (which ones
     go first is the policy's choice; that it goes at all is the point)."""
     others = []
-    while g.backend.memory.mems[handle].root.resident:
+    while g.mem(handle).root.resident:
         assert len(others) < limit, "never evicted"
         others.append(g.buffer(pattern(len(others))))
         g.read(others[-1])
@@ -187,7 +195,7 @@ def test_sub_buffers_move_with_their_parent(small):
     assert got[:22] == b"through the sub-buffer" and got[22:] == pattern(1)[4 * KIB + 22:8 * KIB]
     assert refs_before == 2
     assert g.call("clReleaseMemObject", memobj=sub)[0] == 0
-    assert sub not in small.memory.mems and parent not in small.memory.mems
+    assert not g.has_mem(sub) and not g.has_mem(parent)
 
 
 def test_flags_and_reference_counts_read_back_as_native(small):
@@ -200,10 +208,10 @@ def test_flags_and_reference_counts_read_back_as_native(small):
     # The guest's count moves while the object waits in the host store.
     assert g.call("clRetainMemObject", memobj=buf)[0] == 0
     assert g.call("clReleaseMemObject", memobj=buf)[0] == 0
-    assert not small.memory.mems[buf].resident
+    assert not g.mem(buf).resident
     assert g.info("clGetContextInfo", g.ctx, CL_CONTEXT_REFERENCE_COUNT, 4) == ctx_refs
     assert g.info("clGetMemObjectInfo", buf, CL_MEM_FLAGS) == CL_MEM_READ_WRITE
-    assert small.memory.mems[buf].restored
+    assert g.mem(buf).restored
     assert g.info("clGetMemObjectInfo", buf, CL_MEM_REFERENCE_COUNT, 4) == 2
     assert g.info("clGetContextInfo", g.ctx, CL_CONTEXT_REFERENCE_COUNT, 4) == ctx_refs
     del others
@@ -241,13 +249,13 @@ def test_a_buffer_in_use_by_a_command_in_flight_stays(small):
     others = [g.buffer(pattern(i)) for i in range(8)]
     for buf in others:
         g.read(buf)
-    assert small.memory.mems[target].resident
+    assert g.mem(target).resident
     assert small.memory.stats.evictions > 0
     assert g.call("clSetUserEventStatus", event=gate, execution_status=0)[0] == 0
     assert g.call("clWaitForEvents", num_events=1, event_list=[done])[0] == 0
     for buf in others:
         g.read(buf)
-    assert not small.memory.mems[target].resident, "idle again: it may go"
+    assert not g.mem(target).resident, "idle again: it may go"
     assert g.read(target) == data
 
 

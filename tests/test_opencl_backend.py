@@ -193,6 +193,46 @@ def test_handles_of_another_owner_are_invalid(backend):
     assert mallory.device() == dev
 
 
+def test_an_id_another_owner_uses_answers_like_an_unused_one(backend):
+    """Each guest process has an id space of its own: nothing one learns by trying ids
+    tells it which ones another uses, and it cannot take another's next id."""
+    alice, mallory = Guest(backend, owner=1), Guest(backend, owner=2)
+    ctx, dev = alice.context()
+    used, unused = next(ids), next(ids)
+    assert alice.call("clCreateBuffer", used, context=ctx, flags=1, size=64,
+                      host_ptr=None)[0] == 0
+
+    def probe(who, handle):
+        return [who.call("clGetMemObjectInfo", object=handle, param_name=0x1102,
+                         param_value_size=8, param_value=8)[0],
+                who.call("clRetainMemObject", memobj=handle)[0],
+                who.call("clReleaseMemObject", memobj=handle)[0]]
+    assert probe(mallory, used) == probe(mallory, unused) == [-38, -38, -38]
+    # Creating with alice's live id, or the id alice takes next, works as with any other.
+    mctx, _ = mallory.context()
+    taken = next(ids)
+    for handle in (used, taken):
+        assert mallory.call("clCreateBuffer", handle, context=mctx, flags=1, size=32,
+                            host_ptr=None)[0] == 0
+        assert mallory.call("clGetMemObjectInfo", object=handle, param_name=0x1102,
+                            param_value_size=8, param_value=8)[1]["param_value"] == \
+            (32).to_bytes(8, "little")
+    assert alice.call("clCreateBuffer", taken, context=ctx, flags=1, size=16,
+                      host_ptr=None)[0] == 0
+    for handle, size in ((used, 64), (taken, 16)):
+        assert alice.call("clGetMemObjectInfo", object=handle, param_name=0x1102,
+                          param_value_size=8, param_value=8)[1]["param_value"] == \
+            size.to_bytes(8, "little")
+    # Object-valued results come back as the ids their owner gave.
+    assert alice.call("clGetMemObjectInfo", object=taken, param_name=0x1106,
+                      param_value_size=8, param_value=8)[1]["param_value"] == \
+        ctx.to_bytes(8, "little")
+    # Releasing mallory's objects leaves alice's.
+    backend.release_queue(9, owner=2, last=True)
+    assert alice.call("clRetainMemObject", memobj=used)[0] == 0
+    assert dev
+
+
 def test_owner_gone_releases_everything_it_created(backend):
     g = Guest(backend, owner=77)
     ctx, _ = g.context()

@@ -1,13 +1,15 @@
 /* Guest objects: what the application holds, each with the id the host knows.
  *
- * Ids of created objects are assigned here (pid in the high half, a counter in the
- * low half), so creating calls need no round trip to learn them.  Platforms and
+ * Ids of created objects are assigned here (a random base per process plus a
+ * counter), so creating calls need no round trip to learn them.  Platforms and
  * devices get the ids the host enumerates them with.  A pointer table answers
  * "is this one of our live objects?" without dereferencing what the application
  * passed, so a stray pointer becomes an invalid-object error, not a crash. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ava_icd.h"
@@ -198,10 +200,25 @@ void ava_info_store(const void *obj, uint32_t fn, uint32_t param, uint64_t key,
     free(i);
 }
 
+/* Ids need only be unique within this process: the host keeps each guest process's
+ * ids apart (an id another process uses answers like an unused one).  They start at a
+ * random point so that they tell nothing of the process either (no pid, no count). */
+static uint64_t id_base(void)
+{
+    static uint64_t base;
+    if (!base) {
+        uint64_t r = 0;
+        if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r)
+            r = (uint64_t)getpid() * 0x9E3779B97F4A7C15ull ^ (uint64_t)time(NULL);
+        base = (r & 0x3fffffff00000000ull) | 0x100000000ull;   /* bit 63 clear, never 0 */
+    }
+    return base;
+}
+
 void *ava_obj_new(int type)
 {
     pthread_mutex_lock(&lock);
-    uint64_t id = ((uint64_t)getpid() << 32) | (++counter & 0xffffffffu);
+    uint64_t id = id_base() | (++counter & 0xffffffffu);
     struct ava_object *o = insert(type, id);
     pthread_mutex_unlock(&lock);
     return o;

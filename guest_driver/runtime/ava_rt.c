@@ -144,7 +144,8 @@ int ava_queue_create(struct ava_device *dev, unsigned slots, struct ava_queue **
     ava_write_reg(dev, qreg(idx, AVA_QREG_RING_LO), (uint32_t)q->ring_gpa);
     ava_write_reg(dev, qreg(idx, AVA_QREG_RING_HI), (uint32_t)(q->ring_gpa >> 32));
     ava_write_reg(dev, qreg(idx, AVA_QREG_SIZE), slots);
-    ava_write_reg(dev, qreg(idx, AVA_QREG_OWNER), (uint32_t)getpid());
+    if (!dev->owner)        /* the daemon sets the owner itself; nobody else may */
+        ava_write_reg(dev, qreg(idx, AVA_QREG_OWNER), (uint32_t)getpid());
     ava_write_reg(dev, qreg(idx, AVA_QREG_CTRL), AVA_QUEUE_CTRL_ENABLE);
     uint32_t state = ava_read_reg(dev, qreg(idx, AVA_QREG_CTRL));
     if (!(state & AVA_QUEUE_STATE_ENABLED)) {
@@ -445,14 +446,40 @@ static void thread_queue_dtor(void *p)
     ava_queue_destroy(p);
 }
 
+/* Which way to the device: a device server's socket on this machine (AVA_VDEV_SOCKET:
+ * the host, no VM); else the guest daemon, whenever its socket exists (any user in its
+ * group); else, with no daemon, the device itself (root only: the direct path, kept
+ * for debugging). */
+static int open_transport(struct ava_device *dev)
+{
+    const char *sock = getenv("AVA_VDEV_SOCKET");
+    if (sock && *sock)
+        return rt_loopback_open(dev, sock);
+    const char *daemon = rt_daemon_path();
+    int explicit_daemon = getenv("AVA_VDEV_DAEMON") && *getenv("AVA_VDEV_DAEMON");
+    if (explicit_daemon || access(daemon, F_OK) == 0) {
+        int rc = rt_daemon_open(dev, daemon);
+        if (rc == 0 || explicit_daemon || geteuid() != 0 || rc != -ECONNREFUSED)
+            return rc;
+        /* root, and a socket nobody serves: the daemon is gone; go direct */
+        dev->ops->close(dev);
+        dev->sock = dev->memfd = -1;
+        dev->base = NULL;
+    }
+    if (geteuid() != 0)
+        return rt_error(EACCES, "no ava-vdev daemon (%s does not exist), and only root may "
+                        "use the device directly; hint: python3 -m guest_driver install "
+                        "starts the daemon", daemon);
+    return rt_uio_open(dev);
+}
+
 int ava_open(struct ava_device **out)
 {
     struct ava_device *dev = calloc(1, sizeof(*dev));
     if (!dev)
         return rt_error(ENOMEM, "out of memory");
     dev->sock = dev->memfd = dev->uio_fd = -1;
-    const char *sock = getenv("AVA_VDEV_SOCKET");
-    int rc = sock && *sock ? rt_loopback_open(dev, sock) : rt_uio_open(dev);
+    int rc = open_transport(dev);
     if (rc == 0)
         rc = rt_arena_init(dev);
     if (rc == 0) {
@@ -466,11 +493,13 @@ int ava_open(struct ava_device **out)
                           ver & 0xffff, AVA_ABI_MAJOR);
     }
     if (rc == 0) {
-        uint32_t offered = ava_read_reg(dev, AVA_REG_DEVICE_FEATURES_LO);
-        ava_write_reg(dev, AVA_REG_DRIVER_FEATURES_LO, offered & (AVA_FEATURE_INTX | AVA_FEATURE_MSIX));
-        uint32_t status = ava_read_reg(dev, AVA_REG_STATUS);
-        if (!(status & AVA_DEVICE_STATUS_DRIVER_OK))   /* first user: never reset a shared device */
-            ava_write_reg(dev, AVA_REG_STATUS, AVA_DEVICE_STATUS_ACKNOWLEDGE | AVA_DEVICE_STATUS_DRIVER_OK);
+        if (!dev->owner) {      /* the daemon brought the device up already */
+            uint32_t offered = ava_read_reg(dev, AVA_REG_DEVICE_FEATURES_LO);
+            ava_write_reg(dev, AVA_REG_DRIVER_FEATURES_LO, offered & (AVA_FEATURE_INTX | AVA_FEATURE_MSIX));
+            uint32_t status = ava_read_reg(dev, AVA_REG_STATUS);
+            if (!(status & AVA_DEVICE_STATUS_DRIVER_OK))   /* first user: never reset a shared device */
+                ava_write_reg(dev, AVA_REG_STATUS, AVA_DEVICE_STATUS_ACKNOWLEDGE | AVA_DEVICE_STATUS_DRIVER_OK);
+        }
         dev->num_queues = (int)ava_read_reg(dev, AVA_REG_NUM_QUEUES);
         if (dev->num_queues > (int)AVA_NUM_QUEUES)
             dev->num_queues = AVA_NUM_QUEUES;

@@ -36,6 +36,7 @@ struct ava_device {
     int sock_broken;         /* loopback: a request failed (timeout, reset); all later fail */
     uint16_t msg_id;
     int memfd;
+    uint32_t owner;          /* daemon: the owner tag it gave this process (0: none) */
     volatile uint32_t *bar0; /* uio */
     int uio_fd;
     char bdf[32];
@@ -55,6 +56,9 @@ unsigned rt_reply_timeout_ms(void);
 
 int rt_loopback_open(struct ava_device *dev, const char *path);
 int rt_uio_open(struct ava_device *dev);
+int rt_daemon_open(struct ava_device *dev, const char *path);
+/* The daemon's socket: AVA_VDEV_DAEMON, or the default. */
+const char *rt_daemon_path(void);
 int rt_arena_init(struct ava_device *dev);
 void rt_arena_fini(struct ava_device *dev);
 /* Contiguous DMA memory (never crosses a chunk), zeroed; returns ptr and gpa. */

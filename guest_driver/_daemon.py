@@ -1,0 +1,488 @@
+"""``ava-vdevd``: the guest daemon that owns the device, so ordinary users may use it.
+
+Without it every OpenCL program must run as root (it binds the device, maps BAR0,
+reads guest-physical addresses, takes hugepages), and nothing stops one process
+from writing another's queue registers or naming another's memory in a scatter
+list.  The daemon runs as root, alone maps BAR0 and serves applications on a UNIX
+socket whose group (``ava``) says who may use the accelerator.  Each connection is
+one application process, checked with ``SO_PEERCRED``, and gets:
+
+- DMA memory of its own (a memfd: hugepages in a VM) for its rings and staging,
+  mapped by both; the application writes its rings and reads its completions
+  directly, with no daemon hop;
+- a *virtual BAR0* (``Policy``): identity registers as they are, the queue
+  registers of its own queues only, and every other access refused.  Queue
+  ownership is the daemon's: it writes the owner tag (unique per connection,
+  never reused, not a pid) and the queue's DMA windows (the connection's memory,
+  nothing else) before the queue is enabled, through registers no application
+  reaches;
+- interrupts as an eventfd per queue.
+
+When a connection closes (the process exited or was killed) its queues are
+released, which removes their windows and frees what the process created on the
+host, and its memory is kept in quarantine for ``quarantine_s`` before it is
+freed, so no page the host might still write to (a transfer the dead process
+left running) is given to anyone else meanwhile.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import logging
+import os
+import selectors
+import socket
+import stat
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from construct import ConstructError
+
+from protocols import device_abi as abi
+from protocols import guest_daemon as gd
+from protocols.device_abi import DeviceStatus, QReg, QueueCtrl, QueueState, Reg
+
+log = logging.getLogger("ava-vdevd")
+
+#: Owner tags the daemon gives out start here: above any pid (pid_max is at most
+#: 2**22), so they never collide with a root process on the direct path.
+OWNER_BASE = 0x40000000
+#: Each queue's window table gets this much of the daemon's table memory.
+TABLE_SLOT = 32 << 10
+
+#: Registers every application may read as they are.
+IDENTITY_REGS = frozenset({Reg.MAGIC, Reg.ABI_VERSION, Reg.DEVICE_FEATURES_LO,
+                           Reg.DEVICE_FEATURES_HI, Reg.DRIVER_FEATURES_LO,
+                           Reg.DRIVER_FEATURES_HI, Reg.STATUS, Reg.NUM_QUEUES})
+#: Queue registers an application may write on its own queues (the ring it made).
+RING_REGS = frozenset({QReg.RING_LO, QReg.RING_HI, QReg.SIZE})
+
+
+class Memory(Protocol):
+    """DMA memory given to one application: a memfd and its chunks' guest addresses."""
+
+    fd: int
+    size: int
+    chunk_gpas: list[int]
+
+    def close(self) -> None: ...
+
+
+class Device(Protocol):
+    """How the daemon reaches the device: in a VM (``UioDevice``) or, for tests and
+    benchmarks on the host, as a vfio-user client (``LoopbackDevice``)."""
+
+    name: str
+
+    def read32(self, off: int) -> int: ...
+
+    def write32(self, off: int, value: int, *, posted: bool = False) -> None: ...
+
+    def alloc(self, size: int) -> Memory:
+        """Zeroed DMA memory of ``size`` bytes (a multiple of 2 MiB)."""
+
+    def table_memory(self) -> tuple[memoryview, int]:
+        """Memory of the daemon's own for window tables, and its guest address."""
+
+    def irq_fd(self, queue: int) -> int:
+        """A new eventfd signalled when ``queue`` (or, with one shared line, any
+        queue) interrupts; the caller owns it."""
+
+    def queue_released(self, queue: int) -> None:
+        """``queue`` is gone: stop signalling what ``irq_fd`` gave for it."""
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Client:
+    conn: socket.socket
+    pid: int
+    uid: int
+    owner: int
+    memory: Memory | None = None
+    queues: set[int] = field(default_factory=set)
+
+    def describe(self) -> str:
+        return f"pid {self.pid} (uid {self.uid}, owner {self.owner:#x})"
+
+
+def _split(off: int) -> tuple[int, int] | None:
+    """(queue, register) for an offset inside a queue window, else None."""
+    rel = off - abi.QUEUE_WINDOW_BASE
+    if rel < 0 or rel >= abi.NUM_QUEUES * abi.QUEUE_WINDOW_SIZE:
+        return None
+    return rel // abi.QUEUE_WINDOW_SIZE, rel % abi.QUEUE_WINDOW_SIZE
+
+
+class Policy:
+    """What each application's register accesses do (its virtual BAR0).
+
+    Register accesses of all connections are serialised (one lock): a queue's
+    setup (claim, owner, windows, enable) is never interleaved with another's."""
+
+    def __init__(self, device: Device, *, max_queues: int = 16):
+        self.device = device
+        self.max_queues = max_queues
+        self.lock = threading.Lock()
+        self.tables, self.tables_gpa = device.table_memory()
+        self.num_queues = min(device.read32(Reg.NUM_QUEUES), abi.NUM_QUEUES)
+
+    def start(self) -> None:
+        """Bring the device up once, for everyone: applications never reset it."""
+        with self.lock:
+            offered = self.device.read32(Reg.DEVICE_FEATURES_LO)
+            self.device.write32(Reg.DRIVER_FEATURES_LO,
+                                offered & (abi.Feature.INTX | abi.Feature.MSIX))
+            if not offered & abi.Feature.DMA_WINDOWS:
+                raise RuntimeError("the device does not offer DMA windows (ABI "
+                                   f"{self.device.read32(Reg.ABI_VERSION):#x}): its server "
+                                   "is older than this daemon; update the host")
+            status = self.device.read32(Reg.STATUS)
+            if not status & DeviceStatus.DRIVER_OK:
+                self.device.write32(Reg.STATUS, DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER_OK)
+            # Queues claimed before the daemon started (a root process on the direct
+            # path, or a daemon that died) are left alone: their owners release them.
+
+    def read(self, client: Client, off: int) -> int:
+        with self.lock:
+            if off in IDENTITY_REGS:
+                return self.device.read32(off)
+            if off == Reg.QUEUE_ALLOC:
+                return self._claim(client)
+            where = _split(off)
+            if where is not None and where[0] in client.queues:
+                return self.device.read32(off)
+            return 0    # another queue's registers read as an unclaimed queue's
+
+    def write(self, client: Client, off: int, value: int) -> int:
+        """0, or -EPERM for an access the application may not make (nothing done)."""
+        with self.lock:
+            if off == Reg.DOORBELL:
+                if value not in client.queues:
+                    return -errno.EPERM
+                self.device.write32(Reg.DOORBELL, value, posted=True)
+                return 0
+            where = _split(off)
+            if where is None or where[0] not in client.queues:
+                return -errno.EPERM
+            queue, reg = where
+            if reg in RING_REGS:
+                self.device.write32(off, value)
+            elif reg == QReg.CTRL and value == QueueCtrl.ENABLE:
+                self._enable(client, queue)
+            elif reg == QReg.CTRL and value == QueueCtrl.DISABLE:
+                self.device.write32(off, value)
+            elif reg == QReg.CTRL and value == QueueCtrl.RELEASE:
+                self._release(client, queue)
+            else:
+                return -errno.EPERM     # the owner, the windows, anything else
+            return 0
+
+    def release_all(self, client: Client) -> None:
+        with self.lock:
+            for queue in sorted(client.queues):
+                self._release(client, queue)
+
+    # -- under the lock ------------------------------------------------------------------
+
+    def _claim(self, client: Client) -> int:
+        if len(client.queues) >= self.max_queues:
+            log.warning("%s: refused a queue: it has %d (at most %d a process)",
+                        client.describe(), len(client.queues), self.max_queues)
+            return abi.NO_QUEUE
+        queue = self.device.read32(Reg.QUEUE_ALLOC)
+        if queue == abi.NO_QUEUE or queue >= self.num_queues:
+            log.warning("%s: no free device queue", client.describe())
+            return abi.NO_QUEUE
+        self.device.write32(abi.queue_reg(queue, QReg.OWNER), client.owner)
+        client.queues.add(queue)
+        log.debug("%s: queue %d claimed", client.describe(), queue)
+        return queue
+
+    def _enable(self, client: Client, queue: int) -> None:
+        """Owner and windows first, then ENABLE: the queue never runs a command that
+        could reach memory outside the process's own."""
+        dev = self.device
+        dev.write32(abi.queue_reg(queue, QReg.OWNER), client.owner)
+        self._load_windows(queue, client.memory.chunk_gpas if client.memory else [])
+        dev.write32(abi.queue_reg(queue, QReg.CTRL), QueueCtrl.ENABLE)
+        state = dev.read32(abi.queue_reg(queue, QReg.CTRL))
+        if not state & QueueState.ENABLED:
+            log.warning("%s: queue %d not enabled (error %d)", client.describe(), queue,
+                        dev.read32(abi.queue_reg(queue, QReg.ERROR)))
+
+    def _load_windows(self, queue: int, chunk_gpas: list[int]) -> None:
+        entries = [(gpa, gd.CHUNK_SIZE) for gpa in chunk_gpas]
+        if (len(entries) + 1) * abi.WINDOW_ENTRY_SIZE > TABLE_SLOT:
+            raise RuntimeError(f"{len(entries)} windows do not fit a table slot")
+        base = queue * TABLE_SLOT
+        data = struct.pack("<II", len(entries), 0) + b"".join(
+            struct.pack("<QQ", a, n) for a, n in entries)
+        self.tables[base:base + len(data)] = data
+        gpa = self.tables_gpa + base
+        self.device.write32(abi.queue_reg(queue, QReg.WINDOWS_LO), gpa & 0xFFFFFFFF)
+        self.device.write32(abi.queue_reg(queue, QReg.WINDOWS_HI), gpa >> 32)
+        self.device.write32(abi.queue_reg(queue, QReg.CTRL), QueueCtrl.LOAD_WINDOWS)
+        err = self.device.read32(abi.queue_reg(queue, QReg.ERROR))    # also waits for it
+        if err:
+            raise RuntimeError(f"the device refused queue {queue}'s windows: "
+                               f"{errno.errorcode.get(err, err)}")
+
+    def _release(self, client: Client, queue: int) -> None:
+        """Release (the host frees what the queue's owner made once it was its last,
+        and forgets the windows), then wait for it by reading a register back."""
+        self.device.write32(abi.queue_reg(queue, QReg.CTRL), QueueCtrl.RELEASE)
+        self.device.read32(abi.queue_reg(queue, QReg.CTRL))
+        self.device.queue_released(queue)
+        client.queues.discard(queue)
+        log.debug("%s: queue %d released", client.describe(), queue)
+
+
+class Daemon:
+    """Serves applications on a UNIX socket until ``stop``."""
+
+    def __init__(self, device: Device, path: str, *, group: str | None = gd.DEFAULT_GROUP,
+                 max_memory: int = 256 << 20, max_queues: int = 16,
+                 quarantine_s: float = 15.0):
+        self.device = device
+        self.path = path
+        self.group = group
+        self.max_memory = max_memory
+        self.quarantine_s = quarantine_s
+        self.policy = Policy(device, max_queues=max_queues)
+        self.clients: dict[int, Client] = {}
+        self.quarantine: list[tuple[float, Memory]] = []
+        self._next_owner = OWNER_BASE
+        self._sel = selectors.DefaultSelector()
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.sock: socket.socket | None = None
+
+    # -- life ----------------------------------------------------------------------------
+
+    def listen(self) -> None:
+        self.policy.start()
+        gid = None
+        if self.group is not None:
+            try:
+                gid = grp.getgrnam(self.group).gr_gid
+            except KeyError:
+                raise RuntimeError(f"group {self.group!r} does not exist; hint: "
+                                   f"`groupadd --system {self.group}` (python3 -m guest_driver "
+                                   "install does it), or --group GROUP") from None
+        os.makedirs(os.path.dirname(self.path) or ".", mode=0o755, exist_ok=True)
+        self._remove_stale()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        old = os.umask(0o177)
+        try:
+            sock.bind(self.path)
+        finally:
+            os.umask(old)
+        # root and the group may connect; others get EACCES from connect().
+        if gid is not None:
+            os.chown(self.path, -1, gid)
+            os.chmod(self.path, 0o660)
+        sock.listen(64)
+        sock.setblocking(False)
+        self.sock = sock
+        self._sel.register(sock, selectors.EVENT_READ, self._accept)
+        self._sel.register(self._stop_r, selectors.EVENT_READ, None)
+        log.info("serving %s on %s (group %s, up to %d MiB and %d queues a process)",
+                 self.device.name, self.path, self.group or "root only",
+                 self.max_memory >> 20, self.policy.max_queues)
+
+    def _remove_stale(self) -> None:
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise RuntimeError(f"{self.path} exists and is not a socket; not replacing it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            probe.connect(self.path)
+        except OSError:
+            os.unlink(self.path)        # stale: nobody listens
+            return
+        finally:
+            probe.close()
+        raise RuntimeError(f"another daemon is serving {self.path}")
+
+    def serve_forever(self) -> None:
+        while True:
+            timeout = None
+            if self.quarantine:
+                timeout = max(0.0, self.quarantine[0][0] - time.monotonic())
+            for key, _ in self._sel.select(timeout):
+                if key.data is None:
+                    return
+                key.data(key.fileobj)
+            self._free_quarantined()
+
+    def stop(self) -> None:
+        """From any thread or a signal handler."""
+        try:
+            os.write(self._stop_w, b"x")
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        for client in list(self.clients.values()):
+            self._drop(client, "the daemon stops")
+        for _, memory in self.quarantine:
+            memory.close()
+        self.quarantine.clear()
+        if self.sock is not None:
+            self._sel.unregister(self.sock)
+            self.sock.close()
+            self.sock = None
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+        self._sel.close()
+        os.close(self._stop_r)
+        os.close(self._stop_w)
+
+    # -- connections ---------------------------------------------------------------------
+
+    def _accept(self, sock: object) -> None:
+        assert self.sock is not None
+        try:
+            conn, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, _gid = struct.unpack("3i", creds)
+        client = Client(conn, pid, uid, self._next_owner)
+        self._next_owner += 1
+        conn.setblocking(True)
+        conn.settimeout(5.0)      # a client that stops reading its replies is dropped
+        self.clients[conn.fileno()] = client
+        self._sel.register(conn, selectors.EVENT_READ, self._readable)
+        log.info("%s connected", client.describe())
+
+    def _readable(self, conn: object) -> None:
+        assert isinstance(conn, socket.socket)
+        client = self.clients[conn.fileno()]
+        try:
+            data = conn.recv(gd.REQUEST_SIZE + 1)
+        except OSError as exc:
+            self._drop(client, f"read failed: {exc}")
+            return
+        if not data:
+            self._drop(client, "disconnected")
+            return
+        try:
+            self._handle(client, data)
+        except OSError as exc:
+            self._drop(client, f"reply failed: {exc}")
+
+    def _handle(self, client: Client, data: bytes) -> None:
+        if len(data) != gd.REQUEST_SIZE:
+            self._reply(client, -errno.EINVAL)
+            return
+        try:
+            req = gd.Request.parse(data)
+            op = gd.DaemonOp(req.op)
+        except (ConstructError, ValueError):
+            self._reply(client, -errno.EINVAL)
+            return
+        if op != gd.DaemonOp.HELLO and client.memory is None:
+            self._reply(client, -errno.EPROTO)
+            return
+        if op == gd.DaemonOp.HELLO:
+            self._hello(client, req.arg0, req.arg1)
+        elif op == gd.DaemonOp.READ32:
+            self._reply(client, 0, value=self.policy.read(client, req.arg0))
+        elif op == gd.DaemonOp.WRITE32:
+            status = self.policy.write(client, req.arg0, req.arg1 & 0xFFFFFFFF)
+            if status:
+                log.warning("%s: write of %#x to BAR0+%#x refused", client.describe(),
+                            req.arg1 & 0xFFFFFFFF, req.arg0)
+            if not req.flags & gd.DaemonFlags.POSTED:
+                self._reply(client, status)
+        elif op == gd.DaemonOp.IRQ_FD:
+            if req.arg0 not in client.queues:
+                self._reply(client, -errno.EPERM)
+                return
+            efd = self.device.irq_fd(req.arg0)
+            try:
+                self._reply(client, 0, fds=[efd])
+            finally:
+                os.close(efd)
+
+    def _hello(self, client: Client, version: int, size: int) -> None:
+        if version != gd.DAEMON_PROTOCOL:
+            log.warning("%s speaks protocol %d, this daemon %d", client.describe(), version,
+                        gd.DAEMON_PROTOCOL)
+            self._reply(client, -errno.EPROTO)
+            return
+        if client.memory is not None:
+            self._reply(client, -errno.EALREADY)
+            return
+        size = (max(size, 4 * gd.CHUNK_SIZE) + gd.CHUNK_SIZE - 1) // gd.CHUNK_SIZE * gd.CHUNK_SIZE
+        if size > self.max_memory:
+            log.warning("%s asked for %d MiB of DMA memory; it gets %d MiB (--max-memory)",
+                        client.describe(), size >> 20, self.max_memory >> 20)
+            size = self.max_memory
+        try:
+            client.memory = self.device.alloc(size)
+        except OSError as exc:
+            log.warning("%s: no DMA memory of %d MiB: %s", client.describe(), size >> 20, exc)
+            self._reply(client, -(exc.errno or errno.ENOMEM))
+            return
+        mem = client.memory
+        extra = struct.pack(f"<{len(mem.chunk_gpas)}Q", *mem.chunk_gpas)
+        self._reply(client, 0, owner=client.owner, count=len(mem.chunk_gpas), size=mem.size,
+                    extra=extra, fds=[mem.fd])
+
+    def _reply(self, client: Client, status: int, *, value: int = 0, owner: int = 0,
+               count: int = 0, size: int = 0, extra: bytes = b"",
+               fds: list[int] | None = None) -> None:
+        record = gd.Reply.build(dict(status=status, value=value, owner=owner, count=count,
+                                     size=size)) + extra
+        if fds:
+            socket.send_fds(client.conn, [record], fds)
+        else:
+            client.conn.send(record)
+
+    def _drop(self, client: Client, why: str) -> None:
+        self._sel.unregister(client.conn)
+        self.clients.pop(client.conn.fileno(), None)
+        queues = sorted(client.queues)
+        self.policy.release_all(client)
+        client.conn.close()
+        if client.memory is not None:
+            self.quarantine.append((time.monotonic() + self.quarantine_s, client.memory))
+            client.memory = None
+        log.info("%s %s; released queues %s", client.describe(), why, queues or "none")
+
+    def _free_quarantined(self) -> None:
+        now = time.monotonic()
+        while self.quarantine and self.quarantine[0][0] <= now:
+            _, memory = self.quarantine.pop(0)
+            memory.close()
+
+
+def run(device_factory: Callable[[], Device], path: str, **kwargs: object) -> int:
+    """Open the device, serve until SIGTERM or SIGINT, clean up."""
+    import signal
+
+    device = device_factory()
+    daemon = Daemon(device, path, **kwargs)  # type: ignore[arg-type]
+    try:
+        daemon.listen()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: daemon.stop())
+        daemon.serve_forever()
+    finally:
+        daemon.close()
+        device.close()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,189 @@
+/* Daemon transport: the guest daemon (ava-vdevd) owns the device; this process, which
+ * may be any user in the daemon's group, asks it for DMA memory (a memfd both map, so
+ * rings, staging and completions are reached directly) and reaches BAR0 through it,
+ * where only its own queues' registers exist.  A doorbell is a posted write there;
+ * interrupts arrive on eventfds the daemon hands over.  protocols/guest_daemon.py is
+ * the wire format. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "ava_daemon.h"
+#include "rt_internal.h"
+
+/* One request, and its reply (with up to `extra` bytes after it and one fd) unless
+ * posted.  Requests of all threads are serialised on the socket. */
+static int daemon_call(struct ava_device *dev, uint32_t op, uint32_t flags, uint32_t arg0,
+                       uint64_t arg1, struct ava_daemon_reply *reply, void *extra,
+                       size_t extra_cap, int *fd_out)
+{
+    struct ava_daemon_request req = {.op = op, .flags = flags, .arg0 = arg0, .arg1 = arg1};
+    pthread_mutex_lock(&dev->sock_lock);
+    int rc = 0;
+    if (dev->sock_broken) {
+        rc = -EPIPE;
+        goto out;
+    }
+    if (send(dev->sock, &req, sizeof(req), MSG_NOSIGNAL) != (ssize_t)sizeof(req)) {
+        rc = -errno;
+        dev->sock_broken = 1;
+        goto out;
+    }
+    if (flags & AVA_DAEMON_FLAG_POSTED)
+        goto out;
+    uint8_t buf[AVA_MAX_REPLY];
+    struct iovec iov = {.iov_base = buf, .iov_len = sizeof(buf)};
+    char ctrl[CMSG_SPACE(sizeof(int))];
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl,
+                         .msg_controllen = sizeof(ctrl)};
+    ssize_t n = recvmsg(dev->sock, &msg, MSG_CMSG_CLOEXEC);
+    if (n < (ssize_t)sizeof(*reply)) {
+        rc = n < 0 ? -errno : -EPROTO;
+        dev->sock_broken = 1;
+        goto out;
+    }
+    int fd = -1;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+            memcpy(&fd, CMSG_DATA(c), sizeof(fd));
+    memcpy(reply, buf, sizeof(*reply));
+    size_t more = (size_t)n - sizeof(*reply);
+    if (extra)
+        memcpy(extra, buf + sizeof(*reply), more < extra_cap ? more : extra_cap);
+    if (fd_out)
+        *fd_out = fd;
+    else if (fd >= 0)
+        close(fd);
+    rc = reply->status;
+out:
+    pthread_mutex_unlock(&dev->sock_lock);
+    return rc;
+}
+
+static uint32_t dm_read32(struct ava_device *dev, uint32_t off)
+{
+    struct ava_daemon_reply reply;
+    if (daemon_call(dev, AVA_DAEMON_OP_READ32, 0, off, 0, &reply, NULL, 0, NULL) != 0)
+        return 0xffffffffu;         /* as a vanished device reads */
+    return reply.value;
+}
+
+static void dm_write32(struct ava_device *dev, uint32_t off, uint32_t v, int posted)
+{
+    struct ava_daemon_reply reply;
+    /* Every write is posted: the daemon refuses what this process may not write (the
+     * runtime's own feature and status writes among them) and a later read waits for
+     * it, since the daemon answers in order. */
+    (void)posted;
+    daemon_call(dev, AVA_DAEMON_OP_WRITE32, AVA_DAEMON_FLAG_POSTED, off, v, &reply, NULL, 0, NULL);
+}
+
+static int dm_irq_fd(struct ava_device *dev, unsigned q)
+{
+    struct ava_daemon_reply reply;
+    int fd = -1;
+    int rc = daemon_call(dev, AVA_DAEMON_OP_IRQ_FD, 0, q, 0, &reply, NULL, 0, &fd);
+    if (rc != 0) {
+        if (fd >= 0)
+            close(fd);
+        return rc;
+    }
+    return fd >= 0 ? fd : -EPROTO;
+}
+
+static void dm_irq_ack(struct ava_device *dev, int fd)
+{
+    (void)dev;
+    uint64_t v;
+    while (read(fd, &v, sizeof(v)) > 0)
+        ;
+}
+
+static void dm_close(struct ava_device *dev)
+{
+    if (dev->base)
+        munmap(dev->base, dev->arena_size);
+    if (dev->memfd >= 0)
+        close(dev->memfd);
+    if (dev->sock >= 0)
+        close(dev->sock);
+}
+
+static const struct transport_ops daemon_ops = {
+    .name = "daemon", .read32 = dm_read32, .write32 = dm_write32,
+    .irq_fd = dm_irq_fd, .irq_ack = dm_irq_ack, .close = dm_close,
+};
+
+const char *rt_daemon_path(void)
+{
+    const char *env = getenv("AVA_VDEV_DAEMON");
+    return env && *env ? env : AVA_DEFAULT_SOCKET;
+}
+
+int rt_daemon_open(struct ava_device *dev, const char *path)
+{
+    dev->ops = &daemon_ops;
+    dev->sock = dev->memfd = -1;
+    pthread_mutex_init(&dev->sock_lock, NULL);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof(sa.sun_path))
+        return rt_error(ENAMETOOLONG, "AVA_VDEV_DAEMON path is too long: %s", path);
+    strcpy(sa.sun_path, path);
+    dev->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (dev->sock < 0)
+        return rt_error(errno, "cannot make a socket: %s", strerror(errno));
+    if (connect(dev->sock, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        int err = errno;
+        if (err == EACCES || err == EPERM)
+            return rt_error(EACCES, "permission denied: %s belongs to the group '%s'; ask the "
+                            "administrator to add you (adduser $USER %s), then log in again",
+                            path, AVA_DEFAULT_GROUP, AVA_DEFAULT_GROUP);
+        return rt_error(err, "cannot reach the ava-vdev daemon at %s: %s; hint: start it "
+                        "(systemctl start ava-vdevd, or python3 -m guest_driver daemon)",
+                        path, strerror(err));
+    }
+    unsigned timeout_ms = rt_reply_timeout_ms();
+    struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
+    setsockopt(dev->sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    const char *env = getenv("AVA_VDEV_MEM");
+    uint64_t want = env ? strtoull(env, NULL, 0) : (32u << 20);
+    struct ava_daemon_reply reply;
+    uint64_t gpas[AVA_MAX_CLIENT_MEMORY / AVA_CHUNK_SIZE];
+    int fd = -1;
+    int rc = daemon_call(dev, AVA_DAEMON_OP_HELLO, 0, AVA_DAEMON_PROTOCOL, want, &reply, gpas,
+                         sizeof(gpas), &fd);
+    if (rc != 0) {
+        if (fd >= 0)
+            close(fd);
+        return rt_error(-rc, "the ava-vdev daemon at %s refused this process: %s%s", path,
+                        strerror(-rc), rc == -ENOMEM ? " (out of DMA memory: lower "
+                        "AVA_VDEV_MEM, or reserve more hugepages)" : "");
+    }
+    if (fd < 0 || reply.count == 0 || reply.count > AVA_MAX_CLIENT_MEMORY / AVA_CHUNK_SIZE ||
+        reply.size != (uint64_t)reply.count * AVA_CHUNK_SIZE) {
+        if (fd >= 0)
+            close(fd);
+        return rt_error(EPROTO, "the ava-vdev daemon's answer is malformed");
+    }
+    dev->memfd = fd;
+    dev->base = mmap(NULL, reply.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (dev->base == MAP_FAILED) {
+        dev->base = NULL;
+        return rt_error(errno, "cannot map the daemon's DMA memory: %s", strerror(errno));
+    }
+    dev->arena_size = reply.size;
+    dev->nchunks = reply.count;
+    dev->chunk_gpa = calloc(dev->nchunks, sizeof(uint64_t));
+    if (!dev->chunk_gpa)
+        return rt_error(ENOMEM, "out of memory");
+    memcpy(dev->chunk_gpa, gpas, dev->nchunks * sizeof(uint64_t));
+    dev->owner = reply.owner;
+    return 0;
+}

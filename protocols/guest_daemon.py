@@ -1,0 +1,70 @@
+"""What an application's runtime and the guest daemon (``ava-vdevd``) say to each other.
+
+In a guest shared by several users, the daemon alone owns the device: it binds it,
+maps BAR0 and sets up each process's queues, their owner tags and their DMA
+windows.  An application connects to the daemon's UNIX socket (SOCK_SEQPACKET: one
+record a message) and sees a *virtual BAR0*: the same registers, but only its own
+queues' windows, through the daemon, which decides what each access may do
+(``guest_driver/_daemon.py`` says what each register does there).  Its rings,
+completions and staging are memory the daemon gives it (a memfd passed with
+``SCM_RIGHTS``), so the hot path needs no daemon hop; a doorbell is a posted
+register write.
+
+Every request is one ``Request`` record.  ``HELLO`` is answered with a ``Reply``
+followed by ``count`` 64-bit guest-physical addresses (one per 2 MiB chunk of the
+memory) and the memfd; ``READ32`` with a ``Reply`` whose ``value`` is the
+register; ``WRITE32`` with a ``Reply`` unless ``flags`` has ``POSTED``;
+``IRQ_FD`` with a ``Reply`` and an eventfd that is signalled when the device
+interrupts.  ``status`` is 0 or a negative errno.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from construct import Int32sl, Int32ul, Int64ul, Struct
+
+#: The version a runtime sends in HELLO (``arg0``); the daemon refuses others.
+DAEMON_PROTOCOL = 1
+#: Where the daemon listens unless told otherwise (``AVA_VDEV_DAEMON`` in the runtime).
+DEFAULT_SOCKET = "/run/ava-vdev/daemon.sock"
+#: The group whose members may use the device (the socket's group).
+DEFAULT_GROUP = "ava"
+#: The memory a HELLO may ask for (the daemon may be configured lower).
+MAX_CLIENT_MEMORY = 1 << 30
+CHUNK_SIZE = 2 << 20
+
+
+class DaemonOp(enum.IntEnum):
+    HELLO = 1      # arg0: DAEMON_PROTOCOL; arg1: bytes of DMA memory wanted
+    READ32 = 2     # arg0: BAR0 offset
+    WRITE32 = 3    # arg0: BAR0 offset; arg1: the value
+    IRQ_FD = 4     # arg0: one of the caller's queues
+
+
+class DaemonFlags(enum.IntFlag):
+    POSTED = 1 << 0    # WRITE32: no reply (a doorbell)
+
+
+Request = Struct(
+    "op" / Int32ul,       # DaemonOp
+    "flags" / Int32ul,    # DaemonFlags
+    "arg0" / Int32ul,
+    "reserved" / Int32ul,
+    "arg1" / Int64ul,
+)
+REQUEST_SIZE = 24
+
+Reply = Struct(
+    "status" / Int32sl,   # 0 or -errno
+    "value" / Int32ul,    # READ32: the register
+    "owner" / Int32ul,    # HELLO: the owner tag of this connection's queues
+    "count" / Int32ul,    # HELLO: chunk addresses that follow
+    "size" / Int64ul,     # HELLO: bytes of memory in the memfd
+)
+REPLY_SIZE = 24
+
+#: Largest HELLO reply: the header and one address per chunk.
+MAX_REPLY = REPLY_SIZE + 8 * (MAX_CLIENT_MEMORY // CHUNK_SIZE)
+
+assert Request.sizeof() == REQUEST_SIZE and Reply.sizeof() == REPLY_SIZE
