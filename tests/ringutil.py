@@ -45,10 +45,11 @@ class PyRing:
         self.cli, self.mem, self.alloc = cli, mem, alloc
         self.queue, self.offset, self.slots = queue, offset, slots
         self.tail = 0
+        self.base = getattr(mem, "iova", RAM_IOVA)     # where ``mem`` starts, guest-physical
 
     @property
     def gpa(self) -> int:
-        return RAM_IOVA + self.offset
+        return self.base + self.offset
 
     @classmethod
     async def create(cls, cli, mem, alloc, slots: int = 16, *, enable: bool = True) -> PyRing:
@@ -57,7 +58,7 @@ class PyRing:
         offset = alloc.alloc(abi.ring_bytes(slots))
         mem.mm[offset:offset + abi.ring_bytes(slots)] = bytes(abi.ring_bytes(slots))
         ring = cls(cli, mem, alloc, queue, offset, slots)
-        await ring.setup(RAM_IOVA + offset, slots, enable=enable)
+        await ring.setup(ring.gpa, slots, enable=enable)
         return ring
 
     async def setup(self, gpa: int, slots: int, *, enable: bool = True) -> None:
@@ -80,13 +81,13 @@ class PyRing:
         """Copy ``data`` into fresh guest memory; returns its guest-physical address."""
         off = self.alloc.alloc(max(len(data), 1))
         self.mem.mm[off:off + len(data)] = data
-        return RAM_IOVA + off
+        return self.base + off
 
     def buffer(self, n: int) -> int:
-        return RAM_IOVA + self.alloc.alloc(max(n, 1))
+        return self.base + self.alloc.alloc(max(n, 1))
 
     def read(self, gpa: int, n: int) -> bytes:
-        off = gpa - RAM_IOVA
+        off = gpa - self.base
         return bytes(self.mem.mm[off:off + n])
 
     def field(self, off: int, st=U64) -> int:

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "ava_icd.h"
+#include "ava_rt.h"
 
 static int debug = -1;
 
@@ -15,7 +16,10 @@ static void report(const char *name, int err)
         debug = getenv("AVA_ICD_DEBUG") != NULL;
     if (!reported || debug) {
         reported = 1;
-        fprintf(stderr, "ava-vdev ICD: %s could not reach the device: %s\n", name, strerror(err));
+        /* The runtime's own words (which path, why, and a hint) when it has them. */
+        const char *why = ava_last_error();
+        fprintf(stderr, "ava-vdev ICD: %s could not reach the device: %s\n", name,
+                strcmp(why, "no error") ? why : strerror(err));
     }
 }
 

@@ -6,11 +6,13 @@
  * the wire format. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <grp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -141,10 +143,18 @@ int rt_daemon_open(struct ava_device *dev, const char *path)
         return rt_error(errno, "cannot make a socket: %s", strerror(errno));
     if (connect(dev->sock, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
         int err = errno;
-        if (err == EACCES || err == EPERM)
-            return rt_error(EACCES, "permission denied: %s belongs to the group '%s'; ask the "
-                            "administrator to add you (adduser $USER %s), then log in again",
-                            path, AVA_DEFAULT_GROUP, AVA_DEFAULT_GROUP);
+        if (err == EACCES || err == EPERM) {
+            /* Name the socket's real group (the daemon's --group), not a guess. */
+            char group[64] = AVA_DEFAULT_GROUP, buf[1024];
+            struct stat st;
+            struct group gr, *found = NULL;
+            if (stat(path, &st) == 0 &&
+                getgrgid_r(st.st_gid, &gr, buf, sizeof(buf), &found) == 0 && found)
+                snprintf(group, sizeof(group), "%s", found->gr_name);
+            return rt_error(EACCES, "permission denied: the ava-vdev daemon's socket %s is for "
+                            "the group '%s'; ask the administrator to add you (adduser $USER "
+                            "%s), then log in again", path, group, group);
+        }
         return rt_error(err, "cannot reach the ava-vdev daemon at %s: %s; hint: start it "
                         "(systemctl start ava-vdevd, or python3 -m guest_driver daemon)",
                         path, strerror(err));

@@ -1,0 +1,127 @@
+"""Running the guest daemon (ava-vdevd) over the loopback transport, and talking to it
+as an application would, or as a hostile one might."""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+from protocols import guest_daemon as gd
+from protocols.device_abi import Reg
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def text(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _wait_for(path: str, proc: subprocess.Popen, log: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert proc.poll() is None, text(log)
+        assert time.monotonic() < deadline, f"{path} did not appear: {text(log)}"
+        time.sleep(0.02)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def daemon_over_loopback(backend: str = "test", group: str = "users", *daemon_args: str):
+    """A device server and a daemon serving it; yields (dir, daemon socket, daemon log).
+    The directory is world-searchable, so unprivileged users reach the socket (its own
+    mode and group decide who may connect)."""
+    d = tempfile.mkdtemp(prefix="ava-daemon-", dir="/tmp")
+    os.chmod(d, 0o755)
+    server_sock, daemon_sock = os.path.join(d, "server.sock"), os.path.join(d, "daemon.sock")
+    server_log, daemon_log = os.path.join(d, "server.log"), os.path.join(d, "daemon.log")
+    procs = []
+    try:
+        with open(server_log, "w") as out:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "vdev", "serve", "--socket", server_sock, "--backend",
+                 backend, "-q"], cwd=ROOT, stdout=out, stderr=out))
+        _wait_for(server_sock, procs[0], server_log)
+        with open(daemon_log, "w") as out:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "guest_driver", "daemon", "--loopback", server_sock,
+                 "--socket", daemon_sock, "--group", group, "-v", *daemon_args],
+                cwd=ROOT, stdout=out, stderr=out))
+        _wait_for(daemon_sock, procs[1], daemon_log)
+        yield d, daemon_sock, daemon_log
+        assert procs[1].poll() is None, "the daemon died: " + text(daemon_log)
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+class DaemonClient:
+    """One application's connection: HELLO, then registers through the daemon.  The
+    interface is the vfio-user test client's (``read32``/``write32``), so ``PyRing``
+    drives rings in the memory the daemon gave."""
+
+    def __init__(self, path: str, memory: int = 8 << 20):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock.settimeout(10)
+        self.sock.connect(path)
+        reply, extra, fds = self.request(gd.DaemonOp.HELLO, gd.DAEMON_PROTOCOL, memory,
+                                         maxfds=1)
+        assert reply.status == 0, reply
+        self.owner = reply.owner
+        self.gpas = list(struct.unpack(f"<{reply.count}Q", extra[:8 * reply.count]))
+        assert self.gpas == [self.gpas[0] + i * gd.CHUNK_SIZE for i in range(reply.count)]
+        self.fd = fds[0]
+        self.size = reply.size
+        self.mm = mmap.mmap(self.fd, self.size, mmap.MAP_SHARED)
+        self.iova = self.gpas[0]          # PyRing's guest-physical base
+
+    def request(self, op: int, arg0: int = 0, arg1: int = 0, flags: int = 0, maxfds: int = 0):
+        self.sock.send(gd.Request.build(dict(op=op, flags=flags, arg0=arg0, reserved=0,
+                                             arg1=arg1)))
+        if flags & gd.DaemonFlags.POSTED:
+            return None, b"", []
+        msg, fds, _, _ = socket.recv_fds(self.sock, gd.MAX_REPLY, max(maxfds, 1))
+        reply = gd.Reply.parse(msg[:gd.REPLY_SIZE])
+        return reply, msg[gd.REPLY_SIZE:], fds
+
+    async def read32(self, off: int) -> int:
+        reply, _, _ = self.request(gd.DaemonOp.READ32, off)
+        assert reply.status == 0
+        return reply.value
+
+    async def write32(self, off: int, value: int, *, posted: bool = False) -> None:
+        """As a BAR write: what the daemon refuses is dropped (``write`` tells)."""
+        self.write(off, value, posted=posted)
+
+    def write(self, off: int, value: int, *, posted: bool = False) -> int | None:
+        flags = gd.DaemonFlags.POSTED if posted else 0
+        reply, _, _ = self.request(gd.DaemonOp.WRITE32, off, value, flags)
+        return None if reply is None else reply.status
+
+    def alloc_queue(self) -> int:
+        reply, _, _ = self.request(gd.DaemonOp.READ32, Reg.QUEUE_ALLOC)
+        return reply.value
+
+    def close(self) -> None:
+        self.mm.close()
+        os.close(self.fd)
+        self.sock.close()

@@ -1,0 +1,237 @@
+"""The guest daemon (ava-vdevd) over the loopback transport: applications get their own
+memory and queues, and one cannot reach another's queue, registers or memory, whatever
+it writes.  Then OpenCL programs of unprivileged users through it."""
+
+import errno
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+
+import pytest
+from daemonutil import ROOT, DaemonClient, daemon_over_loopback, text
+from ringutil import Allocator, PyRing
+
+from protocols import device_abi as abi
+from protocols import guest_daemon as gd
+from protocols.device_abi import CmdFlags, QReg, QueueCtrl, QueueState, Reg
+from protocols.device_abi import SelftestOp as Op
+
+SG = struct.Struct("<QII")
+NOBODY = 65534
+USERS_GID = 100         # Debian's "users": the daemon's group in these tests
+NOGROUP_GID = 65534
+
+
+@pytest.fixture(scope="module")
+def daemon():
+    with daemon_over_loopback("test") as (d, path, log):
+        yield path, log
+
+
+async def ring_of(client: DaemonClient) -> PyRing:
+    return await PyRing.create(client, client, Allocator(client.size))
+
+
+async def test_each_process_gets_memory_and_queues_of_its_own(daemon):
+    a, b = DaemonClient(daemon[0]), DaemonClient(daemon[0])
+    try:
+        assert a.owner != b.owner and a.owner >= 0x40000000
+        assert set(a.gpas).isdisjoint(b.gpas)
+        ra, rb = await ring_of(a), await ring_of(b)
+        assert ra.queue != rb.queue
+        for ring, data in ((ra, b"alice" * 20), (rb, b"bob" * 20)):
+            src, dst = ring.put(data), ring.buffer(256)
+            assert await ring.call(Op.ECHO, payload_addr=src, payload_len=len(data),
+                                   reply_addr=dst, reply_len=256) == (0, len(data))
+            assert ring.read(dst, len(data)) == data
+        # The owner tag is the daemon's, whatever the process wrote.
+        assert await ra.qread(QReg.OWNER) == a.owner
+        assert await ra.qread(QReg.CTRL) & QueueState.WINDOWED
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_a_process_cannot_touch_another_queue_or_its_owner(daemon):
+    a, b = DaemonClient(daemon[0]), DaemonClient(daemon[0])
+    try:
+        ra, rb = await ring_of(a), await ring_of(b)
+        theirs = abi.queue_reg(ra.queue, QReg.CTRL)
+        # B cannot change its own queue's owner (to A's tag, or anything).
+        assert b.write(abi.queue_reg(rb.queue, QReg.OWNER), a.owner) == -errno.EPERM
+        assert await rb.qread(QReg.OWNER) == b.owner
+        # B sees none of A's registers, and cannot write them.
+        for reg in (QReg.CTRL, QReg.OWNER, QReg.RING_LO, QReg.SIZE):
+            assert await b.read32(abi.queue_reg(ra.queue, reg)) == 0
+        for value in (QueueCtrl.RELEASE, QueueCtrl.DISABLE, QueueCtrl.LOAD_WINDOWS):
+            assert b.write(theirs, value) == -errno.EPERM
+        assert b.write(abi.queue_reg(ra.queue, QReg.RING_LO), 0) == -errno.EPERM
+        assert b.write(Reg.DOORBELL, ra.queue) == -errno.EPERM
+        # Nor its own windows, nor the device's status (a write of 0 resets the device).
+        assert b.write(abi.queue_reg(rb.queue, QReg.WINDOWS_LO), 0) == -errno.EPERM
+        assert b.write(abi.queue_reg(rb.queue, QReg.CTRL), QueueCtrl.LOAD_WINDOWS) == -errno.EPERM
+        assert b.write(Reg.STATUS, 0) == -errno.EPERM
+        assert b.write(Reg.SCRATCH, 1) == -errno.EPERM
+        # A's queue still serves.
+        assert await a.read32(theirs) & QueueState.ENABLED
+        assert await ra.call(Op.NOP) == (0, 0)
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("target", ["a-pages", "window-table", "between", "sg-entry"])
+async def test_scatter_lists_and_buffers_outside_the_process_are_refused(daemon, target):
+    a, b = DaemonClient(daemon[0]), DaemonClient(daemon[0])
+    try:
+        ra, rb = await ring_of(a), await ring_of(b)
+        secret = ra.put(b"A-SECRET" * 32)
+        mine, out = rb.put(b"x" * 64), rb.buffer(512)
+        addr = {"a-pages": secret, "window-table": 0x10000000,
+                "between": b.gpas[-1] + gd.CHUNK_SIZE + 64, "sg-entry": None}[target]
+        if addr is None:
+            status = await rb.call(Op.ECHO, flags=CmdFlags.PAYLOAD_SG,
+                                   payload_addr=rb.put(SG.pack(mine, 64, 0) + SG.pack(secret, 64, 0)),
+                                   payload_len=2, reply_addr=out, reply_len=512)
+        else:
+            status = await rb.call(Op.ECHO, payload_addr=addr, payload_len=64, reply_addr=out,
+                                   reply_len=512)
+        assert status == (-errno.EFAULT, 0)
+        # Writing into A's memory is refused the same way.
+        assert await rb.call(Op.ECHO, payload_addr=mine, payload_len=64, reply_addr=secret,
+                             reply_len=64) == (-errno.EFAULT, 0)
+        assert ra.read(secret, 8) == b"A-SECRET"
+        assert b"A-SECRET" not in rb.read(out, 512)
+        assert await rb.call(Op.NOP) == (0, 0)
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_a_departed_process_releases_its_queues(daemon):
+    a = DaemonClient(daemon[0])
+    ra = await ring_of(a)
+    queue = ra.queue
+    a.close()
+    b = DaemonClient(daemon[0])
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            got = b.alloc_queue()
+            if got == queue:
+                break
+            assert time.monotonic() < deadline, "the departed process's queue was not released"
+            time.sleep(0.05)
+        assert not await b.read32(abi.queue_reg(queue, QReg.CTRL)) & QueueState.WINDOWED
+    finally:
+        b.close()
+
+
+def test_bad_requests_get_errors_and_the_daemon_serves_on(daemon):
+    path, log = daemon
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.settimeout(5)
+    s.connect(path)
+    for bad in (b"", b"\0" * 3, b"\xff" * gd.REQUEST_SIZE, b"\0" * (gd.REQUEST_SIZE + 8),
+                gd.Request.build(dict(op=gd.DaemonOp.READ32, flags=0, arg0=0, reserved=0, arg1=0)),
+                gd.Request.build(dict(op=gd.DaemonOp.HELLO, flags=0, arg0=99, reserved=0, arg1=0))):
+        if not bad:
+            continue
+        s.send(bad)
+        reply = gd.Reply.parse(s.recv(gd.MAX_REPLY)[:gd.REPLY_SIZE])
+        assert reply.status in (-errno.EINVAL, -errno.EPROTO), bad
+    s.close()
+    c = DaemonClient(path)
+    try:
+        assert c.request(gd.DaemonOp.HELLO, gd.DAEMON_PROTOCOL, 1 << 20)[0].status == -errno.EALREADY
+        assert c.request(gd.DaemonOp.IRQ_FD, 7)[0].status == -errno.EPERM   # not its queue
+    finally:
+        c.close()
+
+
+def test_a_process_may_hold_only_so_many_queues(daemon):
+    c = DaemonClient(daemon[0])
+    try:
+        got = [c.alloc_queue() for _ in range(17)]
+        assert abi.NO_QUEUE not in got[:16] and got[16] == abi.NO_QUEUE
+    finally:
+        c.close()
+
+
+# -- OpenCL programs of ordinary users ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world_readable_shim(shim):
+    """The ICD where an unprivileged user can load it, and a vadd built against it."""
+    lib, _ = shim
+    d = tempfile.mkdtemp(prefix="ava-shim-", dir="/tmp")
+    os.chmod(d, 0o755)
+    try:
+        target = os.path.join(d, "libava_icd.so")
+        shutil.copy(lib, target)
+        with open(os.path.join(d, "ava.icd"), "w") as f:
+            f.write(target + "\n")
+        exe = os.path.join(d, "vadd")
+        subprocess.run(["gcc", "-o", exe, os.path.join(ROOT, "tests", "samples", "vadd.c"),
+                        "-lOpenCL"], check=True)
+        for name in os.listdir(d):
+            os.chmod(os.path.join(d, name), 0o755)
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cl_daemon():
+    with daemon_over_loopback("opencl") as (d, path, log):
+        yield path, log
+
+
+def as_user(shim_dir: str, daemon_path: str, argv: list[str], *, gid: int, timeout: float = 120,
+            env: dict | None = None):
+    environ = {"PATH": "/usr/bin:/bin", "OCL_ICD_VENDORS": shim_dir,
+               "AVA_VDEV_DAEMON": daemon_path, "HOME": "/tmp", **(env or {})}
+    return subprocess.run(argv, env=environ, capture_output=True, text=True, timeout=timeout,
+                          user=NOBODY, group=gid, extra_groups=[], cwd="/tmp")
+
+
+def test_an_ordinary_user_in_the_group_runs_opencl(world_readable_shim, cl_daemon):
+    exe = os.path.join(world_readable_shim, "vadd")
+    res = as_user(world_readable_shim, cl_daemon[0], [exe], gid=USERS_GID)
+    assert res.returncode == 0, res.stderr + text(cl_daemon[1])
+    assert "1048576 elements correct" in res.stdout
+    clinfo = as_user(world_readable_shim, cl_daemon[0], ["clinfo", "--raw"], gid=USERS_GID)
+    assert clinfo.returncode == 0 and "CL_DEVICE_NAME" in clinfo.stdout, clinfo.stderr
+
+
+def test_a_user_outside_the_group_is_told_permission_denied(world_readable_shim, cl_daemon):
+    exe = os.path.join(world_readable_shim, "vadd")
+    res = as_user(world_readable_shim, cl_daemon[0], [exe], gid=NOGROUP_GID,
+                  env={"AVA_VDEV_DEBUG": "1"})
+    assert res.returncode != 0 and res.returncode > 0, "no crash, a failure"
+    assert "permission denied" in res.stderr and "group 'users'" in res.stderr, res.stderr
+
+
+def test_killing_one_process_leaves_the_other_running(world_readable_shim, cl_daemon):
+    path, log = cl_daemon
+    exe = os.path.join(world_readable_shim, "vadd")
+    environ = {"PATH": "/usr/bin:/bin", "OCL_ICD_VENDORS": world_readable_shim,
+               "AVA_VDEV_DAEMON": path, "HOME": "/tmp"}
+    victim = subprocess.Popen(["clinfo"], env=environ, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, user=NOBODY, group=USERS_GID,
+                              extra_groups=[])
+    time.sleep(0.3)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    res = as_user(world_readable_shim, path, [exe], gid=USERS_GID)
+    assert res.returncode == 0 and "elements correct" in res.stdout, res.stderr
+    deadline = time.monotonic() + 10
+    while f"pid {victim.pid} " not in text(log) or "disconnected" not in text(log):
+        assert time.monotonic() < deadline, text(log)
+        time.sleep(0.05)
