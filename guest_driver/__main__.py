@@ -22,14 +22,22 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", type=Path, default=None,
                    help="output directory (default $AVA_BUILD_DIR or ~/.cache/ava-vdev/build)")
     b.add_argument("--force", action="store_true", help="rebuild even if nothing changed")
-    i = sub.add_parser("install", help="build, then register the ICD in /etc/OpenCL/vendors/ava.icd "
-                                       "(root)")
+    i = sub.add_parser("install", help="build, register the ICD in /etc/OpenCL/vendors/ava.icd "
+                                       "and start ava-vdevd (root)")
     i.add_argument("--out", type=Path, default=None, help="build directory (as for build)")
-    sub.add_parser("uninstall", help="remove /etc/OpenCL/vendors/ava.icd and the installed library")
+    i.add_argument("--group", default=gd.DEFAULT_GROUP,
+                   help=f"the group whose members may use the device (default "
+                        f"{gd.DEFAULT_GROUP}; created if missing)")
+    i.add_argument("--no-daemon", action="store_true",
+                   help="do not install or start ava-vdevd: only root can then use the device "
+                        "(the direct path, for debugging)")
+    sub.add_parser("uninstall", help="stop ava-vdevd and remove it, /etc/OpenCL/vendors/ava.icd "
+                                     "and the installed library")
     c = sub.add_parser("check", help="list the OpenCL functions binaries import and which are forwarded")
     c.add_argument("binaries", nargs="+", metavar="BINARY")
     s = sub.add_parser("status", help="show the device, ABI version, features and queues")
-    s.add_argument("--out", type=Path, default=None, help="build directory (as for build)")
+    s.add_argument("--out", type=Path, default=None,
+                   help="build directory (as for build; default: the installed library, if any)")
     d = sub.add_parser(
         "daemon", help="run ava-vdevd (root): own the device and serve OpenCL programs of "
                        "ordinary users in the group",
@@ -47,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="DMA memory one process may have, in MiB (default 256)")
     d.add_argument("--max-queues", type=int, default=16,
                    help="queues (threads using OpenCL) one process may have (default 16)")
-    d.add_argument("--quarantine", type=float, default=15.0, metavar="SECONDS",
+    d.add_argument("--quarantine", type=float, default=2.0, metavar="SECONDS",
                    help="how long a departed process's memory is kept before it is freed, "
-                        "so the host can finish what it left running (default 15)")
+                        "so the host can finish transfers it left running (default 2)")
     d.add_argument("--loopback", metavar="SERVER_SOCKET", default=None,
                    help="serve a device server on this machine over vfio-user instead of the "
                         "PCI device (tests and benchmarks on the host)")
@@ -61,9 +69,15 @@ def main(argv: list[str] | None = None) -> int:
             lib = _build.build(args.out, force=args.force, verbose=True)
             print(lib)
         elif args.command == "install":
-            from ._install import install
+            from ._install import install, install_daemon
             lib = _build.build(args.out)
             print(f"installed {install(lib)} -> {lib.name}")
+            if args.no_daemon:
+                print("ava-vdevd not installed: only root can use the device")
+            else:
+                how = install_daemon(args.group)
+                print(f"ava-vdevd serves {gd.DEFAULT_SOCKET} for the group {args.group!r}: {how}")
+                print(f"add users with: adduser USER {args.group}")
         elif args.command == "uninstall":
             from ._install import uninstall
             removed = uninstall()
@@ -81,8 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "daemon":
             return _daemon(args)
         elif args.command == "status":
+            from ._install import LIBDIR
             from ._status import status
-            print(status(_build.build(args.out)))
+            installed = LIBDIR / "libava_icd.so"
+            # Any user may ask: the installed library needs no build (and no write access).
+            lib = installed if args.out is None and installed.exists() else _build.build(args.out)
+            print(status(lib))
     except _build.BuildError as exc:
         print(f"build failed: {exc}", file=sys.stderr)
         return 1

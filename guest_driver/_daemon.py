@@ -21,8 +21,10 @@ one application process, checked with ``SO_PEERCRED``, and gets:
 When a connection closes (the process exited or was killed) its queues are
 released, which removes their windows and frees what the process created on the
 host, and its memory is kept in quarantine for ``quarantine_s`` before it is
-freed, so no page the host might still write to (a transfer the dead process
-left running) is given to anyone else meanwhile.
+freed, so no page the host might still write to (a non-blocking transfer into
+staging that the dead process left running: the host fails its pending user
+events first, so what remains are transfers already under way) is given to
+anyone else meanwhile.
 """
 
 from __future__ import annotations
@@ -249,7 +251,7 @@ class Daemon:
 
     def __init__(self, device: Device, path: str, *, group: str | None = gd.DEFAULT_GROUP,
                  max_memory: int = 256 << 20, max_queues: int = 16,
-                 quarantine_s: float = 15.0):
+                 quarantine_s: float = 2.0):
         self.device = device
         self.path = path
         self.group = group

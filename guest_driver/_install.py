@@ -1,13 +1,62 @@
-"""``install`` / ``uninstall``: register the ICD with the OpenCL ICD loader."""
+"""``install`` / ``uninstall``: register the ICD with the OpenCL ICD loader, and set up
+the guest daemon (ava-vdevd) so that ordinary users in its group may use the device.
+
+The daemon runs from a copy of ``guest_driver/`` and ``protocols/`` under
+``/usr/local/lib/ava-vdev/python`` (the checkout may go away).  Where the guest runs
+systemd it is a unit, ``ava-vdevd.service``, enabled and started; elsewhere (a
+minimal guest whose init is a script) it is started in the background with a PID
+file, and ``uninstall`` stops it by that PID.
+"""
 
 from __future__ import annotations
 
+import grp
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+from protocols import guest_daemon as gd
 
 VENDORS = Path("/etc/OpenCL/vendors")
 LIBDIR = Path("/usr/local/lib/ava-vdev")
 ICD_FILE = VENDORS / "ava.icd"
+PYDIR = LIBDIR / "python"
+UNIT_NAME = "ava-vdevd.service"
+UNIT_FILE = Path("/etc/systemd/system") / UNIT_NAME
+PIDFILE = Path("/run/ava-vdev/ava-vdevd.pid")
+DAEMON_LOG = Path("/var/log/ava-vdevd.log")
+SOURCE = Path(__file__).resolve().parent.parent
+
+UNIT = f"""\
+# ava-vdevd: owns the ava-vdev accelerator so that members of the group '{{group}}'
+# may run OpenCL programs without root.  Written by `python3 -m guest_driver install`.
+[Unit]
+Description=ava-vdev accelerator daemon (device access for the '{{group}}' group)
+Documentation=file://{PYDIR}/guest_driver/_daemon.py
+
+[Service]
+Type=simple
+Environment=PYTHONPATH={PYDIR} PYTHONDONTWRITEBYTECODE=1
+ExecStart={{python}} -m guest_driver daemon --socket {gd.DEFAULT_SOCKET} --group {{group}}
+Restart=on-failure
+RestartSec=1
+# It binds the PCI device (sysfs writes), maps BAR0, opens /dev/uioN and reads
+# /proc/self/pagemap: root, with /sys and /dev as they are (no ProtectKernelTunables,
+# no PrivateDevices).  What it does not need:
+NoNewPrivileges=yes
+ProtectHome=yes
+PrivateTmp=yes
+PrivateNetwork=yes
+RuntimeDirectory=ava-vdev
+RuntimeDirectoryPreserve=no
+
+[Install]
+WantedBy=multi-user.target
+"""
 
 
 def install(icd_lib: Path) -> Path:
@@ -22,10 +71,103 @@ def install(icd_lib: Path) -> Path:
     return ICD_FILE
 
 
+def ensure_group(group: str) -> int:
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        pass
+    try:
+        subprocess.run(["groupadd", "--system", group], check=True, capture_output=True,
+                       text=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or exc
+        raise RuntimeError(f"cannot create the group {group!r}: {detail}") from None
+    return grp.getgrnam(group).gr_gid
+
+
+def _copy_python() -> None:
+    """The daemon's code, where it stays whatever happens to this checkout."""
+    staging = PYDIR.with_name("python.new")
+    shutil.rmtree(staging, ignore_errors=True)
+    for package in ("guest_driver", "protocols"):
+        shutil.copytree(SOURCE / package, staging / package,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.o"))
+    shutil.rmtree(PYDIR, ignore_errors=True)
+    staging.rename(PYDIR)
+
+
+def _has_systemd() -> bool:
+    return Path("/run/systemd/system").is_dir() and shutil.which("systemctl") is not None
+
+
+def install_daemon(group: str = gd.DEFAULT_GROUP, timeout: float = 60.0) -> str:
+    """Install and (re)start ava-vdevd; returns how it runs."""
+    ensure_group(group)
+    stop_daemon()
+    _copy_python()
+    if _has_systemd():
+        UNIT_FILE.write_text(UNIT.format(group=group, python=sys.executable))
+        subprocess.run(["systemctl", "daemon-reload"], check=True)
+        subprocess.run(["systemctl", "enable", "--now", UNIT_NAME], check=True)
+        how = f"systemd unit {UNIT_NAME}"
+    else:
+        PIDFILE.parent.mkdir(parents=True, exist_ok=True)
+        log = open(DAEMON_LOG, "ab")        # the daemon keeps its own copy
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "guest_driver", "daemon", "--socket", gd.DEFAULT_SOCKET,
+             "--group", group], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            env=dict(os.environ, PYTHONPATH=str(PYDIR), PYTHONDONTWRITEBYTECODE="1"),
+            cwd="/", start_new_session=True)
+        log.close()
+        PIDFILE.write_text(f"{proc.pid}\n")
+        how = f"pid {proc.pid} (no systemd here; log {DAEMON_LOG})"
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(gd.DEFAULT_SOCKET):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"ava-vdevd did not start within {timeout:g} s; see "
+                               f"{'journalctl -u ' + UNIT_NAME if _has_systemd() else DAEMON_LOG}")
+        time.sleep(0.05)
+    return how
+
+
+def _daemon_pid() -> int | None:
+    """The PID in the PID file, if that process is still our daemon."""
+    try:
+        pid = int(PIDFILE.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"guest_driver\0daemon" in cmdline else None
+
+
+def stop_daemon() -> bool:
+    """Stop ava-vdevd however it was started; True if one was running."""
+    stopped = False
+    if UNIT_FILE.exists() and _has_systemd():
+        stopped = subprocess.run(["systemctl", "is-active", "--quiet", UNIT_NAME]).returncode == 0
+        subprocess.run(["systemctl", "disable", "--now", UNIT_NAME], capture_output=True)
+    pid = _daemon_pid()
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
+        stopped = True
+    PIDFILE.unlink(missing_ok=True)
+    return stopped
+
+
 def uninstall() -> list[Path]:
     removed = []
-    for path in (ICD_FILE, LIBDIR / "libava_icd.so"):
+    if stop_daemon():
+        removed.append(Path(gd.DEFAULT_SOCKET))
+    for path in (ICD_FILE, LIBDIR / "libava_icd.so", UNIT_FILE):
         if path.exists():
             path.unlink()
             removed.append(path)
+    if PYDIR.exists():
+        shutil.rmtree(PYDIR)
+        removed.append(PYDIR)
     return removed

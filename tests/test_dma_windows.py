@@ -120,7 +120,7 @@ async def test_a_ring_outside_the_windows_is_not_enabled(guest):
 
 async def test_new_windows_are_in_force_when_the_load_is_answered(guest):
     cli, mem, alloc = guest
-    ring, region = await windowed_ring(cli, mem, alloc)
+    ring, _region = await windowed_ring(cli, mem, alloc)
     buf = ring.put(b"y" * 64)
     out = ring.buffer(64)
     assert await ring.call(Op.ECHO, payload_addr=buf, payload_len=64, reply_addr=out,
@@ -158,8 +158,8 @@ async def test_a_bad_window_table_leaves_no_window(guest, bad):
 
 async def test_two_queues_each_inside_their_own_windows(guest):
     cli, mem, alloc = guest
-    a, region_a = await windowed_ring(cli, mem, alloc)
-    b, region_b = await windowed_ring(cli, mem, alloc)
+    a, _region_a = await windowed_ring(cli, mem, alloc)
+    b, _region_b = await windowed_ring(cli, mem, alloc)
     mine_a, mine_b = a.put(b"alice" * 10), b.put(b"bob" * 10)
     out_a, out_b = a.buffer(64), b.buffer(64)
     assert await a.call(Op.ECHO, payload_addr=mine_a, payload_len=50, reply_addr=out_a,
@@ -182,7 +182,7 @@ async def test_release_drops_the_windows(guest):
 
 
 async def test_load_windows_on_an_unclaimed_queue_is_ignored(guest):
-    cli, mem, alloc = guest
+    cli, _mem, _alloc = guest
     q = abi.NUM_QUEUES - 1
     await cli.write32(abi.queue_reg(q, QReg.CTRL), QueueCtrl.LOAD_WINDOWS)
     assert await cli.read32(abi.queue_reg(q, QReg.CTRL)) == 0

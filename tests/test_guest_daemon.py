@@ -29,7 +29,7 @@ NOGROUP_GID = 65534
 
 @pytest.fixture(scope="module")
 def daemon():
-    with daemon_over_loopback("test") as (d, path, log):
+    with daemon_over_loopback("test") as (_d, path, log):
         yield path, log
 
 
@@ -133,7 +133,7 @@ async def test_a_departed_process_releases_its_queues(daemon):
 
 
 def test_bad_requests_get_errors_and_the_daemon_serves_on(daemon):
-    path, log = daemon
+    path, _log = daemon
     s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     s.settimeout(5)
     s.connect(path)
@@ -189,7 +189,7 @@ def world_readable_shim(shim):
 
 @pytest.fixture(scope="module")
 def cl_daemon():
-    with daemon_over_loopback("opencl") as (d, path, log):
+    with daemon_over_loopback("opencl") as (_d, path, log):
         yield path, log
 
 

@@ -1,5 +1,5 @@
 """The guest side for real (three short boots, TCG-safe): the shim is built and
-installed in the guest, the runtime does 10,000 verified echo round trips over uio,
+installed in the guest (with ava-vdevd, so programs run as an ordinary user), the runtime does 10,000 verified echo round trips over uio,
 two processes share the device, a killed process's queue is reclaimed by the next,
 and unmodified OpenCL programs (clinfo, a C sample and conformance programs compiled
 in the guest, pyopencl's examples) run on the host's OpenCL through the device."""
@@ -67,25 +67,37 @@ INSTALL = r"""
 section install; python3 -m guest_driver install --out $BUILD
 """
 
-PROGRAMS_SCRIPT = PRELUDE + INSTALL + r"""
-section status; python3 -m guest_driver status --out $BUILD
-section clinfo; clinfo
-section vadd; gcc -o /tmp/vadd tests/samples/vadd.c -lOpenCL; /tmp/vadd
+# Ordinary users (issue: unprivileged users): alice is in the daemon's group, bob is
+# not.  Programs run as alice through ava-vdevd, which install started.
+USERS = r"""
+section users; useradd -m -G ava alice; useradd -m bob
+AS_ALICE="setpriv --reuid=alice --regid=alice --init-groups env HOME=/home/alice"
+AS_BOB="setpriv --reuid=bob --regid=bob --init-groups env HOME=/home/bob"
+id alice; id bob
+"""
+
+PROGRAMS_SCRIPT = PRELUDE + INSTALL + USERS + r"""
+section status; $AS_ALICE python3 -m guest_driver status
+section clinfo; $AS_ALICE clinfo
+section vadd; gcc -o /tmp/vadd tests/samples/vadd.c -lOpenCL; $AS_ALICE /tmp/vadd
+section outsider; $AS_BOB /tmp/vadd 2>&1 && echo "bob ran it" || echo "bob refused: $?"
+section root; /tmp/vadd
 section reset; touch /mnt/scratch/kill-executor; i=0
 while [ ! -e /mnt/scratch/executor-killed ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
-cat /mnt/scratch/executor-killed; /tmp/vadd
+cat /mnt/scratch/executor-killed; $AS_ALICE /tmp/vadd
 for area in $CONFORMANCE; do
-  section "conformance $area"; gcc -std=gnu11 -o /tmp/$area tests/conformance/$area.c -lOpenCL; /tmp/$area
+  section "conformance $area"; gcc -std=gnu11 -o /tmp/$area tests/conformance/$area.c -lOpenCL
+  $AS_ALICE /tmp/$area
 done
 section done
 """
 
-PYOPENCL_SCRIPT = PRELUDE + INSTALL + r"""
-section demo; cd /usr/share/doc/python-pyopencl-doc/examples; PYOPENCL_CTX=0 python3 demo.py
-section examples; cp -r . /tmp/ex; cd /tmp/ex
+PYOPENCL_SCRIPT = PRELUDE + INSTALL + USERS + r"""
+section demo; cd /usr/share/doc/python-pyopencl-doc/examples; PYOPENCL_CTX=0 $AS_ALICE python3 demo.py
+section examples; cp -r . /tmp/ex; chown -R alice /tmp/ex; cd /tmp/ex
 for ex in $EXAMPLES; do
   echo "ava-section $ex $(cut -d' ' -f1 /proc/uptime)" >&2
-  if PYOPENCL_CTX=0 MPLBACKEND=Agg python3 $ex > /tmp/$ex.log 2>&1; then echo "$ex ok"
+  if PYOPENCL_CTX=0 MPLBACKEND=Agg $AS_ALICE python3 $ex > /tmp/$ex.log 2>&1; then echo "$ex ok"
   else echo "$ex FAILED"; tail -5 /tmp/$ex.log; fi
 done
 section done
@@ -226,7 +238,12 @@ def test_opencl_programs_in_the_guest(lab_run, scratch, tmp_path):
         (scratch / marker).unlink(missing_ok=True)
     sections = run_part(lab_run, scratch, PROGRAMS_SCRIPT, executor_killer(scratch),
                         CONFORMANCE=" ".join(CONFORMANCE))
-    assert "via uio" in sections["status"] and "ABI:        0.1" in sections["status"]
+    assert "via daemon" in sections["status"], sections["status"]
+    assert f"ABI:        {abi.ABI_MAJOR}.{abi.ABI_MINOR}" in sections["status"]
+    assert "uid=" in sections["users"] and "(ava)" in sections["users"], sections["users"]
+    assert "bob refused" in sections["outsider"], sections["outsider"]
+    assert "permission denied" in sections["outsider"] and "group 'ava'" in sections["outsider"]
+    assert "1048576 elements correct" in sections["root"]
     assert "CL_DEVICE_SVM_CAPABILITIES = 0" in sections["status"], sections["status"]
     guest = sections["clinfo"]
     assert re.search(r"Number of platforms\s+1\n", guest), "exactly one platform: ours"
