@@ -133,8 +133,12 @@ def _daemon(args: argparse.Namespace) -> int:
             return LoopbackDevice(args.loopback)
     else:
         factory = UioDevice
-    return run(factory, args.socket, group=args.group or None, max_memory=args.max_memory,
-               max_queues=args.max_queues, quarantine_s=args.quarantine)
+    try:
+        return run(factory, args.socket, group=args.group or None, max_memory=args.max_memory,
+                   max_queues=args.max_queues, quarantine_s=args.quarantine)
+    except (OSError, RuntimeError) as exc:
+        logging.getLogger("ava-vdevd").error("cannot serve: %s", exc)
+        return 1
 
 
 if __name__ == "__main__":

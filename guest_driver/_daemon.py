@@ -269,14 +269,7 @@ class Daemon:
 
     def listen(self) -> None:
         self.policy.start()
-        gid = None
-        if self.group is not None:
-            try:
-                gid = grp.getgrnam(self.group).gr_gid
-            except KeyError:
-                raise RuntimeError(f"group {self.group!r} does not exist; hint: "
-                                   f"`groupadd --system {self.group}` (python3 -m guest_driver "
-                                   "install does it), or --group GROUP") from None
+        gid = group_id(self.group)
         os.makedirs(os.path.dirname(self.path) or ".", mode=0o755, exist_ok=True)
         self._remove_stale()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
@@ -472,10 +465,21 @@ class Daemon:
             memory.close()
 
 
+def group_id(group: str | None) -> int | None:
+    if group is None:
+        return None
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise RuntimeError(f"group {group!r} does not exist; hint: `groupadd --system {group}` "
+                           "(python3 -m guest_driver install does it), or --group GROUP") from None
+
+
 def run(device_factory: Callable[[], Device], path: str, **kwargs: object) -> int:
     """Open the device, serve until SIGTERM or SIGINT, clean up."""
     import signal
 
+    group_id(kwargs.get("group", gd.DEFAULT_GROUP))  # type: ignore[arg-type]
     device = device_factory()
     daemon = Daemon(device, path, **kwargs)  # type: ignore[arg-type]
     try:

@@ -105,6 +105,7 @@ def install_daemon(group: str = gd.DEFAULT_GROUP, timeout: float = 60.0) -> str:
     ensure_group(group)
     stop_daemon()
     _copy_python()
+    proc: subprocess.Popen[bytes] | None = None
     if _has_systemd():
         UNIT_FILE.write_text(UNIT.format(group=group, python=sys.executable))
         subprocess.run(["systemctl", "daemon-reload"], check=True)
@@ -123,11 +124,25 @@ def install_daemon(group: str = gd.DEFAULT_GROUP, timeout: float = 60.0) -> str:
         how = f"pid {proc.pid} (no systemd here; log {DAEMON_LOG})"
     deadline = time.monotonic() + timeout
     while not os.path.exists(gd.DEFAULT_SOCKET):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"ava-vdevd did not start within {timeout:g} s; see "
-                               f"{'journalctl -u ' + UNIT_NAME if _has_systemd() else DAEMON_LOG}")
+        ended = proc is not None and proc.poll() is not None
+        if ended or time.monotonic() > deadline:
+            if proc is not None and not ended:
+                proc.terminate()
+                proc.wait()
+            PIDFILE.unlink(missing_ok=True)
+            where = "journalctl -u " + UNIT_NAME if proc is None else str(DAEMON_LOG)
+            raise RuntimeError(f"ava-vdevd {'exited' if ended else 'did not start'} "
+                               f"{'at once' if ended else f'within {timeout:g} s'}; from "
+                               f"{where}:\n{_tail(DAEMON_LOG) if proc is not None else ''}")
         time.sleep(0.05)
     return how
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"({exc})"
 
 
 def _daemon_pid() -> int | None:

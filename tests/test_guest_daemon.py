@@ -9,6 +9,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -235,3 +236,53 @@ def test_killing_one_process_leaves_the_other_running(world_readable_shim, cl_da
     while f"pid {victim.pid} " not in text(log) or "disconnected" not in text(log):
         assert time.monotonic() < deadline, text(log)
         time.sleep(0.05)
+
+
+# -- the unit install writes where the guest has systemd -----------------------------------
+
+
+def test_the_daemon_unit_runs_the_daemon_for_the_group(tmp_path):
+    import configparser
+    import re
+
+    from guest_driver import _install
+
+    text = _install.UNIT.format(group="render", python="/usr/bin/python3")
+    unit = configparser.ConfigParser(interpolation=None, strict=False)
+    unit.read_string(text)
+    exec_start = unit["Service"]["ExecStart"]
+    assert exec_start.startswith("/usr/bin/python3 -m guest_driver daemon ")
+    assert f"--socket {gd.DEFAULT_SOCKET}" in exec_start and "--group render" in exec_start
+    assert str(_install.PYDIR) in unit["Service"]["Environment"]
+    assert os.path.dirname(gd.DEFAULT_SOCKET) == "/run/" + unit["Service"]["RuntimeDirectory"]
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        print("systemd-analyze is not installed: the unit was checked structurally only")
+        return
+    copy = tmp_path / _install.UNIT_NAME
+    copy.write_text(re.sub(r"^ExecStart=\S+", "ExecStart=/bin/true", text, flags=re.MULTILINE))
+    proc = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True,
+                          timeout=120, check=False)
+    about_ours = [line for line in (proc.stdout + proc.stderr).splitlines()
+                  if _install.UNIT_NAME in line]
+    assert proc.returncode == 0 and not about_ours, proc.stdout + proc.stderr
+
+
+def test_daemon_help_tells_the_truth():
+    res = subprocess.run([sys.executable, "-m", "guest_driver", "daemon", "--help"],
+                         capture_output=True, text=True, cwd=ROOT, check=True)
+    for flag in ("--socket", "--group", "--max-memory", "--max-queues", "--quarantine",
+                 "--loopback"):
+        assert flag in res.stdout
+    assert gd.DEFAULT_SOCKET in res.stdout
+
+
+def test_the_daemon_refuses_a_group_that_does_not_exist(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "guest_driver", "daemon", "--loopback",
+                          str(tmp_path / "no-server.sock"), "--socket", str(tmp_path / "d.sock"),
+                          "--group", "no-such-group-ava"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert res.returncode == 1
+    assert "group 'no-such-group-ava' does not exist" in res.stderr and "groupadd" in res.stderr
+    assert not (tmp_path / "d.sock").exists()

@@ -1,5 +1,6 @@
 """The guest side for real (three short boots, TCG-safe): the shim is built and
-installed in the guest (with ava-vdevd, so programs run as an ordinary user), the runtime does 10,000 verified echo round trips over uio,
+installed in the guest (with ava-vdevd: programs run as an ordinary user), the
+runtime does 10,000 verified echo round trips over uio,
 two processes share the device, a killed process's queue is reclaimed by the next,
 and unmodified OpenCL programs (clinfo, a C sample and conformance programs compiled
 in the guest, pyopencl's examples) run on the host's OpenCL through the device."""

@@ -75,9 +75,11 @@ def _examples_wall(examples: str, env: dict[str, str], cache: str) -> float:
 
 
 def run_opencl(build_dir: str, *, quick: bool = False, examples: bool = True,
-               progress: Callable[[str], None] = lambda _: None) -> Figures:
-    """{"native": clbench's figures, "device": ..., "examples": {...} or a reason}."""
-    from .bench import loopback_server
+               daemon: bool = False, progress: Callable[[str], None] = lambda _: None
+               ) -> Figures:
+    """{"native": clbench's figures, "device": ..., "examples": {...} or a reason}; with
+    ``daemon`` also "daemon": clbench through ava-vdevd on the same server."""
+    from .bench import loopback_daemon, loopback_server
     args = ["--quick"] if quick else []
     results: Figures = {}
     with tempfile.TemporaryDirectory(prefix="ava-clbench-", dir="/tmp") as d:
@@ -89,6 +91,11 @@ def run_opencl(build_dir: str, *, quick: bool = False, examples: bool = True,
             progress("clbench, through the device")
             device_env = dict(os.environ, OCL_ICD_VENDORS=vendors, AVA_VDEV_SOCKET=sock)
             results["device"] = _clbench(exe, device_env, args, "device")
+            if daemon:
+                with loopback_daemon(sock) as path:
+                    progress("clbench, through the device and ava-vdevd")
+                    env = dict(os.environ, OCL_ICD_VENDORS=vendors, AVA_VDEV_DAEMON=path)
+                    results["daemon"] = _clbench(exe, env, args, "daemon")
         if not examples:
             results["examples"] = {"skipped": "--no-examples"}
             return results
@@ -182,6 +189,16 @@ def report_opencl(r: Figures) -> str:
             lines.append(f"  {f'pyopencl examples, {state} (wall)':34} {ours:>7.2f} s    "
                          f"{theirs:>9.2f} s    {ours / theirs:>7.2f}x  "
                          f"{_verdict(('ratio', 1.1), ours, theirs, False)}")
+    through = r.get("daemon")
+    if through:
+        lines.append("  through ava-vdevd against the direct path (same server; target: "
+                     "within 5 %):")
+        for label, key, unit, higher_better, _ in ROWS:
+            ours, theirs = through[key], device[key]
+            change = ours / theirs - 1 if theirs else 0.0
+            worse = -change if higher_better else change
+            lines.append(f"    {label:32} {_fmt(ours):>7} {unit:<4} {_fmt(theirs):>9} {unit:<4} "
+                         f"{change:>+7.1%}  {'within 5 %' if worse <= 0.05 else 'over 5 %'}")
     vm = r.get("vm")
     if vm:
         lines.append("  in a lab guest (through the device) against the host natively:")

@@ -88,15 +88,73 @@ def _loopback_server(backend: str, log: IO[bytes] | None, options: tuple[str, ..
                 server.wait()
 
 
-def run_loopback(build_dir: str, quick: bool) -> Figures:
-    with loopback_server("test") as (sock, _):
-        res = subprocess.run([os.path.join(build_dir, "ava-bench")] + (["--quick"] if quick else []),
-                             env=dict(os.environ, AVA_VDEV_SOCKET=sock), capture_output=True,
-                             text=True, timeout=600)
+@contextlib.contextmanager
+def loopback_daemon(server_sock: str, log: IO[bytes] | None = None) -> Iterator[str]:
+    """The guest daemon (ava-vdevd) serving a loopback server, as a VM's daemon serves
+    its device; yields its socket (for AVA_VDEV_DAEMON).  Stopped by PID on the way out."""
+    import grp
+    path = os.path.join(os.path.dirname(server_sock), "daemon.sock")
+    daemon = subprocess.Popen([sys.executable, "-m", "guest_driver", "daemon", "--loopback",
+                               server_sock, "--socket", path, "--max-memory", "1024",
+                               "--group", grp.getgrgid(os.getgid()).gr_name], cwd=ROOT,
+                              stdin=subprocess.DEVNULL, stdout=log or subprocess.DEVNULL,
+                              stderr=log or subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while not os.path.exists(path):
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the guest daemon did not start")
+            time.sleep(0.02)
+        yield path
+    finally:
+        if daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+
+
+def _ava_bench(build_dir: str, quick: bool, env: dict[str, str]) -> Figures:
+    res = subprocess.run([os.path.join(build_dir, "ava-bench")] + (["--quick"] if quick else []),
+                         env=dict(os.environ, **env), capture_output=True, text=True, timeout=600)
     if res.returncode != 0:
         raise SystemExit(f"ava-bench failed: {res.stderr}")
     figures: Figures = json.loads(res.stdout)
     return figures
+
+
+def run_loopback(build_dir: str, quick: bool, daemon: bool = False) -> dict[str, Figures]:
+    """ava-bench over the loopback transport; with ``daemon`` also through ava-vdevd (an
+    unprivileged application's path), against the same server in the same run."""
+    results = {}
+    with loopback_server("test") as (sock, _):
+        results["loopback"] = _ava_bench(build_dir, quick, {"AVA_VDEV_SOCKET": sock})
+        if daemon:
+            with loopback_daemon(sock) as path:
+                results["daemon"] = _ava_bench(build_dir, quick, {"AVA_VDEV_DAEMON": path})
+    return results
+
+
+def compare_daemon(direct: Figures, daemon: Figures) -> str:
+    """The daemon path against the direct one, figure by figure (target: within 5 %)."""
+    pairs = [("null round trip, median", direct["null_rt_us"]["median"],
+              daemon["null_rt_us"]["median"], False),
+             ("null round trip, p99", direct["null_rt_us"]["p99"], daemon["null_rt_us"]["p99"],
+              False),
+             ("asynchronous commands/s", direct["async_cmds_per_s"], daemon["async_cmds_per_s"],
+              True)]
+    pairs += [(f"echo {_size(a['size'])} bytes/s", a["bytes_per_s"], b["bytes_per_s"], True)
+              for a, b in zip(direct["echo"], daemon["echo"], strict=True)]
+    lines = ["through ava-vdevd against the direct path (same server, same run; "
+             "target: within 5 %)"]
+    for name, a, b, higher_better in pairs:
+        change = (b / a - 1) if a else 0.0
+        worse = -change if higher_better else change
+        lines.append(f"  {name:28} {a:>14,.2f} {b:>14,.2f} {change:+8.1%}  "
+                     f"{'within 5 %' if worse <= 0.05 else 'over 5 %'}")
+    return "\n".join(lines)
 
 
 def run_vm(quick: bool) -> Figures:
@@ -155,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(shares, throughput, interactive latency, scheduler cost)")
     parser.add_argument("--vm", action="store_true", help="ring, opencl: also measure inside a "
                         "lab guest (opencl: the transfers)")
+    parser.add_argument("--daemon", action="store_true",
+                        help="ring, opencl: also measure through the guest daemon ava-vdevd "
+                             "(an unprivileged application's path) beside the direct one")
     parser.add_argument("--quick", action="store_true",
                         help="ring, opencl: fewer iterations; tenants: 3.5 s workloads "
                              "(smoke test)")
@@ -200,20 +261,25 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.what == "opencl":
         results = run_opencl(build_dir, quick=args.quick, examples=not args.no_examples,
+                             daemon=args.daemon,
                              progress=lambda what: print(f"  running {what}", file=sys.stderr,
                                                          flush=True))
         if args.vm:
             results["vm"] = run_vm_transfers()
         print(json.dumps(results, indent=2) if args.json else report_opencl(results))
         return 0
-    results = {"loopback": run_loopback(build_dir, args.quick)}
+    results = run_loopback(build_dir, args.quick, daemon=args.daemon)
     if args.vm:
         results["vm"] = run_vm(args.quick)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
+        names = {"loopback": "host loopback", "daemon": "host loopback through ava-vdevd",
+                 "vm": "lab guest"}
         for name, figures in results.items():
-            print(report("host loopback" if name == "loopback" else "lab guest", figures))
+            print(report(names[name], figures))
+        if "daemon" in results:
+            print(compare_daemon(results["loopback"], results["daemon"]))
     return 0
 
 
