@@ -286,3 +286,46 @@ def test_the_daemon_refuses_a_group_that_does_not_exist(tmp_path):
     assert res.returncode == 1
     assert "group 'no-such-group-ava' does not exist" in res.stderr and "groupadd" in res.stderr
     assert not (tmp_path / "d.sock").exists()
+
+
+def test_two_ordinary_processes_cannot_reach_each_other(daemon, tmp_path):
+    """The probe a hostile user would run (tests/samples/isolation_probe.py), as two
+    unprivileged processes: every attempt is refused and the victim keeps its secret."""
+    path, log = daemon
+    d = tempfile.mkdtemp(prefix="ava-probe-", dir="/tmp")
+    try:
+        os.makedirs(os.path.join(d, "tests", "samples"))
+        shutil.copy(os.path.join(ROOT, "tests", "samples", "isolation_probe.py"),
+                    os.path.join(d, "tests", "samples"))
+        shutil.copytree(os.path.join(ROOT, "protocols"), os.path.join(d, "protocols"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        # The system's Python (this one may be in root's home) with construct beside it.
+        import construct
+        shutil.copytree(os.path.dirname(construct.__file__), os.path.join(d, "construct"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        subprocess.run(["chmod", "-R", "a+rX,a+w", d], check=True)
+        probe = os.path.join(d, "tests", "samples", "isolation_probe.py")
+        state = os.path.join(d, "victim.json")
+        env = {"PATH": "/usr/bin:/bin", "AVA_VDEV_DAEMON": path, "HOME": "/tmp",
+               "PYTHONPATH": d, "PYTHONDONTWRITEBYTECODE": "1"}
+        python = "/usr/bin/python3"
+        victim = subprocess.Popen([python, probe, "victim", state], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  user=NOBODY, group=USERS_GID, extra_groups=[])
+        try:
+            assert victim.stdout.readline().strip() == "victim ready", victim.stderr.read()
+            res = subprocess.run([python, probe, "attacker", state], env=env,
+                                 capture_output=True, text=True, timeout=120, user=NOBODY,
+                                 group=USERS_GID, extra_groups=[])
+            assert res.returncode == 0 and "attacker done" in res.stdout, \
+                res.stdout + res.stderr + text(log)
+            assert "BROKE" not in res.stdout and res.stdout.count("refused:") == 11
+            time.sleep(0.5)
+            assert victim.poll() is None, "the victim died: " + victim.stderr.read()
+        finally:
+            victim.kill()
+            victim.wait()
+            victim.stdout.close()
+            victim.stderr.close()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

@@ -71,8 +71,9 @@ section install; python3 -m guest_driver install --out $BUILD
 # Ordinary users (issue: unprivileged users): alice is in the daemon's group, bob is
 # not.  Programs run as alice through ava-vdevd, which install started.
 USERS = r"""
-section users; useradd -m -G ava alice; useradd -m bob
+section users; useradd -m -G ava alice; useradd -m -G ava carol; useradd -m bob
 AS_ALICE="setpriv --reuid=alice --regid=alice --init-groups env HOME=/home/alice"
+AS_CAROL="setpriv --reuid=carol --regid=carol --init-groups env HOME=/home/carol"
 AS_BOB="setpriv --reuid=bob --regid=bob --init-groups env HOME=/home/bob"
 id alice; id bob
 """
@@ -83,6 +84,12 @@ section clinfo; $AS_ALICE clinfo
 section vadd; gcc -o /tmp/vadd tests/samples/vadd.c -lOpenCL; $AS_ALICE /tmp/vadd
 section outsider; $AS_BOB /tmp/vadd 2>&1 && echo "bob ran it" || echo "bob refused: $?"
 section root; /tmp/vadd
+section isolation
+$AS_ALICE python3 tests/samples/isolation_probe.py victim /tmp/victim.json > /tmp/victim.out 2>&1 & V=$!
+i=0; while [ ! -e /tmp/victim.json ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+$AS_CAROL python3 tests/samples/isolation_probe.py attacker /tmp/victim.json || echo "attacker got through"
+kill -0 $V && echo "victim alive"; kill -9 $V; wait $V || true
+$AS_CAROL /tmp/vadd
 section reset; touch /mnt/scratch/kill-executor; i=0
 while [ ! -e /mnt/scratch/executor-killed ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
 cat /mnt/scratch/executor-killed; $AS_ALICE /tmp/vadd
@@ -245,6 +252,10 @@ def test_opencl_programs_in_the_guest(lab_run, scratch, tmp_path):
     assert "bob refused" in sections["outsider"], sections["outsider"]
     assert "permission denied" in sections["outsider"] and "group 'ava'" in sections["outsider"]
     assert "1048576 elements correct" in sections["root"]
+    probe = sections["isolation"]
+    assert "attacker done" in probe and "BROKE" not in probe and "got through" not in probe, probe
+    assert probe.count("refused:") == 11 and "victim alive" in probe, probe
+    assert "1048576 elements correct" in probe, "the other process runs on after a kill -9"
     assert "CL_DEVICE_SVM_CAPABILITIES = 0" in sections["status"], sections["status"]
     guest = sections["clinfo"]
     assert re.search(r"Number of platforms\s+1\n", guest), "exactly one platform: ours"
