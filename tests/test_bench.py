@@ -9,12 +9,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_ring_benchmark_smoke():
-    res = subprocess.run([sys.executable, "-m", "vdev.bench", "ring", "--quick"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run([sys.executable, "-m", "vdev.bench", "ring", "--quick", "--daemon"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     for row in ("null round trip, median", "asynchronous commands", "echo 4 KiB", "echo 1 MiB",
-                "(memcpy)", "(call)", "targets:"):
+                "(memcpy)", "(call)", "targets:", "host loopback through ava-vdevd (daemon",
+                "through ava-vdevd against the direct path"):
         assert row in res.stdout
+    # The daemon's path beside the direct one, every figure (the verdict is the bench's).
+    comparison = res.stdout.split("through ava-vdevd against the direct path")[1]
+    assert comparison.count("within 5 %") + comparison.count("over 5 %") >= 5
 
 
 def test_opencl_benchmark_prints_device_beside_native():
