@@ -69,7 +69,7 @@ def describe(windows: Windows | None) -> str:
 class WindowedDma:
     """One queue's view of guest memory: ``DmaMap.translate`` inside its windows only."""
 
-    __slots__ = ("_ends", "_starts", "dma", "queue", "windows")
+    __slots__ = ("_ends", "_hi", "_lo", "_starts", "dma", "queue", "windows")
 
     def __init__(self, dma: DmaMap, queue: int, windows: Windows):
         self.dma = dma
@@ -77,15 +77,20 @@ class WindowedDma:
         self.windows = windows
         self._starts = [s for s, _ in windows]
         self._ends = [e for _, e in windows]
+        self._lo, self._hi = windows[0] if windows else (0, 0)   # the last window hit
 
     def allows(self, iova: int, length: int) -> bool:
         i = bisect.bisect_right(self._starts, iova) - 1
         return i >= 0 and iova + length <= self._ends[i]
 
     def translate(self, iova: int, length: int, *, write: bool = False) -> memoryview:
-        if iova < 0 or length < 0 or not self.allows(iova, length):
-            raise DmaError(errno.EFAULT, f"queue {self.queue}: DMA access {iova:#x}+{length:#x} "
-                           f"is outside the queue's DMA windows")
+        # Hot path: the window the last access hit (rings and staging repeat).
+        if not (self._lo <= iova and iova + length <= self._hi and length >= 0):
+            i = bisect.bisect_right(self._starts, iova) - 1
+            if iova < 0 or length < 0 or i < 0 or iova + length > self._ends[i]:
+                raise DmaError(errno.EFAULT, f"queue {self.queue}: DMA access "
+                               f"{iova:#x}+{length:#x} is outside the queue's DMA windows")
+            self._lo, self._hi = self._starts[i], self._ends[i]
         return self.dma.translate(iova, length, write=write)
 
 

@@ -96,6 +96,24 @@ static void reclaim_dead_owners(struct ava_device *dev)
     }
 }
 
+size_t rt_env_size(const char *name, size_t fallback)
+{
+    const char *env = getenv(name);
+    if (!env || !*env)
+        return fallback;
+    char *end;
+    unsigned long long n = strtoull(env, &end, 0);
+    switch (*end) {
+    case 'k': case 'K': n <<= 10; end++; break;
+    case 'm': case 'M': n <<= 20; end++; break;
+    case 'g': case 'G': n <<= 30; end++; break;
+    default: break;
+    }
+    if (*end == 'i' || *end == 'B')        /* 16MiB, 16MB */
+        end += *end == 'i' ? 1 + (end[1] == 'B') : 1;
+    return *end ? fallback : (size_t)n;
+}
+
 unsigned rt_reply_timeout_ms(void)
 {
     const char *env = getenv("AVA_VDEV_TIMEOUT_MS");

@@ -1,12 +1,17 @@
 /* ava-vdev guest runtime: find the device, own DMA memory, run commands on rings.
  *
- * The same code serves two transports, chosen at ava_open():
- *   - VM: the PCI device through uio_pci_generic (BAR0 mmapped from sysfs, INTx via
- *     /dev/uioN), DMA memory from 2 MiB hugepages translated through
- *     /proc/self/pagemap (root needed);
+ * The same code serves three transports, chosen at ava_open():
  *   - loopback: with AVA_VDEV_SOCKET=PATH set, a vfio-user client of the server at
- *     PATH; a memfd (AVA_VDEV_MEM bytes, default 1 GiB, sparse) is shared as "guest
- *     RAM" and BAR0 is reached by REGION_READ/REGION_WRITE messages.
+ *     PATH; a memfd (AVA_VDEV_MEM, default 1 GiB, sparse) is shared as "guest RAM"
+ *     and BAR0 is reached by REGION_READ/REGION_WRITE messages;
+ *   - daemon: when the guest daemon's socket exists (AVA_VDEV_DAEMON, default
+ *     /run/ava-vdev/daemon.sock), any user in its group: DMA memory (AVA_VDEV_MEM,
+ *     default 32 MiB) and this process's queues come from the daemon, and BAR0 is
+ *     reached through it (rt_daemon.c);
+ *   - VM, direct (root, no daemon): the PCI device through uio_pci_generic (BAR0
+ *     mmapped from sysfs, INTx via /dev/uioN), DMA memory from 2 MiB hugepages
+ *     translated through /proc/self/pagemap.
+ * AVA_VDEV_MEM is bytes, or K, M or G (16M).
  *
  * Conventions: functions returning int give 0 or a negative errno; the reason,
  * with context and a hint, is in ava_last_error() (per thread).  One queue per

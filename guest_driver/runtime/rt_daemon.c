@@ -162,8 +162,7 @@ int rt_daemon_open(struct ava_device *dev, const char *path)
     unsigned timeout_ms = rt_reply_timeout_ms();
     struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
     setsockopt(dev->sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    const char *env = getenv("AVA_VDEV_MEM");
-    uint64_t want = env ? strtoull(env, NULL, 0) : (32u << 20);
+    uint64_t want = rt_env_size("AVA_VDEV_MEM", 32u << 20);
     struct ava_daemon_reply reply;
     uint64_t gpas[AVA_MAX_CLIENT_MEMORY / AVA_CHUNK_SIZE];
     int fd = -1;

@@ -53,6 +53,9 @@ int rt_error(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3))
 /* How long a reply from the device server may take before the call fails with
  * ETIMEDOUT: AVA_VDEV_TIMEOUT_MS, default 10000 (QEMU itself waits 5 s). */
 unsigned rt_reply_timeout_ms(void);
+/* A size from the environment: bytes, or with a K, M or G suffix (16M, 16MiB); the
+ * fallback when unset or unreadable. */
+size_t rt_env_size(const char *name, size_t fallback);
 
 int rt_loopback_open(struct ava_device *dev, const char *path);
 int rt_uio_open(struct ava_device *dev);

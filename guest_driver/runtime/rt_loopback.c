@@ -201,8 +201,7 @@ int rt_loopback_open(struct ava_device *dev, const char *path)
     if (rc != 0)
         return rt_error(-rc, "vfio-user VERSION with %s failed: %s (is another client being "
                         "served? the server takes one at a time)", path, strerror(-rc));
-    const char *env = getenv("AVA_VDEV_MEM");
-    size_t size = env ? strtoull(env, NULL, 0) : (1ull << 30);
+    size_t size = rt_env_size("AVA_VDEV_MEM", 1ull << 30);
     size = (size + CHUNK - 1) / CHUNK * CHUNK;
     if (size < 4 * (size_t)CHUNK)
         size = 4 * (size_t)CHUNK;

@@ -177,8 +177,7 @@ static int open_uio_dev(struct ava_device *dev)
 
 static int map_hugepages(struct ava_device *dev)
 {
-    const char *env = getenv("AVA_VDEV_MEM");
-    size_t size = env ? strtoull(env, NULL, 0) : (32u << 20);
+    size_t size = rt_env_size("AVA_VDEV_MEM", 32u << 20);
     size = (size + CHUNK - 1) / CHUNK * CHUNK;
     if (size < 4 * (size_t)CHUNK)
         size = 4 * (size_t)CHUNK;
