@@ -94,7 +94,9 @@ def run_opencl(build_dir: str, *, quick: bool = False, examples: bool = True,
             if daemon:
                 with loopback_daemon(sock) as path:
                     progress("clbench, through the device and ava-vdevd")
-                    env = dict(os.environ, OCL_ICD_VENDORS=vendors, AVA_VDEV_DAEMON=path)
+                    # As much DMA memory as the direct loopback path maps (1 GiB).
+                    env = dict(os.environ, OCL_ICD_VENDORS=vendors, AVA_VDEV_DAEMON=path,
+                               AVA_VDEV_MEM="1G")
                     results["daemon"] = _clbench(exe, env, args, "daemon")
         if not examples:
             results["examples"] = {"skipped": "--no-examples"}
