@@ -23,9 +23,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from protocols import device_abi as abi  # noqa: E402
-from protocols import guest_daemon as gd  # noqa: E402
-from protocols.device_abi import CmdFlags, QReg, QueueCtrl, QueueState, Reg  # noqa: E402
+from protocols import device_abi as abi
+from protocols import guest_daemon as gd
+from protocols.device_abi import CmdFlags, QReg, QueueCtrl, QueueState, Reg
 
 CMD = struct.Struct("<HHIQQQIIQQQ")
 CQE = struct.Struct("<QiI")
