@@ -9,6 +9,8 @@ from protocols import device_abi as abi
 from protocols import opencl_caps as caps
 from protocols.device_abi import QReg, QueueState, Reg
 
+from ._daemon import OWNER_BASE  # ava-vdevd's owner tags lie above any pid
+
 CL_DEVICE_TYPE_ALL = 0xFFFFFFFF
 
 
@@ -42,9 +44,14 @@ def status(lib_path: Path) -> str:
         for q in range(min(n, abi.NUM_QUEUES)):
             state = reg(abi.queue_reg(q, QReg.CTRL))
             if state & QueueState.CLAIMED:
+                owner = reg(abi.queue_reg(q, QReg.OWNER))
+                who = f"owner tag {owner:#x} (ava-vdevd)" if owner >= OWNER_BASE else \
+                    f"owner pid {owner}"
                 used.append(f"  queue {q}: {QueueState(state)!s}, {reg(abi.queue_reg(q, QReg.SIZE))} "
-                            f"slots, owner pid {reg(abi.queue_reg(q, QReg.OWNER))}")
-        lines.append(f"queues:     {len(used)} of {n} claimed")
+                            f"slots, {who}")
+        lines.append(f"queues:     {len(used)} of {n} claimed"
+                     + (" (through ava-vdevd: this process's own)"
+                        if lib.ava_transport_name(dev) == b"daemon" else ""))
         lines += used
     finally:
         lib.ava_close(dev)
