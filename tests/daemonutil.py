@@ -6,17 +6,13 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-import shutil
-import signal
 import socket
 import struct
-import subprocess
-import sys
 import tempfile
-import time
 
 from protocols import guest_daemon as gd
 from protocols.device_abi import Reg
+from vdev.bench import loopback_daemon, loopback_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,52 +22,27 @@ def text(path: str) -> str:
         return f.read()
 
 
-def _wait_for(path: str, proc: subprocess.Popen, log: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        assert proc.poll() is None, text(log)
-        assert time.monotonic() < deadline, f"{path} did not appear: {text(log)}"
-        time.sleep(0.02)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @contextlib.contextmanager
 def daemon_over_loopback(backend: str = "test", group: str = "users", *daemon_args: str):
-    """A device server and a daemon serving it; yields (dir, daemon socket, daemon log).
-    The directory is world-searchable, so unprivileged users reach the socket (its own
-    mode and group decide who may connect)."""
-    d = tempfile.mkdtemp(prefix="ava-daemon-", dir="/tmp")
-    os.chmod(d, 0o755)
-    server_sock, daemon_sock = os.path.join(d, "server.sock"), os.path.join(d, "daemon.sock")
-    server_log, daemon_log = os.path.join(d, "server.log"), os.path.join(d, "daemon.log")
-    procs = []
-    try:
-        with open(server_log, "w") as out:
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "vdev", "serve", "--socket", server_sock, "--backend",
-                 backend, "-q"], cwd=ROOT, stdout=out, stderr=out))
-        _wait_for(server_sock, procs[0], server_log)
-        with open(daemon_log, "w") as out:
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "guest_driver", "daemon", "--loopback", server_sock,
-                 "--socket", daemon_sock, "--group", group, "-v", *daemon_args],
-                cwd=ROOT, stdout=out, stderr=out))
-        _wait_for(daemon_sock, procs[1], daemon_log)
-        yield d, daemon_sock, daemon_log
-        assert procs[1].poll() is None, "the daemon died: " + text(daemon_log)
-    finally:
-        for proc in reversed(procs):
-            _stop(proc)
-        shutil.rmtree(d, ignore_errors=True)
+    """A device server and a daemon serving it (the benchmarks' own); yields (dir,
+    daemon socket, daemon log).  The directory is made world-searchable, so unprivileged
+    users reach the socket (its own mode and group decide who may connect)."""
+    with tempfile.TemporaryDirectory(prefix="ava-daemon-logs-") as logs:
+        server_log, daemon_log = os.path.join(logs, "server.log"), os.path.join(logs, "daemon.log")
+        with open(server_log, "wb") as slog, open(daemon_log, "wb") as dlog, \
+                loopback_server(backend, slog) as (server_sock, _), \
+                loopback_daemon(server_sock, dlog, group=group, options=("-v", *daemon_args)
+                                ) as daemon_sock:
+            d = os.path.dirname(daemon_sock)
+            os.chmod(d, 0o755)
+            yield d, daemon_sock, daemon_log
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                probe.connect(daemon_sock)      # still serving: it did not die meanwhile
+            except OSError as exc:
+                raise AssertionError(f"the daemon died ({exc}): {text(daemon_log)}") from None
+            finally:
+                probe.close()
 
 
 class DaemonClient:

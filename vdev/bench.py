@@ -79,24 +79,33 @@ def _loopback_server(backend: str, log: IO[bytes] | None, options: tuple[str, ..
                 time.sleep(0.02)
             yield sock, server
         finally:
-            if server.poll() is None:
-                server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop_process(server)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (by PID, ours), then SIGKILL after 15 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @contextlib.contextmanager
-def loopback_daemon(server_sock: str, log: IO[bytes] | None = None) -> Iterator[str]:
+def loopback_daemon(server_sock: str, log: IO[bytes] | None = None, *,
+                    group: str | None = None, options: tuple[str, ...] = ()
+                    ) -> Iterator[str]:
     """The guest daemon (ava-vdevd) serving a loopback server, as a VM's daemon serves
-    its device; yields its socket (for AVA_VDEV_DAEMON).  Stopped by PID on the way out."""
+    its device; yields its socket (for AVA_VDEV_DAEMON), beside the server's.  ``group``
+    (default: this process's) may connect.  Stopped by PID on the way out."""
     import grp
     path = os.path.join(os.path.dirname(server_sock), "daemon.sock")
     daemon = subprocess.Popen([sys.executable, "-m", "guest_driver", "daemon", "--loopback",
                                server_sock, "--socket", path, "--max-memory", "1024",
-                               "--group", grp.getgrgid(os.getgid()).gr_name], cwd=ROOT,
+                               "--group", group or grp.getgrgid(os.getgid()).gr_name,
+                               *options], cwd=ROOT,
                               stdin=subprocess.DEVNULL, stdout=log or subprocess.DEVNULL,
                               stderr=log or subprocess.DEVNULL)
     try:
@@ -107,13 +116,7 @@ def loopback_daemon(server_sock: str, log: IO[bytes] | None = None) -> Iterator[
             time.sleep(0.02)
         yield path
     finally:
-        if daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
+        stop_process(daemon)
 
 
 def _ava_bench(build_dir: str, quick: bool, env: dict[str, str]) -> Figures:

@@ -100,27 +100,10 @@ static int dm_irq_fd(struct ava_device *dev, unsigned q)
     return fd >= 0 ? fd : -EPROTO;
 }
 
-static void dm_irq_ack(struct ava_device *dev, int fd)
-{
-    (void)dev;
-    uint64_t v;
-    while (read(fd, &v, sizeof(v)) > 0)
-        ;
-}
-
-static void dm_close(struct ava_device *dev)
-{
-    if (dev->base)
-        munmap(dev->base, dev->arena_size);
-    if (dev->memfd >= 0)
-        close(dev->memfd);
-    if (dev->sock >= 0)
-        close(dev->sock);
-}
-
 static const struct transport_ops daemon_ops = {
     .name = "daemon", .read32 = dm_read32, .write32 = dm_write32,
-    .irq_fd = dm_irq_fd, .irq_ack = dm_irq_ack, .close = dm_close,
+    /* Memory, socket and eventfds as the loopback transport has them. */
+    .irq_fd = dm_irq_fd, .irq_ack = rt_eventfd_drain, .close = rt_socket_memfd_close,
 };
 
 const char *rt_daemon_path(void)

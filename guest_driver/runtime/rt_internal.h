@@ -60,6 +60,10 @@ size_t rt_env_size(const char *name, size_t fallback);
 int rt_loopback_open(struct ava_device *dev, const char *path);
 int rt_uio_open(struct ava_device *dev);
 int rt_daemon_open(struct ava_device *dev, const char *path);
+/* Shared by the loopback and daemon transports (both hold a socket, a memfd arena
+ * and eventfd interrupts): re-arm an eventfd, and close all three. */
+void rt_eventfd_drain(struct ava_device *dev, int fd);
+void rt_socket_memfd_close(struct ava_device *dev);
 /* The daemon's socket: AVA_VDEV_DAEMON, or the default. */
 const char *rt_daemon_path(void);
 int rt_arena_init(struct ava_device *dev);

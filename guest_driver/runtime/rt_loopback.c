@@ -148,7 +148,7 @@ static int lb_irq_fd(struct ava_device *dev, unsigned q)
     return efd;
 }
 
-static void lb_irq_ack(struct ava_device *dev, int fd)
+void rt_eventfd_drain(struct ava_device *dev, int fd)
 {
     (void)dev;
     uint64_t v;
@@ -156,7 +156,7 @@ static void lb_irq_ack(struct ava_device *dev, int fd)
         ;
 }
 
-static void lb_close(struct ava_device *dev)
+void rt_socket_memfd_close(struct ava_device *dev)
 {
     if (dev->base)
         munmap(dev->base, dev->arena_size);
@@ -168,7 +168,7 @@ static void lb_close(struct ava_device *dev)
 
 static const struct transport_ops loopback_ops = {
     .name = "loopback", .read32 = lb_read32, .write32 = lb_write32,
-    .irq_fd = lb_irq_fd, .irq_ack = lb_irq_ack, .close = lb_close,
+    .irq_fd = lb_irq_fd, .irq_ack = rt_eventfd_drain, .close = rt_socket_memfd_close,
 };
 
 int rt_loopback_open(struct ava_device *dev, const char *path)
