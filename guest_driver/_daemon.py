@@ -356,8 +356,9 @@ class Daemon:
         pid, uid, _gid = struct.unpack("3i", creds)
         client = Client(conn, pid, uid, self._next_owner)
         self._next_owner += 1
-        conn.setblocking(True)
-        conn.settimeout(5.0)      # a client that stops reading its replies is dropped
+        # Never blocks: a reply that does not fit the client's socket (a client that
+        # stopped reading its replies) drops that client, never stalls the others.
+        conn.setblocking(False)
         self.clients[conn.fileno()] = client
         self._sel.register(conn, selectors.EVENT_READ, self._readable)
         log.info("%s connected", client.describe())
@@ -367,6 +368,8 @@ class Daemon:
         client = self.clients[conn.fileno()]
         try:
             data = conn.recv(gd.REQUEST_SIZE + 1)
+        except (BlockingIOError, InterruptedError):
+            return
         except OSError as exc:
             self._drop(client, f"read failed: {exc}")
             return
@@ -375,6 +378,8 @@ class Daemon:
             return
         try:
             self._handle(client, data)
+        except BlockingIOError:
+            self._drop(client, "stopped reading its replies")
         except OSError as exc:
             self._drop(client, f"reply failed: {exc}")
 

@@ -329,3 +329,42 @@ def test_two_ordinary_processes_cannot_reach_each_other(daemon, tmp_path):
             victim.stderr.close()
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_process_that_stops_reading_cannot_stall_the_others(daemon):
+    """Requests sent and replies never read: the daemon drops that connection when a
+    reply no longer fits, and answers everyone else meanwhile."""
+    path, log = daemon
+    greedy = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    greedy.connect(path)
+    greedy.setblocking(False)
+    hello = gd.Request.build(dict(op=gd.DaemonOp.HELLO, flags=0, arg0=gd.DAEMON_PROTOCOL,
+                                  reserved=0, arg1=0))
+    read = gd.Request.build(dict(op=gd.DaemonOp.READ32, flags=0, arg0=Reg.MAGIC, reserved=0,
+                                 arg1=0))
+    greedy.send(hello)
+    sent = 0
+    deadline = time.monotonic() + 20
+    try:
+        while time.monotonic() < deadline:
+            try:
+                greedy.send(read)
+                sent += 1
+            except BlockingIOError:
+                time.sleep(0.01)
+            except OSError:
+                break               # dropped: the daemon closed it
+            if sent % 200 == 0:
+                other = DaemonClient(path)
+                try:
+                    assert other.request(gd.DaemonOp.READ32, Reg.MAGIC)[0].value == abi.MAGIC
+                finally:
+                    other.close()
+        deadline = time.monotonic() + 10
+        while "stopped reading its replies" not in text(log):
+            assert time.monotonic() < deadline, text(log)[-2000:]
+            time.sleep(0.05)
+    finally:
+        greedy.close()
+    other = DaemonClient(path)
+    other.close()
