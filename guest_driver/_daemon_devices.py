@@ -262,8 +262,8 @@ class LoopbackDevice:
         # not through trio (a thread hop of hundreds of µs on a loaded machine).  Safe:
         # every device call comes from that one thread, so nothing else sends meanwhile.
         import socket
-        assert self._cli is not None
-        self._posted = socket.socket(fileno=os.dup(self._cli.sock.fileno()))
+        cli: Any = self._cli        # set by _main, on the trio thread
+        self._posted = socket.socket(fileno=os.dup(cli.sock.fileno()))
         self._posted.setblocking(True)
         self._next_iova = CLIENT_IOVA
         self._iova_lock = threading.Lock()
