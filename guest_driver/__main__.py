@@ -55,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="DMA memory one process may have, in MiB (default 256)")
     d.add_argument("--max-queues", type=int, default=16,
                    help="queues (threads using OpenCL) one process may have (default 16)")
+    d.add_argument("--user-memory", type=_mib_up_to(None), default=1 << 30, metavar="MIB",
+                   help="DMA memory all processes of one user may have together, in MiB "
+                        "(default 1024; root is not bounded)")
+    d.add_argument("--user-queues", type=int, default=32,
+                   help="queues all processes of one user may have together (default 32 of "
+                        "the device's 64; root is not bounded)")
     d.add_argument("--quarantine", type=float, default=2.0, metavar="SECONDS",
                    help="how long a departed process's memory is kept before it is freed, "
                         "so the host can finish transfers it left running (default 2)")
@@ -113,11 +119,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _mib(text: str) -> int:
-    value = int(text)
-    if not 4 <= value <= gd.MAX_CLIENT_MEMORY >> 20:
-        raise argparse.ArgumentTypeError(f"{value} MiB: give 4 to {gd.MAX_CLIENT_MEMORY >> 20}")
-    return value << 20
+def _mib_up_to(limit_mib: int | None):
+    """An argparse type: a size in MiB from 4 to ``limit_mib``, as bytes."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: a whole number of MiB") from None
+        if value < 4 or (limit_mib is not None and value > limit_mib):
+            raise argparse.ArgumentTypeError(
+                f"{value} MiB: give 4 to {limit_mib}" if limit_mib else f"{value} MiB: at least 4")
+        return value << 20
+    return parse
+
+
+_mib = _mib_up_to(gd.MAX_CLIENT_MEMORY >> 20)
 
 
 def _daemon(args: argparse.Namespace) -> int:
@@ -135,7 +151,8 @@ def _daemon(args: argparse.Namespace) -> int:
         factory = UioDevice
     try:
         return run(factory, args.socket, group=args.group or None, max_memory=args.max_memory,
-                   max_queues=args.max_queues, quarantine_s=args.quarantine)
+                   max_queues=args.max_queues, user_memory=args.user_memory,
+                   user_queues=args.user_queues, quarantine_s=args.quarantine)
     except (OSError, RuntimeError) as exc:
         logging.getLogger("ava-vdevd").error("cannot serve: %s", exc)
         return 1

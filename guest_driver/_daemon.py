@@ -133,9 +133,13 @@ class Policy:
     Register accesses of all connections are serialised (one lock): a queue's
     setup (claim, owner, windows, enable) is never interleaved with another's."""
 
-    def __init__(self, device: Device, *, max_queues: int = 16):
+    def __init__(self, device: Device, *, max_queues: int = 16, user_queues: int = 32):
         self.device = device
         self.max_queues = max_queues
+        #: Queues one user (uid) may hold over all its processes, so that no user can
+        #: take every queue from the others; root is not bounded.
+        self.user_queues = user_queues
+        self.queues_of_user: dict[int, int] = {}
         self.lock = threading.Lock()
         self.tables, self.tables_gpa = device.table_memory()
         self.num_queues = min(device.read32(Reg.NUM_QUEUES), abi.NUM_QUEUES)
@@ -203,12 +207,18 @@ class Policy:
             log.warning("%s: refused a queue: it has %d (at most %d a process)",
                         client.describe(), len(client.queues), self.max_queues)
             return abi.NO_QUEUE
+        held = self.queues_of_user.get(client.uid, 0)
+        if client.uid != 0 and held >= self.user_queues:
+            log.warning("%s: refused a queue: uid %d holds %d (at most %d a user)",
+                        client.describe(), client.uid, held, self.user_queues)
+            return abi.NO_QUEUE
         queue = self.device.read32(Reg.QUEUE_ALLOC)
         if queue == abi.NO_QUEUE or queue >= self.num_queues:
             log.warning("%s: no free device queue", client.describe())
             return abi.NO_QUEUE
         self.device.write32(abi.queue_reg(queue, QReg.OWNER), client.owner)
         client.queues.add(queue)
+        self.queues_of_user[client.uid] = held + 1
         log.debug("%s: queue %d claimed", client.describe(), queue)
         return queue
 
@@ -247,7 +257,13 @@ class Policy:
         self.device.write32(abi.queue_reg(queue, QReg.CTRL), QueueCtrl.RELEASE)
         self.device.read32(abi.queue_reg(queue, QReg.CTRL))
         self.device.queue_released(queue)
-        client.queues.discard(queue)
+        if queue in client.queues:
+            client.queues.discard(queue)
+            left = self.queues_of_user.get(client.uid, 1) - 1
+            if left > 0:
+                self.queues_of_user[client.uid] = left
+            else:
+                self.queues_of_user.pop(client.uid, None)
         log.debug("%s: queue %d released", client.describe(), queue)
 
 
@@ -256,13 +272,16 @@ class Daemon:
 
     def __init__(self, device: Device, path: str, *, group: str | None = gd.DEFAULT_GROUP,
                  max_memory: int = 256 << 20, max_queues: int = 16,
+                 user_memory: int = 1 << 30, user_queues: int = 32,
                  quarantine_s: float = 2.0):
         self.device = device
         self.path = path
         self.group = group
         self.max_memory = max_memory
+        #: DMA memory one user (uid) may hold over all its processes (root: unbounded).
+        self.user_memory = user_memory
         self.quarantine_s = quarantine_s
-        self.policy = Policy(device, max_queues=max_queues)
+        self.policy = Policy(device, max_queues=max_queues, user_queues=user_queues)
         self.clients: dict[int, Client] = {}
         self.quarantine: list[tuple[float, Memory]] = []
         self._next_owner = OWNER_BASE
@@ -292,9 +311,10 @@ class Daemon:
         self.sock = sock
         self._sel.register(sock, selectors.EVENT_READ, self._accept)
         self._sel.register(self._stop_r, selectors.EVENT_READ, None)
-        log.info("serving %s on %s (group %s, up to %d MiB and %d queues a process)",
-                 self.device.name, self.path, self.group or "root only",
-                 self.max_memory >> 20, self.policy.max_queues)
+        log.info("serving %s on %s (group %s; up to %d MiB and %d queues a process, %d MiB "
+                 "and %d queues a user)", self.device.name, self.path,
+                 self.group or "root only", self.max_memory >> 20, self.policy.max_queues,
+                 self.user_memory >> 20, self.policy.user_queues)
 
     def _remove_stale(self) -> None:
         try:
@@ -436,6 +456,14 @@ class Daemon:
             log.warning("%s asked for %d MiB of DMA memory; it gets %d MiB (--max-memory)",
                         client.describe(), size >> 20, self.max_memory >> 20)
             size = self.max_memory
+        held = sum(c.memory.size for c in self.clients.values()
+                   if c.uid == client.uid and c.memory is not None)
+        if client.uid != 0 and held + size > self.user_memory:
+            log.warning("%s: refused %d MiB of DMA memory: uid %d holds %d MiB (at most %d MiB "
+                        "a user)", client.describe(), size >> 20, client.uid, held >> 20,
+                        self.user_memory >> 20)
+            self._reply(client, -errno.ENOMEM)
+            return
         try:
             client.memory = self.device.alloc(size)
         except OSError as exc:

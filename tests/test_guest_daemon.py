@@ -288,47 +288,54 @@ def test_the_daemon_refuses_a_group_that_does_not_exist(tmp_path):
     assert not (tmp_path / "d.sock").exists()
 
 
-def test_two_ordinary_processes_cannot_reach_each_other(daemon, tmp_path):
-    """The probe a hostile user would run (tests/samples/isolation_probe.py), as two
-    unprivileged processes: every attempt is refused and the victim keeps its secret."""
-    path, log = daemon
+@pytest.fixture(scope="module")
+def probe_dir():
+    """The isolation probe where an unprivileged user can run it: the system's Python
+    (this one may live in root's home) with this checkout's protocols/ and construct
+    beside it.  Yields (python, environment)."""
+    import construct
     d = tempfile.mkdtemp(prefix="ava-probe-", dir="/tmp")
     try:
         os.makedirs(os.path.join(d, "tests", "samples"))
         shutil.copy(os.path.join(ROOT, "tests", "samples", "isolation_probe.py"),
                     os.path.join(d, "tests", "samples"))
-        shutil.copytree(os.path.join(ROOT, "protocols"), os.path.join(d, "protocols"),
-                        ignore=shutil.ignore_patterns("__pycache__"))
-        # The system's Python (this one may be in root's home) with construct beside it.
-        import construct
-        shutil.copytree(os.path.dirname(construct.__file__), os.path.join(d, "construct"),
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        for src, name in ((os.path.join(ROOT, "protocols"), "protocols"),
+                          (os.path.dirname(construct.__file__), "construct")):
+            shutil.copytree(src, os.path.join(d, name),
+                            ignore=shutil.ignore_patterns("__pycache__"))
         subprocess.run(["chmod", "-R", "a+rX,a+w", d], check=True)
-        probe = os.path.join(d, "tests", "samples", "isolation_probe.py")
-        state = os.path.join(d, "victim.json")
-        env = {"PATH": "/usr/bin:/bin", "AVA_VDEV_DAEMON": path, "HOME": "/tmp",
-               "PYTHONPATH": d, "PYTHONDONTWRITEBYTECODE": "1"}
-        python = "/usr/bin/python3"
-        victim = subprocess.Popen([python, probe, "victim", state], env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                  user=NOBODY, group=USERS_GID, extra_groups=[])
-        try:
-            assert victim.stdout.readline().strip() == "victim ready", victim.stderr.read()
-            res = subprocess.run([python, probe, "attacker", state], env=env,
-                                 capture_output=True, text=True, timeout=120, user=NOBODY,
-                                 group=USERS_GID, extra_groups=[])
-            assert res.returncode == 0 and "attacker done" in res.stdout, \
-                res.stdout + res.stderr + text(log)
-            assert "BROKE" not in res.stdout and res.stdout.count("refused:") == 11
-            time.sleep(0.5)
-            assert victim.poll() is None, "the victim died: " + victim.stderr.read()
-        finally:
-            victim.kill()
-            victim.wait()
-            victim.stdout.close()
-            victim.stderr.close()
+        yield "/usr/bin/python3", {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONPATH": d,
+                                   "PYTHONDONTWRITEBYTECODE": "1"}
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_two_ordinary_processes_cannot_reach_each_other(daemon, probe_dir):
+    """The probe a hostile user would run (tests/samples/isolation_probe.py), as two
+    unprivileged processes: every attempt is refused and the victim keeps its secret."""
+    path, log = daemon
+    python, env = probe_dir
+    env = dict(env, AVA_VDEV_DAEMON=path)
+    probe = os.path.join(env["PYTHONPATH"], "tests", "samples", "isolation_probe.py")
+    state = os.path.join(env["PYTHONPATH"], f"victim-{os.getpid()}.json")
+    victim = subprocess.Popen([python, probe, "victim", state], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              user=NOBODY, group=USERS_GID, extra_groups=[])
+    try:
+        assert victim.stdout.readline().strip() == "victim ready", victim.stderr.read()
+        res = subprocess.run([python, probe, "attacker", state], env=env, capture_output=True,
+                             text=True, timeout=120, user=NOBODY, group=USERS_GID,
+                             extra_groups=[])
+        assert res.returncode == 0 and "attacker done" in res.stdout, \
+            res.stdout + res.stderr + text(log)
+        assert "BROKE" not in res.stdout and res.stdout.count("refused:") == 11
+        time.sleep(0.5)
+        assert victim.poll() is None, "the victim died: " + victim.stderr.read()
+    finally:
+        victim.kill()
+        victim.wait()
+        victim.stdout.close()
+        victim.stderr.close()
 
 
 def test_a_process_that_stops_reading_cannot_stall_the_others(daemon):
@@ -368,3 +375,34 @@ def test_a_process_that_stops_reading_cannot_stall_the_others(daemon):
         greedy.close()
     other = DaemonClient(path)
     other.close()
+
+
+def test_one_user_cannot_take_every_queue_or_all_the_memory(probe_dir):
+    """Per-user bounds over all of a user's processes: the others keep their share of
+    the device's 64 queues and of the hugepages (root is not bounded)."""
+    python, env = probe_dir
+    script = (
+        "import sys; sys.path.insert(0, 'tests/samples')\n"
+        "from isolation_probe import Process, Reg, abi\n"
+        "a, b = Process(sys.argv[1]), Process(sys.argv[1])    # a queue and 8 MiB each\n"
+        "more = [a.read(Reg.QUEUE_ALLOC), b.read(Reg.QUEUE_ALLOC)]\n"
+        "print('queues', 2 + sum(q != abi.NO_QUEUE for q in more))\n"
+        "try:\n"
+        "    Process(sys.argv[1])\n"
+        "except AssertionError:\n"
+        "    print('memory refused')\n")
+    with daemon_over_loopback("test", "users", "--user-queues", "3", "--user-memory", "20"
+                              ) as (_, path, log):
+        res = subprocess.run([python, "-c", script, path], env=env, capture_output=True,
+                             text=True, timeout=60, cwd=env["PYTHONPATH"], user=NOBODY,
+                             group=USERS_GID, extra_groups=[])
+        assert res.returncode == 0, res.stderr + text(log)
+        assert "queues 3" in res.stdout and "memory refused" in res.stdout, res.stdout
+        assert "at most 3 a user" in text(log) and "at most 20 MiB a user" in text(log)
+        # Root is not bounded.
+        a, b = DaemonClient(path), DaemonClient(path)
+        try:
+            assert abi.NO_QUEUE not in [a.alloc_queue() for _ in range(4)]
+        finally:
+            a.close()
+            b.close()
