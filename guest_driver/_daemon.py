@@ -33,6 +33,7 @@ import errno
 import grp
 import logging
 import os
+import secrets
 import selectors
 import socket
 import stat
@@ -157,8 +158,20 @@ class Policy:
             status = self.device.read32(Reg.STATUS)
             if not status & DeviceStatus.DRIVER_OK:
                 self.device.write32(Reg.STATUS, DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER_OK)
-            # Queues claimed before the daemon started (a root process on the direct
-            # path, or a daemon that died) are left alone: their owners release them.
+            self._reclaim()
+
+    def _reclaim(self) -> None:
+        """Release the queues an earlier daemon set up (one that died, or was killed):
+        their processes lost their connection with it, and the host frees what those
+        owners made.  Queues of root processes on the direct path (owner tags below
+        OWNER_BASE: pids) are theirs to release."""
+        for queue in range(self.num_queues):
+            state = self.device.read32(abi.queue_reg(queue, QReg.CTRL))
+            owner = self.device.read32(abi.queue_reg(queue, QReg.OWNER))
+            if state & QueueState.CLAIMED and owner >= OWNER_BASE:
+                self.device.write32(abi.queue_reg(queue, QReg.CTRL), QueueCtrl.RELEASE)
+                log.info("queue %d of an earlier daemon's process (owner %#x) released",
+                         queue, owner)
 
     def read(self, client: Client, off: int) -> int:
         with self.lock:
@@ -284,7 +297,9 @@ class Daemon:
         self.policy = Policy(device, max_queues=max_queues, user_queues=user_queues)
         self.clients: dict[int, Client] = {}
         self.quarantine: list[tuple[float, Memory]] = []
-        self._next_owner = OWNER_BASE
+        # Tags start at a random point: a daemon started again never reuses the tag of a
+        # process an earlier one served.
+        self._next_owner = OWNER_BASE + secrets.randbelow(1 << 29)
         self._sel = selectors.DefaultSelector()
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self.sock: socket.socket | None = None

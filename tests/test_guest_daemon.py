@@ -19,7 +19,7 @@ from ringutil import Allocator, PyRing
 
 from protocols import device_abi as abi
 from protocols import guest_daemon as gd
-from protocols.device_abi import CmdFlags, QReg, QueueCtrl, QueueState, Reg
+from protocols.device_abi import CmdFlags, DeviceStatus, QReg, QueueCtrl, QueueState, Reg
 from protocols.device_abi import SelftestOp as Op
 
 SG = struct.Struct("<QII")
@@ -406,3 +406,39 @@ def test_one_user_cannot_take_every_queue_or_all_the_memory(probe_dir):
         finally:
             a.close()
             b.close()
+
+
+class FakeDevice:
+    """Registers only: enough for the daemon's start-up rules."""
+
+    name = "a fake device"
+
+    def __init__(self, claimed: dict[int, int]):
+        self.regs = {Reg.NUM_QUEUES: abi.NUM_QUEUES, Reg.STATUS: 0,
+                     Reg.DEVICE_FEATURES_LO: int(abi.DEVICE_FEATURES)}
+        for queue, owner in claimed.items():
+            self.regs[abi.queue_reg(queue, QReg.CTRL)] = QueueState.CLAIMED | QueueState.ENABLED
+            self.regs[abi.queue_reg(queue, QReg.OWNER)] = owner
+        self.writes: list[tuple[int, int]] = []
+
+    def read32(self, off):
+        return self.regs.get(off, 0)
+
+    def write32(self, off, value, *, posted=False):
+        self.writes.append((off, value))
+        self.regs[off] = value
+
+    def table_memory(self):
+        return memoryview(bytearray(2 << 20)), 0x10000000
+
+
+def test_a_daemon_started_again_releases_the_queues_of_its_predecessor():
+    """In a VM the device outlives a daemon that died: its processes' queues (tags from
+    OWNER_BASE up) are released, a root process's (a pid) is not."""
+    from guest_driver._daemon import OWNER_BASE, Policy
+    dev = FakeDevice({3: OWNER_BASE + 7, 5: 1234, 9: OWNER_BASE})
+    Policy(dev).start()
+    ctrl = {abi.queue_reg(q, QReg.CTRL) for q in range(abi.NUM_QUEUES)}
+    released = {off for off, value in dev.writes if off in ctrl and value == QueueCtrl.RELEASE}
+    assert released == {abi.queue_reg(3, QReg.CTRL), abi.queue_reg(9, QReg.CTRL)}
+    assert (Reg.STATUS, DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER_OK) in dev.writes
