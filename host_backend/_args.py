@@ -78,6 +78,7 @@ class Call:
         "skip_real",
         "structs",
         "target",
+        "target_entry",
         "watch",
     )
 
@@ -85,6 +86,10 @@ class Call:
         self.errcode: Any = None     # cl_int * (cdata) for a creating function
         self.size_ret: Any = None    # the size_t * an OutBuffer's size comes back in
         self.target: int | None = None   # the first handle argument (what retain/release act on)
+        # Its table entry when the call was decoded: a retain or release that runs while
+        # its owner's objects are being torn down counts against that entry, which the
+        # teardown releases as many times as it still holds.
+        self.target_entry: Any = None
         self.index: dict[str, int] = {}    # argument name -> position in the C call
         self.events: list[tuple[int, Any]] = []        # (guest id, cl_event * cell)
         self.cleanups: list = []       # run after the call whatever happened
@@ -213,6 +218,7 @@ class ArgDecoder:
         self.cargs.append(self.resolve(kind.obj, handle, arg))
         if self.call.target is None:
             self.call.target = handle
+            self.call.target_entry = self.backend.handles.entry(handle)
 
     def _arg_handles(self, arg, kind) -> None:
         n = self.dec.u64()

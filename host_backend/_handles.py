@@ -137,16 +137,24 @@ class HandleTable:
         if _address(ptr):
             self._by_ptr[(entry.obj_type, _address(ptr))] = handle
 
-    def retain(self, handle: int) -> None:
-        self._entries[handle].refs += 1
+    def entry(self, handle: int) -> Entry | None:
+        return self._entries.get(handle)
 
-    def release(self, handle: int) -> bool:
-        """Drop one user reference; True when the id died."""
-        entry = self._entries[handle]
+    def retain(self, handle: int, entry: Entry) -> None:
+        """One more user reference on ``entry`` (the one ``handle`` named when the call
+        began: if its owner's teardown took it off the table meanwhile, the teardown
+        releases one more)."""
+        if entry.owner is not None:
+            entry.refs += 1
+
+    def release(self, handle: int, entry: Entry) -> bool:
+        """Drop one user reference; True when the id died.  An entry already off the
+        table (its owner's teardown holds it) only counts down: the teardown releases
+        the references left."""
         if entry.owner is None:
             return False
         entry.refs -= 1
-        if entry.refs > 0:
+        if entry.refs > 0 or self._entries.get(handle) is not entry:
             return False
         self.forget(handle)
         return True

@@ -482,14 +482,13 @@ class OpenClBackend:
             return status
         status = int(result)
         if status == CL_SUCCESS:
-            handle = call.target
-            if handle is None:
+            handle, entry = call.target, call.target_entry
+            if handle is None or entry is None:
                 pass                # no object argument: nothing to retain or release
             elif fn.retains:
-                self.handles.retain(handle)
+                self.handles.retain(handle, entry)
             elif fn.releases:
-                entry = self.handles._entries[handle]
-                if self.handles.release(handle):
+                if self.handles.release(handle, entry):
                     self._object_gone(handle, entry)
             elif fn.name == "clSetKernelArg":
                 self.memory.kernel_arg(handle, cargs[1], call.kernel_mem)

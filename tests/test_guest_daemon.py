@@ -208,7 +208,9 @@ def test_an_ordinary_user_in_the_group_runs_opencl(world_readable_shim, cl_daemo
     assert res.returncode == 0, res.stderr + text(cl_daemon[1])
     assert "1048576 elements correct" in res.stdout
     clinfo = as_user(world_readable_shim, cl_daemon[0], ["clinfo", "--raw"], gid=USERS_GID)
-    assert clinfo.returncode == 0 and "CL_DEVICE_NAME" in clinfo.stdout, clinfo.stderr
+    assert clinfo.returncode == 0 and "CL_DEVICE_NAME" in clinfo.stdout, \
+        clinfo.stderr + text(cl_daemon[1]) + text(os.path.join(os.path.dirname(cl_daemon[1]),
+                                                               "server.log"))
 
 
 def test_a_user_outside_the_group_is_told_permission_denied(world_readable_shim, cl_daemon):

@@ -4,12 +4,14 @@ translation, exact status codes, isolation and cleanup."""
 import itertools
 import os
 import struct
+import time
 
 import pytest
 from clwire import FakeDma, decode, encode
 
 from host_backend import OpenClBackend
 from host_backend._handles import HOST_ID_BASE
+from host_backend._handles import key as handle_key
 from protocols import opencl_api as api
 
 F = api.BY_NAME
@@ -738,3 +740,43 @@ def test_a_posted_call_the_host_answers_differently_is_logged_and_counted(backen
     backend.execute(malformed)
     assert backend.mispredicted == 2 and "posted clSetKernelArg got malformed" in caplog.text
     backend.meter = None
+
+
+def test_a_release_running_while_its_owner_is_torn_down_is_not_released_twice(backend,
+                                                                              monkeypatch):
+    """The guest daemon releases a departed process's queue at once, while a release the
+    process posted may still be running: that release counts against the object the
+    teardown holds, which then releases only what is left (a second clRelease of a freed
+    object crashes the implementation)."""
+    g = Guest(backend, owner=41)
+    ctx, _ = g.context()
+    buf = next(ids)
+    assert g.call("clCreateBuffer", buf, context=ctx, flags=1, size=64, host_ptr=None)[0] == 0
+    doomed_lists = []
+    real_release = backend._release_dead_owners
+
+    def keep(doomed, owners):
+        doomed_lists.append(doomed)
+        real_release(doomed, owners)
+    monkeypatch.setattr(backend, "_release_dead_owners", keep)
+
+    class TearDownMeanwhile(dict):
+        """Looked up after the call is decoded and the lock let go, just before the
+        implementation runs it: where another thread's teardown can come in."""
+
+        def get(self, name, default=None):
+            if name == "clReleaseMemObject":
+                backend.release_queue(0, owner=41, last=True)    # the process is gone
+            return super().get(name, default)
+    monkeypatch.setattr(backend, "_info_filters", TearDownMeanwhile(backend._info_filters))
+    assert g.call("clReleaseMemObject", memobj=buf)[0] == 0
+    deadline = time.monotonic() + 10
+    while not doomed_lists:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    entries = {handle_key(buf, 41): e for h, e in doomed_lists[0] if h == handle_key(buf, 41)}
+    (entry,) = entries.values()
+    assert entry.refs == 0, "the teardown would release the buffer a second time"
+    # The implementation is alive and serves another owner.
+    other = Guest(backend, owner=42)
+    assert other.context()
