@@ -221,6 +221,20 @@ def test_a_user_outside_the_group_is_told_permission_denied(world_readable_shim,
     assert "permission denied" in res.stderr and "group 'users'" in res.stderr, res.stderr
 
 
+def test_with_no_daemon_an_ordinary_user_is_told_so(world_readable_shim):
+    """No daemon socket (AVA_VDEV_DAEMON unset, none at the default path on this host):
+    only root may take the direct path, and anyone else is told what to start."""
+    assert not os.path.exists(gd.DEFAULT_SOCKET), "a daemon runs on this host"
+    exe = os.path.join(world_readable_shim, "vadd")
+    res = subprocess.run([exe], env={"PATH": "/usr/bin:/bin", "HOME": "/tmp",
+                                     "OCL_ICD_VENDORS": world_readable_shim},
+                         capture_output=True, text=True, timeout=60, user=NOBODY,
+                         group=USERS_GID, extra_groups=[], cwd="/tmp")
+    assert res.returncode > 0
+    assert "no ava-vdev daemon" in res.stderr and "only root" in res.stderr, res.stderr
+    assert "python3 -m guest_driver install" in res.stderr
+
+
 def test_killing_one_process_leaves_the_other_running(world_readable_shim, cl_daemon):
     path, log = cl_daemon
     exe = os.path.join(world_readable_shim, "vadd")

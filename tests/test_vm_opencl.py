@@ -97,6 +97,12 @@ for area in $CONFORMANCE; do
   section "conformance $area"; gcc -std=gnu11 -o /tmp/$area tests/conformance/$area.c -lOpenCL
   $AS_ALICE /tmp/$area
 done
+section reinstall; OLD=$(cat /run/ava-vdev/ava-vdevd.pid)
+python3 -m guest_driver install --out $BUILD | tail -2; NEW=$(cat /run/ava-vdev/ava-vdevd.pid)
+[ "$OLD" != "$NEW" ] && ! kill -0 $OLD 2>/dev/null && echo "daemon restarted"; $AS_ALICE /tmp/vadd
+section uninstall; python3 -m guest_driver uninstall
+kill -0 $NEW 2>/dev/null || echo "daemon stopped"; [ -e /run/ava-vdev/daemon.sock ] || echo "socket gone"
+$AS_ALICE /tmp/vadd 2>&1 || echo "alice refused: $?"
 section done
 """
 
@@ -256,6 +262,10 @@ def test_opencl_programs_in_the_guest(lab_run, scratch, tmp_path):
     assert "attacker done" in probe and "BROKE" not in probe and "got through" not in probe, probe
     assert probe.count("refused:") == 11 and "victim alive" in probe, probe
     assert "1048576 elements correct" in probe, "the other process runs on after a kill -9"
+    assert "daemon restarted" in sections["reinstall"], sections["reinstall"]
+    assert "1048576 elements correct" in sections["reinstall"]
+    gone = sections["uninstall"]
+    assert "daemon stopped" in gone and "socket gone" in gone and "alice refused" in gone, gone
     assert "CL_DEVICE_SVM_CAPABILITIES = 0" in sections["status"], sections["status"]
     guest = sections["clinfo"]
     assert re.search(r"Number of platforms\s+1\n", guest), "exactly one platform: ours"
