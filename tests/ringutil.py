@@ -148,9 +148,13 @@ class PyRing:
     async def wait(self, index: int, timeout: float = 5.0) -> tuple[int, int]:
         with trio.fail_after(timeout):
             while True:
-                seq, status, n = self.completion(index)
-                if seq == index and self.head > index:
-                    return status, n
+                # Head first, then the completion (the host writes them in the other
+                # order): read the other way round, a fresh ring's zeroed slot 0 (seq 0)
+                # could be taken for command 0's completion just as the host finishes it.
+                if self.head > index:
+                    seq, status, n = self.completion(index)
+                    if seq == index:
+                        return status, n
                 await trio.sleep(0.0005)
 
     async def call(self, opcode: int, **kw) -> tuple[int, int]:

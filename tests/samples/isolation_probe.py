@@ -100,10 +100,12 @@ class Process:
         self.request(gd.DaemonOp.WRITE32, Reg.DOORBELL, self.queue, gd.DaemonFlags.POSTED)
         deadline = time.monotonic() + 20
         while True:
-            seq, status, _ = CQE.unpack_from(self.mm, abi.completion_offset(SLOTS, index))
+            # Head first, then the completion (written in the other order by the host).
             head = struct.unpack_from("<Q", self.mm, abi.RING_HEAD)[0]
-            if seq == index and head > index:
-                return status
+            if head > index:
+                seq, status, _ = CQE.unpack_from(self.mm, abi.completion_offset(SLOTS, index))
+                if seq == index:
+                    return status
             if time.monotonic() > deadline:
                 raise TimeoutError(f"command {index} did not complete")
             time.sleep(0.001)
