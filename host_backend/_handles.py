@@ -140,8 +140,8 @@ class HandleTable:
     def entry(self, handle: int) -> Entry | None:
         return self._entries.get(handle)
 
-    def retain(self, handle: int, entry: Entry) -> None:
-        """One more user reference on ``entry`` (the one ``handle`` named when the call
+    def retain(self, entry: Entry) -> None:
+        """One more user reference on ``entry`` (the one the call's handle named when it
         began: if its owner's teardown took it off the table meanwhile, the teardown
         releases one more)."""
         if entry.owner is not None:

@@ -486,7 +486,7 @@ class OpenClBackend:
             if handle is None or entry is None:
                 pass                # no object argument: nothing to retain or release
             elif fn.retains:
-                self.handles.retain(handle, entry)
+                self.handles.retain(entry)
             elif fn.releases:
                 if self.handles.release(handle, entry):
                     self._object_gone(handle, entry)

@@ -4,10 +4,9 @@ as an application would, or as a hostile one might."""
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
 import socket
-import struct
+import sys
 import tempfile
 
 from protocols import guest_daemon as gd
@@ -15,6 +14,10 @@ from protocols.device_abi import Reg
 from vdev.bench import loopback_daemon, loopback_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The probe is a standalone script (it runs in guests), not a package: its client is
+# the one these tests use too.
+sys.path.insert(0, os.path.join(ROOT, "tests", "samples"))
+from isolation_probe import Connection  # noqa: E402
 
 
 def text(path: str) -> str:
@@ -45,34 +48,16 @@ def daemon_over_loopback(backend: str = "test", group: str = "users", *daemon_ar
                 probe.close()
 
 
-class DaemonClient:
-    """One application's connection: HELLO, then registers through the daemon.  The
-    interface is the vfio-user test client's (``read32``/``write32``), so ``PyRing``
-    drives rings in the memory the daemon gave."""
+class DaemonClient(Connection):
+    """One application's connection (the isolation probe's), with the interface of the
+    vfio-user test client (``read32``/``write32``), so ``PyRing`` drives rings in the
+    memory the daemon gave."""
 
     def __init__(self, path: str, memory: int = 8 << 20):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.sock.settimeout(10)
-        self.sock.connect(path)
-        reply, extra, fds = self.request(gd.DaemonOp.HELLO, gd.DAEMON_PROTOCOL, memory,
-                                         maxfds=1)
-        assert reply.status == 0, reply
-        self.owner = reply.owner
-        self.gpas = list(struct.unpack(f"<{reply.count}Q", extra[:8 * reply.count]))
-        assert self.gpas == [self.gpas[0] + i * gd.CHUNK_SIZE for i in range(reply.count)]
-        self.fd = fds[0]
-        self.size = reply.size
-        self.mm = mmap.mmap(self.fd, self.size, mmap.MAP_SHARED)
+        super().__init__(path, memory, timeout=10)
+        assert list(self.gpas) == [self.gpas[0] + i * gd.CHUNK_SIZE
+                                   for i in range(len(self.gpas))]
         self.iova = self.gpas[0]          # PyRing's guest-physical base
-
-    def request(self, op: int, arg0: int = 0, arg1: int = 0, flags: int = 0, maxfds: int = 0):
-        self.sock.send(gd.Request.build(dict(op=op, flags=flags, arg0=arg0, reserved=0,
-                                             arg1=arg1)))
-        if flags & gd.DaemonFlags.POSTED:
-            return None, b"", []
-        msg, fds, _, _ = socket.recv_fds(self.sock, gd.MAX_REPLY, max(maxfds, 1))
-        reply = gd.Reply.parse(msg[:gd.REPLY_SIZE])
-        return reply, msg[gd.REPLY_SIZE:], fds
 
     async def read32(self, off: int) -> int:
         reply, _, _ = self.request(gd.DaemonOp.READ32, off)
@@ -83,16 +68,5 @@ class DaemonClient:
         """As a BAR write: what the daemon refuses is dropped (``write`` tells)."""
         self.write(off, value, posted=posted)
 
-    def write(self, off: int, value: int, *, posted: bool = False) -> int | None:
-        flags = gd.DaemonFlags.POSTED if posted else 0
-        reply, _, _ = self.request(gd.DaemonOp.WRITE32, off, value, flags)
-        return None if reply is None else reply.status
-
     def alloc_queue(self) -> int:
-        reply, _, _ = self.request(gd.DaemonOp.READ32, Reg.QUEUE_ALLOC)
-        return reply.value
-
-    def close(self) -> None:
-        self.mm.close()
-        os.close(self.fd)
-        self.sock.close()
+        return self.read(Reg.QUEUE_ALLOC)

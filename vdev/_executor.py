@@ -50,7 +50,7 @@ from protocols.executor import ControlOp, EventOp
 from ._dma import DmaError, DmaMap, DmaRange
 from ._queues import QueueTable
 from ._sandbox import SandboxConfig
-from ._windows import WindowedDma, Windows, queue_view, read_window_table
+from ._windows import WindowedDma, Windows, queue_view
 
 log = logging.getLogger("vdev.executor")
 
@@ -316,9 +316,6 @@ class IsolatedEngine:
         self._send_enable(queue, rec)
         self._needed.set()
         return 0
-
-    def read_windows(self, addr: int) -> Windows:
-        return read_window_table(self.dma, addr)
 
     def set_windows(self, queue: int, windows: Windows) -> None:
         """Acknowledged, like an unmap: memory the new windows leave out is not touched

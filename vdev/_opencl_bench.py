@@ -208,15 +208,15 @@ def report_opencl(r: Figures) -> str:
                          f"{_verdict(('ratio', 1.1), ours, theirs, False)}")
     through = r.get("daemon")
     if through:
+        from .bench import change_verdict
         direct = r.get("daemon_direct") or device
         lines.append(f"  through ava-vdevd against the direct path (same server, medians of "
                      f"{through.get('runs', 1)} alternating runs each; target: within 5 %):")
         for label, key, unit, higher_better, _ in ROWS:
             ours, theirs = through[key], direct[key]
-            change = ours / theirs - 1 if theirs else 0.0
-            worse = -change if higher_better else change
+            change, verdict = change_verdict(ours, theirs, higher_better)
             lines.append(f"    {label:32} {_fmt(ours):>7} {unit:<4} {_fmt(theirs):>9} {unit:<4} "
-                         f"{change:>+7.1%}  {'within 5 %' if worse <= 0.05 else 'over 5 %'}")
+                         f"{change:>+7.1%}  {verdict}")
     vm = r.get("vm")
     if vm:
         lines.append("  in a lab guest (through the device) against the host natively:")

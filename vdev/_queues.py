@@ -18,19 +18,18 @@ from typing import Protocol
 from protocols import device_abi as abi
 from protocols.device_abi import QReg, QueueCtrl, QueueState
 
-from ._dma import DmaError
-from ._windows import Windows, describe
+from ._dma import DmaError, DmaMap
+from ._windows import Windows, describe, read_window_table
 
 log = logging.getLogger("vdev.queues")
 
 
 class QueueListener(Protocol):
+    dma: DmaMap     # the session's map: where LOAD_WINDOWS reads a window table
+
     def enable_queue(self, queue: int, ring_addr: int, slots: int, owner: int,
                      windows: Windows | None = None) -> int:
         """Start serving (inside ``windows`` when not None); return 0 or an errno."""
-
-    def read_windows(self, addr: int) -> Windows:
-        """The window table at guest-physical ``addr``; raises DmaError."""
 
     def set_windows(self, queue: int, windows: Windows) -> None:
         """An enabled queue's windows change; in force when this returns."""
@@ -149,7 +148,7 @@ class QueueTable:
         addr = r.windows_hi << 32 | r.windows_lo
         err = 0
         try:
-            windows = self.listener.read_windows(addr)
+            windows = read_window_table(self.listener.dma, addr)
         except DmaError as exc:
             windows, err = (), exc.errno
             log.warning("queue %d: window table at %#x refused (%s): the queue may touch no "

@@ -26,7 +26,7 @@ from protocols.tenants import CallClass
 
 from ._backend import Backend, CommandContext
 from ._dma import DmaError, DmaMap
-from ._windows import WindowedDma, Windows, queue_view, read_window_table
+from ._windows import WindowedDma, Windows, queue_view
 
 log = logging.getLogger("vdev.rings")
 
@@ -231,9 +231,6 @@ class RingEngine:
             self._active = tuple(self._rings.values())
         self.kick(queue)
         return 0
-
-    def read_windows(self, addr: int) -> Windows:
-        return read_window_table(self.dma, addr)
 
     def set_windows(self, queue: int, windows: Windows) -> None:
         """New windows for an enabled queue: its next command translates through them.

@@ -134,9 +134,8 @@ def run_loopback(build_dir: str, quick: bool, daemon: bool = False, pairs: int =
     unprivileged application's path), against the same server: ``pairs`` runs of each,
     alternating, and each figure's median (this machine's noise between two runs is
     wider than the difference sought)."""
-    direct_env = {"AVA_VDEV_SOCKET": ""}
     with loopback_server("test") as (sock, _):
-        direct_env["AVA_VDEV_SOCKET"] = sock
+        direct_env = {"AVA_VDEV_SOCKET": sock}
         if not daemon:
             return {"loopback": _ava_bench(build_dir, quick, direct_env)}
         runs: dict[str, list[Figures]] = {"loopback": [], "daemon": []}
@@ -169,6 +168,15 @@ def median_figures(runs: list[Figures]) -> Figures:
     return out
 
 
+def change_verdict(ours: float, theirs: float, higher_better: bool,
+                   limit: float = 0.05) -> tuple[float, str]:
+    """``ours`` against ``theirs`` as a relative change, and whether it is within
+    ``limit`` on the worse side."""
+    change = ours / theirs - 1 if theirs else 0.0
+    worse = -change if higher_better else change
+    return change, f"{'within' if worse <= limit else 'over'} {limit * 100:g} %"
+
+
 def compare_daemon(direct: Figures, daemon: Figures) -> str:
     """The daemon path against the direct one, figure by figure (target: within 5 %)."""
     pairs = [("null round trip, median", direct["null_rt_us"]["median"],
@@ -182,10 +190,8 @@ def compare_daemon(direct: Figures, daemon: Figures) -> str:
     lines = [f"through ava-vdevd against the direct path (same server, medians of "
              f"{direct.get('runs', 1)} alternating runs each; target: within 5 %)"]
     for name, a, b, higher_better in pairs:
-        change = (b / a - 1) if a else 0.0
-        worse = -change if higher_better else change
-        lines.append(f"  {name:28} {a:>14,.2f} {b:>14,.2f} {change:+8.1%}  "
-                     f"{'within 5 %' if worse <= 0.05 else 'over 5 %'}")
+        change, verdict = change_verdict(b, a, higher_better)
+        lines.append(f"  {name:28} {a:>14,.2f} {b:>14,.2f} {change:+8.1%}  {verdict}")
     return "\n".join(lines)
 
 

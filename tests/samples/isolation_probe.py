@@ -35,31 +35,23 @@ SLOTS = 16
 SECRET = b"A-SECRET" * 8
 
 
-class Process:
-    """One application: its connection, its memory and one queue."""
+class Connection:
+    """One application's connection to the daemon: its memory, and registers through it
+    (the tests' ``daemonutil.DaemonClient`` builds on this too)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, memory: int = 8 << 20, timeout: float = 20):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.sock.settimeout(20)
+        self.sock.settimeout(timeout)
         self.sock.connect(path)
-        reply, extra, fds = self.request(gd.DaemonOp.HELLO, gd.DAEMON_PROTOCOL, 8 << 20)
+        reply, extra, fds = self.request(gd.DaemonOp.HELLO, gd.DAEMON_PROTOCOL, memory)
         assert reply.status == 0, reply
         self.owner, self.size = reply.owner, reply.size
         self.gpas = struct.unpack(f"<{reply.count}Q", extra[:8 * reply.count])
         self.mm = mmap.mmap(fds[0], self.size, mmap.MAP_SHARED)
         os.close(fds[0])
-        self.next = abi.ring_bytes(SLOTS)          # a bump allocator after the ring
-        self.tail = 0
-        self.queue = self.read(Reg.QUEUE_ALLOC)
-        assert self.queue != abi.NO_QUEUE
-        ring = self.gpa(0)
-        self.write(abi.queue_reg(self.queue, QReg.RING_LO), ring & 0xFFFFFFFF)
-        self.write(abi.queue_reg(self.queue, QReg.RING_HI), ring >> 32)
-        self.write(abi.queue_reg(self.queue, QReg.SIZE), SLOTS)
-        self.write(abi.queue_reg(self.queue, QReg.CTRL), QueueCtrl.ENABLE)
-        assert self.read(abi.queue_reg(self.queue, QReg.CTRL)) & QueueState.ENABLED
 
     def request(self, op: int, arg0: int = 0, arg1: int = 0, flags: int = 0):
+        """(reply, bytes after it, fds); (None, b"", []) for a posted request."""
         self.sock.send(gd.Request.build(dict(op=op, flags=flags, arg0=arg0, reserved=0,
                                              arg1=arg1)))
         if flags & gd.DaemonFlags.POSTED:
@@ -70,8 +62,32 @@ class Process:
     def read(self, off: int) -> int:
         return self.request(gd.DaemonOp.READ32, off)[0].value
 
-    def write(self, off: int, value: int) -> int:
-        return self.request(gd.DaemonOp.WRITE32, off, value)[0].status
+    def write(self, off: int, value: int, *, posted: bool = False) -> int | None:
+        """The daemon's status for the write (None when posted)."""
+        reply = self.request(gd.DaemonOp.WRITE32, off, value,
+                             gd.DaemonFlags.POSTED if posted else 0)[0]
+        return None if reply is None else reply.status
+
+    def close(self) -> None:
+        self.mm.close()
+        self.sock.close()
+
+
+class Process(Connection):
+    """One application with one queue, its ring at the start of its memory."""
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        self.next = abi.ring_bytes(SLOTS)          # a bump allocator after the ring
+        self.tail = 0
+        self.queue = self.read(Reg.QUEUE_ALLOC)
+        assert self.queue != abi.NO_QUEUE
+        ring = self.gpa(0)
+        self.write(abi.queue_reg(self.queue, QReg.RING_LO), ring & 0xFFFFFFFF)
+        self.write(abi.queue_reg(self.queue, QReg.RING_HI), ring >> 32)
+        self.write(abi.queue_reg(self.queue, QReg.SIZE), SLOTS)
+        self.write(abi.queue_reg(self.queue, QReg.CTRL), QueueCtrl.ENABLE)
+        assert self.read(abi.queue_reg(self.queue, QReg.CTRL)) & QueueState.ENABLED
 
     def gpa(self, offset: int) -> int:
         return self.gpas[offset // gd.CHUNK_SIZE] + offset % gd.CHUNK_SIZE
@@ -97,7 +113,7 @@ class Process:
         self.tail += 1
         with memoryview(self.mm) as raw, raw.cast("Q") as words:
             words[abi.RING_TAIL // 8] = self.tail
-        self.request(gd.DaemonOp.WRITE32, Reg.DOORBELL, self.queue, gd.DaemonFlags.POSTED)
+        self.write(Reg.DOORBELL, self.queue, posted=True)
         deadline = time.monotonic() + 20
         while True:
             # Head first, then the completion (written in the other order by the host).
