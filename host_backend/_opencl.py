@@ -36,6 +36,7 @@ from ._args import (
     CallError,
 )
 from ._cl import ffi, lib, platforms_and_devices
+from ._fastpath import InfoQuery
 from ._handles import HOST_ID_BASE, HandleTable, _address, guest_id
 from ._handles import key as handle_key
 from ._includes import IncludeStore
@@ -56,6 +57,7 @@ _POSTED = int(CmdFlags.POSTED)
 _SUCCESS_REPLY = bytes(8)           # an encoded reply's status word for CL_SUCCESS
 
 CL_MEM_SIZE = 0x1102
+CL_CONTEXT_REFERENCE_COUNT = 0x1080
 CL_EVENT_COMMAND_TYPE = 0x11D1
 CL_EVENT_COMMAND_EXECUTION_STATUS = 0x11D3
 CL_COMMAND_USER = 0x1204
@@ -125,6 +127,15 @@ class OpenClBackend:
         self.kernels: KernelWatch | None = None
         #: When a dead owner's teardown began (monotonic ns; 0: none running).
         self.teardown_since = 0
+        #: Info queries' fast paths by function (see _fastpath); False: the interpreter
+        #: runs every call (tests compare the two).
+        self.fast_path = True
+        self.fast_calls = 0
+        self._fast: dict[int, InfoQuery] = {}
+        for fn in api.FUNCTIONS:
+            query = self._fast_path_of(fn)
+            if query is not None:
+                self._fast[fn.opcode] = query
 
     def enable_kernel_watch(self) -> KernelWatch:
         self.kernels = KernelWatch()
@@ -286,6 +297,19 @@ class OpenClBackend:
         resolves guest addresses (application data passed by reference).  Calls in
         progress are counted per owner: a dead owner's objects are released only once
         none is left (see ``_release_dead_owners``)."""
+        fast = self._fast.get(fn.opcode)
+        if fast is not None and self.fast_path and not (
+                (fast.metered_hook and self.meter is not None)
+                or (fast.partition_hook and self.tenancy.sub is not None)):
+            with self._lock:
+                self._running[owner] = self._running.get(owner, 0) + 1
+            try:
+                reply = fast(self, payload, owner)
+            finally:
+                self._call_ended(owner)
+            if reply is not None:
+                self.fast_calls += 1
+                return reply
         enc = Encoder()
         dec = Decoder(payload)
         call = Call()
@@ -351,16 +375,44 @@ class OpenClBackend:
             if call.own_event is not None and call.own_event[0] != ffi.NULL:
                 lib().clReleaseEvent(call.own_event[0])
             if counted:
-                with self._lock:
-                    self.memory.end_call(call)
-                    left = self._running[owner] - 1
-                    if left:
-                        self._running[owner] = left
-                    else:
-                        del self._running[owner]
-                        if self._reaping:
-                            self._calls_done.notify_all()
+                self._call_ended(owner, call)
         return enc.bytes()
+
+    def _call_ended(self, owner: int, call: Call | None = None) -> None:
+        with self._lock:
+            if call is not None:
+                self.memory.end_call(call)
+            left = self._running[owner] - 1
+            if left:
+                self._running[owner] = left
+            else:
+                del self._running[owner]
+                if self._reaping:
+                    self._calls_done.notify_all()
+
+    #: Functions whose every answer a hook rewrites: no fast path.
+    _NO_FAST_PATH = frozenset({"clGetKernelArgInfo", "clGetProgramInfo"})
+    #: Params a hook always answers, and those it answers in some sessions only
+    #: (``hook_idle``): the former never take the fast path, the latter ask first.
+    _HOOKED_PARAMS: ClassVar[dict[str, frozenset[int]]] = {
+        "clGetProgramBuildInfo": frozenset({CL_PROGRAM_BUILD_OPTIONS})}
+    _SESSION_HOOKED_PARAMS: ClassVar[dict[str, frozenset[int]]] = {
+        "clGetContextInfo": frozenset({CL_CONTEXT_REFERENCE_COUNT})}
+
+    def _fast_path_of(self, fn: api.Function) -> InfoQuery | None:
+        hooked = self._HOOKED_PARAMS.get(fn.name, frozenset())
+        session_hooked = self._SESSION_HOOKED_PARAMS.get(fn.name, frozenset())
+        if fn.name in self._NO_FAST_PATH or not InfoQuery.plain(fn) or (
+                fn.name in self._AS_NATIVE and not (hooked or session_hooked)):
+            return None
+        excluded = frozenset(self._info_filters.get(fn.name, {})) | hooked
+        return InfoQuery.for_function(fn, excluded, session_hooked)
+
+    def hook_idle(self, fn: api.Function, param: int) -> bool:
+        """Whether the hook of ``fn`` leaves ``param``'s answer as the implementation
+        gives it in this session: a context's reference count, while nothing waits
+        in the host store (``DeviceMemory.context_info``)."""
+        return fn.name == "clGetContextInfo" and not self.memory.adjusts_context_counts
 
     @staticmethod
     def _segmented(fn: api.Function, cargs, call: Call) -> int:

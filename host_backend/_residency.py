@@ -404,6 +404,12 @@ class DeviceMemory:
             cell = ffi.cast("cl_mem_flags *", out)
             cell[0] &= ~CL_MEM_COPY_HOST_PTR
 
+    @property
+    def adjusts_context_counts(self) -> bool:
+        """Whether ``context_info`` may change a context's reference count: only once
+        an object has left the device (the counts are measured then)."""
+        return self._counts is not None
+
     def context_info(self, context, param: int, out) -> None:
         """clGetContextInfo succeeded: the reference count as if every object of the
         context were resident and the host had no queue of its own there."""

@@ -296,11 +296,16 @@ class RingEngine:
                         self._wake.clear()
                         last_work = time.monotonic()
                 elif idle_for < self.spin_s:
-                    # Spin, letting other threads have the GIL (a blocking command
-                    # that just returned).  Not sched_yield: that hands the core to
-                    # any runnable thread, a batch VM's low-priority kernel included,
-                    # until the next tick.
-                    time.sleep(0)
+                    # Spin.  Nothing here gives up the core or the GIL: a sleep,
+                    # even of zero, is a timer in the kernel (20-80 us on a virtual
+                    # machine's timers), longer than the call it waits for, and
+                    # sched_yield hands the core to any runnable thread, a batch VM's
+                    # low-priority kernel included, until the next tick.  A thread
+                    # of ours that wants the GIL meanwhile gets it within the
+                    # interpreter's switch interval (5 ms; a shorter one made kernel
+                    # launches slower); a blocking command's worker needs none of
+                    # this: while one runs, the poller naps above instead.
+                    pass
                 elif idle_for < self.idle_timeout:
                     backoff = min(max(backoff * 2, 10e-6), self.max_sleep)
                     # A finished blocking command or a doorbell ends the nap early: the
