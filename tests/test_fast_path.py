@@ -6,12 +6,13 @@ import itertools
 import struct
 
 import pytest
-from clwire import encode
+from clwire import FakeDma, encode
 from test_opencl_backend import Guest
 
 from host_backend import OpenClBackend
 from host_backend._fastpath import InfoQuery
 from protocols import opencl_api as api
+from vdev._backend import CommandContext
 
 F = api.BY_NAME
 ids = itertools.count(50_000)
@@ -94,9 +95,9 @@ def both_paths(backend, fn, payload, owner):
 def test_every_plain_info_query_has_a_fast_path(world):
     backend = world[0]
     for name in PARAMS:
-        assert backend._fast_path_of(F[name]) is not None, name
+        assert isinstance(backend._fast_path_of(F[name]), InfoQuery), name
     for name in ("clGetKernelArgInfo", "clGetProgramInfo", "clGetMemObjectInfo",
-                 "clGetImageInfo", "clSetKernelArg", "clCreateBuffer", "clFinish"):
+                 "clGetImageInfo", "clCreateBuffer", "clFinish"):
         assert backend._fast_path_of(F[name]) is None, f"{name} is not a plain info query"
 
 
@@ -178,3 +179,121 @@ def test_the_fast_path_is_built_from_the_spec():
     assert [obj for _, obj in query._handles] == ["cl_kernel", "cl_device_id"]
     assert InfoQuery.for_function(F["clGetMemObjectInfo"], frozenset()) is None, \
         "memory objects may wait in the host store: the interpreter restores them"
+
+
+def test_kernel_arguments_match_the_interpreter(world):
+    """clSetKernelArg's fast path: the same status as the interpreter's for each kind
+    of argument, good and bad, and the same record of which memory object each
+    argument names (what brings evicted objects back before a launch)."""
+    backend, g, objects = world
+    fn = F["clSetKernelArg"]
+    kern = objects["clGetKernelInfo"]["object"]
+    kernel_key = (g.owner + 1) << 64 | kern
+    ctx = objects["clGetContextInfo"]["object"]
+    buf = next(ids)
+    assert g.call("clCreateBuffer", buf, context=ctx, flags=CL_MEM_READ_WRITE, size=64,
+                  host_ptr=None)[0] == 0
+    stranger = Guest(backend, owner=g.owner + 5)
+    sctx, _ = stranger.context()
+    foreign = next(ids)
+    assert stranger.call("clCreateBuffer", foreign, context=sctx, flags=CL_MEM_READ_WRITE,
+                         size=64, host_ptr=None)[0] == 0
+    cases = {
+        "a buffer": dict(kernel=kern, arg_index=0, arg_value=(api.KARG_MEM, buf)),
+        "bytes where a buffer goes": dict(kernel=kern, arg_index=0,
+                                          arg_value=(api.KARG_BYTES, b"\1" * 8)),
+        "NULL bytes where a buffer goes": dict(kernel=kern, arg_index=0,
+                                               arg_value=(api.KARG_BYTES, bytes(8))),
+        "short bytes": dict(kernel=kern, arg_index=0, arg_value=(api.KARG_BYTES, b"\1" * 4)),
+        "an index past the last": dict(kernel=kern, arg_index=7,
+                                       arg_value=(api.KARG_MEM, buf)),
+        "another process's buffer": dict(kernel=kern, arg_index=0,
+                                         arg_value=(api.KARG_MEM, foreign)),
+        "an unknown buffer": dict(kernel=kern, arg_index=0,
+                                  arg_value=(api.KARG_MEM, buf + 999)),
+        "NULL buffer id": dict(kernel=kern, arg_index=0, arg_value=(api.KARG_MEM, 0)),
+        "an unknown kernel": dict(kernel=kern + 999, arg_index=0,
+                                  arg_value=(api.KARG_MEM, buf)),
+        "local memory": dict(kernel=kern, arg_index=0, arg_value=(api.KARG_LOCAL, 64)),
+        "the buffer again": dict(kernel=kern, arg_index=0, arg_value=(api.KARG_MEM, buf)),
+    }
+    reset = encode(fn, kernel=kern, arg_index=0, arg_value=(api.KARG_BYTES, bytes(8)))
+    answered = 0
+    for why, values in cases.items():
+        payload = encode(fn, **values)
+        fast, slow, took = both_paths(backend, fn, payload, g.owner)
+        assert fast == slow, why
+        answered += took
+        records = []
+        for fast_on in (False, True):
+            backend.fast_path = False       # the same state before each: by the interpreter
+            try:
+                backend.call(fn, reset, g.owner)
+                assert kernel_key not in backend.memory._kernel_args or \
+                    0 not in backend.memory._kernel_args[kernel_key]
+                backend.fast_path = fast_on
+                backend.call(fn, payload, g.owner)
+            finally:
+                backend.fast_path = True
+            records.append(dict(backend.memory._kernel_args.get(kernel_key, {})))
+        assert records[0] == records[1], why
+    assert answered >= 3, "a buffer, the buffer again, short bytes: the fast path's"
+    raw = encode(fn, **cases["a buffer"])
+    for why, payload in {"truncated": raw[:-8], "stray bytes": raw + b"\1" + bytes(7),
+                         "a bad tag": raw[:24] + struct.pack("<Q", 9) + raw[32:]}.items():
+        fast, slow, took = both_paths(backend, fn, payload, g.owner)
+        assert fast == slow and not took, why
+
+
+def _settled(backend, fn, payload, owner):
+    """``execute_settled`` on a command carrying ``payload``: (status, reply) or None
+    (the call would go to a worker thread)."""
+    dma = FakeDma()
+    dma.ram[0:len(payload)] = payload
+    ctx = CommandContext(dma, queue=0, owner=owner)
+    ctx.opcode, ctx.flags = fn.opcode, 0
+    ctx.payload_addr, ctx.payload_len, ctx.reply_addr, ctx.reply_len = 0, len(payload), 4096, 256
+    answer = backend.execute_settled(ctx)
+    if answer is None:
+        return None
+    status, length = answer
+    assert status == 0
+    return struct.unpack_from("<q", dma.ram, 4096)[0], bytes(dma.ram[4096:4096 + length])
+
+
+def test_blocking_calls_that_need_not_wait_are_answered_at_once(world):
+    """A clFinish of an idle queue and a clWaitForEvents of ended events are answered on
+    the ring poller, with the implementation's status (an event that failed too); a
+    queue with a command still waiting, an event not ended, an unknown id go to a
+    worker thread as before."""
+    backend, g, objects = world
+    # Long enough for an idle queue's marker to end on a loaded machine (the poller
+    # waits for it at most this long; its own bound is tens of microseconds).
+    backend.settle_poll_s = 2.0
+    queue = objects["clGetCommandQueueInfo"]["object"]
+    ctx = objects["clGetContextInfo"]["object"]
+    finish, wait = F["clFinish"], F["clWaitForEvents"]
+    assert _settled(backend, finish, encode(finish, command_queue=queue), g.owner)[0] == 0
+    ended = objects["clGetEventInfo"]["object"]
+    assert _settled(backend, wait, encode(wait, num_events=1, event_list=[ended]), g.owner)[0] == 0
+    gate, behind, failed = next(ids), next(ids), next(ids)
+    assert g.call("clCreateUserEvent", gate, context=ctx)[0] == 0
+    assert _settled(backend, wait, encode(wait, num_events=1, event_list=[gate]), g.owner) is None
+    assert g.call("clEnqueueMarkerWithWaitList", command_queue=queue, num_events_in_wait_list=1,
+                  event_wait_list=[gate], event=behind)[0] == 0
+    assert _settled(backend, finish, encode(finish, command_queue=queue), g.owner) is None, \
+        "a command waits on the user event: the finish must wait too"
+    assert _settled(backend, finish, encode(finish, command_queue=queue + 999), g.owner) is None
+    assert g.call("clSetUserEventStatus", event=gate, execution_status=0)[0] == 0
+    assert g.call("clFinish", command_queue=queue)[0] == 0
+    assert g.call("clCreateUserEvent", failed, context=ctx)[0] == 0
+    assert g.call("clSetUserEventStatus", event=failed, execution_status=-5)[0] == 0
+    status, _ = _settled(backend, wait, encode(wait, num_events=2, event_list=[ended, failed]),
+                         g.owner)
+    backend.fast_path = False
+    try:
+        assert status == g.call("clWaitForEvents", num_events=2, event_list=[ended, failed])[0]
+    finally:
+        backend.fast_path = True
+    assert status == -14, "CL_EXEC_STATUS_ERROR_FOR_EVENTS_IN_WAIT_LIST, as natively"
+    assert _settled(backend, F["clGetContextInfo"], b"", g.owner) is None, "only blocking calls"

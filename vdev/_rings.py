@@ -200,6 +200,10 @@ class RingEngine:
         #: in turn) and each one's latency class (statistics).
         self._device_opcodes: frozenset[int] = getattr(backend, "device_opcodes", frozenset())
         self._call_classes: dict[int, int] = getattr(backend, "call_classes", {})
+        #: The backend's answer to a blocking command that need not wait (see
+        #: ``_execute_settled``), if it has one.
+        self._settled: Callable[[CommandContext], tuple[int, int] | None] | None = getattr(
+            backend, "execute_settled", None)
         self._rings: dict[int, Ring] = {}
         self._active: tuple[Ring, ...] = ()
         self._lock = threading.RLock()
@@ -383,17 +387,26 @@ class RingEngine:
         ctx.reply_len, ctx.reply_addr = reply_len, reply_addr
         ctx.arg0, ctx.arg1, ctx.arg2 = arg0, arg1, arg2
         monitor = self._monitor
+        admission = self._admission
         if opcode in self.backend.blocking_opcodes or (
                 flags & _SG_FLAGS and _long_lists(flags, payload_len, reply_len)):
-            ring.busy = True
-            if monitor is not None:
-                monitor.started(ring.queue, opcode, False)
-            with self._lock:
-                self._handed_off += 1
-            self._workers.submit(self._run_blocking, ring, index, ring.generation, flags)
-            return False
-        admission = self._admission
-        if admission is not None:
+            settled = None
+            if self._settled is not None and admission is None and not flags & _SG_FLAGS:
+                if monitor is not None:
+                    monitor.started(ring.queue, opcode, True)
+                settled = self._execute_settled(ctx)
+                if monitor is not None:
+                    monitor.finished()
+            if settled is None:
+                ring.busy = True
+                if monitor is not None:
+                    monitor.started(ring.queue, opcode, False)
+                with self._lock:
+                    self._handed_off += 1
+                self._workers.submit(self._run_blocking, ring, index, ring.generation, flags)
+                return False
+            status, result_len = settled
+        elif admission is not None:
             status, result_len = self._admitted(ctx, admission, monitor, ring.queue)
         elif monitor is not None:
             monitor.started(ring.queue, opcode, True)
@@ -429,6 +442,21 @@ class RingEngine:
     def _execute(self, ctx: CommandContext) -> tuple[int, int]:
         try:
             return self.backend.execute(ctx)
+        except DmaError as exc:
+            log.debug("queue %d opcode %d: %s", ctx.queue, ctx.opcode, exc)
+            return -exc.errno, 0
+        except Exception:
+            log.exception("queue %d: backend %s failed on opcode %d", ctx.queue,
+                          self.backend.name, ctx.opcode)
+            return -errno.EIO, 0
+
+    def _execute_settled(self, ctx: CommandContext) -> tuple[int, int] | None:
+        """A blocking command whose wait is already over (a finish of an idle queue, a
+        wait for events that ended), answered here; None: it goes to a worker.  A
+        hand-off costs two thread wake-ups, several times the call itself."""
+        assert self._settled is not None
+        try:
+            return self._settled(ctx)
         except DmaError as exc:
             log.debug("queue %d opcode %d: %s", ctx.queue, ctx.opcode, exc)
             return -exc.errno, 0
