@@ -240,15 +240,17 @@ class KernelArgCall:
                         held.in_call -= 1
                     return None
                 value = ffi.new(_CL_MEM_P, ptr)
+        status = -1
         try:
             status = int(lib().clSetKernelArg(kernel, index, size, value))
         finally:
+            # Recorded before the hold ends, as the interpreter does: an eviction in
+            # between would move the object while its new argument is not yet known.
             with backend._lock:
+                if status == 0:
+                    memory.kernel_arg(kernel_key, index, mem_key)
                 if held is not None:
                     held.in_call -= 1
-        if status == 0:
-            with backend._lock:
-                memory.kernel_arg(kernel_key, index, mem_key)
         return _I64.pack(status)
 
 

@@ -329,12 +329,16 @@ class DeviceMemory:
         if not args:
             return
         handles = self.backend.handles
-        for index, (mem_id, address) in list(args.items()):
+        for index, (mem_id, _) in list(args.items()):
             mem = self.mems.get(mem_id)
             entry = handles._entries.get(mem_id)
             if mem is None or entry is None:
                 continue                        # released by the guest: as natively
             ptr = self.use(mem_id, entry, call, api.BY_NAME["clEnqueueNDRangeKernel"])
+            # The address the kernel holds now, read after ``use``: making this object
+            # again may have evicted an argument already seen (its slot then holds
+            # NULL), and the allocator may hand a remade object its old address.
+            address = args[index][1]
             if _addr(ptr) != address:
                 lib().clSetKernelArg(kernel, index, ffi.sizeof("cl_mem"), ffi.new("cl_mem *", ptr))
                 args[index] = (mem_id, _addr(ptr))

@@ -176,6 +176,49 @@ def test_kernels_and_copies_use_restored_buffers(small):
     assert small.memory.stats.evictions > 0 and small.memory.stats.restores > 0
 
 
+TWO_ARGS = b"""
+__kernel void both(__global uint *a, __global uint *b, uint by) {
+    size_t i = get_global_id(0);
+    if (a) a[i] += by;
+    if (b) b[i] += by;
+}
+"""
+
+
+def test_a_launch_sets_again_an_argument_evicted_by_another_of_its_own(monkeypatch):
+    """Making argument 0 resident for a launch evicts argument 1 (its slot is set to
+    NULL), and the allocator may give argument 1, made again, its old address.  The
+    launch must compare with what the slot holds now, not what it held before: here
+    every object reads as one address, as if the allocator always reused it."""
+    from host_backend import _residency
+    real = _residency._addr
+    monkeypatch.setattr(_residency, "_addr", lambda p: 0 if real(p) == 0 else 1)
+    backend = OpenClBackend(device_memory=SIZE, host_store=1 << 20)
+    try:
+        g = Session(backend)
+        prog, kern = next(ids), next(ids)
+        assert g.call("clCreateProgramWithSource", prog, context=g.ctx, count=1,
+                      strings=[TWO_ARGS])[0] == 0
+        assert g.call("clBuildProgram", program=prog, num_devices=0, device_list=None,
+                      options=b"\0")[0] == 0
+        assert g.call("clCreateKernel", kern, program=prog, kernel_name=b"both\0")[0] == 0
+        a, b = g.buffer(bytes(SIZE)), g.buffer(bytes(SIZE))     # one fits: b evicts a
+        for index, buf in ((0, a), (1, b)):     # a comes back for its argument, b for its
+            assert g.call("clSetKernelArg", kernel=kern, arg_index=index,
+                          arg_value=(api.KARG_MEM, buf))[0] == 0
+        assert g.call("clSetKernelArg", kernel=kern, arg_index=2,
+                      arg_value=(api.KARG_BYTES, struct.pack("<I", 5)))[0] == 0
+        assert not g.mem(a).resident and g.mem(b).resident
+        assert g.call("clEnqueueNDRangeKernel", command_queue=g.queue, kernel=kern, work_dim=1,
+                      global_work_offset=None, global_work_size=[SIZE // 4],
+                      local_work_size=None, num_events_in_wait_list=0)[0] == 0
+        assert g.call("clFinish", command_queue=g.queue)[0] == 0
+        assert g.read(a) == struct.pack("<I", 5) * (SIZE // 4)
+        assert g.read(b) == struct.pack("<I", 5) * (SIZE // 4)
+    finally:
+        backend.close()
+
+
 def test_sub_buffers_move_with_their_parent(small):
     g = Session(small)
     parent = g.buffer(pattern(1))
