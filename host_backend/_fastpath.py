@@ -27,9 +27,10 @@ from typing import Any
 from protocols import opencl_api as api
 from protocols.opencl_api import NULL_LEN
 
-from ._args import MAX_OUT_BUFFER
+from ._args import MAX_OUT_BUFFER, CallError
 from ._cl import ffi, lib
 from ._handles import HOST_ID_BASE
+from ._handles import key as handle_key
 
 _I64 = struct.Struct("<q")
 _EMPTY_BLOB = bytes(8)
@@ -168,6 +169,9 @@ _U64 = struct.Struct("<Q")
 _CL_MEM_P = ffi.typeof("cl_mem *")
 _POINTER_SIZE = ffi.sizeof("void *")
 _UINT_MAX = 0xFFFFFFFF
+_SIZES = ffi.typeof("size_t[]")
+_EVENTS = ffi.typeof("cl_event[]")
+_EVENT_P = ffi.typeof("cl_event *")
 
 
 class KernelArgCall:
@@ -251,6 +255,132 @@ class KernelArgCall:
                     memory.kernel_arg(kernel_key, index, mem_key)
                 if held is not None:
                     held.in_call -= 1
+        return _I64.pack(status)
+
+
+class _Held:
+    """What ``DeviceMemory.use`` records of a call: the memory objects held for it."""
+
+    __slots__ = ("mems", "skip_real")
+
+    def __init__(self) -> None:
+        self.mems: list[Any] = []
+        self.skip_real = False
+
+
+_LAUNCH_MAX_WAITS = 16
+
+
+class LaunchCall:
+    """``clEnqueueNDRangeKernel``'s fast path: a queue and a kernel of the caller's,
+    1 to 3 dimensions, each work-size array absent or of ``work_dim`` entries, a wait
+    list of the caller's events (or none), an event the guest names (or none).
+
+    As the interpreter does: pending transfers that ended are dropped first; the
+    memory objects the kernel's arguments name are made resident and held for the
+    call (``DeviceMemory.launch``); the command gets an event when the guest asked for
+    one, when the kernel watch bounds its run time, or when memory objects must stay
+    until it ends; the guest's event enters the handle table, the memory objects are
+    busy until the event ends, the watch follows the launch.  Anything else (a NULL or
+    unknown object, a malformed payload, an event id the table refuses, a metered or
+    partitioned session, whose scheduler admits each launch) is the interpreter's."""
+
+    metered_hook = True
+    partition_hook = True
+
+    def __init__(self, fn: api.Function):
+        assert [a.name for a in fn.args] == [
+            "command_queue", "kernel", "work_dim", "global_work_offset", "global_work_size",
+            "local_work_size", "num_events_in_wait_list", "event_wait_list", "event"]
+        self.fn = fn
+
+    def __call__(self, backend: Any, payload: bytes, owner: int) -> bytes | None:
+        n = len(payload)
+        if n % 8 or n < 64:
+            return None
+        words = memoryview(payload).cast("Q")
+        queue_raw, kernel_raw, dim = words[0], words[1], words[2]
+        if not 1 <= dim <= 3 or queue_raw == 0 or kernel_raw == 0:
+            return None
+        at, last = 3, len(words) - 1
+        sizes: list[Any] = []
+        for _ in range(3):
+            count = words[at]
+            at += 1
+            if count == NULL_LEN:
+                sizes.append(ffi.NULL)
+            elif count == dim and at + count <= last:
+                sizes.append(ffi.new(_SIZES, words[at:at + count].tolist()))
+                at += count
+            else:
+                return None
+        if at + 2 > last:
+            return None
+        num_events, listed = words[at], words[at + 1]
+        at += 2
+        if num_events == 0:
+            if listed != NULL_LEN:
+                return None
+            wait_raw: list[int] = []
+        elif listed != num_events or num_events > _LAUNCH_MAX_WAITS or at + num_events > last:
+            return None
+        else:
+            wait_raw = words[at:at + num_events].tolist()
+            at += num_events
+        if at != last:
+            return None
+        event_raw = words[last]
+        handles = backend.handles
+        entries = handles._entries
+        memory = backend.memory
+        held = _Held()
+        watch = backend.kernels
+        with backend._lock:
+            queue = _owned(entries.get(handle_key(queue_raw, owner)), "cl_command_queue", owner)
+            kernel = _owned(entries.get(handle_key(kernel_raw, owner)), "cl_kernel", owner)
+            if queue is None or kernel is None:
+                return None
+            waits = []
+            for raw in wait_raw:
+                event = _owned(entries.get(handle_key(raw, owner)), "cl_event", owner) \
+                    if raw else None
+                if event is None:
+                    return None
+                waits.append(event)
+            event_key = 0
+            if event_raw:
+                event_key = handle_key(event_raw, owner)
+                if handles.check_new(event_key):
+                    return None
+            backend._settle_transfers()
+            kernel_id = handles.id_for_existing("cl_kernel", int(ffi.cast("uintptr_t", kernel)))
+            if kernel_id is not None:
+                try:
+                    memory.launch(kernel_id, kernel, held)
+                except CallError as exc:
+                    memory.end_call(held)
+                    return _I64.pack(exc.status)
+            cell = ffi.new(_EVENT_P) if event_key or watch is not None or held.mems else ffi.NULL
+        wait_list = ffi.new(_EVENTS, waits) if waits else ffi.NULL
+        status = -1
+        event = ffi.NULL
+        try:
+            status = int(lib().clEnqueueNDRangeKernel(queue, kernel, dim, sizes[0], sizes[1],
+                                                      sizes[2], len(waits), wait_list, cell))
+            if cell != ffi.NULL:
+                event = cell[0]
+        finally:
+            with backend._lock:
+                if event_key and event != ffi.NULL:
+                    handles.add(event_key, "cl_event", event, owner)
+                if held.mems and status == 0:
+                    memory.enqueued(held, event, queue)
+                memory.end_call(held)
+        if event != ffi.NULL:
+            if watch is not None and status == 0:
+                watch.track(event, owner, self.fn.opcode, retain=bool(event_key))
+            elif not event_key:
+                lib().clReleaseEvent(event)         # the host's own, to follow the command
         return _I64.pack(status)
 
 

@@ -36,7 +36,7 @@ from ._args import (
     CallError,
 )
 from ._cl import ffi, lib, platforms_and_devices
-from ._fastpath import InfoQuery, KernelArgCall
+from ._fastpath import InfoQuery, KernelArgCall, LaunchCall
 from ._handles import HOST_ID_BASE, HandleTable, _address, guest_id
 from ._handles import key as handle_key
 from ._includes import IncludeStore
@@ -139,7 +139,7 @@ class OpenClBackend:
         #: Blocking calls answered without a worker thread (see ``execute_settled``).
         self.settled_calls = 0
         self.settle_poll_s = SETTLE_POLL_S
-        self._fast: dict[int, InfoQuery | KernelArgCall] = {}
+        self._fast: dict[int, InfoQuery | KernelArgCall | LaunchCall] = {}
         for fn in api.FUNCTIONS:
             query = self._fast_path_of(fn)
             if query is not None:
@@ -442,7 +442,9 @@ class OpenClBackend:
             with self._lock:
                 status = self._account(fn, result, cargs, new_id, owner, call)
                 if call.mems and status == CL_SUCCESS:
-                    self.memory.enqueued(call, self._command_event(call, cargs))
+                    at = call.index.get("command_queue")
+                    self.memory.enqueued(call, self._command_event(call, cargs),
+                                         cargs[at] if at is not None else None)
                 enc.set_status(status)
                 for post in posts:
                     post(status, enc)
@@ -489,9 +491,11 @@ class OpenClBackend:
     _SESSION_HOOKED_PARAMS: ClassVar[dict[str, frozenset[int]]] = {
         "clGetContextInfo": frozenset({CL_CONTEXT_REFERENCE_COUNT})}
 
-    def _fast_path_of(self, fn: api.Function) -> InfoQuery | KernelArgCall | None:
+    def _fast_path_of(self, fn: api.Function) -> InfoQuery | KernelArgCall | LaunchCall | None:
         if fn.name == "clSetKernelArg":
             return KernelArgCall(fn)
+        if fn.name == "clEnqueueNDRangeKernel":
+            return LaunchCall(fn)
         hooked = self._HOOKED_PARAMS.get(fn.name, frozenset())
         session_hooked = self._SESSION_HOOKED_PARAMS.get(fn.name, frozenset())
         if fn.name in self._NO_FAST_PATH or not InfoQuery.plain(fn) or (

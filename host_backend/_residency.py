@@ -63,6 +63,10 @@ CL_MEM_REFERENCE_COUNT = 0x1105
 CL_CONTEXT_REFERENCE_COUNT = 0x1080
 CL_CONTEXT_DEVICES = 0x1081
 CL_EVENT_COMMAND_EXECUTION_STATUS = 0x11D3
+CL_QUEUE_PROPERTIES = 0x1093
+CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE = 1 << 0
+_PROPS_SIZE = ffi.sizeof("cl_command_queue_properties")
+_PROPS_P = ffi.typeof("cl_command_queue_properties *")
 CL_DEVICE_GLOBAL_MEM_SIZE = 0x101F
 CL_DEVICE_MAX_MEM_ALLOC_SIZE = 0x1010
 #: How long making room may wait, in all, for commands in flight to end.
@@ -99,6 +103,7 @@ class Mem:
     restored: bool = False          # made again at least once (its flags gained COPY_HOST_PTR)
     in_call: int = 0
     busy: list = field(default_factory=list)        # events of commands in flight that use it
+    busy_queue: int = 0             # the in-order queue all of ``busy`` came from (0: mixed)
     last_use: int = 0
     reuse: int = -1                 # bytes of traffic between its last two uses (-1: unknown)
     kernel_args: set = field(default_factory=set)   # (kernel id, index) naming it
@@ -311,14 +316,32 @@ class DeviceMemory:
             mem.in_call -= 1
         call.mems.clear()
 
-    def enqueued(self, call, event) -> None:
-        """A command that uses ``call.mems`` is in flight until ``event`` ends."""
+    def enqueued(self, call, event, queue=None) -> None:
+        """A command that uses ``call.mems`` is in flight until ``event`` ends.
+
+        On an in-order ``queue`` a command ends after every command before it, so an
+        object whose commands in flight all came from that queue needs only the
+        newest event: launches back to back keep one event per object, not a list
+        to poll."""
         if event == ffi.NULL:
             return
+        cl = lib()
+        in_order = 0
+        if queue is not None and queue != ffi.NULL:
+            props = ffi.new(_PROPS_P)
+            if cl.clGetCommandQueueInfo(queue, CL_QUEUE_PROPERTIES, _PROPS_SIZE, props,
+                                        ffi.NULL) == CL_SUCCESS \
+                    and not props[0] & CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE:
+                in_order = _addr(queue)
         for mem in call.mems:
-            if len(mem.busy) >= 8:
+            cl.clRetainEvent(event)
+            if in_order and mem.busy and mem.busy_queue == in_order:
+                for older in mem.busy:
+                    cl.clReleaseEvent(older)
+                mem.busy.clear()
+            elif len(mem.busy) >= 8:
                 self._settle(mem)
-            lib().clRetainEvent(event)
+            mem.busy_queue = in_order if not mem.busy or mem.busy_queue == in_order else 0
             mem.busy.append(event)
             mem.held_back = False
 

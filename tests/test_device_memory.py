@@ -302,6 +302,49 @@ def test_a_buffer_in_use_by_a_command_in_flight_stays(small):
     assert g.read(target) == data
 
 
+def test_an_in_order_queue_keeps_one_event_per_buffer(small):
+    """Commands on an in-order queue end in order: a buffer that several of them use
+    keeps only the newest one's event, and stays until that one ends.  On an
+    out-of-order queue each command's event is kept."""
+    g = Session(small)
+    kern = g.kernel()
+    ones = struct.pack("<I", 1) * (SIZE // 4)
+    for properties, kept in ((0, 1), (1, 6)):       # 1: CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE
+        target = g.buffer(bytes(SIZE))
+        gate, queue = next(ids), next(ids)
+        assert g.call("clCreateUserEvent", gate, context=g.ctx)[0] == 0
+        assert g.call("clCreateCommandQueue", queue, context=g.ctx, device=g.dev,
+                      properties=properties)[0] == 0
+        assert g.write(target, ones, event=next(ids), wait=[gate], blocking=0, queue=queue) == 0
+        assert g.call("clSetKernelArg", kernel=kern, arg_index=0,
+                      arg_value=(api.KARG_MEM, target))[0] == 0
+        assert g.call("clSetKernelArg", kernel=kern, arg_index=1,
+                      arg_value=(api.KARG_BYTES, struct.pack("<I", 2)))[0] == 0
+        try:
+            for _ in range(5):
+                assert g.call("clEnqueueNDRangeKernel", command_queue=queue, kernel=kern,
+                              work_dim=1, global_work_offset=None,
+                              global_work_size=[SIZE // 4], local_work_size=None,
+                              num_events_in_wait_list=1, event_wait_list=[gate])[0] == 0
+            busy = len(g.mem(target).busy)
+            others = [g.buffer(pattern(i)) for i in range(8)]
+            for buf in others:
+                g.read(buf)
+            stayed = g.mem(target).resident
+        finally:        # (commands left waiting on a user event make PoCL abort at exit)
+            assert g.call("clSetUserEventStatus", event=gate, execution_status=0)[0] == 0
+            assert g.call("clFinish", command_queue=queue)[0] == 0
+        assert busy == kept, properties
+        assert stayed, "its commands waited on the gate: it stays"
+        want = struct.pack("<I", 11) if properties == 0 else None
+        got = g.read(target)
+        if want is not None:
+            assert got == want * (SIZE // 4)
+        else:       # out of order: the write and the launches in any order
+            assert set(struct.unpack(f"<{SIZE // 4}I", got)) <= {1, 3, 5, 7, 9, 11}
+        del others
+
+
 def test_past_the_host_store_allocations_fail_as_on_a_full_device(small):
     g = Session(small)
     made = []

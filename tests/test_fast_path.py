@@ -11,6 +11,7 @@ from test_opencl_backend import Guest
 
 from host_backend import OpenClBackend
 from host_backend._fastpath import InfoQuery
+from host_backend._handles import key
 from protocols import opencl_api as api
 from vdev._backend import CommandContext
 
@@ -297,3 +298,102 @@ def test_blocking_calls_that_need_not_wait_are_answered_at_once(world):
         backend.fast_path = True
     assert status == -14, "CL_EXEC_STATUS_ERROR_FOR_EVENTS_IN_WAIT_LIST, as natively"
     assert _settled(backend, F["clGetContextInfo"], b"", g.owner) is None, "only blocking calls"
+
+
+def test_launches_match_the_interpreter(world):
+    """clEnqueueNDRangeKernel by the fast path: the status, the guest's event in the
+    handle table, the memory objects kept busy until the launch ends and the kernel
+    watch's events as by the interpreter, for launches that succeed and launches the
+    implementation refuses; what it does not answer itself goes to the interpreter."""
+    backend, g, objects = world
+    fn = F["clEnqueueNDRangeKernel"]
+    queue = objects["clGetCommandQueueInfo"]["object"]
+    kern = objects["clGetKernelInfo"]["object"]
+    ended = objects["clGetEventInfo"]["object"]
+    ctx = objects["clGetContextInfo"]["object"]
+    buf, unset = next(ids), next(ids)
+    assert g.call("clCreateBuffer", buf, context=ctx, flags=CL_MEM_READ_WRITE, size=4096,
+                  host_ptr=None)[0] == 0
+    assert g.call("clSetKernelArg", kernel=kern, arg_index=0,
+                  arg_value=(api.KARG_MEM, buf))[0] == 0
+    src = b"__kernel void two(__global int *a, int b) { a[0] = b; }"
+    prog = next(ids)
+    assert g.call("clCreateProgramWithSource", prog, context=ctx, count=1, strings=[src])[0] == 0
+    assert g.call("clBuildProgram", program=prog, num_devices=0, device_list=None,
+                  options=b"\0")[0] == 0
+    assert g.call("clCreateKernel", unset, program=prog, kernel_name=b"two\0")[0] == 0
+    mem = backend.memory.mems[key(buf, g.owner)]
+
+    def launch(event=0, **values):
+        base = dict(command_queue=queue, kernel=kern, work_dim=1, global_work_offset=None,
+                    global_work_size=[64], local_work_size=None, num_events_in_wait_list=0,
+                    event_wait_list=None)
+        base.update(values)
+        return encode(fn, **base, event=event)
+
+    def effects(payload, event):
+        """The reply, whether the event entered the table, and the busy events added."""
+        with backend._lock:
+            assert backend.memory._settle(mem)      # ended: none left to count from
+        busy = len(mem.busy)
+        watched = len(backend.kernels._events) if backend.kernels is not None else 0
+        reply = _outcome(backend, fn, payload, g.owner)
+        assert g.call("clFinish", command_queue=queue)[0] == 0
+        entered = bool(event) and key(event, g.owner) in backend.handles._entries
+        now = len(backend.kernels._events) if backend.kernels is not None else 0
+        return reply, entered, len(mem.busy) - busy, now - watched
+
+    cases = {
+        "plain": lambda e: launch(e),
+        "offset and local size": lambda e: launch(e, work_dim=2, global_work_offset=[1, 2],
+                                                  global_work_size=[8, 8], local_work_size=[4, 2]),
+        "three dimensions": lambda e: launch(e, work_dim=3, global_work_size=[4, 4, 4]),
+        "a wait list": lambda e: launch(e, num_events_in_wait_list=1, event_wait_list=[ended]),
+        "a local size that does not divide": lambda e: launch(e, global_work_size=[10],
+                                                             local_work_size=[3]),
+        "a zero global size": lambda e: launch(e, global_work_size=[0]),
+        "arguments left unset": lambda e: launch(e, kernel=unset),
+    }
+    answered = 0
+    for watching in (False, True):
+        if watching:
+            backend.enable_kernel_watch()
+        try:
+            for why, make in cases.items():
+                for with_event in (False, True):
+                    outcomes = []
+                    for fast_on in (True, False):
+                        event = next(ids) if with_event else 0
+                        before = backend.fast_calls
+                        backend.fast_path = fast_on
+                        try:
+                            outcomes.append(effects(make(event), event))
+                        finally:
+                            backend.fast_path = True
+                        answered += backend.fast_calls > before
+                    assert outcomes[0] == outcomes[1], (why, with_event, watching)
+        finally:
+            backend.kernels = None
+    assert answered == 2 * 2 * len(cases), "every case above is the fast path's"
+    # Not the fast path's: the interpreter answers, as it did before.
+    used = next(ids)
+    assert g.call("clEnqueueMarkerWithWaitList", command_queue=queue,
+                  num_events_in_wait_list=0, event_wait_list=None, event=used)[0] == 0
+    raw = launch()
+    odd = {
+        "an unknown queue": launch(command_queue=queue + 999),
+        "an unknown kernel": launch(kernel=kern + 999),
+        "a NULL kernel": launch(kernel=0),
+        "an event id in use": launch(used),
+        "an unknown event to wait for": launch(num_events_in_wait_list=1,
+                                               event_wait_list=[ended + 999]),
+        "a count without a list": launch(num_events_in_wait_list=1),
+        "an empty list with no count": launch(event_wait_list=[]),
+        "work_dim 0": launch(work_dim=0, global_work_size=None),
+        "work_dim 4": launch(work_dim=4, global_work_size=[1, 1, 1]),
+        "truncated": raw[:-8],
+        "stray bytes": raw + bytes(8),
+    }
+    for why, payload in odd.items():
+        fast, slow, took = both_paths(backend, fn, payload, g.owner)
+        assert fast == slow and not took, why
