@@ -91,13 +91,13 @@ class Session(Guest):
         assert status == 0
         return int.from_bytes(out["param_value"], "little")
 
-    def kernel(self):
+    def kernel(self, source=SOURCE, name=b"bump"):
         prog, kern = next(ids), next(ids)
         assert self.call("clCreateProgramWithSource", prog, context=self.ctx, count=1,
-                         strings=[SOURCE])[0] == 0
+                         strings=[source])[0] == 0
         assert self.call("clBuildProgram", program=prog, num_devices=0, device_list=None,
                          options=b"\0")[0] == 0
-        assert self.call("clCreateKernel", kern, program=prog, kernel_name=b"bump\0")[0] == 0
+        assert self.call("clCreateKernel", kern, program=prog, kernel_name=name + b"\0")[0] == 0
         return kern
 
     def launch(self, kern, buf, by, n=SIZE // 4):
@@ -196,12 +196,7 @@ def test_a_launch_sets_again_an_argument_evicted_by_another_of_its_own(monkeypat
     backend = OpenClBackend(device_memory=SIZE, host_store=1 << 20)
     try:
         g = Session(backend)
-        prog, kern = next(ids), next(ids)
-        assert g.call("clCreateProgramWithSource", prog, context=g.ctx, count=1,
-                      strings=[TWO_ARGS])[0] == 0
-        assert g.call("clBuildProgram", program=prog, num_devices=0, device_list=None,
-                      options=b"\0")[0] == 0
-        assert g.call("clCreateKernel", kern, program=prog, kernel_name=b"both\0")[0] == 0
+        kern = g.kernel(TWO_ARGS, b"both")
         a, b = g.buffer(bytes(SIZE)), g.buffer(bytes(SIZE))     # one fits: b evicts a
         for index, buf in ((0, a), (1, b)):     # a comes back for its argument, b for its
             assert g.call("clSetKernelArg", kernel=kern, arg_index=index,

@@ -440,23 +440,23 @@ class RingEngine:
         return result
 
     def _execute(self, ctx: CommandContext) -> tuple[int, int]:
-        try:
-            return self.backend.execute(ctx)
-        except DmaError as exc:
-            log.debug("queue %d opcode %d: %s", ctx.queue, ctx.opcode, exc)
-            return -exc.errno, 0
-        except Exception:
-            log.exception("queue %d: backend %s failed on opcode %d", ctx.queue,
-                          self.backend.name, ctx.opcode)
-            return -errno.EIO, 0
+        result = self._guarded(self.backend.execute, ctx)
+        assert result is not None           # execute always answers
+        return result
 
     def _execute_settled(self, ctx: CommandContext) -> tuple[int, int] | None:
         """A blocking command whose wait is already over (a finish of an idle queue, a
         wait for events that ended), answered here; None: it goes to a worker.  A
         hand-off costs two thread wake-ups, several times the call itself."""
         assert self._settled is not None
+        return self._guarded(self._settled, ctx)
+
+    def _guarded(self, run: Callable[[CommandContext], tuple[int, int] | None],
+                 ctx: CommandContext) -> tuple[int, int] | None:
+        """``run(ctx)``, with a bad guest address and a backend's own failure turned
+        into the command's error completion (the queue goes on)."""
         try:
-            return self._settled(ctx)
+            return run(ctx)
         except DmaError as exc:
             log.debug("queue %d opcode %d: %s", ctx.queue, ctx.opcode, exc)
             return -exc.errno, 0
