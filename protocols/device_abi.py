@@ -235,6 +235,7 @@ Command = Struct(
     "arg2" / Int64ul,
 )
 COMMAND_SIZE = 64
+COMMAND_SEQ = _offsets(Command)["seq"]
 
 Completion = Struct(
     "seq" / Int64ul,          # equals the command's seq once it is complete

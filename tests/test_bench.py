@@ -34,6 +34,9 @@ def test_opencl_benchmark_prints_device_beside_native():
         assert figures[side]["launch4_p99_us"] >= figures[side]["launch4_median_us"]
     assert figures["native"]["device"] == figures["device"]["device"], "the same device both ways"
     assert figures["examples"] == {"skipped": "--no-examples"}
+    from vdev._opencl_bench import HOST_ROWS
+    for _, key, _ in HOST_ROWS:
+        assert figures["host"][key]["fast"] > 0 and figures["host"][key]["interpreter"] > 0, key
 
 
 def test_opencl_benchmark_report_names_every_figure_and_target():
@@ -45,6 +48,12 @@ def test_opencl_benchmark_report_names_every_figure_and_target():
     for label, *_ in ROWS:
         assert label in text, label
     assert "<= 0.5 us: met" in text and "<= 5 us: met" in text
+    host = {"null": {"fast": 1.5, "interpreter": 6.0}, "set_arg": {"fast": 3.0, "interpreter": 6.0},
+            "launch": {"fast": 20.0, "interpreter": 30.0}}
+    with_host = report_opencl({"native": side, "device": side, "host": host})
+    null_row = next(line for line in with_host.splitlines() if "forwarded null call" in line
+                    and "interpreter" not in line and "4.00x" in line)
+    assert "<= 2 us: met" in null_row
     assert "pyopencl examples, cold (wall)" in text and "1.50x  <= 1.1x: NOT met" in text
 
 
@@ -77,3 +86,26 @@ def test_tenants_benchmark_reports_every_figure_and_draws_them(tmp_path):
                 "the scheduler's own time per device command", "targets:"):
         assert row in out, out
     assert plot.stat().st_size > 10_000
+
+
+def test_the_host_cost_runs_each_call_through_the_ring_by_both_paths(monkeypatch):
+    """``_host_cost``: each measured call goes through the ring engine and succeeds, by
+    the fast path when it is on and by the interpreter when it is off."""
+    from host_backend import OpenClBackend
+    from vdev import _host_cost
+    seen = []
+    real_call = OpenClBackend.call
+
+    def spy(self, fn, payload, owner, dma=None):
+        before = self.fast_calls
+        reply = real_call(self, fn, payload, owner, dma)
+        seen.append((fn.name, self.fast_path, self.fast_calls > before, reply[:8]))
+        return reply
+
+    monkeypatch.setattr(OpenClBackend, "call", spy)
+    figures = _host_cost.host_cost(n=20)
+    assert set(figures) == {"null", "set_arg", "launch"}
+    for name in ("clGetContextInfo", "clSetKernelArg", "clEnqueueNDRangeKernel"):
+        runs = [(on, fast, status) for n, on, fast, status in seen if n == name]
+        assert {(True, True), (False, False)} <= {(on, fast) for on, fast, _ in runs}, name
+        assert all(status == bytes(8) for *_, status in runs), name

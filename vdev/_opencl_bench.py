@@ -3,7 +3,8 @@ native OpenCL in the same run.
 
 ``tests/samples/clbench.c`` runs twice, natively on the host's OpenCL and through the
 device (the ICD over the loopback transport, a fresh server), and prints its figures
-(see that file).  pyopencl's examples, from the lab root, then run the same two ways,
+(see that file), and the host's own time per call is measured in-process
+(``_host_cost``).  pyopencl's examples, from the lab root, then run the same two ways,
 cold (empty pyopencl and kernel caches: a fresh cache directory, a fresh server) and
 warm (the same again).  With ``--vm`` clbench's transfers also run in a lab guest,
 where the host moves the bulk data, so the bandwidth means something under TCG too.
@@ -20,6 +21,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
+
+from ._host_cost import host_cost
 
 Figures = dict[str, Any]
 
@@ -113,6 +116,8 @@ def run_opencl(build_dir: str, *, quick: bool = False, examples: bool = True,
                         runs["daemon"].append(_clbench(exe, env, args, "daemon"))
                 results["daemon"] = median_figures(runs["daemon"])
                 results["daemon_direct"] = median_figures(runs["direct"])
+        progress("the host's own time per call, in-process")
+        results["host"] = host_cost(1000 if quick else 3000)
         if not examples:
             results["examples"] = {"skipped": "--no-examples"}
             return results
@@ -176,6 +181,14 @@ ROWS: tuple[tuple[str, str, str, bool, tuple[str, float] | None], ...] = (
 )
 
 
+#: (label, key in ``host_cost``'s figures, target in us or None).
+HOST_ROWS: tuple[tuple[str, str, float | None], ...] = (
+    ("forwarded null call", "null", 2.0),
+    ("clSetKernelArg, a buffer", "set_arg", None),
+    ("launch, 2 buffer arguments", "launch", None),
+)
+
+
 def _verdict(target: tuple[str, float] | None, ours: float, theirs: float,
              higher_better: bool) -> str:
     if target is None:
@@ -197,6 +210,15 @@ def report_opencl(r: Figures) -> str:
         ratio = f"{ours / theirs:.2f}x" if theirs else "-"
         lines.append(f"  {label:34} {_fmt(ours):>7} {unit:<4} {_fmt(theirs):>9} {unit:<4} "
                      f"{ratio:>8}  {_verdict(target, ours, theirs, higher_better)}")
+    host = r.get("host")
+    if host:
+        lines.append("  the host's own time per call (in-process, no guest), fast path and "
+                     "interpreter:")
+        for label, key, most in HOST_ROWS:
+            fast, slow = host[key]["fast"], host[key]["interpreter"]
+            verdict = f"<= {most:g} us: {'met' if fast <= most else 'NOT met'}" if most else ""
+            lines.append(f"    {label:32} {_fmt(fast):>7} us   {_fmt(slow):>9} us  "
+                         f"{slow / fast if fast else 0:>7.2f}x  {verdict}")
     ex = r.get("examples", {})
     if "skipped" in ex:
         lines.append(f"  pyopencl examples: skipped ({ex['skipped']})")
