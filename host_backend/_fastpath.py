@@ -258,6 +258,17 @@ class KernelArgCall:
         return _I64.pack(status)
 
 
+_WORDS: dict[int, struct.Struct] = {}
+
+
+def _words(nbytes: int) -> struct.Struct:
+    """The little-endian u64s of a payload of ``nbytes`` (the wire's byte order)."""
+    layout = _WORDS.get(nbytes)
+    if layout is None:
+        layout = _WORDS[nbytes] = struct.Struct(f"<{nbytes // 8}Q")
+    return layout
+
+
 class _Held:
     """What ``DeviceMemory.use`` records of a call: the memory objects held for it."""
 
@@ -269,6 +280,9 @@ class _Held:
 
 
 _LAUNCH_MAX_WAITS = 16
+#: The longest payload of the shape the fast path takes: queue, kernel, work_dim,
+#: three arrays of up to 3 sizes with their counts, the event count and list, the event.
+_LAUNCH_MAX_BYTES = 8 * (3 + 3 * (1 + 3) + 2 + _LAUNCH_MAX_WAITS + 1)
 
 
 class LaunchCall:
@@ -296,9 +310,9 @@ class LaunchCall:
 
     def __call__(self, backend: Any, payload: bytes, owner: int) -> bytes | None:
         n = len(payload)
-        if n % 8 or n < 64:
+        if n % 8 or not 64 <= n <= _LAUNCH_MAX_BYTES:
             return None
-        words = memoryview(payload).cast("Q")
+        words = _words(n).unpack(payload)
         queue_raw, kernel_raw, dim = words[0], words[1], words[2]
         if not 1 <= dim <= 3 or queue_raw == 0 or kernel_raw == 0:
             return None
@@ -310,7 +324,7 @@ class LaunchCall:
             if count == NULL_LEN:
                 sizes.append(ffi.NULL)
             elif count == dim and at + count <= last:
-                sizes.append(ffi.new(_SIZES, words[at:at + count].tolist()))
+                sizes.append(ffi.new(_SIZES, words[at:at + count]))
                 at += count
             else:
                 return None
@@ -325,7 +339,7 @@ class LaunchCall:
         elif listed != num_events or num_events > _LAUNCH_MAX_WAITS or at + num_events > last:
             return None
         else:
-            wait_raw = words[at:at + num_events].tolist()
+            wait_raw = list(words[at:at + num_events])
             at += num_events
         if at != last:
             return None

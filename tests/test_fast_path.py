@@ -391,6 +391,8 @@ def test_launches_match_the_interpreter(world):
         "an empty list with no count": launch(event_wait_list=[]),
         "work_dim 0": launch(work_dim=0, global_work_size=None),
         "work_dim 4": launch(work_dim=4, global_work_size=[1, 1, 1]),
+        "more events to wait for than it takes": launch(num_events_in_wait_list=17,
+                                                        event_wait_list=[ended] * 17),
         "truncated": raw[:-8],
         "stray bytes": raw + bytes(8),
     }
