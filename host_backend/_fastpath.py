@@ -270,7 +270,8 @@ def _words(nbytes: int) -> struct.Struct:
 
 
 class _Held:
-    """What ``DeviceMemory.use`` records of a call: the memory objects held for it."""
+    """What ``DeviceMemory.use`` records of a call: the memory objects held for it (the
+    interpreter's ``Call`` has twenty fields and six containers, made for every call)."""
 
     __slots__ = ("mems", "skip_real")
 
@@ -349,9 +350,10 @@ class LaunchCall:
         memory = backend.memory
         held = _Held()
         watch = backend.kernels
+        kernel_key = handle_key(kernel_raw, owner)
         with backend._lock:
             queue = _owned(entries.get(handle_key(queue_raw, owner)), "cl_command_queue", owner)
-            kernel = _owned(entries.get(handle_key(kernel_raw, owner)), "cl_kernel", owner)
+            kernel = _owned(entries.get(kernel_key), "cl_kernel", owner)
             if queue is None or kernel is None:
                 return None
             waits = []
@@ -367,13 +369,11 @@ class LaunchCall:
                 if handles.check_new(event_key):
                     return None
             backend._settle_transfers()
-            kernel_id = handles.id_for_existing("cl_kernel", int(ffi.cast("uintptr_t", kernel)))
-            if kernel_id is not None:
-                try:
-                    memory.launch(kernel_id, kernel, held)
-                except CallError as exc:
-                    memory.end_call(held)
-                    return _I64.pack(exc.status)
+            try:            # (the kernel's key: what its arguments were recorded under)
+                memory.launch(kernel_key, kernel, held)
+            except CallError as exc:
+                memory.end_call(held)
+                return _I64.pack(exc.status)
             cell = ffi.new(_EVENT_P) if event_key or watch is not None or held.mems else ffi.NULL
         wait_list = ffi.new(_EVENTS, waits) if waits else ffi.NULL
         status = -1
