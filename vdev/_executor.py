@@ -71,6 +71,13 @@ class ExecutorLimits:
     teardown_s: float = 20.0       # releasing a dead guest process's objects
     reply_s: float = 3.0           # an acknowledgement on the control socket
     grace_s: float = 0.5           # after closing the control socket, before SIGKILL
+    #: How often the session reads the executor's status page: a small part of the
+    #: shortest limit, and no oftener than needed (each look wakes the server, whose
+    #: event loop costs about 1 ms of CPU a wake-up on a slow host).
+    watch_s: float = 0.25
+
+    def watch_period(self) -> float:
+        return min(self.watch_s, self.command_s / 10, self.heartbeat_s / 10)
 
 
 @dataclass
@@ -486,8 +493,9 @@ class IsolatedEngine:
     async def _watchdog(self, proc: ExecutorProcess) -> None:
         limits = self.config.limits
         last_beat, beat_at = -1, time.monotonic()
+        period = limits.watch_period()
         while proc.proc.poll() is None:
-            await trio.sleep(0.1)
+            await trio.sleep(period)
             now = time.monotonic()
             if not proc.ready:
                 if now - proc.spawned_at > limits.startup_s:
