@@ -14,13 +14,15 @@ one application process, checked with ``SO_PEERCRED``, and gets:
   registers of its own queues only, and every other access refused.  Queue
   ownership is the daemon's: it writes the owner tag (unique per connection,
   never reused, not a pid) and the queue's DMA windows (the connection's memory,
-  nothing else) before the queue is enabled, through registers no application
-  reaches;
+  nothing else; for root, which may reach all guest memory anyway, all of it, so
+  its transfers may lend the application's own pages) before the queue is enabled,
+  through registers no application reaches;
 - interrupts as an eventfd per queue.
 
 When a connection closes (the process exited or was killed) its queues are
 released, which removes their windows and frees what the process created on the
-host, and its memory is kept in quarantine for ``quarantine_s`` before it is
+host, and its memory (with the pins of any zero-copy transfer it left under
+way, ``LEND``) is kept in quarantine for ``quarantine_s`` before it is
 freed, so no page the host might still write to (a non-blocking transfer into
 staging that the dead process left running: the host fails its pending user
 events first, so what remains are transfers already under way) is given to
@@ -29,6 +31,7 @@ anyone else meanwhile.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import grp
 import logging
@@ -57,6 +60,11 @@ log = logging.getLogger("ava-vdevd")
 OWNER_BASE = 0x40000000
 #: Each queue's window table gets this much of the daemon's table memory.
 TABLE_SLOT = 32 << 10
+#: Pins (zero-copy transfers under way) one process may have lent the daemon at once.
+MAX_LENT = 1024
+#: A root process's queues reach all guest memory, as root itself may (/dev/mem):
+#: that is what lets its transfers lend the application's own pages (zero-copy).
+ALL_MEMORY = [(0, (1 << 64) - 1)]
 
 #: Compiled once: a request costs 2 µs to parse instead of 8.  Compiled parsers skip
 #: checks, so a record's length is checked before it is parsed.
@@ -86,6 +94,9 @@ class Device(Protocol):
     benchmarks on the host, as a vfio-user client (``LoopbackDevice``)."""
 
     name: str
+    #: Whether applications' own memory is memory the device reaches (guest RAM, in a
+    #: VM), so that root's transfers may lend their pages (zero-copy).
+    guest_ram: bool
 
     def read32(self, off: int) -> int: ...
 
@@ -115,9 +126,46 @@ class Client:
     owner: int
     memory: Memory | None = None
     queues: set[int] = field(default_factory=set)
+    #: Pins of application pages it lent the device (zero-copy), by its token.
+    lent: dict[int, int] = field(default_factory=dict)
+    #: The process, to take dups of its pins' fds (only where it may lend).
+    pidfd: int = -1
 
     def describe(self) -> str:
         return f"pid {self.pid} (uid {self.uid}, owner {self.owner:#x})"
+
+
+class LentPins:
+    """A dead process's pins (io_uring fds that keep its pages pinned), kept in
+    quarantine like its memory: the host may still be writing into those pages."""
+
+    def __init__(self, fds: list[int]):
+        self.fds = fds
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+
+def _is_io_uring(fd: int) -> bool:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[io_uring]"
+    except OSError:
+        return False
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_SYS_PIDFD_GETFD = 438       # the same number on every architecture
+
+
+def pidfd_getfd(pidfd: int, target: int) -> int:
+    """A dup of fd ``target`` of the process behind ``pidfd`` (Linux 5.6)."""
+    fd = _libc.syscall(_SYS_PIDFD_GETFD, pidfd, target, 0)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(fd)
 
 
 def _split(off: int) -> tuple[int, int] | None:
@@ -240,15 +288,18 @@ class Policy:
         could reach memory outside the process's own."""
         dev = self.device
         dev.write32(abi.queue_reg(queue, QReg.OWNER), client.owner)
-        self._load_windows(queue, client.memory.chunk_gpas if client.memory else [])
+        if client.pidfd >= 0:           # root, in a VM: it may lend its pages
+            self._load_windows(queue, ALL_MEMORY)
+        else:
+            self._load_windows(queue, [(gpa, gd.CHUNK_SIZE) for gpa in
+                                       (client.memory.chunk_gpas if client.memory else [])])
         dev.write32(abi.queue_reg(queue, QReg.CTRL), QueueCtrl.ENABLE)
         state = dev.read32(abi.queue_reg(queue, QReg.CTRL))
         if not state & QueueState.ENABLED:
             log.warning("%s: queue %d not enabled (error %d)", client.describe(), queue,
                         dev.read32(abi.queue_reg(queue, QReg.ERROR)))
 
-    def _load_windows(self, queue: int, chunk_gpas: list[int]) -> None:
-        entries = [(gpa, gd.CHUNK_SIZE) for gpa in chunk_gpas]
+    def _load_windows(self, queue: int, entries: list[tuple[int, int]]) -> None:
         if (len(entries) + 1) * abi.WINDOW_ENTRY_SIZE > TABLE_SLOT:
             raise RuntimeError(f"{len(entries)} windows do not fit a table slot")
         base = queue * TABLE_SLOT
@@ -296,7 +347,7 @@ class Daemon:
         self.quarantine_s = quarantine_s
         self.policy = Policy(device, max_queues=max_queues, user_queues=user_queues)
         self.clients: dict[int, Client] = {}
-        self.quarantine: list[tuple[float, Memory]] = []
+        self.quarantine: list[tuple[float, Memory | LentPins]] = []
         # Tags start at a random point: a daemon started again never reuses the tag of a
         # process an earlier one served.
         self._next_owner = OWNER_BASE + secrets.randbelow(1 << 29)
@@ -447,6 +498,12 @@ class Daemon:
                             req.arg1 & 0xFFFFFFFF, req.arg0)
             if not req.flags & gd.DaemonFlags.POSTED:
                 self._reply(client, status)
+        elif op == gd.DaemonOp.LEND:
+            self._lend(client, req.arg0, req.arg1)
+        elif op == gd.DaemonOp.RETURN:
+            fd = client.lent.pop(req.arg1, None)
+            if fd is not None:
+                os.close(fd)
         elif op == gd.DaemonOp.IRQ_FD:
             if req.arg0 not in client.queues:
                 self._reply(client, -errno.EPERM)
@@ -456,6 +513,29 @@ class Daemon:
                 self._reply(client, 0, fds=[efd])
             finally:
                 os.close(efd)
+
+    def _lend(self, client: Client, target: int, token: int) -> None:
+        """Keep a dup of a root process's pin until it is returned or the process is
+        gone; refused, the process stages a copy instead."""
+        why = ("it may not lend its pages (HELLO said so)" if client.pidfd < 0 else
+               f"already {MAX_LENT} pins held" if len(client.lent) >= MAX_LENT else
+               "token in use" if token in client.lent else "")
+        fd = -1
+        if not why:
+            try:
+                fd = pidfd_getfd(client.pidfd, target)
+            except OSError as exc:
+                why = f"cannot take its fd {target}: {exc}"
+        if not why and not _is_io_uring(fd):
+            why = f"its fd {target} is not an io_uring"
+        if why:
+            if fd >= 0:
+                os.close(fd)
+            log.warning("%s: pin %d refused: %s", client.describe(), token, why)
+            self._reply(client, -errno.EPERM)
+            return
+        client.lent[token] = fd
+        self._reply(client, 0)
 
     def _hello(self, client: Client, version: int, size: int) -> None:
         if version != gd.DAEMON_PROTOCOL:
@@ -487,8 +567,15 @@ class Daemon:
             return
         mem = client.memory
         extra = struct.pack(f"<{len(mem.chunk_gpas)}Q", *mem.chunk_gpas)
-        self._reply(client, 0, owner=client.owner, count=len(mem.chunk_gpas), size=mem.size,
-                    extra=extra, fds=[mem.fd])
+        features = gd.HelloFeatures(0)
+        if client.uid == 0 and self.device.guest_ram and client.pidfd < 0:
+            try:
+                client.pidfd = os.pidfd_open(client.pid)
+                features |= gd.HelloFeatures.LEND
+            except OSError as exc:
+                log.info("%s: no zero-copy (pidfd_open: %s)", client.describe(), exc)
+        self._reply(client, 0, value=int(features), owner=client.owner,
+                    count=len(mem.chunk_gpas), size=mem.size, extra=extra, fds=[mem.fd])
 
     def _reply(self, client: Client, status: int, *, value: int = 0, owner: int = 0,
                count: int = 0, size: int = 0, extra: bytes = b"",
@@ -509,6 +596,13 @@ class Daemon:
         if client.memory is not None:
             self.quarantine.append((time.monotonic() + self.quarantine_s, client.memory))
             client.memory = None
+        if client.lent:
+            self.quarantine.append((time.monotonic() + self.quarantine_s,
+                                    LentPins(list(client.lent.values()))))
+            client.lent.clear()
+        if client.pidfd >= 0:
+            os.close(client.pidfd)
+            client.pidfd = -1
         log.info("%s %s; released queues %s", client.describe(), why, queues or "none")
 
     def _free_quarantined(self) -> None:

@@ -79,6 +79,7 @@ class UioDevice:
     """The device in this VM, bound to uio_pci_generic."""
 
     name = "the ava-vdev PCI device"
+    guest_ram = True
 
     def __init__(self) -> None:
         self.bdf = self._find()
@@ -242,6 +243,9 @@ def _sealed_memfd(name: str, size: int) -> int:
 
 class LoopbackDevice:
     """A device server's device, reached as a vfio-user client (the host, no VM)."""
+
+    #: An application's memory here is not what the server maps: no zero-copy.
+    guest_ram = False
 
     def __init__(self, socket_path: str):
         import trio

@@ -89,6 +89,7 @@ DAEMON_STRUCTS = [
 DAEMON_ENUMS = [
     ("AVA_DAEMON_OP_", gd.DaemonOp),
     ("AVA_DAEMON_FLAG_", gd.DaemonFlags),
+    ("AVA_DAEMON_HELLO_", gd.HelloFeatures),
 ]
 DAEMON_CONSTANTS = ["DAEMON_PROTOCOL", "MAX_CLIENT_MEMORY", "CHUNK_SIZE", "REQUEST_SIZE",
                     "REPLY_SIZE", "MAX_REPLY"]

@@ -138,6 +138,10 @@ def _encode(fn: api.Function) -> list[str]:
             out.append(f"ava_enc_blob(&e, {n}, ava_image_host_size({k.flags}, {k.format}, {k.desc}));")
         elif isinstance(k, api.HostData):
             mode = "AVA_STAGE_OUT" if k.out else "AVA_STAGE_IN"
+            if k.blocking:
+                # A blocking transfer may lend the application's pages for the call
+                # (rt_pin.c); a non-blocking one keeps its staging until it is over.
+                mode = f"{mode} | (defer ? 0 : AVA_STAGE_IN_PLACE)"
             out.append(f"if (ava_enc_host_data(&e, &stage_{n}, {n}, {k.size}, {mode})) "
                        f"{{ status = CL_OUT_OF_RESOURCES; goto done; }}")
         else:

@@ -38,6 +38,12 @@ INVALID_HANDLE = {
 #: wait list, CL_INVALID_VALUE otherwise (clWaitForEvents included).
 NULL_ARRAY_STATUS = {"event_wait_list": -57}
 
+#: A blocking buffer transfer through a scatter list runs as one command per piece
+#: when its pieces average at least this (a command per piece costs about as much
+#: as copying this many bytes through a bounce buffer here); smaller pieces (the
+#: 4 KiB pages of a zero-copy transfer in a VM) are gathered into one bounce buffer.
+SEGMENT_MIN_BYTES = 256 << 10
+
 #: Per-call caps on what a guest may make the host allocate.
 MAX_OUT_BUFFER = 64 << 20
 MAX_ARRAY = 1 << 16
@@ -527,8 +533,12 @@ class ArgDecoder:
                  for a, n, _ in struct.iter_unpack("<QII", raw) if n]
         if sum(v.nbytes for v in views) != size:
             raise WireError(f"{arg.name}: scatter list does not add up to {size} bytes")
-        if call.deferred is not None and isinstance(kind, api.HostData):
-            # One command per piece, in place (OpenClBackend._segmented).
+        if isinstance(kind, api.HostData) and (call.deferred is not None or
+                                                 size >= SEGMENT_MIN_BYTES * len(views)):
+            # One command per piece, in place (OpenClBackend._segmented): always when
+            # the command must not block (a bounce buffer lives for one call), and for
+            # a blocking transfer when its pieces are large enough that a command per
+            # piece costs less than copying them all through a bounce buffer.
             call.segments = [ffi.from_buffer(v) for v in views]
             call.held += call.segments
             return ffi.NULL
@@ -544,9 +554,9 @@ class ArgDecoder:
 
         def scatter_back(status: int, enc: Encoder) -> None:
             if status == CL_SUCCESS:
-                pos = 0
+                pos, whole = 0, memoryview(bounce)
                 for v in views:
-                    v[:] = bounce[pos:pos + v.nbytes]
+                    v[:] = whole[pos:pos + v.nbytes]
                     pos += v.nbytes
         posts.append(scatter_back)
         return ffi.from_buffer(bounce)

@@ -15,7 +15,7 @@ followed by ``count`` 64-bit guest-physical addresses (one per 2 MiB chunk of th
 memory) and the memfd; ``READ32`` with a ``Reply`` whose ``value`` is the
 register; ``WRITE32`` with a ``Reply`` unless ``flags`` has ``POSTED``;
 ``IRQ_FD`` with a ``Reply`` and an eventfd that is signalled when the device
-interrupts.  ``status`` is 0 or a negative errno.
+interrupts; ``LEND`` with a ``Reply``; ``RETURN`` gets none.  ``status`` is 0 or a negative errno.
 """
 
 from __future__ import annotations
@@ -40,6 +40,21 @@ class DaemonOp(enum.IntEnum):
     READ32 = 2     # arg0: BAR0 offset
     WRITE32 = 3    # arg0: BAR0 offset; arg1: the value
     IRQ_FD = 4     # arg0: one of the caller's queues
+    # Zero-copy (only where HELLO's value has HelloFeatures.LEND): arg0 is the fd, in
+    # the caller, of an io_uring whose buffer registration pins the application pages
+    # a transfer lends the device; arg1 a token of the caller's.  The daemon takes a
+    # dup of it (pidfd_getfd: the kernel passes no io_uring fd over a socket) and
+    # holds it until RETURN (posted), or, if the process dies first, until its queues
+    # are released and the quarantine is over: the pages cannot be reused while the
+    # host may still write to them.
+    LEND = 5
+    RETURN = 6
+
+
+class HelloFeatures(enum.IntFlag):
+    """HELLO's ``value``: what this client may do beyond the basics."""
+
+    LEND = 1 << 0      # lend its own pages to transfers (root, in a VM): LEND, RETURN
 
 
 class DaemonFlags(enum.IntFlag):
@@ -57,7 +72,7 @@ REQUEST_SIZE = 24
 
 Reply = Struct(
     "status" / Int32sl,   # 0 or -errno
-    "value" / Int32ul,    # READ32: the register
+    "value" / Int32ul,    # READ32: the register; HELLO: HelloFeatures
     "owner" / Int32ul,    # HELLO: the owner tag of this connection's queues
     "count" / Int32ul,    # HELLO: chunk addresses that follow
     "size" / Int64ul,     # HELLO: bytes of memory in the memfd

@@ -14,7 +14,7 @@ import tempfile
 import time
 
 import pytest
-from daemonutil import ROOT, DaemonClient, daemon_over_loopback, text
+from daemonutil import ROOT, Connection, DaemonClient, daemon_over_loopback, text
 from ringutil import Allocator, PyRing
 
 from protocols import device_abi as abi
@@ -458,3 +458,132 @@ def test_a_daemon_started_again_releases_the_queues_of_its_predecessor():
     released = {off for off, value in dev.writes if off in ctrl and value == QueueCtrl.RELEASE}
     assert released == {abi.queue_reg(3, QReg.CTRL), abi.queue_reg(9, QReg.CTRL)}
     assert (Reg.STATUS, DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER_OK) in dev.writes
+
+
+class FakeMemory:
+    """DMA memory as the daemon sees it: a memfd and made-up chunk addresses."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.fd = os.memfd_create("lend-test", os.MFD_CLOEXEC)
+        os.ftruncate(self.fd, size)
+        self.chunk_gpas = [0x40000000 + i * gd.CHUNK_SIZE for i in range(size // gd.CHUNK_SIZE)]
+
+    def close(self):
+        os.close(self.fd)
+
+
+class LendingDevice(FakeDevice):
+    """A fake device in a VM (``guest_ram``): root's processes may lend their pages."""
+
+    name = "a fake device in a VM"
+
+    def __init__(self, guest_ram: bool):
+        super().__init__({})
+        self.guest_ram = guest_ram
+
+    def alloc(self, size):
+        return FakeMemory(size)
+
+    def irq_fd(self, queue):
+        return os.eventfd(0)
+
+    def queue_released(self, queue):
+        pass
+
+
+def io_uring() -> int:
+    """A fresh io_uring of this process (what the runtime pins pages with)."""
+    import ctypes
+    fd = ctypes.CDLL(None, use_errno=True).syscall(425, 1, ctypes.create_string_buffer(120))
+    assert fd >= 0, os.strerror(ctypes.get_errno())
+    return fd
+
+
+def io_urings() -> int:
+    """How many io_uring fds this process holds (the daemon runs in it here)."""
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[io_uring]"
+        except OSError:
+            pass
+    return n
+
+
+class RawClient(Connection):
+    """A connection whose HELLO reply is kept (``hello``)."""
+
+    def __init__(self, path: str):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock.settimeout(10)
+        self.sock.connect(path)
+        self.hello, _, fds = self.request(gd.DaemonOp.HELLO, gd.DAEMON_PROTOCOL, 8 << 20)
+        for fd in fds:
+            os.close(fd)
+
+
+@pytest.fixture
+def lending_daemon(tmp_path, request):
+    """A daemon (in this process, on a thread) over a fake device, and its socket."""
+    import threading
+
+    from guest_driver._daemon import Daemon
+    d = Daemon(LendingDevice(request.param), str(tmp_path / "d.sock"), group=None,
+               quarantine_s=0.3)
+    d.listen()
+    t = threading.Thread(target=d.serve_forever, daemon=True)
+    t.start()
+    yield d
+    d.stop()
+    t.join(10)
+    d.close()
+
+
+@pytest.mark.parametrize("lending_daemon", [True], indirect=True)
+def test_the_daemon_keeps_a_lent_pin_until_it_is_returned_or_the_process_is_gone(
+        lending_daemon):
+    """Zero-copy in a VM: a root process's transfer lends its own pages, pinned by an
+    io_uring.  The daemon takes a dup of it, so the pages stay pinned should the
+    process die while the host still writes to them, and lets go when the pin comes
+    back, or a quarantine after the process is gone.  It takes nothing but an io_uring
+    of the process itself."""
+    before = io_urings()
+    c = RawClient(lending_daemon.path)
+    ring, pipe_r, pipe_w = io_uring(), *os.pipe()
+    try:
+        assert c.hello.status == 0 and c.hello.value & gd.HelloFeatures.LEND
+        assert c.request(gd.DaemonOp.LEND, ring, 7)[0].status == 0
+        assert io_urings() == before + 2               # ours, and the daemon's dup
+        assert c.request(gd.DaemonOp.LEND, ring, 7)[0].status == -errno.EPERM   # token in use
+        for bad in (pipe_r, 9999):                     # not an io_uring; no such fd
+            assert c.request(gd.DaemonOp.LEND, bad, 8)[0].status == -errno.EPERM
+        c.request(gd.DaemonOp.RETURN, 0, 7, flags=gd.DaemonFlags.POSTED)
+        c.read(Reg.MAGIC)                              # in order: the RETURN is done
+        assert io_urings() == before + 1
+        assert c.request(gd.DaemonOp.LEND, ring, 9)[0].status == 0
+        c.sock.close()                                 # gone, with a pin still lent
+        time.sleep(0.1)
+        assert io_urings() == before + 2, "let go of before the quarantine ended"
+        deadline = time.monotonic() + 10
+        while io_urings() != before + 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert io_urings() == before + 1, "kept after the quarantine"
+    finally:
+        for fd in (ring, pipe_r, pipe_w):
+            os.close(fd)
+        c.sock.close()
+
+
+@pytest.mark.parametrize("lending_daemon", [False], indirect=True)
+def test_no_lending_where_the_process_memory_is_not_guest_ram(lending_daemon):
+    """Over loopback an application's memory is not what the server maps: HELLO does not
+    offer lending, and a LEND is refused."""
+    c = RawClient(lending_daemon.path)
+    ring = io_uring()
+    try:
+        assert c.hello.status == 0 and not c.hello.value & gd.HelloFeatures.LEND
+        assert c.request(gd.DaemonOp.LEND, ring, 1)[0].status == -errno.EPERM
+    finally:
+        os.close(ring)
+        c.sock.close()

@@ -10,6 +10,7 @@ import pytest
 from clwire import FakeDma, decode, encode
 
 from host_backend import OpenClBackend
+from host_backend._args import SEGMENT_MIN_BYTES
 from host_backend._handles import HOST_ID_BASE
 from host_backend._handles import key as handle_key
 from protocols import opencl_api as api
@@ -692,6 +693,63 @@ def test_non_blocking_transfers_through_a_scatter_list_run_piece_by_piece(backen
                                     event=next(ids), **{**common, "offset": 4}), g.owner, dma)
     assert decode(fn, reply)[0] == -30
     assert g.call("clFinish", command_queue=queue)[0] == 0
+
+
+@pytest.mark.parametrize("piece", [4096, 1000, SEGMENT_MIN_BYTES],
+                         ids=["pages", "odd", "large"])
+def test_blocking_transfers_through_a_scatter_list(backend, monkeypatch, piece):
+    """A blocking buffer transfer whose data lies in many pieces (a zero-copy transfer
+    of an application's pages in a VM: one piece per page, out of order): the bytes
+    land in the right places both ways, the event is the transfer's, and bounds are
+    the whole transfer's.  Small pieces go through one bounce buffer, large ones as a
+    command each; either way a single call."""
+    segmented = []
+    real = OpenClBackend._segmented
+    monkeypatch.setattr(OpenClBackend, "_segmented", staticmethod(
+        lambda fn, cargs, call: segmented.append(fn.name) or real(fn, cargs, call)))
+    g = Guest(backend)
+    ctx, dev = g.context()
+    queue, buf, wrote = (next(ids) for _ in range(3))
+    count = 3
+    size = piece * count
+    dma = FakeDma(1 << 22)
+    assert g.call("clCreateCommandQueue", queue, context=ctx, device=dev, properties=0)[0] == 0
+    assert g.call("clCreateBuffer", buf, context=ctx, flags=CL_MEM_READ_WRITE, size=size)[0] == 0
+    slots = [0x100000 + i * (SEGMENT_MIN_BYTES + 4096) for i in (2, 0, 1)]   # out of order
+    data = bytes((i * 13 + 5) & 0xFF for i in range(size))
+
+    def table(at: int) -> tuple:
+        dma.ram[at:at + 16 * count] = b"".join(struct.pack("<QII", a, piece, 0) for a in slots)
+        return (api.HOSTDATA_SG, at, count)
+
+    for i, a in enumerate(slots):
+        dma.ram[a:a + piece] = data[i * piece:(i + 1) * piece]
+    common = dict(command_queue=queue, buffer=buf, offset=0, size=size,
+                  num_events_in_wait_list=0)
+    fn = F["clEnqueueWriteBuffer"]
+    reply = backend.call(fn, encode(fn, blocking_write=1, ptr=table(0), event=wrote, **common),
+                         g.owner, dma)
+    assert decode(fn, reply)[0] == 0
+    CL_EVENT_COMMAND_TYPE, CL_COMMAND_WRITE_BUFFER = 0x11D1, 0x11F4
+    status, out = g.call("clGetEventInfo", object=wrote, param_name=CL_EVENT_COMMAND_TYPE,
+                         param_value_size=4, param_value=4)
+    assert status == 0 and int.from_bytes(out["param_value"], "little") == CL_COMMAND_WRITE_BUFFER
+    for a in slots:
+        dma.ram[a:a + piece] = bytes(piece)
+    fn = F["clEnqueueReadBuffer"]
+    reply = backend.call(fn, encode(fn, blocking_read=1, ptr=table(0x1000), event=0, **common),
+                         g.owner, dma)
+    assert decode(fn, reply)[0] == 0
+    assert b"".join(bytes(dma.ram[a:a + piece]) for a in slots) == data
+    large = piece >= SEGMENT_MIN_BYTES
+    assert segmented == (["clEnqueueWriteBuffer", "clEnqueueReadBuffer"] if large else [])
+    # One byte past the buffer's end: refused as a whole, and nothing is written.
+    for a in slots:
+        dma.ram[a:a + piece] = b"\xee" * piece
+    reply = backend.call(fn, encode(fn, blocking_read=1, ptr=table(0x1000), event=0,
+                                    **{**common, "offset": 1}), g.owner, dma)
+    assert decode(fn, reply)[0] == -30
+    assert all(bytes(dma.ram[a:a + piece]) == b"\xee" * piece for a in slots)
 
 
 class _PostedCommand:

@@ -84,6 +84,26 @@ def test_c_sample(shim, cl_server, tmp_path):
     assert "1048576 elements correct" in res.stdout
 
 
+def test_large_and_odd_transfers(shim, cl_server, tmp_path):
+    """Transfers of application memory, byte for byte, natively and through the device
+    (over loopback the application's memory is copied through staging; a map's memory
+    is the DMA arena, which the host writes in place): tests/samples/zero_copy.c.  In
+    a VM, as root, the same program's transfers go in place (test_vm_opencl)."""
+    exe = tmp_path / "zero_copy"
+    subprocess.run(["gcc", "-O2", "-o", str(exe), os.path.join(SAMPLES, "zero_copy.c"),
+                    "-lOpenCL"], check=True)
+    theirs = native([str(exe)])
+    assert theirs.returncode == 0, theirs.stdout + theirs.stderr
+    ours = through_device(shim, cl_server, [str(exe)], env={"AVA_ICD_DEBUG": "1"})
+    assert ours.returncode == 0, ours.stdout + ours.stderr
+    assert ours.stdout == theirs.stdout
+    lent = re.findall(r"(\d+) bytes at \S+ lent in place", ours.stderr)
+    # The map's read and the unmap's write, and nothing else.
+    assert lent == ["8388608", "8388608"], ours.stderr
+    assert "are copied, not lent: zero-copy is for root's processes in a VM only (this " \
+           "one: loopback" in ours.stderr
+
+
 def pyopencl_examples():
     from qemu import Lab
     return os.path.join(str(Lab().path), "root", "usr", "share", "doc", "python-pyopencl-doc",

@@ -84,6 +84,8 @@ section clinfo; $AS_ALICE clinfo
 section vadd; gcc -o /tmp/vadd tests/samples/vadd.c -lOpenCL; $AS_ALICE /tmp/vadd
 section outsider; $AS_BOB /tmp/vadd 2>&1 && echo "bob ran it" || echo "bob refused: $?"
 section root; /tmp/vadd
+section zero-copy; gcc -O2 -o /tmp/zero_copy tests/samples/zero_copy.c -lOpenCL
+AVA_ICD_DEBUG=1 /tmp/zero_copy 16 2>&1; echo "as alice:"; AVA_ICD_DEBUG=1 $AS_ALICE /tmp/zero_copy 16 2>&1
 section isolation
 $AS_ALICE python3 tests/samples/isolation_probe.py victim /tmp/victim.json > /tmp/victim.out 2>&1 & V=$!
 i=0; while [ ! -e /tmp/victim.json ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
@@ -258,6 +260,16 @@ def test_opencl_programs_in_the_guest(lab_run, scratch, tmp_path):
     assert "bob refused" in sections["outsider"], sections["outsider"]
     assert "permission denied" in sections["outsider"] and "group 'ava'" in sections["outsider"]
     assert "1048576 elements correct" in sections["root"]
+    # Root's transfers lend the application's pages (through the daemon, which holds
+    # the pins); a page that cannot be pinned for writing is copied; alice's are
+    # copied; every byte is right both ways.
+    root, alice = sections["zero-copy"].split("as alice:")
+    for part in (root, alice):
+        assert part.count(": ok") == 5 and "zero-copy: all right" in part, part
+    assert "16777216 bytes at" in root and "lent in place" in root, root
+    assert re.search(r"4194304 bytes at \S+ are copied, not lent: zero-copy: cannot pin", root)
+    assert "zero-copy is for root's processes in a VM only" in alice, alice
+    assert "16777216 bytes at" not in re.sub(r".*are copied.*", "", alice), alice
     probe = sections["isolation"]
     assert "attacker done" in probe and "BROKE" not in probe and "got through" not in probe, probe
     assert probe.count("refused:") == 11 and "victim alive" in probe, probe

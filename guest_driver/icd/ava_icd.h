@@ -104,7 +104,8 @@ struct ava_stage {
     void *dma;               /* the staging copy */
     size_t len;
     int out;                 /* copy back to app on success */
-    void *priv;              /* transport's allocation */
+    int in_place;            /* no copy: the device reaches app's own pages (dma NULL) */
+    void *priv;              /* transport's allocation, or its pin */
 };
 
 void ava_enc_init(struct ava_enc *e);
@@ -124,6 +125,9 @@ void ava_enc_build_options(struct ava_enc *e, const char *options);
 #define AVA_STAGE_IN 0       /* the call reads it */
 #define AVA_STAGE_OUT 1      /* the call writes all of it */
 #define AVA_STAGE_INOUT 2    /* the call writes part of it (a rectangle) */
+/* Or'ed in: the device may use the application's memory in place for the length of
+ * the call (a blocking buffer transfer), where the transport can lend its pages. */
+#define AVA_STAGE_IN_PLACE 4
 int ava_enc_host_data(struct ava_enc *e, struct ava_stage *st, const void *p, size_t n, int dir);
 size_t ava_rect_span(const size_t *origin, const size_t *region, size_t row, size_t slice);
 /* Image data sizes (protocols.opencl_api.image_host_size / image_span, icd_mem.c):
@@ -224,6 +228,13 @@ int ava_transport_call(uint16_t opcode, const void *payload, size_t len, void *r
 int ava_transport_stage_alloc(struct ava_stage *st, uint64_t *mode, uint64_t *addr,
                               uint64_t *len_or_count);
 void ava_transport_stage_free(struct ava_stage *st);
+/* Memory for a mapping in the DMA arena, which transfers reach in place (NULL: none;
+ * allocate elsewhere); freed with its priv. */
+void *ava_transport_map_alloc(size_t size, void **priv);
+void ava_transport_map_free(void *priv);
+/* The application's own pages instead of a staging copy (-1: stage a copy). */
+int ava_transport_lend(struct ava_stage *st, uint64_t *mode, uint64_t *addr,
+                       uint64_t *len_or_count);
 
 extern struct _cl_icd_dispatch ava_dispatch;   /* filled at load time */
 void ava_icd_fill_dispatch(struct _cl_icd_dispatch *t);

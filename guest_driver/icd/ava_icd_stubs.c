@@ -1054,7 +1054,7 @@ ava_clEnqueueReadBuffer(cl_command_queue command_queue, cl_mem buffer, cl_bool b
     ava_enc_u64(&e, defer ? 0 : 1);
     ava_enc_u64(&e, (uint64_t)offset);
     ava_enc_u64(&e, (uint64_t)size);
-    if (ava_enc_host_data(&e, &stage_ptr, ptr, size, AVA_STAGE_OUT)) { status = CL_OUT_OF_RESOURCES; goto done; }
+    if (ava_enc_host_data(&e, &stage_ptr, ptr, size, AVA_STAGE_OUT | (defer ? 0 : AVA_STAGE_IN_PLACE))) { status = CL_OUT_OF_RESOURCES; goto done; }
     ava_enc_u64(&e, (uint64_t)num_events_in_wait_list);
     ava_enc_handles(&e, AVA_OBJ_EVENT, (const void *const *)event_wait_list, num_events_in_wait_list);
     ava_enc_u64(&e, new_event ? ava_obj_id(new_event) : 0);
@@ -1085,7 +1085,7 @@ ava_clEnqueueWriteBuffer(cl_command_queue command_queue, cl_mem buffer, cl_bool 
     ava_enc_u64(&e, defer ? 0 : 1);
     ava_enc_u64(&e, (uint64_t)offset);
     ava_enc_u64(&e, (uint64_t)size);
-    if (ava_enc_host_data(&e, &stage_ptr, ptr, size, AVA_STAGE_IN)) { status = CL_OUT_OF_RESOURCES; goto done; }
+    if (ava_enc_host_data(&e, &stage_ptr, ptr, size, AVA_STAGE_IN | (defer ? 0 : AVA_STAGE_IN_PLACE))) { status = CL_OUT_OF_RESOURCES; goto done; }
     ava_enc_u64(&e, (uint64_t)num_events_in_wait_list);
     ava_enc_handles(&e, AVA_OBJ_EVENT, (const void *const *)event_wait_list, num_events_in_wait_list);
     ava_enc_u64(&e, new_event ? ava_obj_id(new_event) : 0);

@@ -19,6 +19,7 @@ struct mapping {
     size_t offset, size;
     cl_map_flags flags;
     int owned;                 /* we allocated ptr (not the application's host_ptr) */
+    void *dma;                 /* ... in the DMA arena (transfers reach it in place) */
     int image;                 /* an image mapping: written back as this rectangle */
     size_t origin[3], region[3], row, slice;
 };
@@ -154,6 +155,15 @@ ava_clGetMemObjectInfo(cl_mem memobj, cl_mem_info param_name, size_t param_value
     return status;
 }
 
+/* What a mapping we allocated is freed with. */
+static void mapping_release(struct mapping *m, void *ptr)
+{
+    if (m && m->dma)
+        ava_transport_map_free(m->dma);
+    else if (m && m->owned)
+        free(ptr);
+}
+
 /* A map was made (or failed with ``status``): the mapping joins the object's list,
  * or what was allocated for it goes. */
 static void *map_finish(struct mem_ext *x, struct mapping *m, void *ptr, cl_int status,
@@ -161,8 +171,7 @@ static void *map_finish(struct mem_ext *x, struct mapping *m, void *ptr, cl_int 
 {
     set_errcode(errcode_ret, status);
     if (status != CL_SUCCESS) {
-        if (m && m->owned)
-            free(ptr);
+        mapping_release(m, ptr);
         free(m);
         return NULL;
     }
@@ -255,6 +264,8 @@ ava_clEnqueueMapBuffer(cl_command_queue queue, cl_mem buffer, cl_bool blocking_m
         status = CL_OUT_OF_HOST_MEMORY;
     else if (x->host_ptr)
         ptr = (char *)x->host_ptr + offset;
+    else if ((ptr = ava_transport_map_alloc(size, &m->dma)) != NULL)
+        m->owned = 1;        /* DMA memory: the map's read and the unmap's write go in place */
     else if (posix_memalign(&ptr, 4096, size) != 0)
         status = CL_MAP_FAILURE;
     else
@@ -324,7 +335,7 @@ ava_clEnqueueUnmapMemObject(cl_command_queue queue, cl_mem memobj, void *mapped_
     if (m) {
         if (m->owned) {
             ava_deferred_forget(m->ptr);
-            free(m->ptr);
+            mapping_release(m, m->ptr);
         }
         free(m);
     }
@@ -674,8 +685,7 @@ void ava_ext_final(int type, void *obj, void *ext)
     }
     for (struct mapping *m = x->maps, *next; m; m = next) {
         next = m->next;
-        if (m->owned)
-            free(m->ptr);
+        mapping_release(m, m->ptr);
         free(m);
     }
     free(x);

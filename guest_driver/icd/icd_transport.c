@@ -1,6 +1,8 @@
 /* The ICD's calls ride on the guest runtime: the calling thread's queue, the slot's
  * staging for arguments and outputs, DMA buffers for application data. */
 #include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -61,11 +63,85 @@ int ava_transport_stage_alloc(struct ava_stage *st, uint64_t *mode, uint64_t *ad
     return 0;
 }
 
+int ava_transport_lend(struct ava_stage *st, uint64_t *mode, uint64_t *addr,
+                       uint64_t *len_or_count)
+{
+    struct ava_device *dev = ava_default_device();
+    if (!dev)
+        return -1;
+    struct ava_pin *pin = malloc(sizeof(*pin));
+    int rc = pin ? ava_pin(dev, st->app, st->len, pin) : -ENOMEM;
+    if (rc != 0) {
+        if (rc != -ERANGE && getenv("AVA_ICD_DEBUG"))
+            fprintf(stderr, "ava-vdev ICD: %zu bytes at %p are copied, not lent: %s\n",
+                    st->len, st->app, ava_last_error());
+        free(pin);
+        return -1;
+    }
+    if (getenv("AVA_ICD_DEBUG"))
+        fprintf(stderr, "ava-vdev ICD: %zu bytes at %p lent in place, in %u pieces\n", st->len,
+                st->app, pin->nsg);
+    st->priv = pin;
+    st->in_place = 1;
+    st->dma = NULL;
+    *mode = pin->nsg == 1 ? AVA_HOSTDATA_RANGE : AVA_HOSTDATA_SG;
+    *addr = pin->addr;
+    *len_or_count = pin->nsg == 1 ? st->len : pin->nsg;
+    return 0;
+}
+
+/* Bytes of the arena that mappings hold: at most half of it, so that a program that
+ * keeps many mappings never starves the staging its transfers need. */
+static size_t mapped_bytes;
+static pthread_mutex_t mapped_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void *ava_transport_map_alloc(size_t size, void **priv)
+{
+    struct ava_device *dev = ava_default_device();
+    *priv = NULL;
+    if (!dev || size == 0)
+        return NULL;
+    pthread_mutex_lock(&mapped_lock);
+    int room = size <= ava_arena_size(dev) / 2 - mapped_bytes;
+    if (room)
+        mapped_bytes += size;
+    pthread_mutex_unlock(&mapped_lock);
+    struct ava_buffer *buf = room ? calloc(1, sizeof(*buf)) : NULL;
+    if (!buf || ava_buffer_alloc(dev, size, buf) != 0) {
+        free(buf);
+        if (room) {
+            pthread_mutex_lock(&mapped_lock);
+            mapped_bytes -= size;
+            pthread_mutex_unlock(&mapped_lock);
+        }
+        return NULL;
+    }
+    *priv = buf;
+    return buf->ptr;
+}
+
+void ava_transport_map_free(void *priv)
+{
+    struct ava_device *dev = ava_default_device();
+    struct ava_buffer *buf = priv;
+    if (!buf)
+        return;
+    pthread_mutex_lock(&mapped_lock);
+    mapped_bytes -= buf->size;
+    pthread_mutex_unlock(&mapped_lock);
+    if (dev)
+        ava_buffer_free(dev, buf);
+    free(buf);
+}
+
 void ava_transport_stage_free(struct ava_stage *st)
 {
     struct ava_device *dev = ava_default_device();
-    struct ava_buffer *buf = st->priv;
-    if (dev && buf)
-        ava_buffer_free(dev, buf);
-    free(buf);
+    if (st->in_place) {
+        if (dev)
+            ava_unpin(dev, st->priv);
+    } else if (dev && st->priv) {
+        ava_buffer_free(dev, st->priv);
+    }
+    free(st->priv);
 }

@@ -172,14 +172,19 @@ int ava_enc_host_data(struct ava_enc *e, struct ava_stage *st, const void *p, si
         ava_enc_u64(e, AVA_NULL_LEN);
         return 0;
     }
+    int in_place = dir & AVA_STAGE_IN_PLACE;
+    dir &= ~AVA_STAGE_IN_PLACE;
     st->app = (void *)p;
     st->len = n;
     st->out = dir != AVA_STAGE_IN;
     uint64_t mode, addr, count;
-    if (ava_transport_stage_alloc(st, &mode, &addr, &count) != 0)
+    if (in_place && ava_transport_lend(st, &mode, &addr, &count) == 0) {
+        /* the device reads and writes the application's pages: nothing to copy */
+    } else if (ava_transport_stage_alloc(st, &mode, &addr, &count) != 0) {
         return -1;
-    if (dir != AVA_STAGE_OUT && n)
+    } else if (dir != AVA_STAGE_OUT && n) {
         memcpy(st->dma, p, n);
+    }
     ava_enc_u64(e, mode);
     ava_enc_u64(e, addr);
     ava_enc_u64(e, count);
@@ -191,7 +196,7 @@ void ava_stage_finish(struct ava_stage *st, int success)
 {
     if (!st->priv)
         return;
-    if (success && st->out && st->len)
+    if (success && st->out && st->len && !st->in_place)
         memcpy(st->app, st->dma, st->len);
     ava_transport_stage_free(st);
     memset(st, 0, sizeof(*st));

@@ -491,6 +491,31 @@ static int open_transport(struct ava_device *dev)
     return rt_uio_open(dev);
 }
 
+/* In a VM, root's transfers may lend the application's pages in place (rt_pin.c):
+ * its pages are guest RAM and it may read their frame numbers.  Through the daemon,
+ * only where its HELLO says so (a VM's device; a root process's queues then have a
+ * window over all guest memory); never over loopback, where the application's
+ * memory is not the "guest RAM" the server maps. */
+static void zero_copy_setup(struct ava_device *dev)
+{
+    const char *env = getenv("AVA_VDEV_ZERO_COPY");
+    int lends = strcmp(dev->ops->name, "uio") == 0 ||
+                (strcmp(dev->ops->name, "daemon") == 0 && dev->can_lend);
+    dev->zero_copy = lends && geteuid() == 0 && !(env && strcmp(env, "0") == 0);
+    dev->zero_copy_min = rt_env_size("AVA_VDEV_ZERO_COPY_MIN", 256u << 10);
+    rt_pin_setup(dev);
+}
+
+int ava_zero_copy(const struct ava_device *dev)
+{
+    return dev->zero_copy;
+}
+
+size_t ava_arena_size(const struct ava_device *dev)
+{
+    return dev->arena_size;
+}
+
 int ava_open(struct ava_device **out)
 {
     struct ava_device *dev = calloc(1, sizeof(*dev));
@@ -500,6 +525,8 @@ int ava_open(struct ava_device **out)
     int rc = open_transport(dev);
     if (rc == 0)
         rc = rt_arena_init(dev);
+    if (rc == 0)
+        zero_copy_setup(dev);
     if (rc == 0) {
         uint32_t magic = ava_read_reg(dev, AVA_REG_MAGIC);
         uint32_t ver = ava_read_reg(dev, AVA_REG_ABI_VERSION);
@@ -551,6 +578,7 @@ void ava_close(struct ava_device *dev)
         ava_queue_destroy(q);
     }
     pthread_key_delete(dev->queue_key);
+    rt_pin_fini(dev);
     dev->ops->close(dev);
     rt_arena_fini(dev);
     free(dev->queues);

@@ -68,6 +68,26 @@ void ava_write_reg(struct ava_device *dev, uint32_t off, uint32_t value);
 int ava_buffer_alloc(struct ava_device *dev, size_t size, struct ava_buffer *out);
 void ava_buffer_free(struct ava_device *dev, struct ava_buffer *buf);
 
+/* Application memory the device reaches in place (zero-copy, rt_pin.c): one range at
+ * addr when nsg is 1, else the scatter table at addr (nsg entries). */
+struct ava_pin {
+    uint64_t addr;
+    uint32_t nsg;
+    size_t len;
+    void *priv;
+};
+/* Pin [p, p + n) for the device.  -ERANGE: too short (AVA_VDEV_ZERO_COPY_MIN, default
+ * 256 KiB) or too long (1 GiB); -EOPNOTSUPP: this process or this memory cannot lend
+ * its pages (loopback, not root, file-backed..., ava_last_error says why).  Either
+ * way stage a copy instead.  AVA_VDEV_ZERO_COPY=0 turns it off. */
+int ava_pin(struct ava_device *dev, const void *p, size_t n, struct ava_pin *out);
+/* Only once the host is done with the memory (the command is over). */
+void ava_unpin(struct ava_device *dev, struct ava_pin *pin);
+/* Whether transfers of application memory may go in place (0 or 1). */
+int ava_zero_copy(const struct ava_device *dev);
+/* Bytes of DMA memory this process has (the arena). */
+size_t ava_arena_size(const struct ava_device *dev);
+
 /* The calling thread's queue (created on first use; NULL on failure). */
 struct ava_queue *ava_thread_queue(struct ava_device *dev);
 int ava_queue_create(struct ava_device *dev, unsigned slots, struct ava_queue **out);

@@ -45,7 +45,12 @@ static int daemon_call(struct ava_device *dev, uint32_t op, uint32_t flags, uint
     char ctrl[CMSG_SPACE(sizeof(int))];
     struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl,
                          .msg_controllen = sizeof(ctrl)};
-    ssize_t n = recvmsg(dev->sock, &msg, MSG_CMSG_CLOEXEC);
+    /* With SO_RCVTIMEO a wait that task work interrupts (io_uring's, rt_pin.c) fails
+     * with EINTR instead of restarting: the reply is still on its way. */
+    ssize_t n;
+    do
+        n = recvmsg(dev->sock, &msg, MSG_CMSG_CLOEXEC);
+    while (n < 0 && errno == EINTR);
     if (n < (ssize_t)sizeof(*reply)) {
         rc = n < 0 ? -errno : -EPROTO;
         dev->sock_broken = 1;
@@ -100,10 +105,27 @@ static int dm_irq_fd(struct ava_device *dev, unsigned q)
     return fd >= 0 ? fd : -EPROTO;
 }
 
+/* The daemon keeps a pin of ours (a dup of its fd) until we return it, or, if we
+ * die first, until our queues are released: the host may still be writing into the
+ * pages.  Answered, so the fd is still ours while the daemon takes its dup. */
+static int dm_lend(struct ava_device *dev, int fd, uint64_t token)
+{
+    struct ava_daemon_reply reply;
+    return daemon_call(dev, AVA_DAEMON_OP_LEND, 0, (uint32_t)fd, token, &reply, NULL, 0, NULL);
+}
+
+static void dm_unlend(struct ava_device *dev, uint64_t token)
+{
+    struct ava_daemon_reply reply;
+    daemon_call(dev, AVA_DAEMON_OP_RETURN, AVA_DAEMON_FLAG_POSTED, 0, token, &reply, NULL, 0,
+                NULL);
+}
+
 static const struct transport_ops daemon_ops = {
     .name = "daemon", .read32 = dm_read32, .write32 = dm_write32,
     /* Memory, socket and eventfds as the loopback transport has them. */
     .irq_fd = dm_irq_fd, .irq_ack = rt_eventfd_drain, .close = rt_socket_memfd_close,
+    .lend = dm_lend, .unlend = dm_unlend,
 };
 
 const char *rt_daemon_path(void)
@@ -165,6 +187,7 @@ int rt_daemon_open(struct ava_device *dev, const char *path)
         return rt_error(EPROTO, "the ava-vdev daemon's answer is malformed");
     }
     dev->memfd = fd;
+    dev->can_lend = (reply.value & AVA_DAEMON_HELLO_LEND) != 0;
     dev->base = mmap(NULL, reply.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (dev->base == MAP_FAILED) {
         dev->base = NULL;

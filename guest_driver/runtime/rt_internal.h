@@ -19,6 +19,10 @@ struct transport_ops {
     /* After an interrupt woke us: re-arm it. */
     void (*irq_ack)(struct ava_device *dev, int fd);
     void (*close)(struct ava_device *dev);
+    /* Zero-copy (rt_pin.c), optional: have whoever must keep the pages pinned should
+     * this process die mid-transfer take a dup of the pin's fd, and give it back. */
+    int (*lend)(struct ava_device *dev, int fd, uint64_t token);
+    void (*unlend)(struct ava_device *dev, uint64_t token);
 };
 
 struct ava_device {
@@ -37,6 +41,12 @@ struct ava_device {
     uint16_t msg_id;
     int memfd;
     uint32_t owner;          /* daemon: the owner tag it gave this process (0: none) */
+    int zero_copy;           /* application pages may be lent in place (rt_pin.c) */
+    uint64_t pin_tokens;     /* the last token given to a pin (atomic) */
+    int can_lend;            /* daemon: it holds our pins (HELLO said so) */
+    pthread_key_t pin_key;   /* each thread's pinning ring (rt_pin.c) */
+    int pin_key_ok;
+    size_t zero_copy_min;    /* ... from this many bytes on */
     volatile uint32_t *bar0; /* uio */
     int uio_fd;
     char bdf[32];
@@ -67,6 +77,9 @@ void rt_socket_memfd_close(struct ava_device *dev);
 /* The daemon's socket: AVA_VDEV_DAEMON, or the default. */
 const char *rt_daemon_path(void);
 int rt_arena_init(struct ava_device *dev);
+/* Zero-copy's per-thread state, once dev->zero_copy is decided (rt_pin.c). */
+void rt_pin_setup(struct ava_device *dev);
+void rt_pin_fini(struct ava_device *dev);     /* before the transport closes */
 void rt_arena_fini(struct ava_device *dev);
 /* Contiguous DMA memory (never crosses a chunk), zeroed; returns ptr and gpa. */
 void *rt_dma_alloc_contig(struct ava_device *dev, size_t size, uint64_t *gpa);

@@ -1,0 +1,295 @@
+/* Zero-copy: application memory lent to the device in place.
+ *
+ * In a VM an application's pages are guest RAM, which the host already maps, so a
+ * transfer can name them directly instead of copying them through DMA staging.  Two
+ * things make that safe and exact:
+ *   - the pages must stay the application's, at the same guest-physical address,
+ *     for as long as the host may touch them.  An io_uring buffer registration pins
+ *     them (the kernel's long-term pin: no swap-out, no migration, no reuse while the
+ *     ring holds them, even if the range is unmapped meanwhile) and leaves the
+ *     application's own mappings and locks as they were.  Each thread has one ring
+ *     for it, and a transfer registers its range there, then unregisters it;
+ *   - their guest-physical addresses come from /proc/self/pagemap, which shows frame
+ *     numbers to root only.
+ * So only callers that may already reach all guest memory use it: root, directly
+ * or through a daemon that says so in its HELLO (it serves a VM's device, and then
+ * gives a root process's queues a window over all guest memory).  An unprivileged process keeps the copy: no userspace mechanism lets the
+ * daemon hold another process's anonymous pages, so windows over them could outlive
+ * the pages (README, "Zero-copy").  Over loopback the application's memory is not
+ * the shared "guest RAM" at all, so the copy stays there too.
+ *
+ * Should the process die while the host still writes into its pages, its pins must
+ * outlive it: through the daemon, the daemon takes a dup of each thread's ring (LEND,
+ * once, when the ring is made) and keeps it until the thread ends, or the process's
+ * queues are released and their quarantine is over.  The direct path (root, no
+ * daemon, for debugging) has nobody to hand them to.
+ *
+ * Anything that fails here (no io_uring, a file-backed or read-only range, a page
+ * not present, too long a scatter list) is not an error: the caller stages a copy. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/io_uring.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "rt_internal.h"
+
+#define PAGE 4096u
+#define PFN_MASK ((1ull << 55) - 1)
+#define PRESENT (1ull << 63)
+/* One registered buffer is at most 1 GiB (the kernel's limit). */
+#define MAX_PIN (1ull << 30)
+
+/* A thread's ring for pinning, lent to the transport under `token` (0: not lent). */
+struct pinner {
+    struct ava_device *dev;
+    int ring;
+    uint64_t token;
+    int busy;                  /* a range is registered */
+};
+
+struct pin_priv {
+    struct pinner *pinner;     /* NULL: DMA arena memory, nothing pinned */
+    void *table;               /* the scatter list, in DMA memory */
+    size_t table_size;
+};
+
+static void pinner_free(void *arg)
+{
+    struct pinner *pn = arg;
+    if (pn->token)
+        pn->dev->ops->unlend(pn->dev, pn->token);
+    if (pn->ring >= 0)
+        close(pn->ring);
+    free(pn);
+}
+
+static void pin_key_make(struct ava_device *dev)
+{
+    if (pthread_key_create(&dev->pin_key, pinner_free) == 0)
+        dev->pin_key_ok = 1;
+}
+
+/* The calling thread's pinner, made (and lent) on first use; NULL if it cannot be. */
+static struct pinner *thread_pinner(struct ava_device *dev)
+{
+    if (!dev->pin_key_ok)
+        return NULL;
+    struct pinner *pn = pthread_getspecific(dev->pin_key);
+    if (pn)
+        return pn->ring >= 0 ? pn : NULL;
+    pn = calloc(1, sizeof(*pn));
+    if (!pn)
+        return NULL;
+    pn->dev = dev;
+    struct io_uring_params params;
+    memset(&params, 0, sizeof(params));
+    pn->ring = (int)syscall(__NR_io_uring_setup, 1, &params);
+    if (pn->ring < 0) {
+        rt_error(errno, "zero-copy: no io_uring: %s", strerror(errno));
+    } else if (dev->ops->lend) {
+        uint64_t token = __atomic_add_fetch(&dev->pin_tokens, 1, __ATOMIC_RELAXED);
+        int rc = dev->ops->lend(dev, pn->ring, token);
+        if (rc != 0) {
+            rt_error(-rc, "zero-copy: the daemon did not take this thread's pinning ring: %s",
+                     strerror(-rc));
+            close(pn->ring);
+            pn->ring = -1;
+        } else {
+            pn->token = token;
+        }
+    }
+    pthread_setspecific(dev->pin_key, pn);  /* a failed one too: not tried again */
+    return pn->ring >= 0 ? pn : NULL;
+}
+
+/* The scatter list of [p, p + n): one entry per physically contiguous run. */
+static struct ava_sg_entry *translate(const void *p, size_t n, uint32_t *count)
+{
+    uintptr_t first = (uintptr_t)p / PAGE, last = ((uintptr_t)p + n - 1) / PAGE;
+    size_t pages = last - first + 1;
+    uint64_t *frames = malloc(pages * sizeof(*frames));
+    struct ava_sg_entry *sg = malloc(pages * sizeof(*sg));
+    int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    ssize_t want = (ssize_t)(pages * sizeof(*frames));
+    int ok = frames && sg && fd >= 0 &&
+             pread(fd, frames, (size_t)want, (off_t)(first * sizeof(*frames))) == want;
+    if (fd >= 0)
+        close(fd);
+    uint32_t k = 0;
+    size_t done = 0;
+    for (size_t i = 0; ok && i < pages; i++) {
+        uint64_t e = frames[i];
+        if (!(e & PRESENT) || !(e & PFN_MASK)) {       /* not present, or frames hidden */
+            ok = 0;
+            break;
+        }
+        size_t skip = i == 0 ? (uintptr_t)p % PAGE : 0;
+        size_t run = PAGE - skip < n - done ? PAGE - skip : n - done;
+        uint64_t gpa = (e & PFN_MASK) * PAGE + skip;
+        if (k && sg[k - 1].addr + sg[k - 1].len == gpa)
+            sg[k - 1].len += (uint32_t)run;            /* < MAX_PIN: fits in u32 */
+        else
+            sg[k++] = (struct ava_sg_entry){.addr = gpa, .len = (uint32_t)run};
+        done += run;
+    }
+    free(frames);
+    if (!ok) {
+        free(sg);
+        rt_error(EFAULT, "zero-copy: no frame number for a page of %zu bytes at %p in "
+                 "/proc/self/pagemap", n, p);
+        return NULL;
+    }
+    *count = k;
+    return sg;
+}
+
+void rt_pin_setup(struct ava_device *dev)
+{
+    if (dev->zero_copy)
+        pin_key_make(dev);
+}
+
+void rt_pin_fini(struct ava_device *dev)
+{
+    if (!dev->pin_key_ok)
+        return;
+    struct pinner *pn = pthread_getspecific(dev->pin_key);
+    if (pn) {
+        pthread_setspecific(dev->pin_key, NULL);
+        pinner_free(pn);
+    }
+    pthread_key_delete(dev->pin_key);
+    dev->pin_key_ok = 0;
+}
+
+/* Memory of the DMA arena itself (a mapping made there, icd_mem.c): the device
+ * reaches it as it is, for any process on any transport; nothing to pin. */
+static int arena_range(struct ava_device *dev, const void *p, size_t n, struct ava_pin *out)
+{
+    size_t off = (size_t)((const uint8_t *)p - dev->base);
+    uint32_t count = 0;
+    struct ava_sg_entry sg_first;
+    for (size_t done = 0; done < n; count++) {
+        size_t run = CHUNK - (off + done) % CHUNK;
+        if (run > n - done)
+            run = n - done;
+        if (count == 0)
+            sg_first = (struct ava_sg_entry){.addr = rt_gpa(dev, dev->base + off), .len = (uint32_t)run};
+        done += run;
+    }
+    struct pin_priv *priv = calloc(1, sizeof(*priv));
+    if (!priv)
+        return -ENOMEM;
+    if (count == 1) {
+        out->addr = sg_first.addr;
+    } else {
+        uint64_t table_gpa = 0;
+        priv->table_size = (size_t)count * sizeof(struct ava_sg_entry);
+        struct ava_sg_entry *sg = priv->table_size <= CHUNK ?
+            rt_dma_alloc_contig(dev, priv->table_size, &table_gpa) : NULL;
+        if (!sg) {
+            free(priv);
+            return rt_error(ENOMEM, "no DMA memory for a scatter list of %u entries", count);
+        }
+        size_t done = 0;
+        for (uint32_t i = 0; i < count; i++) {
+            size_t run = CHUNK - (off + done) % CHUNK;
+            if (run > n - done)
+                run = n - done;
+            sg[i] = (struct ava_sg_entry){.addr = rt_gpa(dev, dev->base + off + done),
+                                          .len = (uint32_t)run};
+            done += run;
+        }
+        priv->table = sg;
+        out->addr = table_gpa;
+    }
+    out->nsg = count;
+    out->len = n;
+    out->priv = priv;
+    return 0;
+}
+
+int ava_pin(struct ava_device *dev, const void *p, size_t n, struct ava_pin *out)
+{
+    memset(out, 0, sizeof(*out));
+    const uint8_t *b = p;
+    if (b && n && n <= MAX_PIN && b >= dev->base && b + n <= dev->base + dev->arena_size)
+        return arena_range(dev, p, n, out);
+    if (!p || n == 0 || n < dev->zero_copy_min || n > MAX_PIN)
+        return -ERANGE;
+    if (!dev->zero_copy)
+        return rt_error(EOPNOTSUPP, "zero-copy is for root's processes in a VM only (this "
+                        "one: %s, uid %u%s)", dev->ops->name, (unsigned)geteuid(),
+                        getenv("AVA_VDEV_ZERO_COPY") ? ", AVA_VDEV_ZERO_COPY set" : "");
+    struct pinner *pn = thread_pinner(dev);
+    if (!pn)
+        return -EOPNOTSUPP;
+    if (pn->busy)           /* this thread lends a range already (not a blocking call?) */
+        return rt_error(EBUSY, "zero-copy: this thread's pinning ring is in use");
+    uintptr_t start = (uintptr_t)p / PAGE * PAGE;
+    struct iovec iov = {.iov_base = (void *)start,
+                        .iov_len = ((uintptr_t)p + n - start + PAGE - 1) / PAGE * PAGE};
+    if (syscall(__NR_io_uring_register, pn->ring, IORING_REGISTER_BUFFERS, &iov, 1) != 0)
+        return rt_error(errno, "zero-copy: cannot pin %zu bytes at %p: %s", iov.iov_len,
+                        iov.iov_base, strerror(errno));
+    pn->busy = 1;
+    struct pin_priv *priv = calloc(1, sizeof(*priv));
+    uint32_t count = 0;
+    struct ava_sg_entry *sg = NULL;
+    /* A pinned page stays where it is, but its page table entry may read "not present"
+     * for a moment (khugepaged tries to collapse the range, finds it pinned and puts
+     * the entry back): look again. */
+    for (int tries = 0; priv && !sg && tries < 5; tries++) {
+        if (tries)
+            usleep(1000);
+        sg = translate(p, n, &count);
+    }
+    uint64_t table_gpa = 0;
+    if (priv && sg && count > 1) {
+        priv->table_size = (size_t)count * sizeof(*sg);
+        if (priv->table_size <= CHUNK)
+            priv->table = rt_dma_alloc_contig(dev, priv->table_size, &table_gpa);
+        if (!priv->table)
+            rt_error(ENOMEM, "zero-copy: no DMA memory for a scatter list of %u entries", count);
+    }
+    if (!priv || !sg || (count > 1 && !priv->table)) {
+        free(sg);
+        free(priv);
+        syscall(__NR_io_uring_register, pn->ring, IORING_UNREGISTER_BUFFERS, NULL, 0);
+        pn->busy = 0;
+        return -EOPNOTSUPP;
+    }
+    if (count == 1) {
+        out->addr = sg[0].addr;
+    } else {
+        memcpy(priv->table, sg, priv->table_size);
+        out->addr = table_gpa;
+    }
+    free(sg);
+    priv->pinner = pn;
+    out->nsg = count;
+    out->len = n;
+    out->priv = priv;
+    return 0;
+}
+
+void ava_unpin(struct ava_device *dev, struct ava_pin *pin)
+{
+    struct pin_priv *priv = pin->priv;
+    if (!priv)
+        return;
+    if (priv->table)
+        rt_dma_free(dev, priv->table, priv->table_size);
+    if (priv->pinner) {
+        /* The host is done with the pages: they are the application's alone again. */
+        syscall(__NR_io_uring_register, priv->pinner->ring, IORING_UNREGISTER_BUFFERS, NULL, 0);
+        priv->pinner->busy = 0;
+    }
+    free(priv);
+    memset(pin, 0, sizeof(*pin));
+}
