@@ -49,6 +49,12 @@ def status(lib_path: Path) -> str:
                     f"owner pid {owner}"
                 used.append(f"  queue {q}: {QueueState(state)!s}, {reg(abi.queue_reg(q, QReg.SIZE))} "
                             f"slots, {who}")
+        lib.ava_zero_copy.argtypes = [ctypes.c_void_p]
+        lines.append("zero-copy:  " + (
+            "yes: transfers of 256 KiB or more lend the application's pages"
+            if lib.ava_zero_copy(dev) else
+            "no: transfers are copied through DMA memory (zero-copy is for root's processes "
+            "in a VM)"))
         lines.append(f"queues:     {len(used)} of {n} claimed"
                      + (" (through ava-vdevd: this process's own)"
                         if lib.ava_transport_name(dev) == b"daemon" else ""))

@@ -517,7 +517,8 @@ class OpenClBackend:
         the first): no bounce buffer, so it need not block.  The last piece's event
         is the guest's.  Bounds are checked first, as the implementation would for
         the whole, so no piece runs for a transfer it would refuse.  Blocking (the
-        guest asked so, or there is no event): the pieces run one by one."""
+        guest asked so, or there is no event): the call returns when the last piece
+        (and so every piece) is over."""
         cl = lib()
         at = call.index
         buffer, offset, size = cargs[at["buffer"]], cargs[at["offset"]], cargs[at["size"]]
@@ -529,12 +530,20 @@ class OpenClBackend:
             return CL_INVALID_VALUE
         pieces = call.segments or []
         last_cell = cargs[at["event"]]
+        flag = at.get("blocking_read", at.get("blocking_write"))
+        # Blocking: the last piece blocks (the pieces before it are its wait list, one
+        # after another), and the first, when it carries the guest's wait list, so that
+        # it reports a failed event there as the whole blocking call would.
+        blocks = flag is not None and cargs[flag]
+        waits = bool(cargs[at["num_events_in_wait_list"]])
         previous = None
         pos = 0
         for i, piece in enumerate(pieces):
             args = list(cargs)
             n = ffi.sizeof(piece)
             args[at["offset"]], args[at["size"]], args[at["ptr"]] = offset + pos, n, piece
+            if blocks and i < len(pieces) - 1 and not (i == 0 and waits):
+                args[flag] = 0
             if previous is not None:
                 args[at["num_events_in_wait_list"]] = 1
                 args[at["event_wait_list"]] = ffi.new("cl_event[1]", [previous])

@@ -55,6 +55,13 @@ def test_opencl_benchmark_report_names_every_figure_and_target():
                     and "interpreter" not in line and "4.00x" in line)
     assert "<= 2 us: met" in null_row
     assert "pyopencl examples, cold (wall)" in text and "1.50x  <= 1.1x: NOT met" in text
+    # --vm: the guest's transfers (zero-copy, as root) beside native, and the copying run.
+    vm = {key: 1.0 for _, key, *_ in ROWS if key.endswith("_gbs")}
+    with_vm = report_opencl({"native": side, "device": side,
+                             "vm": dict(vm, copied=dict(vm, write_64m_gbs=0.25))})
+    row = next(line for line in with_vm.splitlines() if line.strip().startswith("write 64m"))
+    assert "1.000 GB/s" in row and "2.000 GB/s" in row and "0.50x" in row
+    assert "copied: 0.250 GB/s" in row
 
 
 def test_oversubscription_benchmark_prints_every_ratio_and_draws_the_curve(tmp_path):

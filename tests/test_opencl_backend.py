@@ -750,6 +750,22 @@ def test_blocking_transfers_through_a_scatter_list(backend, monkeypatch, piece):
                                     **{**common, "offset": 1}), g.owner, dma)
     assert decode(fn, reply)[0] == -30
     assert all(bytes(dma.ram[a:a + piece]) == b"\xee" * piece for a in slots)
+    # Behind a wait list (the first piece carries it, blocking): the same status as the
+    # call on one contiguous range, and the bytes.  (A failed event in a blocking call's
+    # wait list hangs PoCL itself, natively too: not tried.)
+    gate = next(ids)
+    assert g.call("clCreateUserEvent", gate, context=ctx)[0] == 0
+    assert g.call("clSetUserEventStatus", event=gate, execution_status=0)[0] == 0
+    gated = dict(common, num_events_in_wait_list=1, event_wait_list=[gate])
+    for a in slots:
+        dma.ram[a:a + piece] = bytes(piece)
+    got = decode(fn, backend.call(fn, encode(fn, blocking_read=1, ptr=table(0x1000), event=0,
+                                             **gated), g.owner, dma))[0]
+    whole = decode(fn, backend.call(fn, encode(fn, blocking_read=1, event=0,
+                                               ptr=(api.HOSTDATA_RANGE, 0x200000, size),
+                                               **gated), g.owner, dma))[0]
+    assert got == whole == 0
+    assert b"".join(bytes(dma.ram[a:a + piece]) for a in slots) == data
 
 
 class _PostedCommand:

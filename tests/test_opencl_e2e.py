@@ -204,6 +204,7 @@ def test_status_lists_what_the_device_turns_off_and_why(shim, cl_server, tmp_pat
                                            "--out", str(lib.parent)], cwd=ROOT)
     assert res.returncode == 0, res.stderr
     assert "via loopback" in res.stdout
+    assert "zero-copy:  no: transfers are copied" in res.stdout
     assert "CL_DEVICE_SVM_CAPABILITIES = 0: shared virtual memory is not forwarded" in res.stdout
     assert re.search(r"device extensions reported:\n(  cl_\w+: .+\n)+", res.stdout), res.stdout
     assert "cl_khr_fp64: kernel language only" in res.stdout

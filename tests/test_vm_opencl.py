@@ -85,6 +85,7 @@ section vadd; gcc -o /tmp/vadd tests/samples/vadd.c -lOpenCL; $AS_ALICE /tmp/vad
 section outsider; $AS_BOB /tmp/vadd 2>&1 && echo "bob ran it" || echo "bob refused: $?"
 section root; /tmp/vadd
 section zero-copy; gcc -O2 -o /tmp/zero_copy tests/samples/zero_copy.c -lOpenCL
+python3 -m guest_driver status | grep zero-copy
 AVA_ICD_DEBUG=1 /tmp/zero_copy 16 2>&1; echo "as alice:"; AVA_ICD_DEBUG=1 $AS_ALICE /tmp/zero_copy 16 2>&1
 section isolation
 $AS_ALICE python3 tests/samples/isolation_probe.py victim /tmp/victim.json > /tmp/victim.out 2>&1 & V=$!
@@ -255,6 +256,7 @@ def test_opencl_programs_in_the_guest(lab_run, scratch, tmp_path):
     sections = run_part(lab_run, scratch, PROGRAMS_SCRIPT, executor_killer(scratch),
                         CONFORMANCE=" ".join(CONFORMANCE))
     assert "via daemon" in sections["status"], sections["status"]
+    assert "zero-copy:  no: transfers are copied" in sections["status"], sections["status"]
     assert f"ABI:        {abi.ABI_MAJOR}.{abi.ABI_MINOR}" in sections["status"]
     assert "uid=" in sections["users"] and "(ava)" in sections["users"], sections["users"]
     assert "bob refused" in sections["outsider"], sections["outsider"]
@@ -266,7 +268,7 @@ def test_opencl_programs_in_the_guest(lab_run, scratch, tmp_path):
     root, alice = sections["zero-copy"].split("as alice:")
     for part in (root, alice):
         assert part.count(": ok") == 5 and "zero-copy: all right" in part, part
-    assert "16777216 bytes at" in root and "lent in place" in root, root
+    assert "zero-copy:  yes" in root and "16777216 bytes at" in root and "lent in place" in root
     assert re.search(r"4194304 bytes at \S+ are copied, not lent: zero-copy: cannot pin", root)
     assert "zero-copy is for root's processes in a VM only" in alice, alice
     assert "16777216 bytes at" not in re.sub(r".*are copied.*", "", alice), alice
