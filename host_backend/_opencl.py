@@ -542,7 +542,7 @@ class OpenClBackend:
             args = list(cargs)
             n = ffi.sizeof(piece)
             args[at["offset"]], args[at["size"]], args[at["ptr"]] = offset + pos, n, piece
-            if blocks and i < len(pieces) - 1 and not (i == 0 and waits):
+            if flag is not None and blocks and i < len(pieces) - 1 and not (i == 0 and waits):
                 args[flag] = 0
             if previous is not None:
                 args[at["num_events_in_wait_list"]] = 1
