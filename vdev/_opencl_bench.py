@@ -7,7 +7,9 @@ device (the ICD over the loopback transport, a fresh server), and prints its fig
 (``_host_cost``).  pyopencl's examples, from the lab root, then run the same two ways,
 cold (empty pyopencl and kernel caches: a fresh cache directory, a fresh server) and
 warm (the same again).  With ``--vm`` clbench's transfers also run in a lab guest,
-where the host moves the bulk data, so the bandwidth means something under TCG too.
+as root, where they lend the application's pages (zero-copy) and the host moves the
+bulk data, so the bandwidth means something under TCG too; then again with zero-copy
+off, copied through staging as an ordinary user's are.
 Figures are printed beside the issue's targets; nothing here asserts them.
 """
 

@@ -253,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
                              "memory; tenants: VMs sharing the device under a manager "
                              "(shares, throughput, interactive latency, scheduler cost)")
     parser.add_argument("--vm", action="store_true", help="ring, opencl: also measure inside a "
-                        "lab guest (opencl: the transfers)")
+                        "lab guest (opencl: the transfers, as root: zero-copy, then copied "
+                        "through staging with zero-copy off)")
     parser.add_argument("--daemon", action="store_true",
                         help="ring, opencl: also measure through the guest daemon ava-vdevd "
                              "(an unprivileged application's path) beside the direct one")
