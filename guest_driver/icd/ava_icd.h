@@ -232,6 +232,12 @@ void ava_transport_stage_free(struct ava_stage *st);
  * allocate elsewhere); freed with its priv. */
 void *ava_transport_map_alloc(size_t size, void **priv);
 void ava_transport_map_free(void *priv);
+/* Bytes a transfer may stage in one command: a quarter of the DMA memory. */
+size_t ava_transport_piece_limit(void);
+/* Whether a blocking transfer of application memory this large may lend its pages. */
+int ava_transport_may_lend(size_t size);
+/* A live buffer's size (0: not a live buffer, or an image). */
+size_t ava_mem_buffer_size(cl_mem mem);
 /* The application's own pages instead of a staging copy (-1: stage a copy). */
 int ava_transport_lend(struct ava_stage *st, uint64_t *mode, uint64_t *addr,
                        uint64_t *len_or_count);

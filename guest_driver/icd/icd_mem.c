@@ -155,6 +155,12 @@ ava_clGetMemObjectInfo(cl_mem memobj, cl_mem_info param_name, size_t param_value
     return status;
 }
 
+size_t ava_mem_buffer_size(cl_mem mem)
+{
+    struct mem_ext *x = ava_obj_ext(mem, AVA_OBJ_MEM);
+    return x && !x->image_type ? x->size : 0;
+}
+
 /* What a mapping we allocated is freed with. */
 static void mapping_release(struct mapping *m, void *ptr)
 {

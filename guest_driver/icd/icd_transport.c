@@ -134,6 +134,19 @@ void ava_transport_map_free(void *priv)
     free(buf);
 }
 
+size_t ava_transport_piece_limit(void)
+{
+    struct ava_device *dev = ava_default_device();
+    size_t limit = dev ? ava_arena_size(dev) / 4 / 4096 * 4096 : 0;
+    return limit > 4096 ? limit : 4096;
+}
+
+int ava_transport_may_lend(size_t size)
+{
+    struct ava_device *dev = ava_default_device();
+    return dev && ava_zero_copy(dev) && size >= ava_zero_copy_min(dev) && size <= (1u << 30);
+}
+
 void ava_transport_stage_free(struct ava_stage *st)
 {
     struct ava_device *dev = ava_default_device();

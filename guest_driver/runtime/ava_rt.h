@@ -85,6 +85,8 @@ int ava_pin(struct ava_device *dev, const void *p, size_t n, struct ava_pin *out
 void ava_unpin(struct ava_device *dev, struct ava_pin *pin);
 /* Whether transfers of application memory may go in place (0 or 1). */
 int ava_zero_copy(const struct ava_device *dev);
+/* The smallest transfer that may lend its pages (AVA_VDEV_ZERO_COPY_MIN). */
+size_t ava_zero_copy_min(const struct ava_device *dev);
 /* Bytes of DMA memory this process has (the arena). */
 size_t ava_arena_size(const struct ava_device *dev);
 

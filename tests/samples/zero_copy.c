@@ -2,7 +2,8 @@
  * (zero-copy, guest_driver/runtime/rt_pin.c), checked byte for byte: SIZE MiB (the
  * only argument, default 64, at least 8) written and read back, a read at an odd offset into an odd address, a transfer just over
  * the zero-copy threshold, a write from memory that cannot be pinned for writing
- * (read-only), and a map (its memory is the DMA arena).  Prints one line per case,
+ * (read-only), a map (its memory is the DMA arena), and a non-blocking write and
+ * read of a quarter of SIZE behind a user event.  Prints one line per case,
  * "ok" or what differed; exit status 0 only if every case is right.  With
  * AVA_ICD_DEBUG=1 the ICD says on stderr which transfers went in place. */
 #define CL_TARGET_OPENCL_VERSION 120
@@ -116,6 +117,36 @@ int main(int argc, char **argv)
         err = clEnqueueReadBuffer(q, buf, CL_TRUE, 0, 8 * MIB, dst, 0, NULL, NULL);
     failed |= report("mapped, written, unmapped", err,
                      wrong + (err ? 0 : differ(dst, 8 * MIB, 0, 4)));
+    /* Non-blocking, behind a user event the program sets only afterwards: nothing may
+     * wait for it, and the read's bytes are there once its event is seen complete. */
+    size_t quarter = size / 4;
+    cl_event gate = clCreateUserEvent(ctx, &err), wrote = NULL, read = NULL;
+    for (size_t i = 0; i < quarter; i++)
+        src[i] = pattern(i, 5);
+    memset(dst, 0, quarter);
+    err = clEnqueueWriteBuffer(q, buf, CL_FALSE, 0, quarter, src, 1, &gate, &wrote);
+    if (err == CL_SUCCESS)
+        err = clEnqueueReadBuffer(q, buf, CL_FALSE, 0, quarter, dst, 1, &wrote, &read);
+    cl_int early = CL_COMPLETE;
+    if (err == CL_SUCCESS)
+        clGetEventInfo(read, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof(early), &early, NULL);
+    clSetUserEventStatus(gate, CL_COMPLETE);
+    cl_command_type type = 0;
+    if (err == CL_SUCCESS)
+        err = clWaitForEvents(1, &read);
+    if (err == CL_SUCCESS)
+        err = clGetEventInfo(read, CL_EVENT_COMMAND_TYPE, sizeof(type), &type, NULL);
+    wrong = err ? 0 : differ(dst, quarter, 0, 5);
+    if (early == CL_COMPLETE || type != CL_COMMAND_READ_BUFFER)
+        printf("non-blocking: ran before its gate opened (%d) or its event is a %#x\n",
+               early, type);
+    failed |= report("non-blocking, behind a user event", err,
+                     wrong + (early == CL_COMPLETE) + (type != CL_COMMAND_READ_BUFFER));
+    clReleaseEvent(gate);
+    if (wrote)
+        clReleaseEvent(wrote);
+    if (read)
+        clReleaseEvent(read);
     printf("%s\n", failed ? "zero-copy: FAILED" : "zero-copy: all right");
     return failed;
 }
