@@ -44,9 +44,11 @@ Environment=PYTHONPATH={PYDIR} PYTHONDONTWRITEBYTECODE=1
 ExecStart={{python}} -m guest_driver daemon --socket {gd.DEFAULT_SOCKET} --group {{group}}
 Restart=on-failure
 RestartSec=1
-# It binds the PCI device (sysfs writes), maps BAR0, opens /dev/uioN and reads
-# /proc/self/pagemap: root, with /sys and /dev as they are (no ProtectKernelTunables,
-# no PrivateDevices).  What it does not need:
+# It binds the PCI device (sysfs writes), maps BAR0, opens /dev/uioN, reads
+# /proc/self/pagemap and takes dups of root processes' zero-copy pinning rings
+# (pidfd_getfd, which needs CAP_SYS_PTRACE): root, with /sys and /dev as they are (no
+# ProtectKernelTunables, no PrivateDevices, no CapabilityBoundingSet).  What it does
+# not need:
 NoNewPrivileges=yes
 ProtectHome=yes
 PrivateTmp=yes
