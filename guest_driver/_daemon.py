@@ -348,6 +348,8 @@ class Daemon:
         self.policy = Policy(device, max_queues=max_queues, user_queues=user_queues)
         self.clients: dict[int, Client] = {}
         self.quarantine: list[tuple[float, Memory | LentPins]] = []
+        #: HELLOs answered once the quarantine frees memory: (client, version, size).
+        self._hellos_waiting: list[tuple[Client, int, int]] = []
         # Tags start at a random point: a daemon started again never reuses the tag of a
         # process an earlier one served.
         self._next_owner = OWNER_BASE + secrets.randbelow(1 << 29)
@@ -408,7 +410,15 @@ class Daemon:
                 if key.data is None:
                     return
                 key.data(key.fileobj)
-            self._free_quarantined()
+            if self._free_quarantined():
+                waiting, self._hellos_waiting = self._hellos_waiting, []
+                for client, version, size in waiting:
+                    if self.clients.get(client.conn.fileno()) is not client:
+                        continue            # gone meanwhile
+                    try:
+                        self._hello(client, version, size)
+                    except OSError as exc:
+                        self._drop(client, f"reply failed: {exc}")
 
     def stop(self) -> None:
         """From any thread or a signal handler."""
@@ -543,7 +553,7 @@ class Daemon:
                         gd.DAEMON_PROTOCOL)
             self._reply(client, -errno.EPROTO)
             return
-        if client.memory is not None:
+        if client.memory is not None or any(c is client for c, _, _ in self._hellos_waiting):
             self._reply(client, -errno.EALREADY)
             return
         size = (max(size, 4 * gd.CHUNK_SIZE) + gd.CHUNK_SIZE - 1) // gd.CHUNK_SIZE * gd.CHUNK_SIZE
@@ -562,6 +572,13 @@ class Daemon:
         try:
             client.memory = self.device.alloc(size)
         except OSError as exc:
+            if exc.errno == errno.ENOMEM and self.quarantine:
+                # Processes that just ended hold it for a moment more: the answer waits
+                # until their quarantine is over (the runtime waits 10 s for a reply).
+                log.info("%s: %d MiB of DMA memory once the quarantine frees some",
+                         client.describe(), size >> 20)
+                self._hellos_waiting.append((client, version, size))
+                return
             log.warning("%s: no DMA memory of %d MiB: %s", client.describe(), size >> 20, exc)
             self._reply(client, -(exc.errno or errno.ENOMEM))
             return
@@ -605,11 +622,14 @@ class Daemon:
             client.pidfd = -1
         log.info("%s %s; released queues %s", client.describe(), why, queues or "none")
 
-    def _free_quarantined(self) -> None:
-        now = time.monotonic()
+    def _free_quarantined(self) -> bool:
+        """Free what has waited long enough; whether anything was."""
+        now, freed = time.monotonic(), False
         while self.quarantine and self.quarantine[0][0] <= now:
             _, memory = self.quarantine.pop(0)
             memory.close()
+            freed = True
+        return freed
 
 
 def group_id(group: str | None) -> int | None:

@@ -474,16 +474,28 @@ class FakeMemory:
 
 
 class LendingDevice(FakeDevice):
-    """A fake device in a VM (``guest_ram``): root's processes may lend their pages."""
+    """A fake device in a VM (``guest_ram``): root's processes may lend their pages.
+    It has ``capacity`` bytes of DMA memory."""
 
     name = "a fake device in a VM"
 
-    def __init__(self, guest_ram: bool):
+    def __init__(self, guest_ram: bool, capacity: int = 1 << 30):
         super().__init__({})
         self.guest_ram = guest_ram
+        self.capacity = capacity
 
     def alloc(self, size):
-        return FakeMemory(size)
+        if size > self.capacity:
+            raise OSError(errno.ENOMEM, "no free hugepages")
+        self.capacity -= size
+        mem = FakeMemory(size)
+        close = mem.close
+
+        def give_back():
+            close()
+            self.capacity += size
+        mem.close = give_back
+        return mem
 
     def irq_fd(self, queue):
         return os.eventfd(0)
@@ -529,7 +541,9 @@ def lending_daemon(tmp_path, request):
     import threading
 
     from guest_driver._daemon import Daemon
-    d = Daemon(LendingDevice(request.param), str(tmp_path / "d.sock"), group=None,
+    guest_ram, capacity = request.param if isinstance(request.param, tuple) else \
+        (request.param, 1 << 30)
+    d = Daemon(LendingDevice(guest_ram, capacity), str(tmp_path / "d.sock"), group=None,
                quarantine_s=0.3)
     d.listen()
     t = threading.Thread(target=d.serve_forever, daemon=True)
@@ -587,3 +601,26 @@ def test_no_lending_where_the_process_memory_is_not_guest_ram(lending_daemon):
     finally:
         os.close(ring)
         c.sock.close()
+
+
+@pytest.mark.parametrize("lending_daemon", [(True, 8 << 20)], indirect=True)
+def test_a_process_started_right_after_another_gets_the_memory_its_quarantine_frees(
+        lending_daemon):
+    """Short programs one after another: the memory of one that just ended stays in
+    quarantine for a moment, and the next one's HELLO waits for it instead of failing
+    with "out of DMA memory".  Memory that a live process holds is refused at once."""
+    first = RawClient(lending_daemon.path)
+    assert first.hello.status == 0
+    first.sock.close()                              # its 8 MiB: quarantined for 0.3 s
+    started = time.monotonic()
+    second = RawClient(lending_daemon.path)
+    try:
+        assert second.hello.status == 0, second.hello
+        assert time.monotonic() - started >= 0.2, "answered before the quarantine ended"
+        third = RawClient(lending_daemon.path)      # the second one is alive: no wait
+        try:
+            assert third.hello.status == -errno.ENOMEM
+        finally:
+            third.sock.close()
+    finally:
+        second.sock.close()
