@@ -32,6 +32,7 @@ struct mem_notify {
 
 struct mem_ext {
     cl_mem_flags flags;        /* as the application gave them */
+    int flags_here;            /* the host's object has other flags: answer these */
     void *host_ptr;            /* CL_MEM_USE_HOST_PTR memory (at this buffer's origin) */
     size_t size;
     cl_uint map_count;
@@ -71,6 +72,57 @@ static struct mem_ext *new_mem_ext(cl_int *errcode_ret)
     return x;
 }
 
+/* CL_MEM_COPY_HOST_PTR from more memory than one command can stage (icd_transfer.c):
+ * the buffer is made empty, then filled in pieces, and its flags are answered here. */
+static int fill_later(cl_mem_flags flags, size_t size, const void *host_ptr)
+{
+    return host_ptr && (flags & CL_MEM_COPY_HOST_PTR) && !(flags & CL_MEM_USE_HOST_PTR) &&
+           size > ava_transport_piece_limit();
+}
+
+/* Fill a buffer made empty by fill_later, on a queue of our own on the context's first
+ * device; through a scratch buffer and a copy where the host may not write it. */
+static cl_int fill_buffer(cl_context context, cl_mem mem, cl_mem_flags flags, size_t size,
+                          const void *host_ptr)
+{
+    size_t bytes = 0;
+    cl_int status = ava_clGetContextInfo(context, CL_CONTEXT_DEVICES, 0, NULL, &bytes);
+    cl_device_id *devices = status == CL_SUCCESS && bytes ? malloc(bytes) : NULL;
+    if (!devices)
+        return status != CL_SUCCESS ? status : CL_OUT_OF_HOST_MEMORY;
+    status = ava_clGetContextInfo(context, CL_CONTEXT_DEVICES, bytes, devices, NULL);
+    cl_command_queue queue = status == CL_SUCCESS ?
+        ava_clCreateCommandQueue(context, devices[0], 0, &status) : NULL;
+    free(devices);
+    cl_mem scratch = NULL;
+    if (queue && (flags & (CL_MEM_HOST_NO_ACCESS | CL_MEM_HOST_READ_ONLY)))
+        scratch = ava_clCreateBuffer(context, CL_MEM_READ_WRITE, size, NULL, &status);
+    if (status == CL_SUCCESS)
+        status = ava_clEnqueueWriteBuffer(queue, scratch ? scratch : mem, CL_TRUE, 0, size,
+                                          host_ptr, 0, NULL, NULL);
+    if (status == CL_SUCCESS && scratch)
+        status = ava_clEnqueueCopyBuffer(queue, scratch, mem, 0, 0, size, 0, NULL, NULL);
+    if (status == CL_SUCCESS)
+        status = ava_clFinish(queue);
+    if (scratch)
+        ava_clReleaseMemObject(scratch);
+    if (queue)
+        ava_clReleaseCommandQueue(queue);
+    return status;
+}
+
+static cl_mem filled(cl_context context, cl_mem mem, cl_mem_flags flags, size_t size,
+                     const void *host_ptr, cl_int *errcode_ret)
+{
+    cl_int status = mem ? fill_buffer(context, mem, flags, size, host_ptr) : CL_SUCCESS;
+    if (status != CL_SUCCESS) {
+        ava_clReleaseMemObject(mem);
+        set_errcode(errcode_ret, status);
+        return NULL;
+    }
+    return mem;
+}
+
 CL_API_ENTRY cl_mem CL_API_CALL
 ava_clCreateBuffer(cl_context context, cl_mem_flags flags, size_t size, void *host_ptr,
                    cl_int *errcode_ret)
@@ -79,8 +131,14 @@ ava_clCreateBuffer(cl_context context, cl_mem_flags flags, size_t size, void *ho
     if (!x)
         return NULL;
     x->context_id = ava_obj_wire_id(AVA_OBJ_CONTEXT, context);
-    return buffer_created(ava_fwd_clCreateBuffer(context, flags, size, host_ptr, errcode_ret), x,
-                          flags, size, host_ptr);
+    if (!fill_later(flags, size, host_ptr))
+        return buffer_created(ava_fwd_clCreateBuffer(context, flags, size, host_ptr, errcode_ret),
+                              x, flags, size, host_ptr);
+    x->flags_here = 1;
+    cl_mem mem = buffer_created(ava_fwd_clCreateBuffer(context, flags & ~CL_MEM_COPY_HOST_PTR,
+                                                       size, NULL, errcode_ret),
+                                x, flags, size, host_ptr);
+    return filled(context, mem, flags, size, host_ptr, errcode_ret);
 }
 
 CL_API_ENTRY cl_mem CL_API_CALL
@@ -92,9 +150,16 @@ ava_clCreateBufferWithProperties(cl_context context, const cl_mem_properties *pr
     if (!x)
         return NULL;
     x->context_id = ava_obj_wire_id(AVA_OBJ_CONTEXT, context);
-    return buffer_created(ava_fwd_clCreateBufferWithProperties(context, properties, flags, size,
-                                                               host_ptr, errcode_ret),
-                          x, flags, size, host_ptr);
+    if (!fill_later(flags, size, host_ptr))
+        return buffer_created(ava_fwd_clCreateBufferWithProperties(context, properties, flags,
+                                                                   size, host_ptr, errcode_ret),
+                              x, flags, size, host_ptr);
+    x->flags_here = 1;
+    cl_mem mem = buffer_created(ava_fwd_clCreateBufferWithProperties(
+                                    context, properties, flags & ~CL_MEM_COPY_HOST_PTR, size,
+                                    NULL, errcode_ret),
+                                x, flags, size, host_ptr);
+    return filled(context, mem, flags, size, host_ptr, errcode_ret);
 }
 
 CL_API_ENTRY cl_mem CL_API_CALL
@@ -123,6 +188,7 @@ ava_clCreateSubBuffer(cl_mem buffer, cl_mem_flags flags, cl_buffer_create_type t
     x->parent_id = ava_obj_id(buffer);
     if (parent) {
         x->context_id = parent->context_id;
+        x->flags_here = parent->flags_here;
         x->flags = flags | (parent->flags & host_ptr);
         if (!(flags & access))
             x->flags |= parent->flags & access;
@@ -147,7 +213,8 @@ ava_clGetMemObjectInfo(cl_mem memobj, cl_mem_info param_name, size_t param_value
     pthread_mutex_lock(&mem_lock);
     if (param_name == CL_MEM_HOST_PTR && param_value_size >= sizeof(void *))
         memcpy(param_value, &x->host_ptr, sizeof(void *));
-    else if (param_name == CL_MEM_FLAGS && x->host_ptr && param_value_size >= sizeof(cl_mem_flags))
+    else if (param_name == CL_MEM_FLAGS && (x->host_ptr || x->flags_here) &&
+             param_value_size >= sizeof(cl_mem_flags))
         memcpy(param_value, &x->flags, sizeof(cl_mem_flags));
     else if (param_name == CL_MEM_MAP_COUNT && param_value_size >= sizeof(cl_uint))
         memcpy(param_value, &x->map_count, sizeof(cl_uint));

@@ -3,7 +3,8 @@
  * only argument, default 64, at least 8) written and read back, a read at an odd offset into an odd address, a transfer just over
  * the zero-copy threshold, a write from memory that cannot be pinned for writing
  * (read-only), a map (its memory is the DMA arena), and a non-blocking write and
- * read of a quarter of SIZE behind a user event.  Prints one line per case,
+ * read of a quarter of SIZE behind a user event, and buffers made from SIZE bytes of
+ * host memory (CL_MEM_COPY_HOST_PTR).  Prints one line per case,
  * "ok" or what differed; exit status 0 only if every case is right.  With
  * AVA_ICD_DEBUG=1 the ICD says on stderr which transfers went in place. */
 #define CL_TARGET_OPENCL_VERSION 120
@@ -147,6 +148,30 @@ int main(int argc, char **argv)
         clReleaseEvent(wrote);
     if (read)
         clReleaseEvent(read);
+    /* Buffers made from all SIZE bytes of host memory (CL_MEM_COPY_HOST_PTR), one the
+     * host may not access, read back through a copy: contents and flags as given. */
+    for (size_t i = 0; i < size; i++)
+        src[i] = pattern(i, 6);
+    const cl_mem_flags made_with[2] = {CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
+                                       CL_MEM_COPY_HOST_PTR | CL_MEM_HOST_NO_ACCESS};
+    for (int k = 0; k < 2; k++) {
+        cl_mem made = clCreateBuffer(ctx, made_with[k], size, src, &err);
+        cl_mem_flags flags = 0;
+        if (err == CL_SUCCESS)
+            err = clGetMemObjectInfo(made, CL_MEM_FLAGS, sizeof(flags), &flags, NULL);
+        if (err == CL_SUCCESS)
+            err = clEnqueueCopyBuffer(q, made, buf, 0, 0, size, 0, NULL, NULL);
+        memset(dst, 0, size);
+        if (err == CL_SUCCESS)
+            err = clEnqueueReadBuffer(q, buf, CL_TRUE, 0, size, dst, 0, NULL, NULL);
+        if (flags != made_with[k])
+            printf("made from host memory: flags %#llx, not %#llx\n", (unsigned long long)flags,
+                   (unsigned long long)made_with[k]);
+        failed |= report(k ? "made from host memory, no host access" : "made from host memory",
+                         err, (err ? 0 : differ(dst, size, 0, 6)) + (flags != made_with[k]));
+        if (made)
+            clReleaseMemObject(made);
+    }
     printf("%s\n", failed ? "zero-copy: FAILED" : "zero-copy: all right");
     return failed;
 }
