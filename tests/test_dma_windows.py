@@ -107,6 +107,27 @@ async def test_addresses_outside_the_windows_are_refused(guest, where):
     assert await ring.call(Op.NOP) == (0, 0)        # the queue keeps serving
 
 
+async def test_a_window_over_all_memory_reaches_anything_mapped(guest):
+    """What the guest daemon loads for a root process in a VM (zero-copy lends pages
+    anywhere in guest RAM): one window over the whole 64-bit space.  Anything mapped is
+    reached; what is not mapped is still refused."""
+    from vdev._windows import describe, normalize
+    cli, mem, alloc = guest
+    other = PyRing(cli, mem, alloc, 0, 0, 0)
+    elsewhere = other.put(b"ANYWHERE" * 8)
+    ring = await PyRing.create(cli, mem, Region(mem, alloc, MIB).alloc, enable=False)
+    assert await load_windows(ring, table(other, [(0, (1 << 64) - 1)])) == 0
+    await ring.qwrite(QReg.CTRL, QueueCtrl.ENABLE)
+    assert await ring.qread(QReg.CTRL) & QueueState.ENABLED
+    out = ring.buffer(512)
+    assert await ring.call(Op.ECHO, payload_addr=elsewhere, payload_len=64, reply_addr=out,
+                           reply_len=512) == (0, 64)
+    assert ring.read(out, 8) == b"ANYWHERE"
+    assert await ring.call(Op.ECHO, payload_addr=RAM_IOVA + mem.size + (1 << 30),
+                           payload_len=64, reply_addr=out, reply_len=512) == (-errno.EFAULT, 0)
+    assert describe(normalize([(0, (1 << 64) - 1)])) == "1 windows, all guest memory"
+
+
 async def test_a_ring_outside_the_windows_is_not_enabled(guest):
     cli, mem, alloc = guest
     region = Region(mem, alloc, MIB)

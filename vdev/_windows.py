@@ -63,6 +63,8 @@ def describe(windows: Windows | None) -> str:
     if windows is None:
         return "no windows (the whole DMA map)"
     total = sum(e - s for s, e in windows)
+    if total >= 1 << 63:        # a guest daemon's window for a root process (zero-copy)
+        return f"{len(windows)} windows, all guest memory"
     return f"{len(windows)} windows, {total} bytes"
 
 
