@@ -144,7 +144,7 @@ size_t ava_transport_piece_limit(void)
 int ava_transport_may_lend(size_t size)
 {
     struct ava_device *dev = ava_default_device();
-    return dev && ava_zero_copy(dev) && size >= ava_zero_copy_min(dev) && size <= (1u << 30);
+    return dev && ava_pin_eligible(dev, size);
 }
 
 void ava_transport_stage_free(struct ava_stage *st)

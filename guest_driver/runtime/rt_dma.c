@@ -153,6 +153,28 @@ struct buffer_priv {
     size_t sg_size;
 };
 
+struct ava_sg_entry *rt_arena_runs(struct ava_device *dev, const void *p, size_t size,
+                                   uint32_t *count)
+{
+    size_t max_entries = size / CHUNK + 2;
+    struct ava_sg_entry *sg = calloc(max_entries, sizeof(*sg));
+    uint32_t n = 0;
+    for (size_t done = 0; sg && done < size;) {
+        size_t off = (size_t)((const uint8_t *)p - dev->base) + done;
+        size_t run = CHUNK - off % CHUNK;
+        if (run > size - done)
+            run = size - done;
+        uint64_t gpa = rt_gpa(dev, dev->base + off);
+        if (n && sg[n - 1].addr + sg[n - 1].len == gpa && sg[n - 1].len + run < (1u << 30))
+            sg[n - 1].len += (uint32_t)run;
+        else
+            sg[n++] = (struct ava_sg_entry){.addr = gpa, .len = (uint32_t)run};
+        done += run;
+    }
+    *count = n;
+    return sg;
+}
+
 int ava_buffer_alloc(struct ava_device *dev, size_t size, struct ava_buffer *out)
 {
     memset(out, 0, sizeof(*out));
@@ -170,25 +192,8 @@ int ava_buffer_alloc(struct ava_device *dev, size_t size, struct ava_buffer *out
         return rt_error(ENOMEM, "cannot allocate %zu bytes of DMA memory (arena %zu bytes); hint: "
                         "raise AVA_VDEV_MEM or the reserved hugepages", size, dev->arena_size);
     }
-    /* Scatter list: one entry per physically contiguous run (u32 lengths: split at 1 GiB). */
-    size_t max_entries = rounded / CHUNK + 2;
-    struct ava_sg_entry *tmp = calloc(max_entries, sizeof(*tmp));
     uint32_t n = 0;
-    for (size_t done = 0; tmp && done < size;) {
-        size_t off = (size_t)(p - dev->base) + done;
-        size_t run = CHUNK - off % CHUNK;
-        if (run > size - done)
-            run = size - done;
-        uint64_t gpa = rt_gpa(dev, dev->base + off);
-        if (n && tmp[n - 1].addr + tmp[n - 1].len == gpa && tmp[n - 1].len + run < (1u << 30))
-            tmp[n - 1].len += (uint32_t)run;
-        else {
-            tmp[n].addr = gpa;
-            tmp[n].len = (uint32_t)run;
-            n++;
-        }
-        done += run;
-    }
+    struct ava_sg_entry *tmp = rt_arena_runs(dev, p, size, &n);
     uint64_t sg_gpa = 0;
     struct ava_sg_entry *sg = tmp ? rt_dma_alloc_contig(dev, n * sizeof(*sg), &sg_gpa) : NULL;
     if (!sg) {

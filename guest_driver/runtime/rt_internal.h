@@ -85,5 +85,9 @@ void rt_arena_fini(struct ava_device *dev);
 void *rt_dma_alloc_contig(struct ava_device *dev, size_t size, uint64_t *gpa);
 void rt_dma_free(struct ava_device *dev, void *ptr, size_t size);
 uint64_t rt_gpa(struct ava_device *dev, const void *ptr);
+/* The scatter list of [p, p + size) inside the arena: one entry per physically
+ * contiguous run (malloc'd; NULL when out of memory). */
+struct ava_sg_entry *rt_arena_runs(struct ava_device *dev, const void *p, size_t size,
+                                   uint32_t *count);
 
 #endif

@@ -167,51 +167,50 @@ void rt_pin_fini(struct ava_device *dev)
     dev->pin_key_ok = 0;
 }
 
-/* Memory of the DMA arena itself (a mapping made there, icd_mem.c): the device
- * reaches it as it is, for any process on any transport; nothing to pin. */
-static int arena_range(struct ava_device *dev, const void *p, size_t n, struct ava_pin *out)
+/* Where the device finds the scatter list ``sg``: its one run itself, or a table in
+ * DMA memory (priv keeps it until ava_unpin). */
+static int place(struct ava_device *dev, const struct ava_sg_entry *sg, uint32_t count,
+                 size_t n, struct pin_priv *priv, struct ava_pin *out)
 {
-    size_t off = (size_t)((const uint8_t *)p - dev->base);
-    uint32_t count = 0;
-    struct ava_sg_entry sg_first;
-    for (size_t done = 0; done < n; count++) {
-        size_t run = CHUNK - (off + done) % CHUNK;
-        if (run > n - done)
-            run = n - done;
-        if (count == 0)
-            sg_first = (struct ava_sg_entry){.addr = rt_gpa(dev, dev->base + off), .len = (uint32_t)run};
-        done += run;
-    }
-    struct pin_priv *priv = calloc(1, sizeof(*priv));
-    if (!priv)
-        return -ENOMEM;
-    if (count == 1) {
-        out->addr = sg_first.addr;
-    } else {
-        uint64_t table_gpa = 0;
-        priv->table_size = (size_t)count * sizeof(struct ava_sg_entry);
-        struct ava_sg_entry *sg = priv->table_size <= CHUNK ?
-            rt_dma_alloc_contig(dev, priv->table_size, &table_gpa) : NULL;
-        if (!sg) {
-            free(priv);
+    uint64_t table_gpa = 0;
+    if (count > 1) {
+        priv->table_size = (size_t)count * sizeof(*sg);
+        if (priv->table_size <= CHUNK)
+            priv->table = rt_dma_alloc_contig(dev, priv->table_size, &table_gpa);
+        if (!priv->table)
             return rt_error(ENOMEM, "no DMA memory for a scatter list of %u entries", count);
-        }
-        size_t done = 0;
-        for (uint32_t i = 0; i < count; i++) {
-            size_t run = CHUNK - (off + done) % CHUNK;
-            if (run > n - done)
-                run = n - done;
-            sg[i] = (struct ava_sg_entry){.addr = rt_gpa(dev, dev->base + off + done),
-                                          .len = (uint32_t)run};
-            done += run;
-        }
-        priv->table = sg;
-        out->addr = table_gpa;
+        memcpy(priv->table, sg, priv->table_size);
     }
+    out->addr = count == 1 ? sg[0].addr : table_gpa;
     out->nsg = count;
     out->len = n;
     out->priv = priv;
     return 0;
+}
+
+/* Memory of the DMA arena itself (a mapping made there, icd_mem.c): the device
+ * reaches it as it is, for any process on any transport; nothing to pin. */
+static int arena_range(struct ava_device *dev, const void *p, size_t n, struct ava_pin *out)
+{
+    uint32_t count = 0;
+    struct ava_sg_entry *sg = rt_arena_runs(dev, p, n, &count);
+    struct pin_priv *priv = sg ? calloc(1, sizeof(*priv)) : NULL;
+    int rc = priv ? place(dev, sg, count, n, priv, out) : -ENOMEM;
+    if (rc != 0)
+        free(priv);
+    free(sg);
+    return rc;
+}
+
+/* A size worth pinning (AVA_VDEV_ZERO_COPY_MIN), and one a registration takes. */
+static int pin_size(const struct ava_device *dev, size_t n)
+{
+    return n && n >= dev->zero_copy_min && n <= MAX_PIN;
+}
+
+int ava_pin_eligible(const struct ava_device *dev, size_t n)
+{
+    return dev->zero_copy && pin_size(dev, n);
 }
 
 int ava_pin(struct ava_device *dev, const void *p, size_t n, struct ava_pin *out)
@@ -220,7 +219,7 @@ int ava_pin(struct ava_device *dev, const void *p, size_t n, struct ava_pin *out
     const uint8_t *b = p;
     if (b && n && n <= MAX_PIN && b >= dev->base && b + n <= dev->base + dev->arena_size)
         return arena_range(dev, p, n, out);
-    if (!p || n == 0 || n < dev->zero_copy_min || n > MAX_PIN)
+    if (!p || !pin_size(dev, n))
         return -ERANGE;
     if (!dev->zero_copy)
         return rt_error(EOPNOTSUPP, "zero-copy is for root's processes in a VM only (this "
@@ -249,32 +248,15 @@ int ava_pin(struct ava_device *dev, const void *p, size_t n, struct ava_pin *out
             usleep(1000);
         sg = translate(p, n, &count);
     }
-    uint64_t table_gpa = 0;
-    if (priv && sg && count > 1) {
-        priv->table_size = (size_t)count * sizeof(*sg);
-        if (priv->table_size <= CHUNK)
-            priv->table = rt_dma_alloc_contig(dev, priv->table_size, &table_gpa);
-        if (!priv->table)
-            rt_error(ENOMEM, "zero-copy: no DMA memory for a scatter list of %u entries", count);
-    }
-    if (!priv || !sg || (count > 1 && !priv->table)) {
+    if (!priv || !sg || place(dev, sg, count, n, priv, out) != 0) {
         free(sg);
         free(priv);
         syscall(__NR_io_uring_register, pn->ring, IORING_UNREGISTER_BUFFERS, NULL, 0);
         pn->busy = 0;
         return -EOPNOTSUPP;
     }
-    if (count == 1) {
-        out->addr = sg[0].addr;
-    } else {
-        memcpy(priv->table, sg, priv->table_size);
-        out->addr = table_gpa;
-    }
     free(sg);
     priv->pinner = pn;
-    out->nsg = count;
-    out->len = n;
-    out->priv = priv;
     return 0;
 }
 
