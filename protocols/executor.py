@@ -23,7 +23,19 @@ from __future__ import annotations
 
 import enum
 
-from construct import Array, Const, Enum, Int16ul, Int32sl, Int32ul, Int64ul, Struct, Switch, this
+from construct import (
+    Array,
+    Const,
+    Enum,
+    Int16ul,
+    Int32sl,
+    Int32ul,
+    Int64ul,
+    PascalString,
+    Struct,
+    Switch,
+    this,
+)
 
 from .device_abi import MAX_WINDOWS, _offsets
 
@@ -42,6 +54,7 @@ class ControlOp(enum.IntEnum):
     SYNC = 7            # acked once everything before it is done
     QUEUE_WINDOWS = 8   # acked: a queue's DMA windows (in force for its next enable, and at
                         # once for an enabled queue)
+    ADOPT = 9           # an executor started ahead (a standby) now serves session ``name``
 
 
 class EventOp(enum.IntEnum):
@@ -72,6 +85,7 @@ Control = Struct(
         ControlOp.QUEUE_WINDOWS.name: Struct(
             "queue" / Int32ul, "seq" / Int32ul, "count" / Int32ul,
             "windows" / Array(this.count, Struct("start" / Int64ul, "end" / Int64ul))),
+        ControlOp.ADOPT.name: Struct("name" / PascalString(Int16ul, "utf8")),
     }),
 )
 

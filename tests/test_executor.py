@@ -107,9 +107,11 @@ def executor_of(server_pid: int, timeout: float = 30.0, not_pid: int | None = No
 
 
 def executors_started(log: str) -> list[int]:
-    """The PIDs of the executors the server started, in order (from its log)."""
+    """The PIDs of the executors that served sessions, in order (from the server's log):
+    one started for a session, or a standby a session took."""
     with open(log) as f:
-        return [int(m) for m in re.findall(r"executor started \(pid (\d+)", f.read())]
+        return [int(a or b) for a, b in re.findall(
+            r"executor started \(pid (\d+)|executor pid (\d+), started ahead, serves", f.read())]
 
 
 @pytest.fixture
@@ -279,6 +281,106 @@ async def spin_kernel(ring):
     assert (await remote(ring, "clSetKernelArg", kernel=KERN, arg_index=0,
                          arg_value=(api.KARG_MEM, BUF)))[0] == 0
     return CTX, Q, BUF, PROG, KERN
+
+
+# -- the standby executor ---------------------------------------------------------------------
+
+VADD_APP = r"""
+import numpy as np, pyopencl as cl
+ctx = cl.Context([cl.get_platforms()[0].get_devices()[0]])
+q = cl.CommandQueue(ctx)
+prg = cl.Program(ctx, "__kernel void twice(__global int *a) { a[get_global_id(0)] *= 2; }").build()
+a = np.arange(1024, dtype=np.int32)
+buf = cl.Buffer(ctx, cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR, hostbuf=a)
+prg.twice(q, a.shape, None, buf)
+out = np.empty_like(a); cl.enqueue_copy(q, out, buf); q.finish()
+assert (out == 2 * a).all()
+print("twice ok")
+"""
+
+
+def run_vadd(env) -> None:
+    res = subprocess.run([sys.executable, "-c", VADD_APP], env=env, capture_output=True,
+                         text=True, timeout=180)
+    assert res.returncode == 0 and res.stdout.strip() == "twice ok", res.stderr[-2000:]
+
+
+def children(pid: int) -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.add(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def test_a_standby_executor_serves_each_next_client(shim, cl_server):
+    """``vdev serve`` starts an executor ahead, before any client: the first client's
+    session takes it (its lines then name that client), and once the session is over
+    the next standby starts.  It loads the OpenCL declarations the server prepared.
+    Nothing is left when the server stops."""
+    path, server, log = cl_server
+    standby = executor_of(server.pid)
+    with open(f"/proc/{standby}/environ", "rb") as f:
+        prepared = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v
+                        ).get(b"AVA_CL_PREPARED", b"").decode()
+    assert prepared and os.path.exists(prepared), "the server prepared the declarations"
+    env = dict(device_env(shim, path), PYOPENCL_CTX="0")
+    run_vadd(env)
+    text = read(log)
+    assert re.search(rf"client#1 \(pid \d+\): executor pid {standby}, started ahead, serves",
+                     text), text
+    assert re.search(rf"\[client#1 \(pid \d+\), pid {standby}\] INFO: serving client#1", text), \
+        "after the hand-over the executor's lines name the client"
+    assert executors_started(log) == [standby], text
+    nxt = executor_of(server.pid, not_pid=standby)
+    assert f"started a standby executor (pid {nxt}" in read(log)
+    run_vadd(env)
+    assert executors_started(log) == [standby, nxt], read(log)
+    assert not os.path.exists(f"/proc/{standby}"), "the first client's executor ended with it"
+    third = executor_of(server.pid, not_pid=nxt)
+    stops_on_sigterm(server, log)
+    assert not os.path.exists(f"/proc/{third}"), "the standby ends with the server"
+    assert not os.path.exists(os.path.dirname(prepared)), "the prepared declarations are removed"
+
+
+def test_a_standby_that_died_while_it_waited_is_replaced(shim, cl_server):
+    path, server, log = cl_server
+    standby = executor_of(server.pid)
+    os.kill(standby, signal.SIGKILL)
+    run_vadd(dict(device_env(shim, path), PYOPENCL_CTX="0"))
+    text = read(log)
+    assert f"the standby executor (pid {standby}) was killed by SIGKILL while it waited" in text
+    started = executors_started(log)
+    assert len(started) == 1 and started[0] != standby, text
+    assert "started ahead, serves" not in text, text
+
+
+def test_no_standby_starts_an_executor_for_each_client(shim, tmp_path):
+    d = tempfile.mkdtemp(prefix="ava-ex-", dir="/tmp")
+    log = str(tmp_path / "server.log")
+    path = os.path.join(d, "cl.sock")
+    with open(log, "w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "vdev", "serve", "--socket", path,
+                                   "--backend", "opencl", "--no-standby"], cwd=ROOT,
+                                  stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.exists(path):
+            assert server.poll() is None and time.monotonic() < deadline, read(log)
+            time.sleep(0.02)
+        assert not children(server.pid), "no executor before a client needs one"
+        run_vadd(dict(device_env(shim, path), PYOPENCL_CTX="0"))
+        text = read(log)
+        assert re.search(r"client#1 \(pid \d+\): executor started \(pid", text), text
+        assert "standby" not in text, text
+        stops_on_sigterm(server, log)
+    finally:
+        stop(server, timeout=15)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 # -- the sandbox ----------------------------------------------------------------------------

@@ -854,3 +854,46 @@ def test_a_release_running_while_its_owner_is_torn_down_is_not_released_twice(ba
     # The implementation is alive and serves another owner.
     other = Guest(backend, owner=42)
     assert other.context()
+
+
+PREPARED_PROBE = """
+import logging, sys
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+from host_backend import _cl
+devices = sum(len(d) for _, d in _cl.platforms_and_devices())
+cell = _cl.ffi.new("cl_uint *", 7)
+print(_cl.PREPARED, devices, cell[0], _cl.ffi.sizeof("cl_event"))
+"""
+
+
+def test_prepared_declarations_are_used_only_when_they_match(tmp_path):
+    """A server prepares the OpenCL declarations once for its executors (cffi's
+    out-of-line mode): an executor given them uses them, and the same OpenCL answers;
+    a module made from other declarations, or one it cannot load, is not used: the
+    executor parses them itself and says why."""
+    import subprocess
+    import sys
+
+    from host_backend._cl import PREPARED_ENV, write_prepared
+    path = write_prepared(str(tmp_path))
+
+    def probe(prepared: str) -> tuple[list[str], str]:
+        res = subprocess.run([sys.executable, "-c", PREPARED_PROBE], capture_output=True,
+                             text=True, timeout=60, env=dict(os.environ, **{PREPARED_ENV: prepared}))
+        assert res.returncode == 0, res.stderr
+        return res.stdout.split(), res.stderr
+
+    fast, err = probe(path)
+    parsed, _ = probe("")
+    assert fast[0] == "True" and parsed[0] == "False", (fast, parsed)
+    assert fast[1:] == parsed[1:] and int(fast[1]) >= 1 and fast[2] == "7", (fast, parsed)
+    assert not err
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(text.replace("DIGEST = '", "DIGEST = 'x"))
+    stale, err = probe(path)
+    assert stale[0] == "False" and stale[1:] == parsed[1:]
+    assert "made from other declarations" in err, err
+    gone, err = probe(str(tmp_path / "missing.py"))
+    assert gone[0] == "False" and "cannot load the prepared declarations" in err, err

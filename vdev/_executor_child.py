@@ -80,7 +80,8 @@ class Executor:
     """Serves one VM's rings until the parent closes the control socket."""
 
     def __init__(self, backend: Backend, control: socket.socket, events: socket.socket,
-                 doorbell: int, status: StatusPage, tenant: TenantScheduler | None = None):
+                 doorbell: int, status: StatusPage, tenant: TenantScheduler | None = None,
+                 vm_name: str = ""):
         from ._dma import DmaMap
         from ._rings import RingEngine
 
@@ -99,6 +100,7 @@ class Executor:
         self.kernels = backend.enable_kernel_watch() if hasattr(backend, "enable_kernel_watch") \
             else None
         self.tenant = tenant
+        self.vm_name = vm_name
         self._tenant_generation = -1
         if tenant is not None:
             backend.meter = tenant      # type: ignore[attr-defined]
@@ -260,6 +262,17 @@ class Executor:
             self._ack(body.seq)
         elif op == ControlOp.SYNC:
             self._ack(body.seq)
+        elif op == ControlOp.ADOPT:
+            # A standby started before its session: from now on its lines name it.
+            for handler in logging.getLogger().handlers:
+                handler.setFormatter(logging.Formatter(log_format(body.name, self.vm_name)))
+            log.info("serving %s (started ahead)", body.name)
+
+
+def log_format(name: str, vm_name: str = "") -> str:
+    """Every line names the session served (and the VM, under a manager) and this PID."""
+    where = f" vm={vm_name}" if vm_name else ""
+    return f"%(asctime)s{where} %(name)s[{name}, pid {os.getpid()}] %(levelname)s: %(message)s"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -302,10 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    where = f" vm={args.vm_name}" if args.vm_name else ""
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format=f"%(asctime)s{where} %(name)s[{args.name}, pid {os.getpid()}] "
-                               "%(levelname)s: %(message)s")
+                        format=log_format(args.name, args.vm_name))
     for name in args.debug_logger:
         logging.getLogger(name).setLevel(logging.DEBUG)
     binds = [*args.bind, *([args.kernel_cache] if args.kernel_cache else [])]
@@ -345,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
              f", contexts of guest processes {sorted(lost)} lost" if lost else "")
     executor = Executor(backend, socket.socket(fileno=args.control),
                         socket.socket(fileno=args.events), args.doorbell,
-                        StatusPage(args.status), tenant)
+                        StatusPage(args.status), tenant, args.vm_name)
     executor.run()
     if tenant is not None:
         tenant.tick(False, 0, 0)    # the session's objects are gone with it

@@ -25,7 +25,7 @@ from protocols.vfio_user import Command, HeaderFlags, MsgType
 from ._backend import Backend
 from ._device import NUM_REGIONS, AcceleratorDevice, RegionError
 from ._dma import DmaError, DmaMap
-from ._executor import ExecutorConfig, IsolatedEngine
+from ._executor import ExecutorConfig, ExecutorProcess, IsolatedEngine
 from ._irq import IrqError
 from ._rings import RingEngine
 from ._transport import ConnectionLost, FramingError, Message, MessageStream
@@ -75,12 +75,15 @@ class Session:
 
     def __init__(self, device: AcceleratorDevice, sock: trio.socket.SocketType, *,
                  name: str, backend: Backend | None = None,
-                 executor: ExecutorConfig | None = None, stall_timeout: float = 5.0):
+                 executor: ExecutorConfig | None = None, stall_timeout: float = 5.0,
+                 standby: Callable[[], ExecutorProcess | None] | None = None):
         if (backend is None) == (executor is None):
             raise ValueError("a session needs a backend (in process) or an executor config")
         self.device = device
         self.backend = backend
         self.executor = executor
+        #: Hands over the server's standby executor, if it has one (see IsolatedEngine).
+        self.standby = standby
         self.engine: RingEngine | IsolatedEngine | None = None
         self.name = name
         self.stream = MessageStream(sock, max_size=MAX_MESSAGE, stall_timeout=stall_timeout)
@@ -118,7 +121,7 @@ class Session:
                 if self.executor is not None:
                     engine = IsolatedEngine(self.dma, device.queues, self.executor,
                                             name=self.name, raise_irq=device.raise_irq,
-                                            on_give_up=device.fail)
+                                            on_give_up=device.fail, standby=self.standby)
                     await nursery.start(engine.run)
                 else:
                     assert self.backend is not None
