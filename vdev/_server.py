@@ -201,6 +201,8 @@ class Server:
         finally:
             self._stop_standby()
             if self._prepared_dir:
+                if self._prepared_dir in self.sandbox.read_only_paths:
+                    self.sandbox.read_only_paths.remove(self._prepared_dir)
                 shutil.rmtree(self._prepared_dir, ignore_errors=True)
                 self._prepared_dir = ""
                 self._executor_env = {}
