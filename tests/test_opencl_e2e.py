@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -245,15 +246,18 @@ def _tree(root: str) -> set[str]:
             for f in files if not f.startswith("tempfile")}
 
 
-def test_kernel_cache_outlives_sessions_and_goes_with_the_server(shim, tmp_path):
+@pytest.mark.parametrize("sandbox", ["auto", "off"])
+def test_kernel_cache_outlives_sessions_and_goes_with_the_server(shim, tmp_path, sandbox):
     """A program built in one session (guest process) comes from the server's kernel
     cache in the next: nothing new is compiled into the cache, and the include
-    directory keeps its path.  The cache is a tmpfs in the server's own mount
-    namespace (seen here through /proc/PID/root), gone with the server."""
+    directory keeps its path.  Sandboxed executors (a root server) share a tmpfs in
+    the server's own mount namespace (seen here through /proc/PID/root); executors
+    that are not (``--sandbox off``, or a server that is not root) share a private
+    directory.  Either is gone with the server."""
     (tmp_path / "scale.h").write_text("#define SCALE 3\n")
     script = tmp_path / "build.py"
     script.write_text(BUILD_WITH_HEADER)
-    with device_server() as (sock, log):
+    with device_server("--sandbox", sandbox) as (sock, log):
         deadline = time.monotonic() + 10
         while "kernel cache for this server" not in Path(log).read_text():
             assert time.monotonic() < deadline, Path(log).read_text()
@@ -268,7 +272,11 @@ def test_kernel_cache_outlives_sessions_and_goes_with_the_server(shim, tmp_path)
             seen.append(_tree(f"/proc/{server_pid}/root{path}"))
         assert seen[0] and seen[0] == seen[1], (seen, "the second build added entries")
         assert any(p.startswith("includes/") and p.endswith("scale.h") for p in seen[0])
-        assert path not in Path("/proc/mounts").read_text(), "not in the host's namespace"
+        assert any(not p.startswith("includes/") for p in seen[0]), "the compiled program"
+        if sandbox == "auto":
+            assert path not in Path("/proc/mounts").read_text(), "not in the host's namespace"
+        else:
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o700, "the server's user's alone"
     deadline = time.monotonic() + 5
     while os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.05)

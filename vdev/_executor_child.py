@@ -338,12 +338,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.probe:
         print(json.dumps(dict(probe(args.probe_path), mode=mode)), flush=True)
         return 0
-    if mode == "full":          # the host's kernel cache is out of view: the server's
+    if mode == "full" or args.kernel_cache:
+        # The server's kernel cache, shared by its executors; a sandboxed executor sees
+        # none of the host's (and no home directory to find one in).
         os.environ["POCL_CACHE_DIR"] = args.kernel_cache or "/tmp/pocl-cache"
     from ._backends import make_backend
 
     options = json.loads(args.backend_options)
-    if mode == "full" and args.kernel_cache and args.backend == "opencl":
+    if args.kernel_cache and args.backend == "opencl":
         # Include directories at paths that outlive this executor: the cache's keys.
         options["include_root"] = os.path.join(args.kernel_cache, "includes")
     backend = make_backend(args.backend, options)

@@ -36,6 +36,7 @@ import logging
 import os
 import pwd
 import resource
+import shutil
 import stat
 import sys
 import tempfile
@@ -258,13 +259,24 @@ class KernelCache:
     session too (and after an executor was replaced), as it does natively.  A
     size-limited tmpfs owned by the executor user, mounted in a mount namespace of
     the server's own, so it goes away with the server whatever ends it, and no other
-    VM's executors (other servers) can see or poison it.  Only for a full sandbox
-    (the server is root); otherwise each executor keeps its own cache in its /tmp.
-    ``path`` is "" when there is none."""
+    VM's executors (other servers) can see or poison it.  Without a full sandbox (a
+    server that is not root, or ``--sandbox off``) the executors run as the server's
+    own user, with no namespace to hide a mount in: the cache is then a private
+    directory (mode 0700) the server removes when it ends.  ``path`` is "" when there
+    is none."""
 
     def __init__(self, cfg: SandboxConfig, size: int):
         self.path = ""
+        self._mounted = False
         if not cfg.full_sandbox():
+            try:
+                self.path = tempfile.mkdtemp(prefix="ava-kernel-cache-")
+            except OSError as exc:
+                log.warning("no kernel cache shared across sessions (%s): each executor "
+                            "builds every program anew", exc)
+                return
+            log.info("kernel cache for this server's executors: %s (a private directory: "
+                     "the executors are not sandboxed)", self.path)
             return
         try:
             entry = pwd.getpwnam(cfg.user)
@@ -283,6 +295,7 @@ class KernelCache:
                         "its own", exc)
             return
         self.path = path
+        self._mounted = True
         log.info("kernel cache for this server's executors: %s (tmpfs, %d MiB)", path,
                  size >> 20)
 
@@ -290,6 +303,10 @@ class KernelCache:
         """Unmount and remove it (a server killed outright leaves the empty directory:
         its namespace, and so the tmpfs, went with it)."""
         if not self.path:
+            return
+        if not self._mounted:
+            shutil.rmtree(self.path, ignore_errors=True)
+            self.path = ""
             return
         if _libc.umount2(self.path.encode(), MNT_DETACH) != 0:
             log.warning("cannot unmount the kernel cache %s: %s", self.path,
