@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import io
 import logging
 import os
+import tempfile
 from typing import Any
 
 from protocols import opencl_api as api
+from protocols.executor import PREPARED_ENV
 
 log = logging.getLogger("host_backend.opencl")
 
-#: A module of these declarations prepared ahead (``write_prepared``): the server
-#: makes one for its executors, which then start without parsing C (60-70 ms here).
-PREPARED_ENV = "AVA_CL_PREPARED"
+#: A module of these declarations prepared ahead (``prepared_source``): the server
+#: makes one for its executors (a sealed memfd, named by PREPARED_ENV), which then
+#: start without parsing C (60-70 ms here).
 _PREPARED_NAME = "ava_cl_declarations"
 
 
@@ -34,22 +35,22 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def write_prepared(directory: str) -> str:
-    """Parse the declarations once into a module in ``directory`` (cffi's out-of-line
-    ABI mode: the parsed types, serialised) and return its path; an executor given it
-    in ``AVA_CL_PREPARED`` loads that instead of parsing.  The module carries the
-    digest of the declarations it was made from, so a stale one is never used."""
+def prepared_source() -> str:
+    """The declarations parsed once into a Python module (cffi's out-of-line ABI mode:
+    the parsed types, serialised), for an executor to load (``AVA_CL_PREPARED``)
+    instead of parsing them.  It carries the digest of the declarations it was made
+    from, so a stale one is never used."""
     from cffi import FFI
     text = declarations()
     out = FFI()
     out.set_source(_PREPARED_NAME, None)
     out.cdef(text)
-    path = os.path.join(directory, _PREPARED_NAME + ".py")
-    with contextlib.redirect_stdout(io.StringIO()):     # cffi says "generating <path>"
-        out.emit_python_code(path)
-    with open(path, "a") as f:
-        f.write(f"\nDIGEST = {_digest(text)!r}\n")
-    return path
+    with tempfile.TemporaryDirectory(prefix="ava-cl-prepared-") as directory:
+        path = os.path.join(directory, _PREPARED_NAME + ".py")
+        with contextlib.redirect_stdout(io.StringIO()):     # cffi says "generating <path>"
+            out.emit_python_code(path)
+        with open(path) as f:
+            return f.read() + f"\nDIGEST = {_digest(text)!r}\n"
 
 
 def _load_ffi() -> Any:
@@ -57,12 +58,12 @@ def _load_ffi() -> Any:
     path = os.environ.get(PREPARED_ENV)
     if path:
         try:
-            spec = importlib.util.spec_from_file_location(_PREPARED_NAME, path)
-            assert spec is not None and spec.loader is not None
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            if getattr(module, "DIGEST", None) == _digest(text):
-                return module.ffi
+            with open(path) as f:       # (a memfd's path has no .py for importlib)
+                source = f.read()
+            module: dict[str, Any] = {"__name__": _PREPARED_NAME}
+            exec(compile(source, path, "exec"), module)
+            if module.get("DIGEST") == _digest(text):
+                return module["ffi"]
             log.warning("%s (%s) was made from other declarations; parsing them here",
                         path, PREPARED_ENV)
         except Exception as exc:        # missing, unreadable, another cffi: parse instead

@@ -41,6 +41,9 @@ from .device_abi import MAX_WINDOWS, _offsets
 
 #: Largest control or event record (a QUEUE_WINDOWS with every window; a longer one
 #: is refused).
+#: The environment variable naming the OpenCL declarations a server prepared for its
+#: executors (host_backend._cl.prepared_source), as a path: ``/proc/self/fd/N``.
+PREPARED_ENV = "AVA_CL_PREPARED"
 MAX_RECORD = 16 + 16 * MAX_WINDOWS
 
 
@@ -127,5 +130,5 @@ STATUS_SIZE = 4096
 STATUS_OFFSETS = _offsets(Status)
 assert Status.sizeof() <= STATUS_SIZE
 
-__all__ = ["MAX_RECORD", "STATUS_OFFSETS", "STATUS_SIZE", "Control", "ControlOp", "Event",
-           "EventOp", "Status"]
+__all__ = ["MAX_RECORD", "PREPARED_ENV", "STATUS_OFFSETS", "STATUS_SIZE", "Control", "ControlOp",
+           "Event", "EventOp", "Status"]

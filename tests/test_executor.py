@@ -326,8 +326,16 @@ def test_a_standby_executor_serves_each_next_client(shim, cl_server):
     standby = executor_of(server.pid)
     with open(f"/proc/{standby}/environ", "rb") as f:
         prepared = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v
-                        ).get(b"AVA_CL_PREPARED", b"").decode()
-    assert prepared and os.path.exists(prepared), "the server prepared the declarations"
+                        ).get(xp.PREPARED_ENV.encode(), b"").decode()
+    assert prepared.startswith("/proc/self/fd/"), "the server prepared the declarations"
+    fd = prepared.rsplit("/", 1)[1]
+    assert os.readlink(f"/proc/{standby}/fd/{fd}").startswith("/memfd:ava-cl-declarations")
+    sealed = os.open(f"/proc/{standby}/fd/{fd}", os.O_RDWR)
+    try:
+        with pytest.raises(PermissionError):
+            os.write(sealed, b"import os")              # sealed: no executor changes it
+    finally:
+        os.close(sealed)
     env = dict(device_env(shim, path), PYOPENCL_CTX="0")
     run_vadd(env)
     text = read(log)
@@ -336,6 +344,8 @@ def test_a_standby_executor_serves_each_next_client(shim, cl_server):
     assert re.search(rf"\[client#1 \(pid \d+\), pid {standby}\] INFO: serving client#1", text), \
         "after the hand-over the executor's lines name the client"
     assert executors_started(log) == [standby], text
+    assert "prepared declarations" not in text and "other declarations" not in text, \
+        "the executor loaded what the server prepared"
     nxt = executor_of(server.pid, not_pid=standby)
     assert f"started a standby executor (pid {nxt}" in read(log)
     run_vadd(env)
@@ -344,7 +354,6 @@ def test_a_standby_executor_serves_each_next_client(shim, cl_server):
     third = executor_of(server.pid, not_pid=nxt)
     stops_on_sigterm(server, log)
     assert not os.path.exists(f"/proc/{third}"), "the standby ends with the server"
-    assert not os.path.exists(os.path.dirname(prepared)), "the prepared declarations are removed"
 
 
 def test_a_standby_that_died_while_it_waited_is_replaced(shim, cl_server):

@@ -874,8 +874,11 @@ def test_prepared_declarations_are_used_only_when_they_match(tmp_path):
     import subprocess
     import sys
 
-    from host_backend._cl import PREPARED_ENV, write_prepared
-    path = write_prepared(str(tmp_path))
+    from host_backend._cl import prepared_source
+    from protocols.executor import PREPARED_ENV
+    path = str(tmp_path / "prepared.py")
+    with open(path, "w") as f:
+        f.write(prepared_source())
 
     def probe(prepared: str) -> tuple[list[str], str]:
         res = subprocess.run([sys.executable, "-c", PREPARED_PROBE], capture_output=True,

@@ -45,7 +45,7 @@ from construct import ConstructError
 from protocols import device_abi as abi
 from protocols import executor as xp
 from protocols.device_abi import RingStatus
-from protocols.executor import ControlOp, EventOp
+from protocols.executor import PREPARED_ENV, ControlOp, EventOp
 
 from ._dma import DmaError, DmaMap, DmaRange
 from ._queues import QueueTable
@@ -95,8 +95,8 @@ class ExecutorConfig:
     tenant_slot: int = 0
     #: The VM's name in the executor's log lines (under a manager).
     vm_name: str = ""
-    #: Set in the executor's environment besides what it inherits (``executor_environment``).
-    environment: dict[str, str] = field(default_factory=dict)
+    #: The OpenCL declarations the server prepared (a sealed memfd; None: none).
+    prepared_fd: int | None = None
 
 
 class ExecutorGone(Exception):
@@ -169,6 +169,10 @@ class ExecutorProcess:
                            "--tenant-slot", str(config.tenant_slot)]
         if config.vm_name:
             tenant_args += ["--vm-name", config.vm_name]
+        env = executor_environment()
+        if config.prepared_fd is not None:
+            child_fds += (config.prepared_fd,)
+            env[PREPARED_ENV] = f"/proc/self/fd/{config.prepared_fd}"
         argv = [sys.executable, "-m", "vdev._executor_child", "--control", str(child_fds[0]),
                 "--events", str(child_fds[1]), "--doorbell", str(child_fds[2]),
                 "--status", str(child_fds[3]), "--backend", config.backend, "--name", name,
@@ -179,8 +183,7 @@ class ExecutorProcess:
                 *tenant_args, *config.sandbox.as_args()]
         try:
             self.proc = subprocess.Popen(argv, pass_fds=child_fds, stdin=subprocess.DEVNULL,
-                                         cwd="/",
-                                         env=dict(executor_environment(), **config.environment))
+                                         cwd="/", env=env)
         finally:
             ctl_child.close()
             evt_child.close()

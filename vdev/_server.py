@@ -8,12 +8,11 @@ rather than left waiting for a VERSION reply that QEMU would time out on.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
-import shutil
 import socket
 import stat
-import tempfile
 from typing import Any
 
 import trio
@@ -94,8 +93,7 @@ class Server:
         self.standby = standby and not in_process
         self._standby: ExecutorProcess | None = None
         #: What executors load instead of parsing C (see ``_prepare_executors``).
-        self._prepared_dir = ""
-        self._executor_env: dict[str, str] = {}
+        self._prepared_fd: int | None = None
 
     def executor_config(self) -> ExecutorConfig:
         level = logging.getLogger("vdev").getEffectiveLevel()
@@ -106,29 +104,30 @@ class Server:
                               backend_options=self.backend_options, debug_loggers=debug,
                               tenant_fd=self.tenant[0] if self.tenant else None,
                               tenant_slot=self.tenant[1] if self.tenant else 0,
-                              vm_name=self.vm_name, environment=self._executor_env)
+                              vm_name=self.vm_name, prepared_fd=self._prepared_fd)
 
     def _prepare_executors(self) -> None:
         """Parse the OpenCL declarations once, here, for every executor of this server
-        (``host_backend._cl.write_prepared``): each then starts 60-70 ms sooner.  Any
-        failure only costs that time."""
-        if self.in_process or self.backend_name != "opencl" or self._prepared_dir:
+        (``host_backend._cl.prepared_source``): each then starts 60-70 ms sooner.  They
+        travel in a sealed memfd, which no executor can change and which goes with
+        this process however it ends.  Any failure only costs that time."""
+        if self.in_process or self.backend_name != "opencl" or self._prepared_fd is not None:
             return
-        from host_backend._cl import PREPARED_ENV, write_prepared
-        directory = tempfile.mkdtemp(prefix="ava-cl-prepared-")
+        from host_backend._cl import prepared_source
+        fd = -1
         try:
-            os.chmod(directory, 0o755)          # for the sandboxed executor's user
-            path = write_prepared(directory)
-            os.chmod(path, 0o644)
+            data = prepared_source().encode()
+            fd = os.memfd_create("ava-cl-declarations", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+            os.write(fd, data)      # a fresh memfd takes it in one write
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK
+                        | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
         except Exception as exc:
             log.warning("cannot prepare the OpenCL declarations for executors (each parses "
                         "them itself): %s", exc)
-            shutil.rmtree(directory, ignore_errors=True)
+            if fd >= 0:
+                os.close(fd)
             return
-        self._prepared_dir = directory
-        self._executor_env = {PREPARED_ENV: path}
-        if directory not in self.sandbox.read_only_paths:
-            self.sandbox.read_only_paths.append(directory)
+        self._prepared_fd = fd
 
     # -- the standby executor ----------------------------------------------------------
 
@@ -200,12 +199,9 @@ class Server:
                     nursery.start_soon(self._serve_connection, conn, self._serial)
         finally:
             self._stop_standby()
-            if self._prepared_dir:
-                if self._prepared_dir in self.sandbox.read_only_paths:
-                    self.sandbox.read_only_paths.remove(self._prepared_dir)
-                shutil.rmtree(self._prepared_dir, ignore_errors=True)
-                self._prepared_dir = ""
-                self._executor_env = {}
+            if self._prepared_fd is not None:
+                os.close(self._prepared_fd)
+                self._prepared_fd = None
             listener.close()
             self._listener = None
             try:
