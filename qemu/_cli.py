@@ -73,6 +73,9 @@ def _add_machine_options(p: argparse.ArgumentParser) -> None:
                         "one in the run directory)")
     p.add_argument("--no-device", dest="device", action="store_false",
                    help="debug: boot without the device server")
+    p.add_argument("--device-socket", type=Path, default=None, metavar="PATH",
+                   help="attach the device of a server already running on PATH (a VM's "
+                        "socket under `python -m vdev manager`) instead of starting one")
 
 
 
@@ -103,12 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "a command in it: run [OPTIONS] -- CMD [ARGS...]",
                          usage="python -m qemu run [OPTIONS] -- CMD [ARGS...]")
     _add_machine_options(run)
-    run.add_argument("--device-socket", type=Path, default=None, metavar="PATH",
-                     help="attach the device of a server already running on PATH (a VM's "
-                          "socket under `python -m vdev manager`) instead of starting one")
 
-    demo = sub.add_parser("demo", parents=[common], help="boot a guest, show the device "
-                          "(lspci, a register round trip)")
+    demo = sub.add_parser("demo", parents=[common], help="the main job: clinfo, vadd.c and "
+                          "pyopencl examples natively on the host, then in a lab guest "
+                          "through the device (after lspci and a register round trip), and "
+                          "a verdict per program")
     _add_machine_options(demo)
 
     pc = sub.add_parser("print-cmdline", parents=[common],

@@ -552,3 +552,33 @@ def test_lab_examples_names_the_directory_or_says_how_to_get_it(tmp_path, capsys
     examples.mkdir(parents=True)
     assert _cli.main(["lab", "examples", "--dir", str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip() == str(examples.resolve())
+
+
+@pytest.mark.parametrize("command", [["run", "--device-socket", "/run/x.sock"], ["demo"]])
+def test_run_and_demo_reach_the_machine_with_every_option(monkeypatch, tmp_path, command):
+    """``make demo`` goes through ``run_command`` as ``run`` does: an option only ``run``
+    had (--device-socket) once made the demo end in an AttributeError after its host
+    half.  Up to the machine, with the lab, the accelerator test and the guest faked."""
+    from types import SimpleNamespace
+
+    seen = {}
+
+    class FakeMachine:
+        def __init__(self, lab, cmd, **options):
+            seen.update(options, command=cmd)
+
+    async def fake_accel(accel, lab):
+        return SimpleNamespace(accel="tcg", reason="faked")
+
+    async def fake_run(machine, timeout):
+        return SimpleNamespace(status=7)
+
+    monkeypatch.setattr(_cli.Lab, "check_ready", lambda self: None)
+    monkeypatch.setattr(_cli, "decide_accel", fake_accel)
+    monkeypatch.setattr(_cli, "LabMachine", FakeMachine)
+    monkeypatch.setattr(_cli, "run_in_guest", fake_run)
+    args = _cli.build_parser().parse_args([*command, "--dir", str(tmp_path)])
+    assert _cli.run_command(args, ["true"]) == 7
+    assert seen["command"] == ["true"] and seen["accel"] == "tcg"
+    expected = Path("/run/x.sock") if command[0] == "run" else None
+    assert seen["device_socket"] == expected
