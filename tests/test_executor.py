@@ -423,6 +423,18 @@ def test_running_executor_is_unprivileged_and_has_no_network(shim, cl_server):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the full sandbox needs root")
+def test_the_probe_by_hand_enters_the_full_sandbox():
+    """`python -m vdev._executor_child --probe`, as the README gives it (no root
+    directory named), probes the sandbox a server's executor gets."""
+    res = subprocess.run([sys.executable, "-m", "vdev._executor_child", "--probe"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout)
+    assert got["mode"] == "full" and got["uid"] != 0, got
+    assert got["read /etc/shadow"] != "allowed" and got["pids visible"] == 1, got
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the full sandbox needs root")
 def test_sandbox_cannot_read_host_files_or_connect_anywhere(tmp_path):
     """The very code the executor runs first (``_sandbox.enter``), then probes."""
     secret = tempfile.NamedTemporaryFile(dir="/tmp", prefix="ava-secret-", delete=False)

@@ -34,7 +34,7 @@ from protocols import executor as xp
 from protocols.executor import ControlOp, EventOp
 
 from ._backend import Backend
-from ._sandbox import SandboxConfig, SandboxError, enter, probe
+from ._sandbox import SandboxConfig, SandboxError, enter, probe, sandbox_root_dir
 from ._tenants import TenantScheduler
 
 log = logging.getLogger("vdev.executor")
@@ -280,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="a device server's executor (started by "
                                                  "the server, not by hand)")
     parser.add_argument("--probe", action="store_true",
-                        help="enter the sandbox, print what it can reach as JSON, exit")
+                        help="enter the sandbox (as a server's executor would: the full one "
+                             "as root), print what it can reach as JSON, exit")
     parser.add_argument("--probe-path", action="append", default=[],
                         help="with --probe: also try to read this host path")
     parser.add_argument("--control", type=int, default=-1)
@@ -331,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         # Before any thread exists: they all inherit it.
         tenant.set_cpu_priority()
     try:
+        if args.probe and not cfg.root_dir and cfg.full_sandbox():
+            cfg.root_dir = sandbox_root_dir()       # by hand, as a server would give it
         mode = enter(cfg)
     except (SandboxError, OSError) as exc:
         log.error("cannot enter the sandbox: %s", exc)
