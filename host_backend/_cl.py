@@ -7,62 +7,28 @@ higher-level wrapper would translate.  The library is the host's ICD loader
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
 import logging
 import os
-import tempfile
 from typing import Any
 
-from protocols import opencl_api as api
 from protocols.executor import PREPARED_ENV
+
+from ._cl_prepared import PREPARED_NAME, declarations, digest
 
 log = logging.getLogger("host_backend.opencl")
 
-#: A module of these declarations prepared ahead (``prepared_source``): the server
-#: makes one for its executors (a sealed memfd, named by PREPARED_ENV), which then
-#: start without parsing C (60-70 ms here).
-_PREPARED_NAME = "ava_cl_declarations"
-
-
-def declarations() -> str:
-    """The C declarations of every function in the spec, with their types."""
-    return api.C_TYPEDEFS + "\n".join(api.c_declaration(fn) for fn in api.FUNCTIONS)
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def prepared_source() -> str:
-    """The declarations parsed once into a Python module (cffi's out-of-line ABI mode:
-    the parsed types, serialised), for an executor to load (``AVA_CL_PREPARED``)
-    instead of parsing them.  It carries the digest of the declarations it was made
-    from, so a stale one is never used."""
-    from cffi import FFI
-    text = declarations()
-    out = FFI()
-    out.set_source(_PREPARED_NAME, None)
-    out.cdef(text)
-    with tempfile.TemporaryDirectory(prefix="ava-cl-prepared-") as directory:
-        path = os.path.join(directory, _PREPARED_NAME + ".py")
-        with contextlib.redirect_stdout(io.StringIO()):     # cffi says "generating <path>"
-            out.emit_python_code(path)
-        with open(path) as f:
-            return f.read() + f"\nDIGEST = {_digest(text)!r}\n"
-
 
 def _load_ffi() -> Any:
+    """The declarations the server prepared (``_cl_prepared``), else parsed here."""
     text = declarations()
     path = os.environ.get(PREPARED_ENV)
     if path:
         try:
             with open(path) as f:       # (a memfd's path has no .py for importlib)
                 source = f.read()
-            module: dict[str, Any] = {"__name__": _PREPARED_NAME}
+            module: dict[str, Any] = {"__name__": PREPARED_NAME}
             exec(compile(source, path, "exec"), module)
-            if module.get("DIGEST") == _digest(text):
+            if module.get("DIGEST") == digest(text):
                 return module["ffi"]
             log.warning("%s (%s) was made from other declarations; parsing them here",
                         path, PREPARED_ENV)

@@ -874,7 +874,7 @@ def test_prepared_declarations_are_used_only_when_they_match(tmp_path):
     import subprocess
     import sys
 
-    from host_backend._cl import prepared_source
+    from host_backend._cl_prepared import prepared_source
     from protocols.executor import PREPARED_ENV
     path = str(tmp_path / "prepared.py")
     with open(path, "w") as f:
