@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "default one executor is kept started ahead, idle, from the "
                          "server's start and again after each client, so that a client's "
                          "first call does not wait for Python and the OpenCL "
-                         "implementation to start (0.3 s on a 2-core machine)")
+                         "implementation to start (0.14-0.19 s on a 2-core machine)")
     ex.add_argument("--executor-user", default="nobody", metavar="USER",
                     help="the unprivileged user the sandboxed executor runs as (default nobody)")
     ex.add_argument("--executor-memory", type=float, default=32, metavar="GIB",
