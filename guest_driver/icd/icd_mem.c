@@ -131,14 +131,12 @@ ava_clCreateBuffer(cl_context context, cl_mem_flags flags, size_t size, void *ho
     if (!x)
         return NULL;
     x->context_id = ava_obj_wire_id(AVA_OBJ_CONTEXT, context);
-    if (!fill_later(flags, size, host_ptr))
-        return buffer_created(ava_fwd_clCreateBuffer(context, flags, size, host_ptr, errcode_ret),
-                              x, flags, size, host_ptr);
-    x->flags_here = 1;
-    cl_mem mem = buffer_created(ava_fwd_clCreateBuffer(context, flags & ~CL_MEM_COPY_HOST_PTR,
-                                                       size, NULL, errcode_ret),
+    int later = x->flags_here = fill_later(flags, size, host_ptr);
+    cl_mem_flags made_with = later ? flags & ~CL_MEM_COPY_HOST_PTR : flags;
+    cl_mem mem = buffer_created(ava_fwd_clCreateBuffer(context, made_with, size,
+                                                       later ? NULL : host_ptr, errcode_ret),
                                 x, flags, size, host_ptr);
-    return filled(context, mem, flags, size, host_ptr, errcode_ret);
+    return later ? filled(context, mem, flags, size, host_ptr, errcode_ret) : mem;
 }
 
 CL_API_ENTRY cl_mem CL_API_CALL
@@ -150,16 +148,13 @@ ava_clCreateBufferWithProperties(cl_context context, const cl_mem_properties *pr
     if (!x)
         return NULL;
     x->context_id = ava_obj_wire_id(AVA_OBJ_CONTEXT, context);
-    if (!fill_later(flags, size, host_ptr))
-        return buffer_created(ava_fwd_clCreateBufferWithProperties(context, properties, flags,
-                                                                   size, host_ptr, errcode_ret),
-                              x, flags, size, host_ptr);
-    x->flags_here = 1;
+    int later = x->flags_here = fill_later(flags, size, host_ptr);
+    cl_mem_flags made_with = later ? flags & ~CL_MEM_COPY_HOST_PTR : flags;
     cl_mem mem = buffer_created(ava_fwd_clCreateBufferWithProperties(
-                                    context, properties, flags & ~CL_MEM_COPY_HOST_PTR, size,
-                                    NULL, errcode_ret),
+                                    context, properties, made_with, size,
+                                    later ? NULL : host_ptr, errcode_ret),
                                 x, flags, size, host_ptr);
-    return filled(context, mem, flags, size, host_ptr, errcode_ret);
+    return later ? filled(context, mem, flags, size, host_ptr, errcode_ret) : mem;
 }
 
 CL_API_ENTRY cl_mem CL_API_CALL

@@ -164,11 +164,7 @@ struct ava_sg_entry *rt_arena_runs(struct ava_device *dev, const void *p, size_t
         size_t run = CHUNK - off % CHUNK;
         if (run > size - done)
             run = size - done;
-        uint64_t gpa = rt_gpa(dev, dev->base + off);
-        if (n && sg[n - 1].addr + sg[n - 1].len == gpa && sg[n - 1].len + run < (1u << 30))
-            sg[n - 1].len += (uint32_t)run;
-        else
-            sg[n++] = (struct ava_sg_entry){.addr = gpa, .len = (uint32_t)run};
+        rt_sg_add(sg, &n, rt_gpa(dev, dev->base + off), run);
         done += run;
     }
     *count = n;

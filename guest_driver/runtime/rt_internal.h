@@ -90,4 +90,15 @@ uint64_t rt_gpa(struct ava_device *dev, const void *ptr);
 struct ava_sg_entry *rt_arena_runs(struct ava_device *dev, const void *p, size_t size,
                                    uint32_t *count);
 
+/* Append ``len`` bytes at ``gpa`` to the scatter list sg[0..*n): the last entry grows
+ * when they follow it (entries stay under 1 GiB: u32 lengths), else a new one starts. */
+static inline void rt_sg_add(struct ava_sg_entry *sg, uint32_t *n, uint64_t gpa, size_t len)
+{
+    struct ava_sg_entry *last = *n ? &sg[*n - 1] : NULL;
+    if (last && last->addr + last->len == gpa && last->len + len < (1u << 30))
+        last->len += (uint32_t)len;
+    else
+        sg[(*n)++] = (struct ava_sg_entry){.addr = gpa, .len = (uint32_t)len};
+}
+
 #endif

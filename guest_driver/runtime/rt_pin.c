@@ -13,9 +13,10 @@
  *     numbers to root only.
  * So only callers that may already reach all guest memory use it: root, directly
  * or through a daemon that says so in its HELLO (it serves a VM's device, and then
- * gives a root process's queues a window over all guest memory).  An unprivileged process keeps the copy: no userspace mechanism lets the
- * daemon hold another process's anonymous pages, so windows over them could outlive
- * the pages (README, "Zero-copy").  Over loopback the application's memory is not
+ * gives a root process's queues a window over all guest memory).  An unprivileged
+ * process keeps the copy: no userspace mechanism lets the daemon hold another
+ * process's anonymous pages, so windows over them could outlive the pages (README,
+ * "Zero-copy").  Over loopback the application's memory is not
  * the shared "guest RAM" at all, so the copy stays there too.
  *
  * Should the process die while the host still writes into its pages, its pins must
@@ -130,11 +131,7 @@ static struct ava_sg_entry *translate(const void *p, size_t n, uint32_t *count)
         }
         size_t skip = i == 0 ? (uintptr_t)p % PAGE : 0;
         size_t run = PAGE - skip < n - done ? PAGE - skip : n - done;
-        uint64_t gpa = (e & PFN_MASK) * PAGE + skip;
-        if (k && sg[k - 1].addr + sg[k - 1].len == gpa)
-            sg[k - 1].len += (uint32_t)run;            /* < MAX_PIN: fits in u32 */
-        else
-            sg[k++] = (struct ava_sg_entry){.addr = gpa, .len = (uint32_t)run};
+        rt_sg_add(sg, &k, (e & PFN_MASK) * PAGE + skip, run);
         done += run;
     }
     free(frames);

@@ -1,7 +1,7 @@
 /* Transfers of application memory that the runtime may lend the device in place
  * (zero-copy, guest_driver/runtime/rt_pin.c), checked byte for byte: SIZE MiB (the
- * only argument, default 64, at least 8) written and read back, a read at an odd offset into an odd address, a transfer just over
- * the zero-copy threshold, a write from memory that cannot be pinned for writing
+ * only argument, default 64, at least 8) written and read back, a read at an odd
+ * offset into an odd address, a transfer just over the zero-copy threshold, a write from memory that cannot be pinned for writing
  * (read-only), a map (its memory is the DMA arena), and a non-blocking write and
  * read of a quarter of SIZE behind a user event, and buffers made from SIZE bytes of
  * host memory (CL_MEM_COPY_HOST_PTR).  Prints one line per case,
@@ -40,6 +40,17 @@ static size_t differ(const unsigned char *p, size_t n, size_t from, unsigned see
     return wrong;
 }
 
+/* Write n bytes of src at offset, read them back into dst, compare with pattern(seed). */
+static int round_trip(const char *what, cl_command_queue q, cl_mem buf, size_t offset, size_t n,
+                      const void *src, unsigned char *dst, unsigned seed)
+{
+    cl_int err = clEnqueueWriteBuffer(q, buf, CL_TRUE, offset, n, src, 0, NULL, NULL);
+    memset(dst, 0, n);
+    if (err == CL_SUCCESS)
+        err = clEnqueueReadBuffer(q, buf, CL_TRUE, offset, n, dst, 0, NULL, NULL);
+    return report(what, err, err ? 0 : differ(dst, n, 0, seed));
+}
+
 int main(int argc, char **argv)
 {
     size_t size = (argc > 1 ? (size_t)atoi(argv[1]) : 64) * MIB;
@@ -67,11 +78,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < size; i++)
         src[i] = pattern(i, 1);
 
-    err = clEnqueueWriteBuffer(q, buf, CL_TRUE, 0, size, src, 0, NULL, NULL);
-    memset(dst, 0, size);
-    if (err == CL_SUCCESS)
-        err = clEnqueueReadBuffer(q, buf, CL_TRUE, 0, size, dst, 0, NULL, NULL);
-    failed |= report("written and read back", err, err ? 0 : differ(dst, size, 0, 1));
+    failed |= round_trip("written and read back", q, buf, 0, size, src, dst, 1);
 
     size_t off = 4097, n = size - MIB - 11;
     memset(dst, 0, size + 64);
@@ -86,11 +93,7 @@ int main(int argc, char **argv)
     size_t small = 256 * 1024 + 1;
     for (size_t i = 0; i < small; i++)
         src[i] = pattern(i, 2);
-    err = clEnqueueWriteBuffer(q, buf, CL_TRUE, 5, small, src, 0, NULL, NULL);
-    memset(dst, 0, small);
-    if (err == CL_SUCCESS)
-        err = clEnqueueReadBuffer(q, buf, CL_TRUE, 5, small, dst, 0, NULL, NULL);
-    failed |= report("just over 256 KiB", err, err ? 0 : differ(dst, small, 0, 2));
+    failed |= round_trip("just over 256 KiB", q, buf, 5, small, src, dst, 2);
 
     size_t ro_size = 4 * MIB;
     unsigned char *ro = mmap(NULL, ro_size, PROT_READ | PROT_WRITE,
@@ -98,11 +101,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < ro_size; i++)
         ro[i] = pattern(i, 3);
     mprotect(ro, ro_size, PROT_READ);
-    err = clEnqueueWriteBuffer(q, buf, CL_TRUE, 0, ro_size, ro, 0, NULL, NULL);
-    memset(dst, 0, ro_size);
-    if (err == CL_SUCCESS)
-        err = clEnqueueReadBuffer(q, buf, CL_TRUE, 0, ro_size, dst, 0, NULL, NULL);
-    failed |= report("written from read-only memory", err, err ? 0 : differ(dst, ro_size, 0, 3));
+    failed |= round_trip("written from read-only memory", q, buf, 0, ro_size, ro, dst, 3);
 
     unsigned char *mapped = clEnqueueMapBuffer(q, buf, CL_TRUE, CL_MAP_READ | CL_MAP_WRITE, 0,
                                                8 * MIB, 0, NULL, NULL, &err);
