@@ -18,7 +18,9 @@ def main(argv: list[str] | None = None) -> int:
                     "host through the ava-vdev PCI device (or, with AVA_VDEV_SOCKET=PATH, "
                     "through a device server's socket on this machine).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    b = sub.add_parser("build", help="compile the ICD, runtime and tools; prints the ICD path last")
+    b = sub.add_parser("build", help="compile the ICD, runtime and tools, and the ava_vdev_pin "
+                                     "module where the kernel's headers are; prints the ICD "
+                                     "path last")
     b.add_argument("--out", type=Path, default=None,
                    help="output directory (default $AVA_BUILD_DIR or ~/.cache/ava-vdev/build)")
     b.add_argument("--force", action="store_true", help="rebuild even if nothing changed")
@@ -67,12 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--loopback", metavar="SERVER_SOCKET", default=None,
                    help="serve a device server on this machine over vfio-user instead of the "
                         "PCI device (tests and benchmarks on the host)")
+    d.add_argument("--pin-module", type=Path, default=None, metavar="KO",
+                   help="load this ava_vdev_pin.ko (unless loaded) and give /dev/ava-vdev-pin "
+                        "to the group, so that ordinary users' transfers lend their own pages "
+                        "(zero-copy; `install` passes the one it built). Without it a module "
+                        "already loaded is used; with none, their transfers are copied")
     d.add_argument("-v", "--verbose", action="store_true", help="log every connection and queue")
     args = parser.parse_args(argv)
 
     try:
         if args.command == "build":
             lib = _build.build(args.out, force=args.force, verbose=True)
+            _say_module(*_build.build_module(args.out, force=args.force, verbose=True))
             print(lib)
         elif args.command == "install":
             from ._install import install, install_daemon
@@ -81,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.no_daemon:
                 print("ava-vdevd not installed: only root can use the device")
             else:
-                how = install_daemon(args.group)
+                module, why = _build.build_module(args.out)
+                _say_module(module, why)
+                how = install_daemon(args.group, module)
                 print(f"ava-vdevd serves {gd.DEFAULT_SOCKET} for the group {args.group!r}: {how}")
                 print(f"add users with: adduser USER {args.group}")
         elif args.command == "uninstall":
@@ -119,6 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _say_module(module: Path | None, why: str) -> None:
+    if module is not None:
+        print(f"ava_vdev_pin module: {module} (zero-copy for ordinary users)")
+    else:
+        print(f"ava_vdev_pin module not built: {why}; ordinary users' transfers are copied")
+
+
 def _mib_up_to(limit_mib: int | None):
     """An argparse type: a size in MiB from 4 to ``limit_mib``, as bytes."""
     def parse(text: str) -> int:
@@ -152,7 +169,8 @@ def _daemon(args: argparse.Namespace) -> int:
     try:
         return run(factory, args.socket, group=args.group or None, max_memory=args.max_memory,
                    max_queues=args.max_queues, user_memory=args.user_memory,
-                   user_queues=args.user_queues, quarantine_s=args.quarantine)
+                   user_queues=args.user_queues, quarantine_s=args.quarantine,
+                   pin_module=args.pin_module)
     except (OSError, RuntimeError) as exc:
         logging.getLogger("ava-vdevd").error("cannot serve: %s", exc)
         return 1

@@ -5,6 +5,12 @@ may be read-only, as it is in the lab guest): ``libava_icd.so`` (the ICD, with
 the runtime inside, so ``OCL_ICD_FILENAMES`` alone is enough), ``libava_rt.so``,
 ``ava-echo`` and ``ava-bench``.  Sources are hashed: an unchanged tree rebuilds
 nothing.
+
+``build_module`` makes ``kmod/ava_vdev_pin.ko`` there too, against the running
+kernel's headers (``linux-headers-$(uname -r)``), the way DKMS would: the module that
+lets ordinary users lend their own pages to transfers (``protocols/guest_pin.py``).
+A guest without those headers keeps everything else; ordinary users' transfers are
+then copied.
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ HERE = Path(__file__).resolve().parent
 RUNTIME = HERE / "runtime"
 ICD = HERE / "icd"
 TOOLS = HERE / "tools"
+KMOD = HERE / "kmod"
+#: The module's sources: its own, and the header generated from protocols/guest_pin.py.
+KMOD_SOURCES = (KMOD / "ava_vdev_pin.c", KMOD / "Kbuild", RUNTIME / "ava_pin.h")
 #: Where <CL/cl.h> and <CL/cl_icd.h> live (AVA_CL_INCLUDE overrides /usr/include).
 CL_INCLUDE = Path(os.environ.get("AVA_CL_INCLUDE", "/usr/include"))
 CFLAGS = ["-std=gnu11", "-O2", "-g", "-Wall", "-Wextra", "-Werror", "-pthread", "-fPIC",
@@ -100,3 +109,40 @@ def build(out: Path | None = None, *, force: bool = False, verbose: bool = False
         _cc(cc, args)
     stamp.write_text(digest)
     return icd_lib
+
+
+def kernel_headers(release: str | None = None) -> Path:
+    """Where kbuild for the running kernel (or ``release``) lives."""
+    return Path("/lib/modules") / (release or os.uname().release) / "build"
+
+
+def build_module(out: Path | None = None, *, force: bool = False,
+                 verbose: bool = False) -> tuple[Path | None, str]:
+    """Build ``ava_vdev_pin.ko`` for the running kernel into ``out/kmod``: (its path,
+    "") or (None, why not)."""
+    out = (out or default_out()).resolve() / "kmod"
+    headers = kernel_headers()
+    if not (headers / "Makefile").exists():
+        return None, (f"no headers for kernel {os.uname().release} ({headers}); install "
+                      f"linux-headers-{os.uname().release}")
+    if shutil.which("make") is None:
+        return None, "no make; install make"
+    ko = out / "ava_vdev_pin.ko"
+    h = hashlib.sha256(os.uname().release.encode())
+    for path in KMOD_SOURCES:
+        h.update(path.name.encode() + path.read_bytes())
+    stamp = out / ".digest"
+    if not force and ko.exists() and stamp.exists() and stamp.read_text() == h.hexdigest():
+        return ko, ""
+    out.mkdir(parents=True, exist_ok=True)
+    for path in KMOD_SOURCES:      # kbuild writes next to its sources: the checkout may be
+        shutil.copyfile(path, out / path.name)      # read-only (the lab guest's is)
+    if verbose:
+        print(f"make -C {headers} M={out} modules", flush=True)
+    proc = subprocess.run(["make", "-C", str(headers), f"M={out}", "modules"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0 or not ko.exists():
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise BuildError(f"the ava_vdev_pin module did not build:\n{tail}")
+    stamp.write_text(h.hexdigest())
+    return ko, ""

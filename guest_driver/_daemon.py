@@ -45,6 +45,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from construct import ConstructError
@@ -52,6 +53,8 @@ from construct import ConstructError
 from protocols import device_abi as abi
 from protocols import guest_daemon as gd
 from protocols.device_abi import DeviceStatus, QReg, QueueCtrl, QueueState, Reg
+
+from . import _pin
 
 log = logging.getLogger("ava-vdevd")
 
@@ -70,6 +73,7 @@ ALL_MEMORY = [(0, (1 << 64) - 1)]
 #: checks, so a record's length is checked before it is parsed.
 _REQUEST = gd.Request.compile()
 _REPLY = gd.Reply.compile()
+_PIN_RUN = gd.PinRun.compile()
 
 #: Registers every application may read as they are.
 IDENTITY_REGS = frozenset({Reg.MAGIC, Reg.ABI_VERSION, Reg.DEVICE_FEATURES_LO,
@@ -128,11 +132,21 @@ class Client:
     queues: set[int] = field(default_factory=set)
     #: Pins of application pages it lent the device (zero-copy), by its token.
     lent: dict[int, int] = field(default_factory=dict)
+    #: Of those, the module's pins (an ordinary user's): their scatter lists, which its
+    #: queues' windows include until RETURN.
+    pin_runs: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     #: The process, to take dups of its pins' fds (only where it may lend).
     pidfd: int = -1
 
     def describe(self) -> str:
         return f"pid {self.pid} (uid {self.uid}, owner {self.owner:#x})"
+
+    def windows(self) -> list[tuple[int, int]]:
+        """What its queues may touch: its memory, and the pages it pinned."""
+        if self.pidfd >= 0:         # root, in a VM: it may lend its pages
+            return ALL_MEMORY
+        own = [(gpa, gd.CHUNK_SIZE) for gpa in (self.memory.chunk_gpas if self.memory else [])]
+        return own + [run for runs in self.pin_runs.values() for run in runs]
 
 
 class LentPins:
@@ -288,16 +302,19 @@ class Policy:
         could reach memory outside the process's own."""
         dev = self.device
         dev.write32(abi.queue_reg(queue, QReg.OWNER), client.owner)
-        if client.pidfd >= 0:           # root, in a VM: it may lend its pages
-            self._load_windows(queue, ALL_MEMORY)
-        else:
-            self._load_windows(queue, [(gpa, gd.CHUNK_SIZE) for gpa in
-                                       (client.memory.chunk_gpas if client.memory else [])])
+        self._load_windows(queue, client.windows())
         dev.write32(abi.queue_reg(queue, QReg.CTRL), QueueCtrl.ENABLE)
         state = dev.read32(abi.queue_reg(queue, QReg.CTRL))
         if not state & QueueState.ENABLED:
             log.warning("%s: queue %d not enabled (error %d)", client.describe(), queue,
                         dev.read32(abi.queue_reg(queue, QReg.ERROR)))
+
+    def set_pins(self, client: Client) -> None:
+        """Its pins changed: every queue of its gets the windows they now make, in force
+        when this returns (RuntimeError: a queue refused them)."""
+        with self.lock:
+            for queue in sorted(client.queues):
+                self._load_windows(queue, client.windows())
 
     def _load_windows(self, queue: int, entries: list[tuple[int, int]]) -> None:
         if (len(entries) + 1) * abi.WINDOW_ENTRY_SIZE > TABLE_SLOT:
@@ -337,8 +354,12 @@ class Daemon:
     def __init__(self, device: Device, path: str, *, group: str | None = gd.DEFAULT_GROUP,
                  max_memory: int = 256 << 20, max_queues: int = 16,
                  user_memory: int = 1 << 30, user_queues: int = 32,
-                 quarantine_s: float = 2.0):
+                 quarantine_s: float = 2.0, pin_module: Path | None = None):
         self.device = device
+        #: The ava_vdev_pin module to load (zero-copy for ordinary users; None: only
+        #: one already loaded is used), and whether its device is ready for them.
+        self.pin_module = pin_module
+        self.pin_ready = False
         self.path = path
         self.group = group
         self.max_memory = max_memory
@@ -374,6 +395,11 @@ class Daemon:
         if gid is not None:
             os.chown(self.path, -1, gid)
             os.chmod(self.path, 0o660)
+        if self.device.guest_ram:
+            why = _pin.set_up(self.pin_module, gid)
+            self.pin_ready = why is None
+            log.info("zero-copy for ordinary users: %s", f"no: {why}" if why else
+                     f"yes ({_pin.DEVICE_PATH}, group {self.group or 'root'})")
         sock.listen(64)
         sock.setblocking(False)
         self.sock = sock
@@ -468,23 +494,30 @@ class Daemon:
         assert isinstance(conn, socket.socket)
         client = self.clients[conn.fileno()]
         try:
-            data = conn.recv(gd.REQUEST_SIZE + 1)
+            data, fds, _flags, _addr = socket.recv_fds(conn, gd.REQUEST_SIZE + 1, 1,
+                                                       socket.MSG_CMSG_CLOEXEC)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             self._drop(client, f"read failed: {exc}")
             return
         if not data:
+            for fd in fds:
+                os.close(fd)
             self._drop(client, "disconnected")
             return
         try:
-            self._handle(client, data)
+            self._handle(client, data, fds)
         except BlockingIOError:
             self._drop(client, "stopped reading its replies")
         except OSError as exc:
             self._drop(client, f"reply failed: {exc}")
+        finally:
+            for fd in fds:              # what a request carried and nobody took
+                os.close(fd)
 
-    def _handle(self, client: Client, data: bytes) -> None:
+    def _handle(self, client: Client, data: bytes, fds: list[int]) -> None:
+        """One request; an fd it carried is taken out of ``fds`` by what keeps it."""
         if len(data) != gd.REQUEST_SIZE:
             self._reply(client, -errno.EINVAL)
             return
@@ -510,10 +543,10 @@ class Daemon:
                 self._reply(client, status)
         elif op == gd.DaemonOp.LEND:
             self._lend(client, req.arg0, req.arg1)
+        elif op == gd.DaemonOp.PIN:
+            self._pin(client, fds.pop() if fds else -1, req.arg1)
         elif op == gd.DaemonOp.RETURN:
-            fd = client.lent.pop(req.arg1, None)
-            if fd is not None:
-                os.close(fd)
+            self._return(client, req.arg1)
         elif op == gd.DaemonOp.IRQ_FD:
             if req.arg0 not in client.queues:
                 self._reply(client, -errno.EPERM)
@@ -546,6 +579,64 @@ class Daemon:
             return
         client.lent[token] = fd
         self._reply(client, 0)
+
+    def _pin(self, client: Client, fd: int, token: int) -> None:
+        """Open the windows over an ordinary user's pinned pages, answer their scatter
+        list and keep the pin (``fd``, now the daemon's) until RETURN; refused, the
+        process stages a copy."""
+        why, runs = "", []
+        if not self.pin_ready or client.pidfd >= 0:
+            why = "it may not pin its pages (HELLO said so)"
+        elif len(client.lent) >= MAX_LENT:
+            why = f"already {MAX_LENT} pins held"
+        elif token in client.lent:
+            why = "token in use"
+        elif fd < 0 or not _pin.is_pin(fd):
+            why = "the request carries no pin of the ava_vdev_pin module"
+        else:
+            try:
+                addr, length, pages = _pin.frames(fd, _pin.MAX_PAGES)
+                runs = _pin.runs(addr, length, pages)
+            except OSError as exc:
+                why = f"cannot read the pin's frames: {exc}"
+        if not why and len(runs) > gd.MAX_PIN_RUNS:
+            why = f"{len(runs)} physically contiguous runs (at most {gd.MAX_PIN_RUNS})"
+        if not why and (len(client.windows()) + len(runs) + 1) * abi.WINDOW_ENTRY_SIZE > TABLE_SLOT:
+            why = "its queues' window tables are full"
+        if why:
+            if fd >= 0:
+                os.close(fd)
+            log.info("%s: pin %d refused: %s", client.describe(), token, why)
+            self._reply(client, -errno.EPERM)
+            return
+        client.lent[token] = fd
+        client.pin_runs[token] = runs
+        try:
+            self.policy.set_pins(client)
+        except RuntimeError as exc:
+            log.warning("%s: pin %d refused: %s", client.describe(), token, exc)
+            self._return(client, token)
+            self._reply(client, -errno.EIO)
+            return
+        self._reply(client, 0, count=len(runs), extra=b"".join(
+            _PIN_RUN.build(dict(addr=a, length=n)) for a, n in runs))
+
+    def _return(self, client: Client, token: int) -> None:
+        """A pin comes back: its windows go first, then the pages may be unpinned."""
+        fd = client.lent.pop(token, None)
+        if client.pin_runs.pop(token, None) is not None:
+            try:
+                self.policy.set_pins(client)
+            except RuntimeError as exc:
+                # Windows that may still include the pages: keep them pinned for as
+                # long as the queues live (their release removes every window).
+                log.warning("%s: windows of pin %d not removed: %s; its pages stay "
+                            "pinned until the process ends", client.describe(), token, exc)
+                if fd is not None:
+                    client.lent[-token - 1] = fd
+                return
+        if fd is not None:
+            os.close(fd)
 
     def _hello(self, client: Client, version: int, size: int) -> None:
         if version != gd.DAEMON_PROTOCOL:
@@ -591,6 +682,8 @@ class Daemon:
                 features |= gd.HelloFeatures.LEND
             except OSError as exc:
                 log.info("%s: no zero-copy (pidfd_open: %s)", client.describe(), exc)
+        elif self.pin_ready:
+            features |= gd.HelloFeatures.PIN
         self._reply(client, 0, value=int(features), owner=client.owner,
                     count=len(mem.chunk_gpas), size=mem.size, extra=extra, fds=[mem.fd])
 
@@ -617,6 +710,7 @@ class Daemon:
             self.quarantine.append((time.monotonic() + self.quarantine_s,
                                     LentPins(list(client.lent.values()))))
             client.lent.clear()
+            client.pin_runs.clear()
         if client.pidfd >= 0:
             os.close(client.pidfd)
             client.pidfd = -1

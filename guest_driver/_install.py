@@ -28,6 +28,7 @@ PYDIR = LIBDIR / "python"
 UNIT_NAME = "ava-vdevd.service"
 UNIT_FILE = Path("/etc/systemd/system") / UNIT_NAME
 PIDFILE = Path("/run/ava-vdev/ava-vdevd.pid")
+PIN_MODULE = LIBDIR / "ava_vdev_pin.ko"
 DAEMON_LOG = Path("/var/log/ava-vdevd.log")
 SOURCE = Path(__file__).resolve().parent.parent
 
@@ -41,12 +42,13 @@ Documentation=file://{PYDIR}/guest_driver/_daemon.py
 [Service]
 Type=simple
 Environment=PYTHONPATH={PYDIR} PYTHONDONTWRITEBYTECODE=1
-ExecStart={{python}} -m guest_driver daemon --socket {gd.DEFAULT_SOCKET} --group {{group}}
+ExecStart={{python}} -m guest_driver daemon --socket {gd.DEFAULT_SOCKET} --group {{group}}{{pin}}
 Restart=on-failure
 RestartSec=1
 # It binds the PCI device (sysfs writes), maps BAR0, opens /dev/uioN, reads
-# /proc/self/pagemap and takes dups of root processes' zero-copy pinning rings
-# (pidfd_getfd, which needs CAP_SYS_PTRACE): root, with /sys and /dev as they are (no
+# /proc/self/pagemap, takes dups of root processes' zero-copy pinning rings
+# (pidfd_getfd, which needs CAP_SYS_PTRACE), loads the ava_vdev_pin module and reads
+# ordinary users' pins (CAP_SYS_MODULE, CAP_SYS_ADMIN): root, with /sys and /dev as they are (no
 # ProtectKernelTunables, no PrivateDevices, no CapabilityBoundingSet).  What it does
 # not need:
 NoNewPrivileges=yes
@@ -59,6 +61,11 @@ RuntimeDirectoryPreserve=no
 [Install]
 WantedBy=multi-user.target
 """
+
+
+def unit_text(group: str, python: str, pin_args: list[str]) -> str:
+    """The systemd unit: ava-vdevd for ``group``, with ``--pin-module KO`` if given."""
+    return UNIT.format(group=group, python=python, pin="".join(" " + a for a in pin_args))
 
 
 def install(icd_lib: Path) -> Path:
@@ -102,14 +109,22 @@ def _has_systemd() -> bool:
     return Path("/run/systemd/system").is_dir() and shutil.which("systemctl") is not None
 
 
-def install_daemon(group: str = gd.DEFAULT_GROUP, timeout: float = 60.0) -> str:
-    """Install and (re)start ava-vdevd; returns how it runs."""
+def install_daemon(group: str = gd.DEFAULT_GROUP, module: Path | None = None,
+                   timeout: float = 60.0) -> str:
+    """Install and (re)start ava-vdevd (with ``module``, the built ava_vdev_pin.ko,
+    which it loads); returns how it runs."""
     ensure_group(group)
     stop_daemon()
     _copy_python()
+    pin_args: list[str] = []
+    if module is not None:
+        tmp = PIN_MODULE.with_suffix(".tmp")
+        shutil.copy2(module, tmp)
+        tmp.replace(PIN_MODULE)
+        pin_args = ["--pin-module", str(PIN_MODULE)]
     proc: subprocess.Popen[bytes] | None = None
     if _has_systemd():
-        UNIT_FILE.write_text(UNIT.format(group=group, python=sys.executable))
+        UNIT_FILE.write_text(unit_text(group, sys.executable, pin_args))
         subprocess.run(["systemctl", "daemon-reload"], check=True)
         subprocess.run(["systemctl", "enable", "--now", UNIT_NAME], check=True)
         how = f"systemd unit {UNIT_NAME}"
@@ -118,7 +133,7 @@ def install_daemon(group: str = gd.DEFAULT_GROUP, timeout: float = 60.0) -> str:
         log = open(DAEMON_LOG, "ab")        # the daemon keeps its own copy
         proc = subprocess.Popen(
             [sys.executable, "-m", "guest_driver", "daemon", "--socket", gd.DEFAULT_SOCKET,
-             "--group", group], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+             "--group", group, *pin_args], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             env=dict(os.environ, PYTHONPATH=str(PYDIR), PYTHONDONTWRITEBYTECODE="1"),
             cwd="/", start_new_session=True)
         log.close()
@@ -180,7 +195,11 @@ def uninstall() -> list[Path]:
     removed = []
     if stop_daemon():
         removed.append(Path(gd.DEFAULT_SOCKET))
-    for path in (ICD_FILE, LIBDIR / "libava_icd.so", UNIT_FILE):
+    if Path("/sys/module", PIN_MODULE.stem).is_dir():
+        # In use (a pin still held) it stays loaded; it holds nothing else.
+        if subprocess.run(["rmmod", PIN_MODULE.stem], capture_output=True).returncode == 0:
+            removed.append(Path("/sys/module", PIN_MODULE.stem))
+    for path in (ICD_FILE, LIBDIR / "libava_icd.so", UNIT_FILE, PIN_MODULE):
         if path.exists():
             path.unlink()
             removed.append(path)

@@ -2,7 +2,10 @@
 
 ``runtime/ava_abi.h`` comes from ``protocols.device_abi`` (registers, rings,
 commands) and ``runtime/vfio_user_wire.h`` from ``protocols.vfio_user`` (the
-messages the loopback transport sends).
+messages the loopback transport sends), ``runtime/ava_daemon.h`` from
+``protocols.guest_daemon`` and ``runtime/ava_pin.h`` from ``protocols.guest_pin`` (what
+the runtime, the daemon and the guest kernel module say; that one is included by the
+module too, so it uses the kernel's ``__u64`` types).
 
 One source of truth: the construct declarations.  Structs become packed-free C
 structs of fixed-width types (every field is naturally aligned by design, and
@@ -27,6 +30,7 @@ from construct import Bytes, FormatField, GreedyBytes, Renamed, Struct
 from guest_driver._generated import sync
 from protocols import device_abi as abi
 from protocols import guest_daemon as gd
+from protocols import guest_pin as gp
 from protocols import vfio_user as vu
 
 RUNTIME_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runtime")
@@ -85,6 +89,7 @@ VU_ENUMS = [
 DAEMON_STRUCTS = [
     ("ava_daemon_request", gd.Request),
     ("ava_daemon_reply", gd.Reply),
+    ("ava_daemon_pin_run", gd.PinRun),
 ]
 DAEMON_ENUMS = [
     ("AVA_DAEMON_OP_", gd.DaemonOp),
@@ -92,13 +97,23 @@ DAEMON_ENUMS = [
     ("AVA_DAEMON_HELLO_", gd.HelloFeatures),
 ]
 DAEMON_CONSTANTS = ["DAEMON_PROTOCOL", "MAX_CLIENT_MEMORY", "CHUNK_SIZE", "REQUEST_SIZE",
-                    "REPLY_SIZE", "MAX_REPLY"]
+                    "REPLY_SIZE", "MAX_REPLY", "MAX_PIN_RUNS", "PIN_RUN_SIZE"]
 DAEMON_STRINGS = ["DEFAULT_SOCKET", "DEFAULT_GROUP"]
+
+
+PIN_STRUCTS = [
+    ("ava_pin_request", gp.PinRequest),
+    ("ava_pin_frames", gp.PinFrames),
+]
+PIN_CONSTANTS = ["MAX_PIN_BYTES", "IOCTL_TYPE", "PIN_REQUEST_SIZE", "PIN_FRAMES_SIZE",
+                 "IOC_PIN", "IOC_FRAMES"]
+PIN_STRINGS = ["DEVICE_NAME", "MODULE_NAME", "PIN_FD_NAME"]
 
 
 class Output:
     def __init__(self, filename: str, guard: str, module, structs, enums, constants,
-                 const_prefix: str, strings: list[str] | None = None):
+                 const_prefix: str, strings: list[str] | None = None, *,
+                 kernel: bool = False):
         self.path = os.path.join(RUNTIME_DIR, filename)
         self.guard = guard
         self.module = module
@@ -107,6 +122,8 @@ class Output:
         self.constants = constants
         self.const_prefix = const_prefix
         self.strings = strings or []
+        #: Included by a kernel module as well as by userspace: <linux/types.h> types.
+        self.kernel = kernel
 
 
 OUTPUTS = [
@@ -114,18 +131,23 @@ OUTPUTS = [
     Output("vfio_user_wire.h", "VFIO_USER_WIRE_H", vu, VU_STRUCTS, VU_ENUMS, ["HEADER_SIZE"], "VFU_"),
     Output("ava_daemon.h", "AVA_DAEMON_H", gd, DAEMON_STRUCTS, DAEMON_ENUMS, DAEMON_CONSTANTS,
            "AVA_", DAEMON_STRINGS),
+    Output("ava_pin.h", "AVA_PIN_H", gp, PIN_STRUCTS, [], PIN_CONSTANTS, "AVA_PIN_",
+           PIN_STRINGS, kernel=True),
 ]
 
 _C_TYPES = {("<", 1, False): "uint8_t", ("<", 2, False): "uint16_t", ("<", 4, False): "uint32_t",
             ("<", 8, False): "uint64_t", ("<", 4, True): "int32_t", ("<", 8, True): "int64_t"}
 
 
-def c_field(sub) -> tuple[str, str]:
+def c_field(sub, kernel: bool = False) -> tuple[str, str]:
     """(C type, declarator suffix) for one construct field."""
     inner = sub.subcon if isinstance(sub, Renamed) else sub
     if isinstance(inner, FormatField):
         signed = inner.fmtstr[1].islower()
-        return _C_TYPES[("<", inner.length, signed)], ""
+        ctype = _C_TYPES[("<", inner.length, signed)]
+        if kernel:      # uint64_t -> __u64, int32_t -> __s32
+            ctype = ("__s" if signed else "__u") + ctype.removesuffix("_t").lstrip("uint")
+        return ctype, ""
     if isinstance(inner, Bytes):
         return "uint8_t", f"[{inner.length}]"
     if inner is GreedyBytes:
@@ -164,10 +186,11 @@ def render(out: Output) -> str:
         f"#ifndef {out.guard}",
         f"#define {out.guard}",
         "",
-        "#include <stdint.h>",
-        "#include <stddef.h>",
+        *(["#include <linux/types.h>"] if out.kernel else
+          ["#include <stdint.h>", "#include <stddef.h>"]),
         "",
     ]
+    offsetof = "__builtin_offsetof" if out.kernel else "offsetof"
     for name in out.constants:
         lines.append(f"#define {out.const_prefix}{name} {int(getattr(out.module, name)):#x}u")
     for name in out.strings:
@@ -182,13 +205,13 @@ def render(out: Output) -> str:
     for cname, struct in out.structs:
         lines.append(f"struct {cname} {{")
         for sub in struct.subcons:
-            ctype, suffix = c_field(sub)
+            ctype, suffix = c_field(sub, out.kernel)
             lines.append(f"    {ctype} {sub.name}{suffix};")
         lines.append("};")
         lines.append(f"_Static_assert(sizeof(struct {cname}) == {struct_size(struct)}, "
                      f"\"{cname} size\");")
         for fname, off, _ in field_layout(struct):
-            lines.append(f"_Static_assert(offsetof(struct {cname}, {fname}) == {off}, "
+            lines.append(f"_Static_assert({offsetof}(struct {cname}, {fname}) == {off}, "
                          f"\"{cname}.{fname} offset\");")
         lines.append("")
     lines.append(f"#endif /* {out.guard} */")

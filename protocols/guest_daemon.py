@@ -15,7 +15,8 @@ followed by ``count`` 64-bit guest-physical addresses (one per 2 MiB chunk of th
 memory) and the memfd; ``READ32`` with a ``Reply`` whose ``value`` is the
 register; ``WRITE32`` with a ``Reply`` unless ``flags`` has ``POSTED``;
 ``IRQ_FD`` with a ``Reply`` and an eventfd that is signalled when the device
-interrupts; ``LEND`` with a ``Reply``; ``RETURN`` gets none.  ``status`` is 0 or a negative errno.
+interrupts; ``LEND`` with a ``Reply``; ``PIN`` with a ``Reply`` followed by ``count``
+``PinRun`` records; ``RETURN`` gets none.  ``status`` is 0 or a negative errno.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ DEFAULT_GROUP = "ava"
 #: The memory a HELLO may ask for (the daemon may be configured lower).
 MAX_CLIENT_MEMORY = 1 << 30
 CHUNK_SIZE = 2 << 20
+#: The most physically contiguous runs one PIN may have (its reply's records); a
+#: range more scattered than that is copied instead.
+MAX_PIN_RUNS = 256
 
 
 class DaemonOp(enum.IntEnum):
@@ -48,13 +52,21 @@ class DaemonOp(enum.IntEnum):
     # are released and the quarantine is over: the pages cannot be reused while the
     # host may still write to them.
     LEND = 5
-    RETURN = 6
+    RETURN = 6     # arg1: a LEND's or a PIN's token (posted)
+    # Zero-copy for ordinary users (only where HELLO's value has HelloFeatures.PIN): the
+    # request carries, with SCM_RIGHTS, a pin made by the ava_vdev_pin module
+    # (protocols/guest_pin.py) of the caller's own pages; arg1 is a token of the
+    # caller's.  The daemon reads the pin's frames from the kernel, adds them to the DMA
+    # windows of every queue of the caller, and answers the scatter list; it keeps the
+    # fd (so the pages stay pinned) until RETURN, which first removes those windows.
+    PIN = 7
 
 
 class HelloFeatures(enum.IntFlag):
     """HELLO's ``value``: what this client may do beyond the basics."""
 
     LEND = 1 << 0      # lend its own pages to transfers (root, in a VM): LEND, RETURN
+    PIN = 1 << 1       # the same for an ordinary user, through the module: PIN, RETURN
 
 
 class DaemonFlags(enum.IntFlag):
@@ -79,7 +91,15 @@ Reply = Struct(
 )
 REPLY_SIZE = 24
 
-#: Largest HELLO reply: the header and one address per chunk.
+#: One physically contiguous run of a PIN's scatter list.
+PinRun = Struct(
+    "addr" / Int64ul,     # guest-physical
+    "length" / Int64ul,
+)
+PIN_RUN_SIZE = 16
+
+#: Largest reply: HELLO's header and one address per chunk (a PIN's runs fit too).
 MAX_REPLY = REPLY_SIZE + 8 * (MAX_CLIENT_MEMORY // CHUNK_SIZE)
 
 assert Request.sizeof() == REQUEST_SIZE and Reply.sizeof() == REPLY_SIZE
+assert PinRun.sizeof() == PIN_RUN_SIZE and PIN_RUN_SIZE * MAX_PIN_RUNS <= MAX_REPLY - REPLY_SIZE

@@ -55,6 +55,9 @@ GUEST_PACKAGES = (
     # the guest driver's own Python side (protocols/ and `check`), and mako for
     # pyopencl's templated examples
     "python3-construct", "python3-pyelftools", "python3-mako",
+    # kbuild for the guest kernel: `guest_driver build` makes ava-vdev-pin.ko, which lets
+    # ordinary users lend their own pages to transfers (zero-copy)
+    "linux-headers-amd64",
 )
 # dpkg leaves these out of the root (smaller, faster): manuals and translations.
 DPKG_EXCLUDES = ("/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*")

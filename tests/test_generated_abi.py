@@ -48,7 +48,7 @@ def test_c_layout_matches_construct(out, tmp_path):
         for sub in struct.subcons:
             body.append(f'printf("{cname} {sub.name} %zu\\n", offsetof(struct {cname}, {sub.name}));')
     src = tmp_path / "layout.c"
-    src.write_text(f'#include <stdio.h>\n#include "{out.path}"\nint main(void) {{\n'
+    src.write_text(f'#include <stddef.h>\n#include <stdio.h>\n#include "{out.path}"\nint main(void) {{\n'
                    + "\n".join(body) + "\nreturn 0;\n}\n")
     exe = tmp_path / "layout"
     subprocess.run(["gcc", "-std=c11", "-Wall", "-Werror", "-o", str(exe), str(src)], check=True)
@@ -61,3 +61,18 @@ def test_c_layout_matches_construct(out, tmp_path):
         assert printed[(cname, "sizeof")] == size, cname
         for field, off in offsets.items():
             assert printed[(cname, field)] == off, f"{cname}.{field}"
+
+
+def test_pin_ioctl_numbers_are_the_kernels(tmp_path):
+    """protocols/guest_pin.py computes the ioctl numbers itself (the daemon uses them from
+    Python): they must be what <linux/ioctl.h> makes of the same declarations, which is
+    what the module compares against."""
+    src = tmp_path / "ioctl.c"
+    pin_h = next(out.path for out in gen_abi.OUTPUTS if out.path.endswith("ava_pin.h"))
+    src.write_text(f'#include <linux/ioctl.h>\n#include "{pin_h}"\n'
+                   "_Static_assert(AVA_PIN_IOC_PIN == _IOW(AVA_PIN_IOCTL_TYPE, 1, "
+                   "struct ava_pin_request), \"PIN\");\n"
+                   "_Static_assert(AVA_PIN_IOC_FRAMES == _IOWR(AVA_PIN_IOCTL_TYPE, 2, "
+                   "struct ava_pin_frames), \"FRAMES\");\n")
+    subprocess.run(["gcc", "-std=gnu11", "-Wall", "-Werror", "-c", "-o", str(tmp_path / "o.o"),
+                    str(src)], check=True)

@@ -263,12 +263,16 @@ def test_the_daemon_unit_runs_the_daemon_for_the_group(tmp_path):
 
     from guest_driver import _install
 
-    text = _install.UNIT.format(group="render", python="/usr/bin/python3")
+    plain = _install.unit_text("render", "/usr/bin/python3", [])
+    assert "--pin-module" not in plain
+    text = _install.unit_text("render", "/usr/bin/python3",
+                              ["--pin-module", str(_install.PIN_MODULE)])
     unit = configparser.ConfigParser(interpolation=None, strict=False)
     unit.read_string(text)
     exec_start = unit["Service"]["ExecStart"]
     assert exec_start.startswith("/usr/bin/python3 -m guest_driver daemon ")
     assert f"--socket {gd.DEFAULT_SOCKET}" in exec_start and "--group render" in exec_start
+    assert exec_start.endswith(f" --pin-module {_install.PIN_MODULE}")
     assert str(_install.PYDIR) in unit["Service"]["Environment"]
     assert os.path.dirname(gd.DEFAULT_SOCKET) == "/run/" + unit["Service"]["RuntimeDirectory"]
     assert unit["Install"]["WantedBy"] == "multi-user.target"

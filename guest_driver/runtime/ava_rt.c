@@ -1,6 +1,7 @@
 /* Device lifecycle, queues, and the submit/wait path shared by both transports. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -10,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ava_pin.h"
 #include "rt_internal.h"
 
 static __thread char last_error[512];
@@ -495,13 +497,23 @@ static int open_transport(struct ava_device *dev)
  * its pages are guest RAM and it may read their frame numbers.  Through the daemon,
  * only where its HELLO says so (a VM's device; a root process's queues then have a
  * window over all guest memory); never over loopback, where the application's
- * memory is not the "guest RAM" the server maps. */
+ * memory is not the "guest RAM" the server maps.  An ordinary user's transfers may
+ * too where the daemon takes pins of the ava_vdev_pin module (HELLO says so). */
 static void zero_copy_setup(struct ava_device *dev)
 {
     const char *env = getenv("AVA_VDEV_ZERO_COPY");
+    int off = env && strcmp(env, "0") == 0;
     int lends = strcmp(dev->ops->name, "uio") == 0 ||
                 (strcmp(dev->ops->name, "daemon") == 0 && dev->can_lend);
-    dev->zero_copy = lends && geteuid() == 0 && !(env && strcmp(env, "0") == 0);
+    dev->zero_copy = lends && geteuid() == 0 && !off;
+    dev->pin_dev = -1;
+    if (!dev->zero_copy && dev->can_pin && !off) {
+        dev->pin_dev = open("/dev/" AVA_PIN_DEVICE_NAME, O_RDWR | O_CLOEXEC);
+        if (dev->pin_dev < 0)
+            rt_error(errno, "zero-copy: cannot open /dev/" AVA_PIN_DEVICE_NAME ": %s; "
+                     "transfers are copied", strerror(errno));
+        dev->zero_copy = dev->pin_dev >= 0;
+    }
     dev->zero_copy_min = rt_env_size("AVA_VDEV_ZERO_COPY_MIN", 256u << 10);
     rt_pin_setup(dev);
 }
@@ -521,7 +533,7 @@ int ava_open(struct ava_device **out)
     struct ava_device *dev = calloc(1, sizeof(*dev));
     if (!dev)
         return rt_error(ENOMEM, "out of memory");
-    dev->sock = dev->memfd = dev->uio_fd = -1;
+    dev->sock = dev->memfd = dev->uio_fd = dev->pin_dev = -1;
     int rc = open_transport(dev);
     if (rc == 0)
         rc = rt_arena_init(dev);

@@ -18,22 +18,37 @@
 #include <unistd.h>
 
 #include "ava_daemon.h"
+#include "ava_pin.h"
 #include "rt_internal.h"
 
-/* One request, and its reply (with up to `extra` bytes after it and one fd) unless
- * posted.  Requests of all threads are serialised on the socket. */
-static int daemon_call(struct ava_device *dev, uint32_t op, uint32_t flags, uint32_t arg0,
-                       uint64_t arg1, struct ava_daemon_reply *reply, void *extra,
-                       size_t extra_cap, int *fd_out)
+/* One request (carrying fd_in, unless -1), and its reply (with up to `extra` bytes
+ * after it and one fd) unless posted.  Requests of all threads are serialised on the
+ * socket. */
+static int daemon_call_fd(struct ava_device *dev, uint32_t op, uint32_t flags, uint32_t arg0,
+                          uint64_t arg1, int fd_in, struct ava_daemon_reply *reply,
+                          void *extra, size_t extra_cap, int *fd_out)
 {
     struct ava_daemon_request req = {.op = op, .flags = flags, .arg0 = arg0, .arg1 = arg1};
+    struct iovec out_iov = {.iov_base = &req, .iov_len = sizeof(req)};
+    char out_ctrl[CMSG_SPACE(sizeof(int))];
+    struct msghdr out_msg = {.msg_iov = &out_iov, .msg_iovlen = 1};
+    if (fd_in >= 0) {
+        memset(out_ctrl, 0, sizeof(out_ctrl));
+        out_msg.msg_control = out_ctrl;
+        out_msg.msg_controllen = sizeof(out_ctrl);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&out_msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &fd_in, sizeof(int));
+    }
     pthread_mutex_lock(&dev->sock_lock);
     int rc = 0;
     if (dev->sock_broken) {
         rc = -EPIPE;
         goto out;
     }
-    if (send(dev->sock, &req, sizeof(req), MSG_NOSIGNAL) != (ssize_t)sizeof(req)) {
+    if (sendmsg(dev->sock, &out_msg, MSG_NOSIGNAL) != (ssize_t)sizeof(req)) {
         rc = -errno;
         dev->sock_broken = 1;
         goto out;
@@ -72,6 +87,13 @@ static int daemon_call(struct ava_device *dev, uint32_t op, uint32_t flags, uint
 out:
     pthread_mutex_unlock(&dev->sock_lock);
     return rc;
+}
+
+static int daemon_call(struct ava_device *dev, uint32_t op, uint32_t flags, uint32_t arg0,
+                       uint64_t arg1, struct ava_daemon_reply *reply, void *extra,
+                       size_t extra_cap, int *fd_out)
+{
+    return daemon_call_fd(dev, op, flags, arg0, arg1, -1, reply, extra, extra_cap, fd_out);
 }
 
 static uint32_t dm_read32(struct ava_device *dev, uint32_t off)
@@ -121,11 +143,37 @@ static void dm_unlend(struct ava_device *dev, uint64_t token)
                 NULL);
 }
 
+/* The daemon reads the pin's frames from the kernel, opens our queues' windows over
+ * them and answers the scatter list; RETURN (dm_unlend) closes them again. */
+static int dm_pin(struct ava_device *dev, int fd, uint64_t token, struct ava_sg_entry *sg,
+                  uint32_t cap, uint32_t *count)
+{
+    struct ava_daemon_reply reply;
+    struct ava_daemon_pin_run runs[AVA_MAX_PIN_RUNS];
+    int rc = daemon_call_fd(dev, AVA_DAEMON_OP_PIN, 0, 0, token, fd, &reply, runs,
+                            sizeof(runs), NULL);
+    if (rc != 0)
+        return rc;
+    if (reply.count > AVA_MAX_PIN_RUNS || reply.count > cap) {
+        dm_unlend(dev, token);
+        return -EPROTO;
+    }
+    *count = 0;
+    for (uint32_t i = 0; i < reply.count; i++) {
+        if (runs[i].length == 0 || runs[i].length > AVA_PIN_MAX_PIN_BYTES) {
+            dm_unlend(dev, token);
+            return -EPROTO;
+        }
+        rt_sg_add(sg, count, runs[i].addr, (size_t)runs[i].length);
+    }
+    return 0;
+}
+
 static const struct transport_ops daemon_ops = {
     .name = "daemon", .read32 = dm_read32, .write32 = dm_write32,
     /* Memory, socket and eventfds as the loopback transport has them. */
     .irq_fd = dm_irq_fd, .irq_ack = rt_eventfd_drain, .close = rt_socket_memfd_close,
-    .lend = dm_lend, .unlend = dm_unlend,
+    .lend = dm_lend, .unlend = dm_unlend, .pin = dm_pin,
 };
 
 const char *rt_daemon_path(void)
@@ -188,6 +236,7 @@ int rt_daemon_open(struct ava_device *dev, const char *path)
     }
     dev->memfd = fd;
     dev->can_lend = (reply.value & AVA_DAEMON_HELLO_LEND) != 0;
+    dev->can_pin = (reply.value & AVA_DAEMON_HELLO_PIN) != 0;
     dev->base = mmap(NULL, reply.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (dev->base == MAP_FAILED) {
         dev->base = NULL;

@@ -23,6 +23,11 @@ struct transport_ops {
      * this process die mid-transfer take a dup of the pin's fd, and give it back. */
     int (*lend)(struct ava_device *dev, int fd, uint64_t token);
     void (*unlend)(struct ava_device *dev, uint64_t token);
+    /* Zero-copy for an ordinary user: hand a pin of the ava_vdev_pin module (fd) to
+     * whoever opens the device's windows over it; fills its scatter list (at most cap
+     * entries).  Returned with unlend. */
+    int (*pin)(struct ava_device *dev, int fd, uint64_t token, struct ava_sg_entry *sg,
+               uint32_t cap, uint32_t *count);
 };
 
 struct ava_device {
@@ -44,6 +49,8 @@ struct ava_device {
     int zero_copy;           /* application pages may be lent in place (rt_pin.c) */
     uint64_t pin_tokens;     /* the last token given to a pin (atomic) */
     int can_lend;            /* daemon: it holds our pins (HELLO said so) */
+    int can_pin;             /* daemon: it takes pins of the ava_vdev_pin module */
+    int pin_dev;             /* /dev/ava-vdev-pin when zero-copy goes through it, else -1 */
     pthread_key_t pin_key;   /* each thread's pinning ring (rt_pin.c) */
     int pin_key_ok;
     size_t zero_copy_min;    /* ... from this many bytes on */

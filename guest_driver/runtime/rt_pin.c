@@ -13,11 +13,18 @@
  *     numbers to root only.
  * So only callers that may already reach all guest memory use it: root, directly
  * or through a daemon that says so in its HELLO (it serves a VM's device, and then
- * gives a root process's queues a window over all guest memory).  An unprivileged
- * process keeps the copy: no userspace mechanism lets the daemon hold another
- * process's anonymous pages, so windows over them could outlive the pages (README,
- * "Zero-copy").  Over loopback the application's memory is not
- * the shared "guest RAM" at all, so the copy stays there too.
+ * gives a root process's queues a window over all guest memory).
+ *
+ * An ordinary user cannot read frame numbers, and no userspace mechanism lets the
+ * daemon hold another process's anonymous pages, so windows over them could outlive
+ * the pages.  Where the guest has the ava_vdev_pin module (protocols/guest_pin.py),
+ * the kernel does both: the process pins its range there, gets an fd that holds the
+ * pin, and hands it to the daemon (PIN), which reads the frames from the kernel,
+ * opens the windows of the process's queues over exactly those pages and answers
+ * the scatter list; RETURN removes the windows, then the daemon drops the pin.
+ * Without the module an ordinary user's transfers keep the copy.  Over loopback the
+ * application's memory is not the shared "guest RAM" at all, so the copy stays there
+ * too.
  *
  * Should the process die while the host still writes into its pages, its pins must
  * outlive it: through the daemon, the daemon takes a dup of each thread's ring (LEND,
@@ -31,12 +38,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/io_uring.h>
+#include <sys/ioctl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "ava_daemon.h"
+#include "ava_pin.h"
 #include "rt_internal.h"
 
 #define PAGE 4096u
@@ -55,6 +65,7 @@ struct pinner {
 
 struct pin_priv {
     struct pinner *pinner;     /* NULL: DMA arena memory, nothing pinned */
+    uint64_t token;            /* a pin of the module's the daemon holds (0: none) */
     void *table;               /* the scatter list, in DMA memory */
     size_t table_size;
 };
@@ -153,6 +164,10 @@ void rt_pin_setup(struct ava_device *dev)
 
 void rt_pin_fini(struct ava_device *dev)
 {
+    if (dev->pin_dev >= 0) {
+        close(dev->pin_dev);
+        dev->pin_dev = -1;
+    }
     if (!dev->pin_key_ok)
         return;
     struct pinner *pn = pthread_getspecific(dev->pin_key);
@@ -210,6 +225,43 @@ int ava_pin_eligible(const struct ava_device *dev, size_t n)
     return dev->zero_copy && pin_size(dev, n);
 }
 
+/* An ordinary user's range, through the ava_vdev_pin module and the daemon. */
+static int module_pin(struct ava_device *dev, const void *p, size_t n, struct ava_pin *out)
+{
+    struct ava_pin_request req = {.addr = (uintptr_t)p, .length = n};
+    int fd = ioctl(dev->pin_dev, AVA_PIN_IOC_PIN, &req);
+    if (fd < 0)
+        return rt_error(errno, "zero-copy: cannot pin %zu bytes at %p: %s%s", n, p,
+                        strerror(errno), errno == ENOMEM ? " (RLIMIT_MEMLOCK, ulimit -l)" : "");
+    uint64_t token = __atomic_add_fetch(&dev->pin_tokens, 1, __ATOMIC_RELAXED);
+    struct ava_sg_entry *sg = malloc(AVA_MAX_PIN_RUNS * sizeof(*sg));
+    struct pin_priv *priv = calloc(1, sizeof(*priv));
+    uint32_t count = 0;
+    int rc = sg && priv ? dev->ops->pin(dev, fd, token, sg, AVA_MAX_PIN_RUNS, &count) : -ENOMEM;
+    close(fd);                  /* the daemon holds the pin now (or refused it) */
+    uint64_t total = 0;
+    for (uint32_t i = 0; rc == 0 && i < count; i++)
+        total += sg[i].len;
+    if (rc == 0 && (count == 0 || total != n)) {
+        dev->ops->unlend(dev, token);
+        rc = -EPROTO;
+    }
+    if (rc != 0) {
+        free(sg);
+        free(priv);
+        return rt_error(-rc, "zero-copy: the daemon did not take the pin of %zu bytes at %p: "
+                        "%s", n, p, strerror(-rc));
+    }
+    priv->token = token;
+    rc = place(dev, sg, count, n, priv, out);
+    free(sg);
+    if (rc != 0) {
+        dev->ops->unlend(dev, token);
+        free(priv);
+    }
+    return rc;
+}
+
 int ava_pin(struct ava_device *dev, const void *p, size_t n, struct ava_pin *out)
 {
     memset(out, 0, sizeof(*out));
@@ -219,9 +271,12 @@ int ava_pin(struct ava_device *dev, const void *p, size_t n, struct ava_pin *out
     if (!p || !pin_size(dev, n))
         return -ERANGE;
     if (!dev->zero_copy)
-        return rt_error(EOPNOTSUPP, "zero-copy is for root's processes in a VM only (this "
-                        "one: %s, uid %u%s)", dev->ops->name, (unsigned)geteuid(),
+        return rt_error(EOPNOTSUPP, "zero-copy is for root's processes in a VM, and other "
+                        "users' where ava-vdevd has the ava_vdev_pin module (this one: %s, uid "
+                        "%u%s)", dev->ops->name, (unsigned)geteuid(),
                         getenv("AVA_VDEV_ZERO_COPY") ? ", AVA_VDEV_ZERO_COPY set" : "");
+    if (dev->pin_dev >= 0)
+        return module_pin(dev, p, n, out) == 0 ? 0 : -EOPNOTSUPP;
     struct pinner *pn = thread_pinner(dev);
     if (!pn)
         return -EOPNOTSUPP;
@@ -264,6 +319,8 @@ void ava_unpin(struct ava_device *dev, struct ava_pin *pin)
         return;
     if (priv->table)
         rt_dma_free(dev, priv->table, priv->table_size);
+    if (priv->token)        /* the daemon removes the windows, then drops the pin */
+        dev->ops->unlend(dev, priv->token);
     if (priv->pinner) {
         /* The host is done with the pages: they are the application's alone again. */
         syscall(__NR_io_uring_register, priv->pinner->ring, IORING_UNREGISTER_BUFFERS, NULL, 0);

@@ -8,11 +8,15 @@ needs only Python, construct and this checkout's protocols/.
 The victim writes its queue index, owner tag and the guest-physical address of its
 secret into STATE_FILE and serves until killed.  The attacker prints "refused: WHAT"
 for each attempt the daemon or the host stopped, and "BROKE: WHAT" for any that got
-through; it ends with "attacker done"."""
+through; it ends with "attacker done".  Where the daemon takes pins of the
+ava_vdev_pin module (zero-copy for ordinary users: HELLO says so), it also tries that
+path ("works: WHAT" for what must work there), else it says "no pin module"."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import fcntl
 import json
 import mmap
 import os
@@ -25,6 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from protocols import device_abi as abi
 from protocols import guest_daemon as gd
+from protocols import guest_pin as gp
 from protocols.device_abi import CmdFlags, QReg, QueueCtrl, QueueState, Reg
 
 CMD = struct.Struct("<HHIQQQIIQQQ")
@@ -46,14 +51,16 @@ class Connection:
         reply, extra, fds = self.request(gd.DaemonOp.HELLO, gd.DAEMON_PROTOCOL, memory)
         assert reply.status == 0, reply
         self.owner, self.size = reply.owner, reply.size
+        self.features = gd.HelloFeatures(reply.value)
         self.gpas = struct.unpack(f"<{reply.count}Q", extra[:8 * reply.count])
         self.mm = mmap.mmap(fds[0], self.size, mmap.MAP_SHARED)
         os.close(fds[0])
 
-    def request(self, op: int, arg0: int = 0, arg1: int = 0, flags: int = 0):
+    def request(self, op: int, arg0: int = 0, arg1: int = 0, flags: int = 0,
+                fds_in: list[int] | None = None):
         """(reply, bytes after it, fds); (None, b"", []) for a posted request."""
-        self.sock.send(gd.Request.build(dict(op=op, flags=flags, arg0=arg0, reserved=0,
-                                             arg1=arg1)))
+        socket.send_fds(self.sock, [gd.Request.build(dict(op=op, flags=flags, arg0=arg0,
+                                                          reserved=0, arg1=arg1))], fds_in or [])
         if flags & gd.DaemonFlags.POSTED:
             return None, b"", []
         msg, fds, _, _ = socket.recv_fds(self.sock, gd.MAX_REPLY, 1)
@@ -127,6 +134,49 @@ class Process(Connection):
             time.sleep(0.001)
 
 
+def pins(me: Process, check, out: int) -> None:
+    """Zero-copy for ordinary users: what the module and the daemon must refuse, and
+    that a lent page is reachable exactly while it is lent."""
+    memfd = os.memfd_create("not-a-pin")
+    try:
+        reply = me.request(gd.DaemonOp.PIN, 0, 1, fds_in=[memfd])[0]
+    finally:
+        os.close(memfd)
+    check("a PIN carrying an fd that is no pin", reply.status == -errno.EPERM)
+    page = mmap.mmap(-1, 64 << 10)
+    page[:64] = b"L" * 64
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(page))
+    dev = os.open(f"/dev/{gp.DEVICE_NAME}", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        pin = fcntl.ioctl(dev, gp.IOC_PIN,
+                          bytearray(gp.PinRequest.build(dict(addr=addr, length=64 << 10))))
+    finally:
+        os.close(dev)
+    try:
+        frames = bytearray(gp.PinFrames.build(dict(frames=0, capacity=0, count=0, addr=0,
+                                                   length=0)))
+        fcntl.ioctl(pin, gp.IOC_FRAMES, frames)
+        leaked = True
+    except PermissionError:
+        leaked = False
+    check("read my own pin's frame numbers from the module", not leaked)
+    try:
+        reply, extra, _ = me.request(gd.DaemonOp.PIN, 0, 2, fds_in=[pin])
+    finally:
+        os.close(pin)
+    assert reply.status == 0 and reply.count >= 1, reply
+    first = gd.PinRun.parse(extra[:gd.PIN_RUN_SIZE])
+    works = me.call(ECHO, payload_addr=first.addr, payload_len=64, reply_addr=out,
+                    reply_len=512) == 0 and me.peek(out, 64) == b"L" * 64
+    print(f"{'works' if works else 'BROKE'}: my own page, while lent", flush=True)
+    me.request(gd.DaemonOp.RETURN, 0, 2, gd.DaemonFlags.POSTED)
+    me.read(Reg.MAGIC)          # answered in order: the RETURN is done
+    check("my own page, once returned",
+          me.call(ECHO, payload_addr=first.addr, payload_len=64, reply_addr=out,
+                  reply_len=512) == -errno.EFAULT)
+    page.close()
+
+
 def victim(path: str, state: str) -> None:
     me = Process(path)
     secret = me.put(SECRET)
@@ -177,6 +227,10 @@ def attacker(path: str, state: str) -> int:
           me.call(ECHO, flags=CmdFlags.PAYLOAD_SG, payload_addr=me.put(SG.pack(0, 4096, 0)),
                   payload_len=1, reply_addr=out, reply_len=512) == -errno.EFAULT)
     check("my own queue still works", me.call(NOP) == 0)
+    if me.features & gd.HelloFeatures.PIN:
+        pins(me, check, out)
+    else:
+        print("no pin module: ordinary users' transfers are copied", flush=True)
     print("attacker done", flush=True)
     return 1 if broke else 0
 
