@@ -53,8 +53,8 @@ def status(lib_path: Path) -> str:
         lines.append("zero-copy:  " + (
             "yes: transfers of 256 KiB or more lend the application's pages"
             if lib.ava_zero_copy(dev) else
-            "no: transfers are copied through DMA memory (zero-copy is for root's processes "
-            "in a VM)"))
+            "no: transfers are copied through DMA memory (zero-copy is for processes in a "
+            "VM: root's, and other users' where ava-vdevd has the ava_vdev_pin module)"))
         lines.append(f"queues:     {len(used)} of {n} claimed"
                      + (" (through ava-vdevd: this process's own)"
                         if lib.ava_transport_name(dev) == b"daemon" else ""))

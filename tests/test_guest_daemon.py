@@ -349,6 +349,7 @@ def test_two_ordinary_processes_cannot_reach_each_other(daemon, probe_dir):
         assert res.returncode == 0 and "attacker done" in res.stdout, \
             res.stdout + res.stderr + text(log)
         assert "BROKE" not in res.stdout and res.stdout.count("refused:") == 11
+        assert "no pin module" in res.stdout        # over loopback: copies, no PIN
         time.sleep(0.5)
         assert victim.poll() is None, "the victim died: " + victim.stderr.read()
     finally:
@@ -628,3 +629,94 @@ def test_a_process_started_right_after_another_gets_the_memory_its_quarantine_fr
             third.sock.close()
     finally:
         second.sock.close()
+
+
+def fds_named(prefix: str) -> int:
+    """How many fds of this process (the daemon runs in it here) read as ``prefix``."""
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink(f"/proc/self/fd/{fd}").startswith(prefix)
+        except OSError:
+            pass
+    return n
+
+
+@pytest.fixture
+def pinning_daemon(lending_daemon, monkeypatch):
+    """A daemon that takes pins of the ava_vdev_pin module, with the module faked (the
+    host has no guest kernel module): a memfd named ``fake-pin`` is a pin of 3 pages,
+    two of them contiguous; one named ``scattered-pin`` has more runs than a PIN may."""
+    from guest_driver import _pin
+
+    def frames(fd, capacity):
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if "scattered" in name:
+            return 0x7000, (gd.MAX_PIN_RUNS + 1) * 4096, \
+                [0x1000000 + 2 * i * 4096 for i in range(gd.MAX_PIN_RUNS + 1)]
+        return 0x7010, 3 * 4096 - 16, [0x200000, 0x201000, 0x500000]
+
+    monkeypatch.setattr(_pin, "is_pin", lambda fd: os.readlink(
+        f"/proc/self/fd/{fd}").startswith(("/memfd:fake-pin", "/memfd:scattered-pin")))
+    monkeypatch.setattr(_pin, "frames", frames)
+    lending_daemon.pin_ready = True
+    return lending_daemon
+
+
+@pytest.mark.parametrize("lending_daemon", [False], indirect=True)
+def test_an_ordinary_users_pin_opens_windows_until_it_is_returned(pinning_daemon):
+    """Zero-copy for ordinary users: a PIN carries the module's fd; the daemon answers its
+    scatter list, adds exactly those runs to the process's windows and keeps the fd (the
+    pages stay pinned) until RETURN, which removes the windows first; a process that dies
+    with a pin lent leaves it to the quarantine.  What is no pin, carries no fd, reuses
+    a token or is too scattered is refused, and the daemon keeps no fd of it."""
+    d = pinning_daemon
+    c = RawClient(d.path)
+    run = gd.PinRun.parse
+    pin, other = os.memfd_create("fake-pin"), os.memfd_create("not-a-pin")
+    scattered = os.memfd_create("scattered-pin")
+    try:
+        assert c.hello.status == 0 and c.hello.value & gd.HelloFeatures.PIN
+        client = next(iter(d.clients.values()))
+        reply, extra, _ = c.request(gd.DaemonOp.PIN, 0, 5, fds_in=[pin])
+        assert reply.status == 0 and reply.count == 2
+        runs = [(r.addr, r.length) for r in (run(extra[i * 16:(i + 1) * 16]) for i in range(2))]
+        assert runs == [(0x200010, 8176), (0x500000, 4096)]
+        assert set(runs) <= set(client.windows())
+        assert fds_named("/memfd:fake-pin") == 2        # ours, and the daemon's
+        assert c.request(gd.DaemonOp.PIN, 0, 5, fds_in=[pin])[0].status == -errno.EPERM
+        for fds in ([other], [], [scattered]):
+            assert c.request(gd.DaemonOp.PIN, 0, 6, fds_in=fds)[0].status == -errno.EPERM
+        assert fds_named("/memfd:not-a-pin") == 1 and fds_named("/memfd:scattered-pin") == 1
+        assert fds_named("/memfd:fake-pin") == 2
+        c.request(gd.DaemonOp.RETURN, 0, 5, flags=gd.DaemonFlags.POSTED)
+        c.read(Reg.MAGIC)                               # in order: the RETURN is done
+        assert not set(runs) & set(client.windows())
+        assert fds_named("/memfd:fake-pin") == 1
+        assert c.request(gd.DaemonOp.PIN, 0, 7, fds_in=[pin])[0].status == 0
+        c.sock.close()                                  # gone, with a pin still lent
+        time.sleep(0.1)
+        assert fds_named("/memfd:fake-pin") == 2, "let go of before the quarantine ended"
+        deadline = time.monotonic() + 10
+        while fds_named("/memfd:fake-pin") != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert fds_named("/memfd:fake-pin") == 1, "kept after the quarantine"
+    finally:
+        for fd in (pin, other, scattered):
+            os.close(fd)
+        c.sock.close()
+
+
+@pytest.mark.parametrize("lending_daemon", [False], indirect=True)
+def test_no_pins_where_the_daemon_has_no_module(lending_daemon):
+    """Without the module (or over loopback) HELLO does not offer PIN, and a PIN is
+    refused without keeping what it carried."""
+    c = RawClient(lending_daemon.path)
+    memfd = os.memfd_create("fake-pin")
+    try:
+        assert c.hello.status == 0 and not c.hello.value & gd.HelloFeatures.PIN
+        assert c.request(gd.DaemonOp.PIN, 0, 1, fds_in=[memfd])[0].status == -errno.EPERM
+        assert fds_named("/memfd:fake-pin") == 1
+    finally:
+        os.close(memfd)
+        c.sock.close()
