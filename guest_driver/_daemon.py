@@ -65,6 +65,10 @@ OWNER_BASE = 0x40000000
 TABLE_SLOT = 32 << 10
 #: Pins (zero-copy transfers under way) one process may have lent the daemon at once.
 MAX_LENT = 1024
+#: The module's pins (an ordinary user's) one process may have with the daemon at once,
+#: counting those returned and still in quarantine: each is an fd of the daemon's, so
+#: no process may run it out of fds by pinning and returning in a loop.
+MAX_PINS = 64
 #: A root process's queues reach all guest memory, as root itself may (/dev/mem):
 #: that is what lets its transfers lend the application's own pages (zero-copy).
 ALL_MEMORY = [(0, (1 << 64) - 1)]
@@ -135,6 +139,11 @@ class Client:
     #: Of those, the module's pins (an ordinary user's): their scatter lists, which its
     #: queues' windows include until RETURN.
     pin_runs: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    #: Pins returned whose windows could not be removed (their queue failed): kept
+    #: until the process is gone, when the queues' release removes every window.
+    stuck: list[int] = field(default_factory=list)
+    #: Pins it returned that are still in quarantine.
+    quarantined: int = 0
     #: The process, to take dups of its pins' fds (only where it may lend).
     pidfd: int = -1
 
@@ -153,13 +162,17 @@ class LentPins:
     """A dead process's pins (io_uring fds that keep its pages pinned), kept in
     quarantine like its memory: the host may still be writing into those pages."""
 
-    def __init__(self, fds: list[int]):
+    def __init__(self, fds: list[int], on_close: Callable[[], None] | None = None):
         self.fds = fds
+        self.on_close = on_close
 
     def close(self) -> None:
         for fd in self.fds:
             os.close(fd)
         self.fds = []
+        if self.on_close is not None:
+            self.on_close()
+            self.on_close = None
 
 
 def _is_io_uring(fd: int) -> bool:
@@ -479,6 +492,10 @@ class Daemon:
             conn, _ = self.sock.accept()
         except (BlockingIOError, InterruptedError):
             return
+        except OSError as exc:      # EMFILE, ENOMEM: this one waits, the others go on
+            log.warning("cannot accept a connection: %s", exc)
+            time.sleep(0.05)
+            return
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         pid, uid, _gid = struct.unpack("3i", creds)
         client = Client(conn, pid, uid, self._next_owner)
@@ -584,24 +601,26 @@ class Daemon:
         """Open the windows over an ordinary user's pinned pages, answer their scatter
         list and keep the pin (``fd``, now the daemon's) until RETURN; refused, the
         process stages a copy."""
-        why, runs = "", []
+        why = ""
+        runs: list[tuple[int, int]] | None = []
         if not self.pin_ready or client.pidfd >= 0:
             why = "it may not pin its pages (HELLO said so)"
-        elif len(client.lent) >= MAX_LENT:
-            why = f"already {MAX_LENT} pins held"
+        elif len(client.pin_runs) + len(client.stuck) + client.quarantined >= MAX_PINS:
+            why = f"already {MAX_PINS} pins held"
         elif token in client.lent:
             why = "token in use"
         elif fd < 0 or not _pin.is_pin(fd):
             why = "the request carries no pin of the ava_vdev_pin module"
         else:
             try:
-                addr, length, pages = _pin.frames(fd, _pin.MAX_PAGES)
-                runs = _pin.runs(addr, length, pages)
+                addr, length, pages = _pin.frames(fd)
+                runs = _pin.runs(addr, length, pages, gd.MAX_PIN_RUNS)
             except OSError as exc:
                 why = f"cannot read the pin's frames: {exc}"
-        if not why and len(runs) > gd.MAX_PIN_RUNS:
-            why = f"{len(runs)} physically contiguous runs (at most {gd.MAX_PIN_RUNS})"
-        if not why and (len(client.windows()) + len(runs) + 1) * abi.WINDOW_ENTRY_SIZE > TABLE_SLOT:
+        if not why and runs is None:
+            why = f"more than {gd.MAX_PIN_RUNS} physically contiguous runs"
+        table = (len(client.windows()) + len(runs or []) + 1) * abi.WINDOW_ENTRY_SIZE
+        if not why and table > TABLE_SLOT:
             why = "its queues' window tables are full"
         if why:
             if fd >= 0:
@@ -609,6 +628,7 @@ class Daemon:
             log.info("%s: pin %d refused: %s", client.describe(), token, why)
             self._reply(client, -errno.EPERM)
             return
+        assert runs is not None
         client.lent[token] = fd
         client.pin_runs[token] = runs
         try:
@@ -622,21 +642,34 @@ class Daemon:
             _PIN_RUN.build(dict(addr=a, length=n)) for a, n in runs))
 
     def _return(self, client: Client, token: int) -> None:
-        """A pin comes back: its windows go first, then the pages may be unpinned."""
+        """A pin comes back: its windows go first, then the pages may be unpinned.
+
+        A module's pin (an ordinary user's) is kept through the quarantine first, as a
+        dead process's memory is: the windows bind the queues' next commands, and a
+        process that returns a pin while a command of its own still uses the pages
+        must not have them go to someone else meanwhile."""
         fd = client.lent.pop(token, None)
-        if client.pin_runs.pop(token, None) is not None:
-            try:
-                self.policy.set_pins(client)
-            except RuntimeError as exc:
-                # Windows that may still include the pages: keep them pinned for as
-                # long as the queues live (their release removes every window).
-                log.warning("%s: windows of pin %d not removed: %s; its pages stay "
-                            "pinned until the process ends", client.describe(), token, exc)
-                if fd is not None:
-                    client.lent[-token - 1] = fd
-                return
+        if client.pin_runs.pop(token, None) is None:
+            if fd is not None:
+                os.close(fd)
+            return
+        try:
+            self.policy.set_pins(client)
+        except RuntimeError as exc:
+            # Windows that may still include the pages: keep them pinned for as long
+            # as the queues live (their release removes every window).
+            log.warning("%s: windows of pin %d not removed: %s; its pages stay pinned "
+                        "until the process ends", client.describe(), token, exc)
+            if fd is not None:
+                client.stuck.append(fd)
+            return
         if fd is not None:
-            os.close(fd)
+            client.quarantined += 1
+
+            def released() -> None:
+                client.quarantined -= 1
+            self.quarantine.append((time.monotonic() + self.quarantine_s,
+                                    LentPins([fd], released)))
 
     def _hello(self, client: Client, version: int, size: int) -> None:
         if version != gd.DAEMON_PROTOCOL:
@@ -706,11 +739,12 @@ class Daemon:
         if client.memory is not None:
             self.quarantine.append((time.monotonic() + self.quarantine_s, client.memory))
             client.memory = None
-        if client.lent:
+        if client.lent or client.stuck:
             self.quarantine.append((time.monotonic() + self.quarantine_s,
-                                    LentPins(list(client.lent.values()))))
+                                    LentPins([*client.lent.values(), *client.stuck])))
             client.lent.clear()
             client.pin_runs.clear()
+            client.stuck.clear()
         if client.pidfd >= 0:
             os.close(client.pidfd)
             client.pidfd = -1
@@ -738,9 +772,13 @@ def group_id(group: str | None) -> int | None:
 
 def run(device_factory: Callable[[], Device], path: str, **kwargs: object) -> int:
     """Open the device, serve until SIGTERM or SIGINT, clean up."""
+    import resource
     import signal
 
     group_id(kwargs.get("group", gd.DEFAULT_GROUP))  # type: ignore[arg-type]
+    # Pins are fds (MAX_PINS a process, through a quarantine): as many as may be had.
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     device = device_factory()
     daemon = Daemon(device, path, **kwargs)  # type: ignore[arg-type]
     try:

@@ -55,6 +55,8 @@ NoNewPrivileges=yes
 ProtectHome=yes
 PrivateTmp=yes
 PrivateNetwork=yes
+# Each process's pins (zero-copy) are fds of the daemon's, held through a quarantine.
+LimitNOFILE=65536
 RuntimeDirectory=ava-vdev
 RuntimeDirectoryPreserve=no
 

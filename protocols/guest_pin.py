@@ -10,13 +10,15 @@ learn their addresses, to open the queue's DMA windows over exactly those pages.
 The module's character device (``/dev/ava-vdev-pin``, group ``ava``, mode 0660) does
 both.  An application asks it to ``PIN`` a range of its own memory: the module takes
 the kernel's long-term pin on the pages (``pin_user_pages(FOLL_WRITE |
-FOLL_LONGTERM)``: never read-only or page-cache pages; charged to the caller's
-``RLIMIT_MEMLOCK``, as io_uring and RDMA charge theirs) and answers with a new fd that
+FOLL_LONGTERM)``: memory the caller may write, never a read-only page or a regular file's;
+charged to the calling user's ``RLIMIT_MEMLOCK``, as io_uring charges its pins: to the
+user, for as long as the pin lives, whoever holds it) and answers with a new fd that
 holds them.  The application passes that fd to the daemon (``DaemonOp.PIN``, with
 ``SCM_RIGHTS``) and closes its own copy.  The daemon, and only a caller with
 ``CAP_SYS_ADMIN``, asks the fd for its ``FRAMES``, opens the windows, and answers the
 scatter list.  Closing the last copy of the fd unpins the pages: the daemon closes its
-copy once the windows are gone (``RETURN``), or, should the process die first, once
+copy once the windows are gone (``RETURN``) and the quarantine is over (a command of
+the process's own may still use the pages), or, should the process die first, once
 its quarantine is over.
 
 One source for both ends: ``python -m guest_driver.gen_abi`` renders these

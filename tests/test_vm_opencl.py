@@ -269,9 +269,9 @@ def test_opencl_programs_in_the_guest(lab_run, scratch, tmp_path):
     assert "1048576 elements correct" in sections["root"]
     # Root's transfers lend the application's pages (through the daemon, which holds
     # the pins); a page that cannot be pinned for writing is copied.  alice's lend hers
-    # through the ava_vdev_pin module, within her RLIMIT_MEMLOCK (at Linux's default,
-    # 8 MiB, the 16 MiB ones are copied, with the hint; raised, they are lent too).
-    # Every byte is right every way.
+    # through the ava_vdev_pin module (from 4 MiB on), within her RLIMIT_MEMLOCK (at
+    # Linux's default, 8 MiB, the 16 MiB ones are copied, with the hint; raised, they
+    # are lent too).  Every byte is right every way.
     root, alice = sections["zero-copy"].split("as alice:")
     alice, raised = alice.split("as alice, memlock raised:")
     for part in (root, alice, raised):
@@ -281,7 +281,7 @@ def test_opencl_programs_in_the_guest(lab_run, scratch, tmp_path):
     lent = re.compile(r"(\d+) bytes at \S+ (?:are )?lent in place")
     assert re.search(r"16777216 bytes at \S+ are copied, not lent: zero-copy: cannot pin "
                      r".*RLIMIT_MEMLOCK", alice), alice
-    assert {"16777216"} < set(lent.findall(raised)) and "262145" in lent.findall(alice), alice
+    assert "16777216" in lent.findall(raised), raised
     assert re.search(r"4194304 bytes at \S+ are copied, not lent: zero-copy: cannot pin", raised)
     assert "module: 1 ava 660" in raised, raised
     probe = sections["isolation"]

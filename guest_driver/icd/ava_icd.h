@@ -234,6 +234,10 @@ void *ava_transport_map_alloc(size_t size, void **priv);
 void ava_transport_map_free(void *priv);
 /* Bytes a transfer may stage in one command: a quarter of the DMA memory. */
 size_t ava_transport_piece_limit(void);
+/* Set (on this thread) when a transfer meant to lend its pages in place could not
+ * (ava_pin refused it) and its staging did not fit either: the call sent nothing
+ * and failed with CL_OUT_OF_RESOURCES, and may go again in pieces (icd_transfer.c). */
+extern __thread int ava_lend_fell_short;
 /* Whether a blocking transfer of application memory this large may lend its pages. */
 int ava_transport_may_lend(size_t size);
 /* A live buffer's size (0: not a live buffer, or an image). */

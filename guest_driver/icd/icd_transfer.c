@@ -12,6 +12,11 @@
  * piece is done; a non-blocking one keeps each piece's staging until that piece is
  * seen over (icd_deferred.c).
  *
+ * A blocking transfer that could lend its pages in place goes whole; if the pin is
+ * refused after all (an ordinary user's RLIMIT_MEMLOCK, too scattered a range,
+ * read-only memory) and its staging does not fit, it was not sent, and goes again in
+ * pieces, each of which may lend its own pages.
+ *
  * What the whole would be refused for, the first piece is refused for too (the same
  * queue, buffer, wait list and host access), except bounds, which the guest checks
  * for the whole first: a transfer past the buffer's end goes whole, as before, and
@@ -39,12 +44,12 @@ static cl_int fwd_write(cl_command_queue q, cl_mem b, cl_bool blocking, size_t o
 /* Whether the transfer goes in pieces: larger than a piece, not lent in place, and
  * within the buffer (as far as the guest knows it). */
 static size_t piece_for(cl_mem buffer, cl_bool blocking, size_t offset, size_t size,
-                        const void *ptr)
+                        const void *ptr, int lending)
 {
     size_t piece = ava_transport_piece_limit();
     size_t whole = ava_mem_buffer_size(buffer);
-    if (!ptr || size <= piece || (blocking && ava_transport_may_lend(size)) || !whole ||
-        offset > whole || size > whole - offset)
+    if (!ptr || size <= piece || (lending && blocking && ava_transport_may_lend(size)) ||
+        !whole || offset > whole || size > whole - offset)
         return 0;
     return piece;
 }
@@ -74,17 +79,32 @@ static cl_int in_pieces(transfer_fn fn, size_t piece, cl_command_queue queue, cl
     return status;
 }
 
+/* Whole, lent in place or staged; in pieces where it is larger than a piece and not
+ * lent (or its pin was refused and the whole did not fit its staging). */
+static cl_int transfer(transfer_fn fn, cl_command_queue queue, cl_mem buffer, cl_bool blocking,
+                       size_t offset, size_t size, void *ptr, cl_uint num_events,
+                       const cl_event *wait_list, cl_event *event)
+{
+    size_t piece = piece_for(buffer, blocking, offset, size, ptr, 1);
+    if (piece)
+        return in_pieces(fn, piece, queue, buffer, blocking, offset, size, ptr, num_events,
+                         wait_list, event);
+    ava_lend_fell_short = 0;
+    cl_int status = fn(queue, buffer, blocking, offset, size, ptr, num_events, wait_list, event);
+    if (status == CL_OUT_OF_RESOURCES && ava_lend_fell_short &&
+        (piece = piece_for(buffer, blocking, offset, size, ptr, 0)) != 0)
+        status = in_pieces(fn, piece, queue, buffer, blocking, offset, size, ptr, num_events,
+                           wait_list, event);
+    return status;
+}
+
 CL_API_ENTRY cl_int CL_API_CALL
 ava_clEnqueueReadBuffer(cl_command_queue queue, cl_mem buffer, cl_bool blocking, size_t offset,
                         size_t size, void *ptr, cl_uint num_events, const cl_event *wait_list,
                         cl_event *event)
 {
-    size_t piece = piece_for(buffer, blocking, offset, size, ptr);
-    if (!piece)
-        return ava_fwd_clEnqueueReadBuffer(queue, buffer, blocking, offset, size, ptr,
-                                           num_events, wait_list, event);
-    return in_pieces(fwd_read, piece, queue, buffer, blocking, offset, size, ptr, num_events,
-                     wait_list, event);
+    return transfer(fwd_read, queue, buffer, blocking, offset, size, ptr, num_events,
+                    wait_list, event);
 }
 
 CL_API_ENTRY cl_int CL_API_CALL
@@ -92,10 +112,6 @@ ava_clEnqueueWriteBuffer(cl_command_queue queue, cl_mem buffer, cl_bool blocking
                          size_t offset, size_t size, const void *ptr, cl_uint num_events,
                          const cl_event *wait_list, cl_event *event)
 {
-    size_t piece = piece_for(buffer, blocking, offset, size, ptr);
-    if (!piece)
-        return ava_fwd_clEnqueueWriteBuffer(queue, buffer, blocking, offset, size, ptr,
-                                            num_events, wait_list, event);
-    return in_pieces(fwd_write, piece, queue, buffer, blocking, offset, size, (uint8_t *)ptr,
-                     num_events, wait_list, event);
+    return transfer(fwd_write, queue, buffer, blocking, offset, size, (void *)ptr, num_events,
+                    wait_list, event);
 }

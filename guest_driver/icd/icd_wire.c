@@ -181,6 +181,7 @@ int ava_enc_host_data(struct ava_enc *e, struct ava_stage *st, const void *p, si
     if (in_place && ava_transport_lend(st, &mode, &addr, &count) == 0) {
         /* the device reads and writes the application's pages: nothing to copy */
     } else if (ava_transport_stage_alloc(st, &mode, &addr, &count) != 0) {
+        ava_lend_fell_short = in_place;     /* icd_transfer.c goes in pieces instead */
         return -1;
     } else if (dir != AVA_STAGE_OUT && n) {
         memcpy(st->dma, p, n);
@@ -191,6 +192,8 @@ int ava_enc_host_data(struct ava_enc *e, struct ava_stage *st, const void *p, si
     return 0;
 }
 
+
+__thread int ava_lend_fell_short;
 
 void ava_stage_finish(struct ava_stage *st, int success)
 {

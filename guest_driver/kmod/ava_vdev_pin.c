@@ -11,8 +11,11 @@
  *
  *   /dev/ava-vdev-pin, ioctl AVA_PIN_IOC_PIN {addr, length}
  *       takes the long-term pin on the caller's pages (pin_user_pages_fast with
- *       FOLL_WRITE | FOLL_LONGTERM: private, writable memory only; charged to the
- *       caller's RLIMIT_MEMLOCK) and returns a new fd that holds the pin;
+ *       FOLL_WRITE | FOLL_LONGTERM: memory the caller may write, no read-only page
+ *       nor a regular file's; charged to the calling user's RLIMIT_MEMLOCK, as io_uring
+ *       charges its pins: to the user, not to the process, so the charge stays for
+ *       as long as the pin does, whoever holds the fd) and returns a new fd that
+ *       holds the pin;
  *   that fd, ioctl AVA_PIN_IOC_FRAMES (CAP_SYS_ADMIN only: the daemon)
  *       writes the pages' guest-physical addresses;
  *   closing the fd's last reference
@@ -26,7 +29,8 @@
 #include <linux/miscdevice.h>
 #include <linux/mm.h>
 #include <linux/module.h>
-#include <linux/sched/mm.h>
+#include <linux/sched/signal.h>
+#include <linux/sched/user.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
 
@@ -36,21 +40,36 @@ struct ava_pin {
 	struct page **pages;
 	unsigned long npages;
 	u64 addr, length;
-	struct mm_struct *mm;	/* charged for the pages (mmgrab'd) */
+	struct user_struct *user;	/* charged for `charged` pages (a reference) */
+	unsigned long charged;
 };
+
+/* Charge npages to the caller's user against RLIMIT_MEMLOCK (not with CAP_IPC_LOCK):
+ * an atomic counter, so releasing needs no lock of anybody's (the daemon releases). */
+static int ava_pin_charge(struct ava_pin *pin, unsigned long npages)
+{
+	unsigned long limit = rlimit(RLIMIT_MEMLOCK) >> PAGE_SHIFT;
+	long cur;
+
+	pin->user = get_uid(current_user());
+	if (capable(CAP_IPC_LOCK))
+		return 0;
+	cur = atomic_long_read(&pin->user->locked_vm);
+	do {
+		if (cur + npages > limit)
+			return -ENOMEM;
+	} while (!atomic_long_try_cmpxchg(&pin->user->locked_vm, &cur, cur + npages));
+	pin->charged = npages;
+	return 0;
+}
 
 static void ava_pin_free(struct ava_pin *pin)
 {
 	if (pin->npages)
 		unpin_user_pages_dirty_lock(pin->pages, pin->npages, true);
-	if (pin->mm) {
-		/* Uncharge the memlock only while the process still has its mm: once it
-		 * has exited there is nothing left to uncharge. */
-		if (pin->npages && mmget_not_zero(pin->mm)) {
-			account_locked_vm(pin->mm, pin->npages, false);
-			mmput(pin->mm);
-		}
-		mmdrop(pin->mm);
+	if (pin->user) {
+		atomic_long_sub(pin->charged, &pin->user->locked_vm);
+		free_uid(pin->user);
 	}
 	kvfree(pin->pages);
 	kfree(pin);
@@ -120,21 +139,19 @@ static long ava_pin_make(void __user *argp)
 	first = req.addr >> PAGE_SHIFT;
 	npages = ((req.addr + req.length - 1) >> PAGE_SHIFT) - first + 1;
 
-	pin = kzalloc(sizeof(*pin), GFP_KERNEL);
+	pin = kzalloc(sizeof(*pin), GFP_KERNEL_ACCOUNT);
 	if (!pin)
 		return -ENOMEM;
 	pin->addr = req.addr;
 	pin->length = req.length;
-	pin->pages = kvcalloc(npages, sizeof(*pin->pages), GFP_KERNEL);
+	pin->pages = kvcalloc(npages, sizeof(*pin->pages), GFP_KERNEL_ACCOUNT);
 	if (!pin->pages) {
 		ret = -ENOMEM;
 		goto fail;
 	}
-	ret = account_locked_vm(current->mm, npages, true);	/* RLIMIT_MEMLOCK */
+	ret = ava_pin_charge(pin, npages);
 	if (ret)
 		goto fail;
-	mmgrab(current->mm);
-	pin->mm = current->mm;
 	while (done < npages) {
 		ret = pin_user_pages_fast((first + done) << PAGE_SHIFT, npages - done,
 					  FOLL_WRITE | FOLL_LONGTERM, pin->pages + done);
@@ -145,11 +162,8 @@ static long ava_pin_make(void __user *argp)
 		done += ret;
 		pin->npages = done;
 	}
-	if (done < npages) {
-		/* What was pinned is unpinned by ava_pin_free; the charge is for npages. */
-		account_locked_vm(current->mm, npages - done, false);
-		goto fail;
-	}
+	if (done < npages)
+		goto fail;	/* ava_pin_free unpins what was pinned and uncharges it all */
 	fd = anon_inode_getfd("[" AVA_PIN_DEVICE_NAME "]", &ava_pin_fops, pin, O_RDWR | O_CLOEXEC);
 	if (fd < 0) {
 		ret = fd;

@@ -150,6 +150,7 @@ static int dm_pin(struct ava_device *dev, int fd, uint64_t token, struct ava_sg_
 {
     struct ava_daemon_reply reply;
     struct ava_daemon_pin_run runs[AVA_MAX_PIN_RUNS];
+    memset(runs, 0, sizeof(runs));      /* a short reply leaves zero runs: refused below */
     int rc = daemon_call_fd(dev, AVA_DAEMON_OP_PIN, 0, 0, token, fd, &reply, runs,
                             sizeof(runs), NULL);
     if (rc != 0)
@@ -160,7 +161,8 @@ static int dm_pin(struct ava_device *dev, int fd, uint64_t token, struct ava_sg_
     }
     *count = 0;
     for (uint32_t i = 0; i < reply.count; i++) {
-        if (runs[i].length == 0 || runs[i].length > AVA_PIN_MAX_PIN_BYTES) {
+        if (runs[i].length == 0 || runs[i].length > AVA_PIN_MAX_PIN_BYTES ||
+            runs[i].addr + runs[i].length < runs[i].addr) {
             dm_unlend(dev, token);
             return -EPROTO;
         }
