@@ -66,9 +66,13 @@ TABLE_SLOT = 32 << 10
 #: Pins (zero-copy transfers under way) one process may have lent the daemon at once.
 MAX_LENT = 1024
 #: The module's pins (an ordinary user's) one process may have with the daemon at once,
-#: counting those returned and still in quarantine: each is an fd of the daemon's, so
-#: no process may run it out of fds by pinning and returning in a loop.
+#: counting those returned and not yet let go: each is an fd of the daemon's, so no
+#: process may run it out of fds by pinning and returning in a loop.
 MAX_PINS = 64
+#: How often the host is asked whether a returned pin's windows are settled, and how
+#: long that may take before the pin is kept until its process ends.
+SETTLE_POLL_S = 0.002
+SETTLE_LIMIT_S = 30.0
 #: A root process's queues reach all guest memory, as root itself may (/dev/mem):
 #: that is what lets its transfers lend the application's own pages (zero-copy).
 ALL_MEMORY = [(0, (1 << 64) - 1)]
@@ -142,8 +146,8 @@ class Client:
     #: Pins returned whose windows could not be removed (their queue failed): kept
     #: until the process is gone, when the queues' release removes every window.
     stuck: list[int] = field(default_factory=list)
-    #: Pins it returned that are still in quarantine.
-    quarantined: int = 0
+    #: Pins it returned that are not yet let go (the host may still touch them).
+    returning: int = 0
     #: The process, to take dups of its pins' fds (only where it may lend).
     pidfd: int = -1
 
@@ -162,17 +166,13 @@ class LentPins:
     """A dead process's pins (io_uring fds that keep its pages pinned), kept in
     quarantine like its memory: the host may still be writing into those pages."""
 
-    def __init__(self, fds: list[int], on_close: Callable[[], None] | None = None):
+    def __init__(self, fds: list[int]):
         self.fds = fds
-        self.on_close = on_close
 
     def close(self) -> None:
         for fd in self.fds:
             os.close(fd)
         self.fds = []
-        if self.on_close is not None:
-            self.on_close()
-            self.on_close = None
 
 
 def _is_io_uring(fd: int) -> bool:
@@ -218,6 +218,7 @@ class Policy:
         self.queues_of_user: dict[int, int] = {}
         self.lock = threading.Lock()
         self.tables, self.tables_gpa = device.table_memory()
+        self.fenced = False
         self.num_queues = min(device.read32(Reg.NUM_QUEUES), abi.NUM_QUEUES)
 
     def start(self) -> None:
@@ -230,6 +231,9 @@ class Policy:
                 raise RuntimeError("the device does not offer DMA windows (ABI "
                                    f"{self.device.read32(Reg.ABI_VERSION):#x}): its server "
                                    "is older than this daemon; update the host")
+            #: Whether the host says when removed windows are settled: ordinary users'
+            #: pins (which are let go once they are) need it.
+            self.fenced = bool(offered & abi.Feature.WINDOW_FENCE)
             status = self.device.read32(Reg.STATUS)
             if not status & DeviceStatus.DRIVER_OK:
                 self.device.write32(Reg.STATUS, DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER_OK)
@@ -322,6 +326,13 @@ class Policy:
             log.warning("%s: queue %d not enabled (error %d)", client.describe(), queue,
                         dev.read32(abi.queue_reg(queue, QReg.ERROR)))
 
+    def settling(self, queues: list[int]) -> bool:
+        """Whether any of ``queues`` may still touch memory its last new windows left
+        out (a command issued before them is not over: QueueState.SETTLING)."""
+        with self.lock:
+            return any(self.device.read32(abi.queue_reg(q, QReg.CTRL)) & QueueState.SETTLING
+                       for q in queues)
+
     def set_pins(self, client: Client) -> None:
         """Its pins changed: every queue of its gets the windows they now make, in force
         when this returns (RuntimeError: a queue refused them)."""
@@ -382,6 +393,10 @@ class Daemon:
         self.policy = Policy(device, max_queues=max_queues, user_queues=user_queues)
         self.clients: dict[int, Client] = {}
         self.quarantine: list[tuple[float, Memory | LentPins]] = []
+        #: Returned pins (an ordinary user's) whose windows are gone, kept until the
+        #: host says no command issued before that touches them: (client, fd, queues,
+        #: give up at).
+        self.settling: list[tuple[Client, int, list[int], float]] = []
         #: HELLOs answered once the quarantine frees memory: (client, version, size).
         self._hellos_waiting: list[tuple[Client, int, int]] = []
         # Tags start at a random point: a daemon started again never reuses the tag of a
@@ -409,7 +424,9 @@ class Daemon:
             os.chown(self.path, -1, gid)
             os.chmod(self.path, 0o660)
         if self.device.guest_ram:
-            why = _pin.set_up(self.pin_module, gid)
+            why = _pin.set_up(self.pin_module, gid) if self.policy.fenced else (
+                "the device's server does not say when removed DMA windows are settled "
+                "(Feature.WINDOW_FENCE): update the host")
             self.pin_ready = why is None
             log.info("zero-copy for ordinary users: %s", f"no: {why}" if why else
                      f"yes ({_pin.DEVICE_PATH}, group {self.group or 'root'})")
@@ -445,10 +462,15 @@ class Daemon:
             timeout = None
             if self.quarantine:
                 timeout = max(0.0, self.quarantine[0][0] - time.monotonic())
+            if self.settling:
+                timeout = min(timeout if timeout is not None else SETTLE_POLL_S,
+                              SETTLE_POLL_S)
             for key, _ in self._sel.select(timeout):
                 if key.data is None:
                     return
                 key.data(key.fileobj)
+            if self.settling:
+                self._let_go_settled()
             if self._free_quarantined():
                 waiting, self._hellos_waiting = self._hellos_waiting, []
                 for client, version, size in waiting:
@@ -605,7 +627,7 @@ class Daemon:
         runs: list[tuple[int, int]] | None = []
         if not self.pin_ready or client.pidfd >= 0:
             why = "it may not pin its pages (HELLO said so)"
-        elif len(client.pin_runs) + len(client.stuck) + client.quarantined >= MAX_PINS:
+        elif len(client.pin_runs) + len(client.stuck) + client.returning >= MAX_PINS:
             why = f"already {MAX_PINS} pins held"
         elif token in client.lent:
             why = "token in use"
@@ -644,10 +666,11 @@ class Daemon:
     def _return(self, client: Client, token: int) -> None:
         """A pin comes back: its windows go first, then the pages may be unpinned.
 
-        A module's pin (an ordinary user's) is kept through the quarantine first, as a
-        dead process's memory is: the windows bind the queues' next commands, and a
-        process that returns a pin while a command of its own still uses the pages
-        must not have them go to someone else meanwhile."""
+        A module's pin (an ordinary user's) is let go only once the host says the
+        windows' removal is settled (_let_go_settled): the new windows bind the queues'
+        next commands, but a process that returns a pin while a command of its own
+        still uses the pages (one behind a user event, say) must not have them go to
+        someone else meanwhile."""
         fd = client.lent.pop(token, None)
         if client.pin_runs.pop(token, None) is None:
             if fd is not None:
@@ -664,12 +687,29 @@ class Daemon:
                 client.stuck.append(fd)
             return
         if fd is not None:
-            client.quarantined += 1
+            client.returning += 1
+            self.settling.append((client, fd, sorted(client.queues),
+                                  time.monotonic() + SETTLE_LIMIT_S))
 
-            def released() -> None:
-                client.quarantined -= 1
-            self.quarantine.append((time.monotonic() + self.quarantine_s,
-                                    LentPins([fd], released)))
+    def _let_go_settled(self) -> None:
+        """Unpin each returned pin once the host says its windows' removal is settled;
+        one that stays unsettled past SETTLE_LIMIT_S stays pinned until its process
+        ends (a command of its own still uses the pages, behind a user event...)."""
+        now, keep = time.monotonic(), []
+        for entry in self.settling:
+            client, fd, queues, give_up = entry
+            if self.policy.settling(queues):
+                if now < give_up:
+                    keep.append(entry)
+                    continue
+                log.warning("%s: a returned pin's pages are still in use by the host after "
+                            "%.0f s; they stay pinned until the process ends",
+                            client.describe(), SETTLE_LIMIT_S)
+                client.stuck.append(fd)
+            else:
+                os.close(fd)
+            client.returning -= 1
+        self.settling = keep
 
     def _hello(self, client: Client, version: int, size: int) -> None:
         if version != gd.DAEMON_PROTOCOL:
@@ -739,6 +779,11 @@ class Daemon:
         if client.memory is not None:
             self.quarantine.append((time.monotonic() + self.quarantine_s, client.memory))
             client.memory = None
+        mine = [entry for entry in self.settling if entry[0] is client]
+        if mine:
+            self.settling = [entry for entry in self.settling if entry[0] is not client]
+            client.stuck += [fd for _, fd, _, _ in mine]
+            client.returning = 0
         if client.lent or client.stuck:
             self.quarantine.append((time.monotonic() + self.quarantine_s,
                                     LentPins([*client.lent.values(), *client.stuck])))

@@ -112,7 +112,11 @@ class OpenClBackend:
         self._lock = threading.Lock()
         self._calls_done = threading.Condition(self._lock)
         self._running: dict[int, int] = {}      # owner -> calls in progress
-        # Non-blocking transfers in flight: (event, views of guest RAM it may touch).
+        #: owner -> the start numbers of its calls in progress, oldest first (fences).
+        self._in_progress: dict[int, dict[int, None]] = {}
+        self._call_seq = 0
+        # Non-blocking transfers in flight: (event, views of guest RAM it may touch,
+        # owner, the start number of the call that issued it).
         self._transfers: deque = deque()
         self._reaping = 0                       # reaper jobs waiting for calls to end
         self._reaper = _Reaper()
@@ -210,11 +214,11 @@ class OpenClBackend:
             return None
         payload = ctx.read_payload()
         with self._lock:
-            self._running[ctx.owner] = self._running.get(ctx.owner, 0) + 1
+            seq = self._call_started(ctx.owner)
         try:
             ended = settled(self, payload, ctx.owner)
         finally:
-            self._call_ended(ctx.owner)
+            self._call_ended(ctx.owner, seq)
         if not ended:
             return None
         if fn.name == "clFinish":
@@ -392,22 +396,21 @@ class OpenClBackend:
                 (fast.metered_hook and self.meter is not None)
                 or (fast.partition_hook and self.tenancy.sub is not None)):
             with self._lock:
-                self._running[owner] = self._running.get(owner, 0) + 1
+                seq = self._call_started(owner)
             try:
                 reply = fast(self, payload, owner)
             finally:
-                self._call_ended(owner)
+                self._call_ended(owner, seq)
             if reply is not None:
                 self.fast_calls += 1
                 return reply
         enc = Encoder()
         dec = Decoder(payload)
         call = Call()
-        counted = False
+        seq = 0
         try:
             with self._lock:
-                self._running[owner] = self._running.get(owner, 0) + 1
-                counted = True
+                seq = self._call_started(owner)
                 new_id = self._claim_id(fn, dec, owner)
                 cargs, posts = self._decode(fn, dec, owner, call, dma)
                 dec.done()
@@ -453,7 +456,7 @@ class OpenClBackend:
                 self.tenancy.issued(self._command_event(call, cargs), self.meter,
                                     int(cargs[size_at]) if size_at is not None else 0)
             if call.deferred is not None and status == CL_SUCCESS:
-                self._hold_transfer(call)
+                self._hold_transfer(call, owner, seq)
             if call.watch is not None and status == CL_SUCCESS and call.watch[0] != ffi.NULL \
                     and self.kernels is not None:
                 # The guest's own event keeps its reference; a private one is the watch's.
@@ -466,14 +469,25 @@ class OpenClBackend:
                 cleanup()
             if call.own_event is not None and call.own_event[0] != ffi.NULL:
                 lib().clReleaseEvent(call.own_event[0])
-            if counted:
-                self._call_ended(owner, call)
+            if seq:
+                self._call_ended(owner, seq, call)
         return enc.bytes()
 
-    def _call_ended(self, owner: int, call: Call | None = None) -> None:
+    def _call_started(self, owner: int) -> int:
+        """Count a call of ``owner`` in progress (under the lock); its start number."""
+        self._running[owner] = self._running.get(owner, 0) + 1
+        self._call_seq += 1
+        self._in_progress.setdefault(owner, {})[self._call_seq] = None
+        return self._call_seq
+
+    def _call_ended(self, owner: int, seq: int, call: Call | None = None) -> None:
         with self._lock:
             if call is not None:
                 self.memory.end_call(call)
+            mine = self._in_progress[owner]
+            del mine[seq]
+            if not mine:
+                del self._in_progress[owner]
             left = self._running[owner] - 1
             if left:
                 self._running[owner] = left
@@ -567,13 +581,33 @@ class OpenClBackend:
             cl.clReleaseEvent(previous)
         return CL_SUCCESS
 
-    def _hold_transfer(self, call: Call) -> None:
+    def _hold_transfer(self, call: Call, owner: int, seq: int) -> None:
         """A non-blocking transfer went to the implementation: its views of guest RAM
         stay referenced (the mapping with them) until its event says it is over."""
         event = call.events[0][1][0]
         lib().clRetainEvent(event)
         with self._lock:
-            self._transfers.append((event, call.held))
+            self._transfers.append((event, call.held, owner, seq))
+
+    # -- fences: when guest memory an owner may no longer reach is no longer touched ----
+
+    def fence_point(self, owner: int) -> int:
+        """Where a fence for ``owner`` stands now: its calls started so far (and the
+        transfers they left running) are the ones ``fence_done`` waits for."""
+        with self._lock:
+            return self._call_seq
+
+    def fence_done(self, owner: int, point: int) -> bool:
+        """Whether every call of ``owner`` started by ``point``, and every non-blocking
+        transfer of guest memory those calls issued, is over: memory its windows no
+        longer include (a guest daemon's returned pin) is then untouched for good.
+        Later calls do not hold it up (they go through the new windows)."""
+        with self._lock:
+            mine = self._in_progress.get(owner)
+            if mine and next(iter(mine)) <= point:
+                return False
+            self._settle_transfers()
+            return not any(o == owner and seq <= point for _, _, o, seq in self._transfers)
 
     def _settle_transfers(self) -> None:
         """Drop the transfers that are over, oldest first (called under the lock)."""
@@ -582,7 +616,7 @@ class OpenClBackend:
         cl = lib()
         state = ffi.new("cl_int *")
         while self._transfers:
-            event, _ = self._transfers[0]
+            event = self._transfers[0][0]
             status = cl.clGetEventInfo(event, CL_EVENT_COMMAND_EXECUTION_STATUS, 4, state,
                                        ffi.NULL)
             if status == CL_SUCCESS and state[0] > 0:

@@ -21,7 +21,8 @@ CLASS_CODE = 0x120000       # processing accelerator
 
 MAGIC = 0x44415641          # "AVAD" in little-endian bytes
 ABI_MAJOR = 0
-ABI_MINOR = 2              # 2: per-queue DMA windows (Feature.DMA_WINDOWS)
+ABI_MINOR = 3              # 2: per-queue DMA windows (Feature.DMA_WINDOWS); 3: their fence
+                           # (Feature.WINDOW_FENCE, QueueState.SETTLING)
 ABI_VERSION = (ABI_MAJOR << 16) | ABI_MINOR
 
 BAR0_SIZE = 0x1000
@@ -38,9 +39,10 @@ class Feature(enum.IntFlag):
     INTX = 1 << 0
     MSIX = 1 << 1
     DMA_WINDOWS = 1 << 2    # QueueCtrl.LOAD_WINDOWS: per-queue DMA windows (a software IOMMU)
+    WINDOW_FENCE = 1 << 3   # QueueState.SETTLING: when memory new windows leave out is free
 
 
-DEVICE_FEATURES = Feature.INTX | Feature.MSIX | Feature.DMA_WINDOWS
+DEVICE_FEATURES = Feature.INTX | Feature.MSIX | Feature.DMA_WINDOWS | Feature.WINDOW_FENCE
 
 
 class DeviceStatus(enum.IntFlag):
@@ -157,6 +159,12 @@ class QueueState(enum.IntFlag):
     ENABLED = 1 << 1
     FAILED = 1 << 2
     WINDOWED = 1 << 3      # DMA windows loaded: the ring and every command stay inside them
+    # Set from an enabled queue's LOAD_WINDOWS until no command issued before it, nor a
+    # non-blocking transfer such a command left running, may still touch memory the new
+    # windows leave out.  A guest daemon waits for it to clear before it lets that
+    # memory go (an ordinary user's returned pin): the new windows bind the next
+    # commands at once, but one already running keeps the memory it was given.
+    SETTLING = 1 << 4
 
 
 MIN_RING_SLOTS = 2

@@ -44,7 +44,7 @@ from .device_abi import MAX_WINDOWS, _offsets
 #: The environment variable naming the OpenCL declarations a server prepared for its
 #: executors (host_backend._cl.prepared_source), as a path: ``/proc/self/fd/N``.
 PREPARED_ENV = "AVA_CL_PREPARED"
-MAX_RECORD = 16 + 16 * MAX_WINDOWS
+MAX_RECORD = 32 + 16 * MAX_WINDOWS
 
 
 class ControlOp(enum.IntEnum):
@@ -65,6 +65,9 @@ class EventOp(enum.IntEnum):
     IRQ = 2             # interrupt the guest for ``queue``
     QUEUE_FAILED = 3    # the ring of ``queue`` (enable ``generation``) failed with ``errno``
     ACK = 4             # sent on the control socket: everything up to ``seq`` is done
+    FENCE_DONE = 5      # QUEUE_WINDOWS ``fence`` of ``queue`` is done: no command issued
+                        # before it (nor a transfer such a command left running) touches
+                        # memory those windows left out any more
 
 
 _DmaRange = Struct("iova" / Int64ul, "size" / Int64ul, "offset" / Int64ul, "flags" / Int32ul,
@@ -86,7 +89,9 @@ Control = Struct(
                                              "last" / Int32ul, "seq" / Int32ul),
         ControlOp.SYNC.name: _Seq,
         ControlOp.QUEUE_WINDOWS.name: Struct(
-            "queue" / Int32ul, "seq" / Int32ul, "count" / Int32ul,
+            # fence: nonzero for an enabled queue's new windows: FENCE_DONE says when
+            # memory they leave out is no longer touched (0: no event wanted)
+            "queue" / Int32ul, "seq" / Int32ul, "fence" / Int32ul, "count" / Int32ul,
             "windows" / Array(this.count, Struct("start" / Int64ul, "end" / Int64ul))),
         ControlOp.ADOPT.name: Struct("name" / PascalString(Int16ul, "utf8")),
     }),
@@ -100,6 +105,7 @@ Event = Struct(
         EventOp.QUEUE_FAILED.name: Struct("queue" / Int32ul, "generation" / Int32ul,
                                           "errno" / Int32sl),
         EventOp.ACK.name: _Seq,
+        EventOp.FENCE_DONE.name: Struct("queue" / Int32ul, "fence" / Int32ul),
     }),
 )
 

@@ -157,6 +157,40 @@ async def test_new_windows_are_in_force_when_the_load_is_answered(guest):
     assert state & QueueState.FAILED and not state & QueueState.ENABLED
 
 
+async def test_new_windows_settle_once_the_commands_before_them_end(guest):
+    """New windows bind the next commands at once; one already running keeps what it was
+    given.  So CTRL says SETTLING from the load until every command issued before it is
+    over: a guest daemon lets the memory the windows left out go (an ordinary user's
+    returned pin) only then.  A load with nothing running settles at once."""
+    cli, mem, alloc = guest
+    ring, _region = await windowed_ring(cli, mem, alloc)
+    daemon = PyRing(cli, mem, alloc, 0, 0, 0)
+    narrow = table(daemon, [(ring.gpa, abi.ring_bytes(ring.slots))])
+
+    async def settled_within(seconds: float) -> bool:
+        # A deadline, not a cancel scope: a register read cut off would leave its reply
+        # to the next one.
+        deadline = trio.current_time() + seconds
+        while await ring.qread(QReg.CTRL) & QueueState.SETTLING:
+            if trio.current_time() > deadline:
+                return False
+            await trio.sleep(0.005)
+        return True
+
+    assert await ring.call(Op.NOP) == (0, 0)               # served (an executor is up)
+    index = await ring.submit(Op.SLEEP, args=(600_000, 0, 0))   # 0.6 s, on a worker
+    await trio.sleep(0.1)
+    assert await load_windows(ring, narrow) == 0
+    state = await ring.qread(QReg.CTRL)
+    assert state & QueueState.SETTLING and state & QueueState.ENABLED, state
+    assert not await settled_within(0.2)                   # the sleep still runs
+    assert await ring.wait(index) == (0, 0)
+    assert await settled_within(2.0)
+    assert await load_windows(ring, narrow) == 0           # nothing running now
+    assert await settled_within(2.0)
+    assert await ring.call(Op.NOP) == (0, 0)
+
+
 @pytest.mark.parametrize("bad", ["count", "unmapped", "wraps"])
 async def test_a_bad_window_table_leaves_no_window(guest, bad):
     cli, mem, alloc = guest

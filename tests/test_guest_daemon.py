@@ -668,9 +668,10 @@ def test_an_ordinary_users_pin_opens_windows_until_it_is_returned(pinning_daemon
     """Zero-copy for ordinary users: a PIN carries the module's fd; the daemon answers its
     scatter list, adds exactly those runs to the process's windows and keeps the fd (the
     pages stay pinned) until RETURN, which removes the windows first; a process that dies
-    with a pin lent leaves it to the quarantine, and so does a RETURN.  What is no pin,
-    carries no fd, reuses a token or is too scattered is refused, and the daemon keeps
-    no fd of it."""
+    with a pin lent leaves it to the quarantine.  A returned pin is let go only once the
+    host says no command issued before it still touches the pages (SETTLING).  What is
+    no pin, carries no fd, reuses a token or is too scattered is refused, and the daemon
+    keeps no fd of it."""
     d = pinning_daemon
     c = RawClient(d.path)
     run = gd.PinRun.parse
@@ -679,6 +680,8 @@ def test_an_ordinary_users_pin_opens_windows_until_it_is_returned(pinning_daemon
     try:
         assert c.hello.status == 0 and c.hello.value & gd.HelloFeatures.PIN
         client = next(iter(d.clients.values()))
+        queue = c.read(Reg.QUEUE_ALLOC)
+        assert queue in client.queues
         reply, extra, _ = c.request(gd.DaemonOp.PIN, 0, 5, fds_in=[pin])
         assert reply.status == 0 and reply.count == 2
         runs = [(r.addr, r.length) for r in (run(extra[i * 16:(i + 1) * 16]) for i in range(2))]
@@ -690,16 +693,23 @@ def test_an_ordinary_users_pin_opens_windows_until_it_is_returned(pinning_daemon
             assert c.request(gd.DaemonOp.PIN, 0, 6, fds_in=fds)[0].status == -errno.EPERM
         assert fds_named("/memfd:not-a-pin") == 1 and fds_named("/memfd:scattered-pin") == 1
         assert fds_named("/memfd:fake-pin") == 2
+        # The host still runs a command issued before the RETURN (SETTLING): the windows
+        # go at once, the pin stays until the host says they are settled.
+        settling = {"now": True}
+        read32 = d.device.read32
+        ctrl = abi.queue_reg(queue, QReg.CTRL)
+        d.device.read32 = lambda off: read32(off) | (
+            QueueState.SETTLING if off == ctrl and settling["now"] else 0)
         c.request(gd.DaemonOp.RETURN, 0, 5, flags=gd.DaemonFlags.POSTED)
         c.read(Reg.MAGIC)                               # in order: the RETURN is done
         assert not set(runs) & set(client.windows())
-        # Windows gone at once; the pin itself waits out the quarantine (a command of
-        # the process's own may still use the pages).
-        assert fds_named("/memfd:fake-pin") == 2 and client.quarantined == 1
+        time.sleep(0.2)
+        assert fds_named("/memfd:fake-pin") == 2 and client.returning == 1
+        settling["now"] = False
         deadline = time.monotonic() + 10
         while fds_named("/memfd:fake-pin") != 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert fds_named("/memfd:fake-pin") == 1 and client.quarantined == 0
+            time.sleep(0.01)
+        assert fds_named("/memfd:fake-pin") == 1 and client.returning == 0
         assert c.request(gd.DaemonOp.PIN, 0, 7, fds_in=[pin])[0].status == 0
         c.sock.close()                                  # gone, with a pin still lent
         time.sleep(0.1)

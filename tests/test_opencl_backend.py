@@ -610,7 +610,8 @@ def test_scalars_that_do_not_fit_are_malformed(raw, ctype):
 def test_non_blocking_transfers_wait_behind_a_user_event_without_blocking(backend):
     """A non-blocking read of guest memory, gated by a user event the guest sets
     later, answers at once (blocking would never end); the host holds the guest
-    memory it writes until the command is over.  Without an event to follow it by,
+    memory it writes until the command is over, and a fence taken meanwhile is done
+    only then.  Without an event to follow it by,
     the same read blocks (nothing could tell the guest it ended)."""
     g = Guest(backend)
     ctx, dev = g.context()
@@ -629,11 +630,19 @@ def test_non_blocking_transfers_wait_behind_a_user_event_without_blocking(backen
     assert decode(fn, reply)[0] == 0
     assert dma.ram[:len(data)] == bytes(len(data)), "nothing read before the gate opens"
     assert len(backend._transfers) == 1
+    # A fence taken now (new windows that leave the memory out) waits for the transfer:
+    # the guest daemon must not let that memory go.  Another owner's fence does not,
+    # nor does one taken before the transfer was issued.
+    before = backend.fence_point(g.owner) - 1
+    fence = backend.fence_point(g.owner)
+    assert not backend.fence_done(g.owner, fence)
+    assert backend.fence_done(g.owner + 1, fence) and backend.fence_done(g.owner, before)
     assert g.call("clSetUserEventStatus", event=gate, execution_status=0)[0] == 0
     assert g.call("clWaitForEvents", num_events=1, event_list=[done])[0] == 0
     assert dma.ram[:len(data)] == data
     g.call("clFinish", command_queue=queue)
     assert not backend._transfers, "the finished transfer let go of guest memory"
+    assert backend.fence_done(g.owner, fence)
     # No event: blocking, whatever the guest asked.
     other = FakeDma()
     args.update(num_events_in_wait_list=0, event_wait_list=None,

@@ -40,6 +40,8 @@ from ._tenants import TenantScheduler
 log = logging.getLogger("vdev.executor")
 
 TICK_S = 0.1
+#: How often pending fences (new DMA windows not yet settled) are looked at.
+FENCE_POLL_S = 0.002
 _CMD_FIELDS = struct.Struct("<QII")         # command_since, command_queue, command_opcode
 _KERNEL_FIELDS = struct.Struct("<QII")      # kernel_since, kernel_owner, kernel_opcode
 _U64 = struct.Struct("<Q")
@@ -95,6 +97,9 @@ class Executor:
         #: Each windowed queue's DMA windows, as the parent last sent them.
         self.windows: dict[int, tuple[tuple[int, int], ...]] = {}
         self._send_lock = threading.Lock()
+        #: queue -> the fence of its last new windows, until it is done (_fence_watch).
+        self._fences: dict[int, int] = {}
+        self._fences_changed = threading.Condition()
         self._irq_records = [xp.Event.build(dict(op=EventOp.IRQ.name, body=dict(queue=q)))
                              for q in range(abi.NUM_QUEUES)]
         self.kernels = backend.enable_kernel_watch() if hasattr(backend, "enable_kernel_watch") \
@@ -158,6 +163,25 @@ class Executor:
                 return
             self.engine.kick()
 
+    def _fence_watch(self) -> None:
+        """Say FENCE_DONE for each queue whose new windows are settled (the engine's
+        ``settling``), looking every FENCE_POLL_S while any is not."""
+        while True:
+            with self._fences_changed:
+                while not self._fences:
+                    self._fences_changed.wait()
+                pending = dict(self._fences)
+            done = {q: f for q, f in pending.items() if not self.engine.settling(q)}
+            with self._fences_changed:
+                for queue, fence in done.items():
+                    if self._fences.get(queue) == fence:
+                        del self._fences[queue]
+            for queue, fence in done.items():
+                self._send(xp.Event.build(dict(op=EventOp.FENCE_DONE.name, body=dict(
+                    queue=queue, fence=fence))))
+            if len(done) < len(pending):
+                time.sleep(FENCE_POLL_S)
+
     def _watchdog(self) -> None:
         beat = 0
         backend = self.backend
@@ -190,7 +214,7 @@ class Executor:
 
     def run(self) -> None:
         for target, name in ((self.engine.run, "poller"), (self._doorbells, "doorbell"),
-                             (self._watchdog, "watchdog")):
+                             (self._watchdog, "watchdog"), (self._fence_watch, "fences")):
             threading.Thread(target=target, name=f"executor-{name}", daemon=True).start()
         self._send(xp.Event.build(dict(op=EventOp.READY.name, body=dict(pid=os.getpid()))))
         while True:
@@ -246,6 +270,10 @@ class Executor:
             windows = tuple((w.start, w.end) for w in body.windows)
             self.windows[body.queue] = windows
             self.engine.set_windows(body.queue, windows)
+            if body.fence:
+                with self._fences_changed:
+                    self._fences[body.queue] = body.fence
+                    self._fences_changed.notify()
             self._ack(body.seq)
         elif op == ControlOp.QUEUE_ENABLE:
             self.generations[body.queue] = body.generation

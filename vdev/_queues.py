@@ -39,6 +39,10 @@ class QueueListener(Protocol):
     def release_queue(self, queue: int, owner: int, last: bool) -> None:
         """``last``: no other claimed queue has this owner."""
 
+    def settling(self, queue: int) -> bool:
+        """Whether memory the queue's last new windows left out may still be touched by
+        a command issued before them (QueueState.SETTLING)."""
+
 
 @dataclass
 class QueueRegs:
@@ -78,9 +82,12 @@ class QueueTable:
     def read(self, queue: int, reg: int) -> int:
         with self._lock:
             r = self.regs[queue]
+            state = r.state
+            if reg == QReg.CTRL and self.listener is not None and self.listener.settling(queue):
+                state |= QueueState.SETTLING
             values: dict[int, int] = {
                 QReg.RING_LO: r.ring_lo, QReg.RING_HI: r.ring_hi, QReg.SIZE: r.size,
-                QReg.CTRL: r.state, QReg.OWNER: r.owner, QReg.ERROR: r.error,
+                QReg.CTRL: state, QReg.OWNER: r.owner, QReg.ERROR: r.error,
                 QReg.WINDOWS_LO: r.windows_lo, QReg.WINDOWS_HI: r.windows_hi}
             return values.get(reg, 0)
 

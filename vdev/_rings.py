@@ -205,6 +205,8 @@ class RingEngine:
         self._settled: Callable[[CommandContext], tuple[int, int] | None] | None = getattr(
             backend, "execute_settled", None)
         self._rings: dict[int, Ring] = {}
+        #: queue -> (owner, the backend's fence point) of its last new windows.
+        self._fences: dict[int, tuple[int, int]] = {}
         self._active: tuple[Ring, ...] = ()
         self._lock = threading.RLock()
         self._fence_lock = threading.Lock()
@@ -246,6 +248,24 @@ class RingEngine:
             ring.ctx.dma = dma = WindowedDma(self.dma, queue, windows)
             if not dma.allows(ring.addr, abi.ring_bytes(ring.slots)):
                 self._fail(ring, errno.EFAULT, "the new DMA windows leave out the ring")
+            point = getattr(self.backend, "fence_point", None)
+            if point is not None:
+                self._fences[queue] = (ring.ctx.owner, point(ring.ctx.owner))
+
+    def settling(self, queue: int) -> bool:
+        """Whether a command issued before the queue's last new windows (or a transfer
+        it left running) may still touch memory they leave out (QueueState.SETTLING).
+        A backend that keeps no guest memory past a call is settled at once."""
+        with self._lock:
+            fence = self._fences.get(queue)
+        if fence is None:
+            return False
+        if not self.backend.fence_done(*fence):      # type: ignore[attr-defined]
+            return True
+        with self._lock:
+            if self._fences.get(queue) == fence:
+                del self._fences[queue]
+        return False
 
     def disable_queue(self, queue: int) -> None:
         with self._lock:
