@@ -148,6 +148,8 @@ class Client:
     stuck: list[int] = field(default_factory=list)
     #: Pins it returned that are not yet let go (the host may still touch them).
     returning: int = 0
+    #: Every queue it ever had: a pin's pages were in their windows.
+    ever_queues: set[int] = field(default_factory=set)
     #: The process, to take dups of its pins' fds (only where it may lend).
     pidfd: int = -1
 
@@ -310,6 +312,7 @@ class Policy:
             return abi.NO_QUEUE
         self.device.write32(abi.queue_reg(queue, QReg.OWNER), client.owner)
         client.queues.add(queue)
+        client.ever_queues.add(queue)
         self.queues_of_user[client.uid] = held + 1
         log.debug("%s: queue %d claimed", client.describe(), queue)
         return queue
@@ -326,12 +329,13 @@ class Policy:
             log.warning("%s: queue %d not enabled (error %d)", client.describe(), queue,
                         dev.read32(abi.queue_reg(queue, QReg.ERROR)))
 
-    def settling(self, queues: list[int]) -> bool:
-        """Whether any of ``queues`` may still touch memory its last new windows left
-        out (a command issued before them is not over: QueueState.SETTLING)."""
+    def settling_queues(self, queues: set[int]) -> set[int]:
+        """Those of ``queues`` whose owners may still touch memory they no longer
+        reach through them (a command from before new windows, a disable or a release
+        is not over: QueueState.SETTLING).  One register read each."""
         with self.lock:
-            return any(self.device.read32(abi.queue_reg(q, QReg.CTRL)) & QueueState.SETTLING
-                       for q in queues)
+            return {q for q in queues
+                    if self.device.read32(abi.queue_reg(q, QReg.CTRL)) & QueueState.SETTLING}
 
     def set_pins(self, client: Client) -> None:
         """Its pins changed: every queue of its gets the windows they now make, in force
@@ -494,6 +498,9 @@ class Daemon:
         for _, memory in self.quarantine:
             memory.close()
         self.quarantine.clear()
+        for _, fd, _, _ in self.settling:      # the daemon's end: the pins go with it
+            os.close(fd)
+        self.settling.clear()
         if self.sock is not None:
             self._sel.unregister(self.sock)
             self.sock.close()
@@ -688,18 +695,21 @@ class Daemon:
             return
         if fd is not None:
             client.returning += 1
-            self.settling.append((client, fd, sorted(client.queues),
+            self.settling.append((client, fd, sorted(client.ever_queues),
                                   time.monotonic() + SETTLE_LIMIT_S))
 
     def _let_go_settled(self) -> None:
-        """Unpin each returned pin once the host says its windows' removal is settled;
-        one that stays unsettled past SETTLE_LIMIT_S stays pinned until its process
-        ends (a command of its own still uses the pages, behind a user event...)."""
+        """Unpin each returned pin once the host says none of the queues it was ever in
+        the windows of is settling.  A live process's pin that stays unsettled past
+        SETTLE_LIMIT_S stays pinned until the process ends (a command of its own still
+        uses the pages, behind a user event...); a departed process's is kept for as
+        long as it takes."""
         now, keep = time.monotonic(), []
+        unsettled = self.policy.settling_queues({q for entry in self.settling for q in entry[2]})
         for entry in self.settling:
             client, fd, queues, give_up = entry
-            if self.policy.settling(queues):
-                if now < give_up:
+            if unsettled & set(queues):
+                if now < give_up or client.conn.fileno() < 0:
                     keep.append(entry)
                     continue
                 log.warning("%s: a returned pin's pages are still in use by the host after "
@@ -779,17 +789,20 @@ class Daemon:
         if client.memory is not None:
             self.quarantine.append((time.monotonic() + self.quarantine_s, client.memory))
             client.memory = None
-        mine = [entry for entry in self.settling if entry[0] is client]
-        if mine:
-            self.settling = [entry for entry in self.settling if entry[0] is not client]
-            client.stuck += [fd for _, fd, _, _ in mine]
-            client.returning = 0
-        if client.lent or client.stuck:
+        # The module's pins (an ordinary user's: lent, returned or stuck) go once the
+        # host says the queues' release is settled, for as long as that takes: a
+        # transfer the process left running may still write into the pages.
+        pins = [client.lent.pop(token) for token in list(client.pin_runs)] + client.stuck
+        client.pin_runs.clear()
+        client.stuck.clear()
+        queues_ever = sorted(client.ever_queues)
+        for fd in pins:
+            client.returning += 1
+            self.settling.append((client, fd, queues_ever, time.monotonic() + SETTLE_LIMIT_S))
+        if client.lent:         # root's io_uring pins: the quarantine, as its memory
             self.quarantine.append((time.monotonic() + self.quarantine_s,
-                                    LentPins([*client.lent.values(), *client.stuck])))
+                                    LentPins(list(client.lent.values()))))
             client.lent.clear()
-            client.pin_runs.clear()
-            client.stuck.clear()
         if client.pidfd >= 0:
             os.close(client.pidfd)
             client.pidfd = -1

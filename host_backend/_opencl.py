@@ -112,8 +112,8 @@ class OpenClBackend:
         self._lock = threading.Lock()
         self._calls_done = threading.Condition(self._lock)
         self._running: dict[int, int] = {}      # owner -> calls in progress
-        #: owner -> the start numbers of its calls in progress, oldest first (fences).
-        self._in_progress: dict[int, dict[int, None]] = {}
+        #: Calls started: each non-blocking transfer is tagged with its call's number
+        #: (fences).
         self._call_seq = 0
         # Non-blocking transfers in flight: (event, views of guest RAM it may touch,
         # owner, the start number of the call that issued it).
@@ -477,17 +477,12 @@ class OpenClBackend:
         """Count a call of ``owner`` in progress (under the lock); its start number."""
         self._running[owner] = self._running.get(owner, 0) + 1
         self._call_seq += 1
-        self._in_progress.setdefault(owner, {})[self._call_seq] = None
         return self._call_seq
 
     def _call_ended(self, owner: int, seq: int, call: Call | None = None) -> None:
         with self._lock:
             if call is not None:
                 self.memory.end_call(call)
-            mine = self._in_progress[owner]
-            del mine[seq]
-            if not mine:
-                del self._in_progress[owner]
             left = self._running[owner] - 1
             if left:
                 self._running[owner] = left
@@ -592,22 +587,34 @@ class OpenClBackend:
     # -- fences: when guest memory an owner may no longer reach is no longer touched ----
 
     def fence_point(self, owner: int) -> int:
-        """Where a fence for ``owner`` stands now: its calls started so far (and the
-        transfers they left running) are the ones ``fence_done`` waits for."""
+        """Where a fence for ``owner`` stands now (the ring engine asks once the owner's
+        commands before the fence are over): transfers issued by calls started so far
+        are the ones ``fence_done`` waits for."""
         with self._lock:
             return self._call_seq
 
     def fence_done(self, owner: int, point: int) -> bool:
-        """Whether every call of ``owner`` started by ``point``, and every non-blocking
-        transfer of guest memory those calls issued, is over: memory its windows no
-        longer include (a guest daemon's returned pin) is then untouched for good.
-        Later calls do not hold it up (they go through the new windows)."""
-        with self._lock:
-            mine = self._in_progress.get(owner)
-            if mine and next(iter(mine)) <= point:
-                return False
+        """Whether every non-blocking transfer of guest memory that a call of ``owner``
+        started by ``point`` left running is over: memory the owner may no longer reach
+        (a guest daemon's returned pin) is then untouched for good.  Each of the owner's
+        own is asked, so another owner's transfer behind a user event holds up nobody
+        else's fence.  False, to be asked again, while the lock is busy (a long call
+        holds it; the register read that asks must not wait for it)."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
             self._settle_transfers()
-            return not any(o == owner and seq <= point for _, _, o, seq in self._transfers)
+            state = ffi.new("cl_int *")
+            for event, _, o, seq in self._transfers:
+                if o != owner or seq > point:
+                    continue
+                status = lib().clGetEventInfo(event, CL_EVENT_COMMAND_EXECUTION_STATUS, 4,
+                                              state, ffi.NULL)
+                if status == CL_SUCCESS and state[0] > 0:
+                    return False
+            return True
+        finally:
+            self._lock.release()
 
     def _settle_transfers(self) -> None:
         """Drop the transfers that are over, oldest first (called under the lock)."""

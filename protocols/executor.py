@@ -58,6 +58,9 @@ class ControlOp(enum.IntEnum):
     QUEUE_WINDOWS = 8   # acked: a queue's DMA windows (in force for its next enable, and at
                         # once for an enabled queue)
     ADOPT = 9           # an executor started ahead (a standby) now serves session ``name``
+    FENCE = 10          # ``owner`` no longer reaches what it reached through ``queue``:
+                        # say FENCE_DONE ``fence`` once its commands taken by now, and
+                        # the transfers they left running, are over
 
 
 class EventOp(enum.IntEnum):
@@ -65,9 +68,7 @@ class EventOp(enum.IntEnum):
     IRQ = 2             # interrupt the guest for ``queue``
     QUEUE_FAILED = 3    # the ring of ``queue`` (enable ``generation``) failed with ``errno``
     ACK = 4             # sent on the control socket: everything up to ``seq`` is done
-    FENCE_DONE = 5      # QUEUE_WINDOWS ``fence`` of ``queue`` is done: no command issued
-                        # before it (nor a transfer such a command left running) touches
-                        # memory those windows left out any more
+    FENCE_DONE = 5      # FENCE ``fence`` of ``queue`` is done
 
 
 _DmaRange = Struct("iova" / Int64ul, "size" / Int64ul, "offset" / Int64ul, "flags" / Int32ul,
@@ -89,11 +90,10 @@ Control = Struct(
                                              "last" / Int32ul, "seq" / Int32ul),
         ControlOp.SYNC.name: _Seq,
         ControlOp.QUEUE_WINDOWS.name: Struct(
-            # fence: nonzero for an enabled queue's new windows: FENCE_DONE says when
-            # memory they leave out is no longer touched (0: no event wanted)
-            "queue" / Int32ul, "seq" / Int32ul, "fence" / Int32ul, "count" / Int32ul,
+            "queue" / Int32ul, "seq" / Int32ul, "count" / Int32ul,
             "windows" / Array(this.count, Struct("start" / Int64ul, "end" / Int64ul))),
         ControlOp.ADOPT.name: Struct("name" / PascalString(Int16ul, "utf8")),
+        ControlOp.FENCE.name: Struct("queue" / Int32ul, "owner" / Int32ul, "fence" / Int32ul),
     }),
 )
 

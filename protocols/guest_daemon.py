@@ -36,7 +36,7 @@ MAX_CLIENT_MEMORY = 1 << 30
 CHUNK_SIZE = 2 << 20
 #: The most physically contiguous runs one PIN may have (its reply's records); a
 #: range more scattered than that is copied instead.
-MAX_PIN_RUNS = 256
+MAX_PIN_RUNS = 1024
 
 
 class DaemonOp(enum.IntEnum):
@@ -98,8 +98,8 @@ PinRun = Struct(
 )
 PIN_RUN_SIZE = 16
 
-#: Largest reply: HELLO's header and one address per chunk (a PIN's runs fit too).
-MAX_REPLY = REPLY_SIZE + 8 * (MAX_CLIENT_MEMORY // CHUNK_SIZE)
+#: Largest reply: HELLO's header and one address per chunk, or a PIN's and its runs.
+MAX_REPLY = REPLY_SIZE + max(8 * (MAX_CLIENT_MEMORY // CHUNK_SIZE), 16 * MAX_PIN_RUNS)
 
 assert Request.sizeof() == REQUEST_SIZE and Reply.sizeof() == REPLY_SIZE
 assert PinRun.sizeof() == PIN_RUN_SIZE and PIN_RUN_SIZE * MAX_PIN_RUNS <= MAX_REPLY - REPLY_SIZE

@@ -317,9 +317,9 @@ class IsolatedEngine:
         self._generation = 0
         self._closing = False
         self._needed = trio.Event()      # set by the first queue enable: start one
-        #: Queues whose last new windows the executor has not yet said are settled
-        #: (QueueState.SETTLING), by the fence number it will say it with.
-        self.fences: dict[int, int] = {}
+        #: Each queue's fences the executor has not yet said are settled
+        #: (QueueState.SETTLING), by the number it will say it with.
+        self.fences: dict[int, set[int]] = {}
         self._fence_seq = 0
 
     # -- queue listener and session hooks (the session's thread) --------------------------
@@ -351,16 +351,20 @@ class IsolatedEngine:
         if not WindowedDma(self.dma, queue, windows).allows(rec.addr, abi.ring_bytes(rec.slots)):
             self.rings.pop(queue, None)
             self.queues.fail(queue, errno.EFAULT)
-        self._fence_seq = fence = self._fence_seq % 0xFFFFFFFF + 1
-        if self.proc is not None and not self.proc.killed_because:
-            self.fences[queue] = fence
-        self._request(ControlOp.QUEUE_WINDOWS, queue=queue, fence=fence, count=len(windows),
+        self._request(ControlOp.QUEUE_WINDOWS, queue=queue, count=len(windows),
                       windows=_window_records(windows))
 
+    def fence(self, queue: int, owner: int) -> None:
+        """Pending until the executor's FENCE_DONE, or until it has ended (a process
+        that did not end, even killed, may still run what it was given)."""
+        if self.proc is None:
+            return                  # no executor: nothing of the owner's is running
+        self._fence_seq = fence = self._fence_seq % 0xFFFFFFFF + 1
+        self.fences.setdefault(queue, set()).add(fence)
+        self._forward(ControlOp.FENCE, queue=queue, owner=owner & 0xFFFFFFFF, fence=fence)
+
     def settling(self, queue: int) -> bool:
-        """Whether memory the queue's last windows left out may still be touched (by a
-        command issued before them): until the executor's FENCE_DONE, or its end."""
-        return queue in self.fences
+        return bool(self.fences.get(queue))
 
     # Disable and release are acknowledged, like an unmap: once the guest's register
     # write returns, the executor no longer reads or writes that ring's memory.
@@ -398,7 +402,7 @@ class IsolatedEngine:
 
     def _send_enable(self, queue: int, rec: _RingRecord) -> None:
         if rec.windows is not None and not self._forward(
-                ControlOp.QUEUE_WINDOWS, queue=queue, seq=0, fence=0, count=len(rec.windows),
+                ControlOp.QUEUE_WINDOWS, queue=queue, seq=0, count=len(rec.windows),
                 windows=_window_records(rec.windows)):
             return
         if self._forward(ControlOp.QUEUE_ENABLE, queue=queue, slots=rec.slots, ring=rec.addr,
@@ -512,8 +516,11 @@ class IsolatedEngine:
                 if 0 <= body.queue < abi.MSIX_VECTORS:
                     self._raise_irq(body.queue)
             elif op == EventOp.FENCE_DONE.name:
-                if self.fences.get(body.queue) == body.fence:
-                    del self.fences[body.queue]
+                pending = self.fences.get(body.queue)
+                if pending is not None:
+                    pending.discard(body.fence)
+                    if not pending:
+                        del self.fences[body.queue]
             elif op == EventOp.QUEUE_FAILED.name:
                 rec = self.rings.get(body.queue)
                 if rec is not None and rec.generation == body.generation:
@@ -571,8 +578,8 @@ class IsolatedEngine:
                 return
 
     def _executor_ended(self, proc: ExecutorProcess, returncode: int | None) -> None:
-        # Nothing it ran touches guest memory any more: every fence is done.
-        self.fences.clear()
+        if returncode is not None:
+            self.fences.clear()     # it is gone: nothing it ran touches guest memory
         if self._closing and not proc.killed_because:
             return              # the session is ending: nothing is waiting for it
         st = proc.read_status()

@@ -25,7 +25,7 @@ import struct
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from construct import ConstructError
 
@@ -37,11 +37,16 @@ from ._backend import Backend
 from ._sandbox import SandboxConfig, SandboxError, enter, probe, sandbox_root_dir
 from ._tenants import TenantScheduler
 
+if TYPE_CHECKING:
+    from ._rings import Fence
+
 log = logging.getLogger("vdev.executor")
 
 TICK_S = 0.1
-#: How often pending fences (new DMA windows not yet settled) are looked at.
+#: How often pending fences (memory a queue may no longer reach, not yet settled) are
+#: looked at: at first, and at the longest.
 FENCE_POLL_S = 0.002
+FENCE_POLL_MAX_S = 0.1
 _CMD_FIELDS = struct.Struct("<QII")         # command_since, command_queue, command_opcode
 _KERNEL_FIELDS = struct.Struct("<QII")      # kernel_since, kernel_owner, kernel_opcode
 _U64 = struct.Struct("<Q")
@@ -97,8 +102,8 @@ class Executor:
         #: Each windowed queue's DMA windows, as the parent last sent them.
         self.windows: dict[int, tuple[tuple[int, int], ...]] = {}
         self._send_lock = threading.Lock()
-        #: queue -> the fence of its last new windows, until it is done (_fence_watch).
-        self._fences: dict[int, int] = {}
+        #: (queue, fence number, the engine's fence) until it is done (_fence_watch).
+        self._fences: list[tuple[int, int, Fence]] = []
         self._fences_changed = threading.Condition()
         self._irq_records = [xp.Event.build(dict(op=EventOp.IRQ.name, body=dict(queue=q)))
                              for q in range(abi.NUM_QUEUES)]
@@ -164,23 +169,28 @@ class Executor:
             self.engine.kick()
 
     def _fence_watch(self) -> None:
-        """Say FENCE_DONE for each queue whose new windows are settled (the engine's
-        ``settling``), looking every FENCE_POLL_S while any is not."""
+        """Say FENCE_DONE for each fence once the engine finds it settled: looked at
+        every FENCE_POLL_S at first, less and less often (down to FENCE_POLL_MAX_S)
+        while the same ones stay pending (a command behind a user event...)."""
+        pause = FENCE_POLL_S
         while True:
             with self._fences_changed:
                 while not self._fences:
                     self._fences_changed.wait()
-                pending = dict(self._fences)
-            done = {q: f for q, f in pending.items() if not self.engine.settling(q)}
-            with self._fences_changed:
-                for queue, fence in done.items():
-                    if self._fences.get(queue) == fence:
-                        del self._fences[queue]
-            for queue, fence in done.items():
-                self._send(xp.Event.build(dict(op=EventOp.FENCE_DONE.name, body=dict(
-                    queue=queue, fence=fence))))
+                    pause = FENCE_POLL_S
+                pending = list(self._fences)
+            done = [entry for entry in pending if self.engine.fence_settled(entry[2])]
+            if done:
+                with self._fences_changed:
+                    self._fences = [e for e in self._fences if e not in done]
+                for queue, fence, _ in done:
+                    self._send(xp.Event.build(dict(op=EventOp.FENCE_DONE.name, body=dict(
+                        queue=queue, fence=fence))))
+                pause = FENCE_POLL_S
             if len(done) < len(pending):
-                time.sleep(FENCE_POLL_S)
+                with self._fences_changed:          # a new fence wakes it at once
+                    self._fences_changed.wait(pause)
+                pause = min(pause * 2, FENCE_POLL_MAX_S)
 
     def _watchdog(self) -> None:
         beat = 0
@@ -270,11 +280,12 @@ class Executor:
             windows = tuple((w.start, w.end) for w in body.windows)
             self.windows[body.queue] = windows
             self.engine.set_windows(body.queue, windows)
-            if body.fence:
-                with self._fences_changed:
-                    self._fences[body.queue] = body.fence
-                    self._fences_changed.notify()
             self._ack(body.seq)
+        elif op == ControlOp.FENCE:
+            fence = self.engine.fence(body.queue, body.owner)
+            with self._fences_changed:
+                self._fences.append((body.queue, body.fence, fence))
+                self._fences_changed.notify()
         elif op == ControlOp.QUEUE_ENABLE:
             self.generations[body.queue] = body.generation
             err = self.engine.enable_queue(body.queue, body.ring, body.slots, body.owner,

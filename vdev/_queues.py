@@ -39,9 +39,13 @@ class QueueListener(Protocol):
     def release_queue(self, queue: int, owner: int, last: bool) -> None:
         """``last``: no other claimed queue has this owner."""
 
+    def fence(self, queue: int, owner: int) -> object:
+        """``owner`` may no longer reach what it reached through ``queue`` (new windows,
+        a disable, a release): ``settling`` says so until every command of the owner
+        taken before now, and every transfer those left running, is over."""
+
     def settling(self, queue: int) -> bool:
-        """Whether memory the queue's last new windows left out may still be touched by
-        a command issued before them (QueueState.SETTLING)."""
+        """Whether a fence of the queue is not settled yet (QueueState.SETTLING)."""
 
 
 @dataclass
@@ -166,6 +170,10 @@ class QueueTable:
         log.info("queue %d: DMA windows loaded: %s", queue, describe(windows))
         if r.state & QueueState.ENABLED:
             self.listener.set_windows(queue, windows)   # may fail the queue (EFAULT)
+        # Enabled or not (a queue disabled or failed a moment ago may still run a command
+        # of its owner): memory the new windows leave out is settled once the owner's
+        # commands before now are over.
+        self.listener.fence(queue, r.owner)
         if err:
             r.error = err       # the table's fault is the cause, whatever followed
 
@@ -186,6 +194,7 @@ class QueueTable:
             r.state &= ~QueueState.ENABLED
             if self.listener is not None:
                 self.listener.disable_queue(queue)
+                self.listener.fence(queue, r.owner)
 
     def release(self, queue: int) -> None:
         """Stop serving, drop the claim, free what the queue created."""
@@ -199,6 +208,7 @@ class QueueTable:
                 last = not any(r.state & QueueState.CLAIMED and r.owner == owner
                                for r in self.regs)
                 self.listener.release_queue(queue, owner, last)
+                self.listener.fence(queue, owner)
             log.info("queue %d released", queue)
 
     def fail(self, queue: int, err: int) -> None:

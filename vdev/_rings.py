@@ -39,6 +39,30 @@ _STATUS_W, _ARMED_W = abi.RING_STATUS // 4, abi.RING_IRQ_ARMED // 4
 assert not (abi.RING_TAIL % 8 or abi.RING_HEAD % 8 or abi.RING_STATUS % 4 or abi.RING_IRQ_ARMED % 4)
 
 
+class Flight:
+    """One owner's commands taken off its rings and not yet over, by the number each
+    was taken with (fences: ``RingEngine.fence``).  Only the poller takes commands, so
+    only it counts; a command is numbered before it reads its ring's view of memory."""
+
+    __slots__ = ("running", "taken")
+
+    def __init__(self) -> None:
+        self.taken = 0
+        self.running: set[int] = set()
+
+
+class Fence:
+    """``RingEngine.fence``: the owner, its commands taken by then, and the backend's
+    fence point once those are over (None before)."""
+
+    __slots__ = ("owner", "point", "taken")
+
+    def __init__(self, owner: int, taken: int):
+        self.owner = owner
+        self.taken = taken
+        self.point: int | None = None
+
+
 class Ring:
     """Host-side state of one enabled queue."""
 
@@ -49,10 +73,12 @@ class Ring:
         "commands",
         "cq_base",
         "ctx",
+        "flight",
         "generation",
         "head",
         "mask",
         "queue",
+        "running",
         "slots",
         "u32",
         "u64",
@@ -70,6 +96,8 @@ class Ring:
         self.generation = 0
         self.busy = False
         self.ctx = CommandContext(dma, queue, owner)
+        self.flight = Flight()      # the owner's (RingEngine.enable_queue)
+        self.running = 0            # the number its command now running was taken with
         self.cmd_base = abi.RING_HEADER_SIZE
         self.cq_base = abi.RING_HEADER_SIZE + slots * abi.COMMAND_SIZE
         self.commands = 0
@@ -205,8 +233,10 @@ class RingEngine:
         self._settled: Callable[[CommandContext], tuple[int, int] | None] | None = getattr(
             backend, "execute_settled", None)
         self._rings: dict[int, Ring] = {}
-        #: queue -> (owner, the backend's fence point) of its last new windows.
-        self._fences: dict[int, tuple[int, int]] = {}
+        #: Each owner's commands taken off its rings and not yet over (fences).
+        self._flights: dict[int, Flight] = {}
+        #: queue -> its fences not yet settled.
+        self._fences: dict[int, list[Fence]] = {}
         self._active: tuple[Ring, ...] = ()
         self._lock = threading.RLock()
         self._fence_lock = threading.Lock()
@@ -233,6 +263,7 @@ class RingEngine:
         ring.u64[_HEAD_W] = 0
         ring.set_status(0)
         with self._lock:
+            ring.flight = self._flights.setdefault(owner, Flight())
             self._rings[queue] = ring
             self._active = tuple(self._rings.values())
         self.kick(queue)
@@ -248,26 +279,55 @@ class RingEngine:
             ring.ctx.dma = dma = WindowedDma(self.dma, queue, windows)
             if not dma.allows(ring.addr, abi.ring_bytes(ring.slots)):
                 self._fail(ring, errno.EFAULT, "the new DMA windows leave out the ring")
-            point = getattr(self.backend, "fence_point", None)
-            if point is not None:
-                self._fences[queue] = (ring.ctx.owner, point(ring.ctx.owner))
+
+    def fence(self, queue: int, owner: int) -> Fence:
+        """Memory that ``owner`` may no longer reach through ``queue`` (new windows, a
+        disable, a release) is settled once every command of that owner taken off any
+        of its rings by now is over, and every non-blocking transfer of guest memory
+        those left running (the backend's ``fence_done``).  Called after the change:
+        a command taken later reads the queue's new view of memory."""
+        with self._lock:
+            flight = self._flights.get(owner)
+            taken = flight.taken if flight is not None else 0
+            fence = Fence(owner, taken)
+            self._fences.setdefault(queue, []).append(fence)
+        return fence
+
+    def fence_settled(self, fence: Fence) -> bool:
+        """Whether one fence (what ``fence`` returned) is settled."""
+        return self._fence_done(fence)
 
     def settling(self, queue: int) -> bool:
-        """Whether a command issued before the queue's last new windows (or a transfer
-        it left running) may still touch memory they leave out (QueueState.SETTLING).
-        A backend that keeps no guest memory past a call is settled at once."""
+        """Whether any fence of ``queue`` is not settled yet (QueueState.SETTLING)."""
         with self._lock:
-            fence = self._fences.get(queue)
-        if fence is None:
+            fences = list(self._fences.get(queue, ()))
+        if not fences:
             return False
-        if not self.backend.fence_done(*fence):      # type: ignore[attr-defined]
-            return True
+        pending = [f for f in fences if not self._fence_done(f)]
         with self._lock:
-            if self._fences.get(queue) == fence:
-                del self._fences[queue]
-        return False
+            mine = self._fences.get(queue)
+            if mine is not None:
+                mine[:] = [f for f in mine if f not in fences or f in pending]
+                if not mine:
+                    del self._fences[queue]
+        return bool(pending)
+
+    def _fence_done(self, fence: Fence) -> bool:
+        flight = self._flights.get(fence.owner)
+        if flight is not None and any(seq <= fence.taken for seq in list(flight.running)):
+            return False
+        fence_point = getattr(self.backend, "fence_point", None)
+        if fence_point is None:
+            return True             # a backend whose commands keep no memory once over
+        if fence.point is None:
+            # Every command taken before the fence is over: whatever they left running
+            # was issued by now.
+            fence.point = fence_point(fence.owner)
+        return bool(self.backend.fence_done(fence.owner, fence.point))  # type: ignore[attr-defined]
 
     def disable_queue(self, queue: int) -> None:
+        """The ring is no longer served (a command of it still running goes on: the
+        queue table's fence waits for it)."""
         with self._lock:
             ring = self._rings.pop(queue, None)
             if ring is not None:
@@ -406,6 +466,9 @@ class RingEngine:
         if seq != index:
             self._complete(ring, index, -errno.EINVAL, 0, flags)
             return True
+        flight = ring.flight
+        flight.taken = ring.running = taken = flight.taken + 1
+        flight.running.add(taken)
         ctx = ring.ctx
         ctx.opcode, ctx.flags = opcode, flags
         ctx.payload_len, ctx.payload_addr = payload_len, payload_addr
@@ -429,7 +492,7 @@ class RingEngine:
                 with self._lock:
                     self._handed_off += 1
                 self._workers.submit(self._run_blocking, ring, index, ring.generation, flags)
-                return False
+                return False        # over (flight.running) when the worker is done
             status, result_len = settled
         elif admission is not None:
             status, result_len = self._admitted(ctx, admission, monitor, ring.queue)
@@ -439,6 +502,7 @@ class RingEngine:
             monitor.finished()
         else:
             status, result_len = self._execute(ctx)
+        flight.running.discard(taken)
         self._complete(ring, index, status, result_len, flags)
         return True
 
@@ -491,10 +555,14 @@ class RingEngine:
             return -errno.EIO, 0
 
     def _run_blocking(self, ring: Ring, index: int, generation: int, flags: int) -> None:
-        if self._admission is not None:
-            status, result_len = self._admitted(ring.ctx, self._admission, None, None)
-        else:
-            status, result_len = self._execute(ring.ctx)
+        taken = ring.running
+        try:
+            if self._admission is not None:
+                status, result_len = self._admitted(ring.ctx, self._admission, None, None)
+            else:
+                status, result_len = self._execute(ring.ctx)
+        finally:
+            ring.flight.running.discard(taken)
         with self._lock:
             if ring.generation == generation:
                 self._complete(ring, index, status, result_len, flags)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import threading
 import time
 from collections.abc import Callable
 
@@ -22,10 +21,6 @@ class SelftestBackend:
     def __init__(self) -> None:
         self.released: list[int] = []
         self.executed = 0
-        # Fences (new DMA windows settled): the start numbers of the commands running.
-        self._lock = threading.Lock()
-        self._started = 0
-        self._running: dict[int, int] = {}      # start number -> owner
         self._table: dict[int, Callable[[CommandContext], tuple[int, int]]] = {
             SelftestOp.NOP: self._nop,
             SelftestOp.ECHO: self._echo,
@@ -39,26 +34,7 @@ class SelftestBackend:
         if handler is None:
             return -errno.ENOSYS, 0
         self.executed += 1
-        with self._lock:
-            self._started += 1
-            seq = self._started
-            self._running[seq] = ctx.owner
-        try:
-            return handler(ctx)
-        finally:
-            with self._lock:
-                del self._running[seq]
-
-    def fence_point(self, owner: int) -> int:
-        """Commands started so far: ``fence_done`` waits for those of ``owner``."""
-        with self._lock:
-            return self._started
-
-    def fence_done(self, owner: int, point: int) -> bool:
-        """Whether no command of ``owner`` started by ``point`` is still running (none
-        of this backend's outlives its command)."""
-        with self._lock:
-            return not any(seq <= point and o == owner for seq, o in self._running.items())
+        return handler(ctx)
 
     @staticmethod
     def _nop(ctx: CommandContext) -> tuple[int, int]:
