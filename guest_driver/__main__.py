@@ -64,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="queues all processes of one user may have together (default 32 of "
                         "the device's 64; root is not bounded)")
     d.add_argument("--quarantine", type=float, default=2.0, metavar="SECONDS",
-                   help="how long a departed process's memory is kept before it is freed, "
-                        "so the host can finish transfers it left running (default 2)")
+                   help="how long a departed process's memory is kept at least before it is "
+                        "freed; it is also kept until the host says no transfer the process "
+                        "left running touches it (default 2)")
     d.add_argument("--loopback", metavar="SERVER_SOCKET", default=None,
                    help="serve a device server on this machine over vfio-user instead of the "
                         "PCI device (tests and benchmarks on the host)")

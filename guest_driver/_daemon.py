@@ -22,11 +22,11 @@ one application process, checked with ``SO_PEERCRED``, and gets:
 When a connection closes (the process exited or was killed) its queues are
 released, which removes their windows and frees what the process created on the
 host, and its memory (with the pins of any zero-copy transfer it left under
-way, ``LEND``) is kept in quarantine for ``quarantine_s`` before it is
-freed, so no page the host might still write to (a non-blocking transfer into
-staging that the dead process left running: the host fails its pending user
-events first, so what remains are transfers already under way) is given to
-anyone else meanwhile.
+way, ``LEND``) is kept in quarantine for ``quarantine_s``, and until the host
+says the release of every queue the process had is settled (QueueState.SETTLING:
+no command of it, nor a non-blocking transfer such a command left running, touches
+guest memory any more), before it is freed: no page the host might still write to is
+given to anyone else meanwhile.  An ordinary user's pins (``PIN``) wait for the same.
 """
 
 from __future__ import annotations
@@ -73,6 +73,9 @@ MAX_PINS = 64
 #: long that may take before the pin is kept until its process ends.
 SETTLE_POLL_S = 0.002
 SETTLE_LIMIT_S = 30.0
+#: How often memory whose quarantine is over is looked at again while the host is not
+#: done with it.
+QUARANTINE_POLL_S = 0.01
 #: A root process's queues reach all guest memory, as root itself may (/dev/mem):
 #: that is what lets its transfers lend the application's own pages (zero-copy).
 ALL_MEMORY = [(0, (1 << 64) - 1)]
@@ -396,7 +399,10 @@ class Daemon:
         self.quarantine_s = quarantine_s
         self.policy = Policy(device, max_queues=max_queues, user_queues=user_queues)
         self.clients: dict[int, Client] = {}
-        self.quarantine: list[tuple[float, Memory | LentPins]] = []
+        #: What departed processes held, until its time is up and the host says the
+        #: release of the queues it was reachable from is settled: (not before, what,
+        #: those queues).
+        self.quarantine: list[tuple[float, Memory | LentPins, frozenset[int]]] = []
         #: Returned pins (an ordinary user's) whose windows are gone, kept until the
         #: host says no command issued before that touches them: (client, fd, queues,
         #: give up at).
@@ -465,7 +471,8 @@ class Daemon:
         while True:
             timeout = None
             if self.quarantine:
-                timeout = max(0.0, self.quarantine[0][0] - time.monotonic())
+                timeout = max(QUARANTINE_POLL_S,
+                              min(e[0] for e in self.quarantine) - time.monotonic())
             if self.settling:
                 timeout = min(timeout if timeout is not None else SETTLE_POLL_S,
                               SETTLE_POLL_S)
@@ -495,7 +502,7 @@ class Daemon:
     def close(self) -> None:
         for client in list(self.clients.values()):
             self._drop(client, "the daemon stops")
-        for _, memory in self.quarantine:
+        for _, memory, _ in self.quarantine:
             memory.close()
         self.quarantine.clear()
         for _, fd, _, _ in self.settling:      # the daemon's end: the pins go with it
@@ -787,7 +794,8 @@ class Daemon:
         self.policy.release_all(client)
         client.conn.close()
         if client.memory is not None:
-            self.quarantine.append((time.monotonic() + self.quarantine_s, client.memory))
+            self.quarantine.append((time.monotonic() + self.quarantine_s, client.memory,
+                                    frozenset(client.ever_queues)))
             client.memory = None
         # The module's pins (an ordinary user's: lent, returned or stuck) go once the
         # host says the queues' release is settled, for as long as that takes: a
@@ -801,7 +809,8 @@ class Daemon:
             self.settling.append((client, fd, queues_ever, time.monotonic() + SETTLE_LIMIT_S))
         if client.lent:         # root's io_uring pins: the quarantine, as its memory
             self.quarantine.append((time.monotonic() + self.quarantine_s,
-                                    LentPins(list(client.lent.values()))))
+                                    LentPins(list(client.lent.values())),
+                                    frozenset(client.ever_queues)))
             client.lent.clear()
         if client.pidfd >= 0:
             os.close(client.pidfd)
@@ -809,10 +818,18 @@ class Daemon:
         log.info("%s %s; released queues %s", client.describe(), why, queues or "none")
 
     def _free_quarantined(self) -> bool:
-        """Free what has waited long enough; whether anything was."""
+        """Free what has waited long enough and the host is done with (the release of
+        every queue its process had is settled); whether anything was."""
         now, freed = time.monotonic(), False
-        while self.quarantine and self.quarantine[0][0] <= now:
-            _, memory = self.quarantine.pop(0)
+        due = [entry for entry in self.quarantine if entry[0] <= now]
+        if not due:
+            return False
+        unsettled = self.policy.settling_queues(set().union(*(queues for _, _, queues in due)))
+        for entry in due:
+            if entry[2] & unsettled:
+                continue        # a transfer it left running may still write there
+            self.quarantine.remove(entry)
+            _, memory, _ = entry
             memory.close()
             freed = True
         return freed

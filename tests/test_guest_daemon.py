@@ -742,3 +742,27 @@ def test_no_pins_where_the_daemon_has_no_module(lending_daemon):
     finally:
         os.close(memfd)
         c.sock.close()
+
+
+@pytest.mark.parametrize("lending_daemon", [(False, 64 << 20)], indirect=True)
+def test_a_departed_processs_memory_waits_for_the_host(lending_daemon):
+    """A departed process's DMA memory is freed once its quarantine is over and the host
+    says the release of its queues is settled (a transfer it left running, behind a
+    user event, may still write there), not before."""
+    d = lending_daemon
+    c = RawClient(d.path)
+    queue = c.read(Reg.QUEUE_ALLOC)
+    full = d.device.capacity
+    ctrl = abi.queue_reg(queue, QReg.CTRL)
+    settling = {"now": True}
+    read32 = d.device.read32
+    d.device.read32 = lambda off: read32(off) | (
+        QueueState.SETTLING if off == ctrl and settling["now"] else 0)
+    c.sock.close()
+    time.sleep(d.quarantine_s + 0.3)
+    assert d.device.capacity == full, "freed before the host was done"
+    settling["now"] = False
+    deadline = time.monotonic() + 10
+    while d.device.capacity == full and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert d.device.capacity == full + c.hello.size
