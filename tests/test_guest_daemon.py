@@ -584,10 +584,7 @@ def test_the_daemon_keeps_a_lent_pin_until_it_is_returned_or_the_process_is_gone
         c.sock.close()                                 # gone, with a pin still lent
         time.sleep(0.1)
         assert io_urings() == before + 2, "let go of before the quarantine ended"
-        deadline = time.monotonic() + 10
-        while io_urings() != before + 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert io_urings() == before + 1, "kept after the quarantine"
+        assert eventually(lambda: io_urings() == before + 1), "kept after the quarantine"
     finally:
         for fd in (ring, pipe_r, pipe_w):
             os.close(fd)
@@ -640,6 +637,17 @@ def fds_named(prefix: str) -> int:
         except OSError:
             pass
     return n
+
+
+def eventually(holds, timeout: float = 10.0) -> bool:
+    """Whether ``holds()`` comes true within ``timeout`` (the daemon's loop acts on its
+    own time: quarantines, settled fences)."""
+    deadline = time.monotonic() + timeout
+    while not holds():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 @pytest.fixture
@@ -707,10 +715,7 @@ def test_an_ordinary_users_pin_opens_windows_until_it_is_returned(pinning_daemon
         time.sleep(0.2)
         assert fds_named("/memfd:fake-pin") == 2 and client.returning == 1
         settling["now"] = False
-        deadline = time.monotonic() + 10
-        while fds_named("/memfd:fake-pin") != 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert fds_named("/memfd:fake-pin") == 1 and client.returning == 0
+        assert eventually(lambda: fds_named("/memfd:fake-pin") == 1 and client.returning == 0)
         assert c.request(gd.DaemonOp.PIN, 0, 7, fds_in=[pin])[0].status == 0
         # Gone, with a pin still lent: it goes once the host says the release of its
         # queues is settled, however long that takes (past the quarantine here).
@@ -719,10 +724,7 @@ def test_an_ordinary_users_pin_opens_windows_until_it_is_returned(pinning_daemon
         time.sleep(d.quarantine_s + 0.3)
         assert fds_named("/memfd:fake-pin") == 2, "let go of before the host was done"
         settling["now"] = False
-        deadline = time.monotonic() + 10
-        while fds_named("/memfd:fake-pin") != 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert fds_named("/memfd:fake-pin") == 1, "kept after the host was done"
+        assert eventually(lambda: fds_named("/memfd:fake-pin") == 1), "kept after the host was done"
     finally:
         for fd in (pin, other, scattered):
             os.close(fd)
@@ -762,7 +764,4 @@ def test_a_departed_processs_memory_waits_for_the_host(lending_daemon):
     time.sleep(d.quarantine_s + 0.3)
     assert d.device.capacity == full, "freed before the host was done"
     settling["now"] = False
-    deadline = time.monotonic() + 10
-    while d.device.capacity == full and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert d.device.capacity == full + c.hello.size
+    assert eventually(lambda: d.device.capacity == full + c.hello.size)
