@@ -649,10 +649,9 @@ class Daemon:
             why = "the request carries no pin of the ava_vdev_pin module"
         else:
             try:
-                addr, length, pages = _pin.frames(fd)
-                runs = _pin.runs(addr, length, pages, gd.MAX_PIN_RUNS)
+                runs = _pin.runs_of(fd, gd.MAX_PIN_RUNS)
             except OSError as exc:
-                why = f"cannot read the pin's frames: {exc}"
+                why = f"cannot read the pin's runs: {exc}"
         if not why and runs is None:
             why = f"more than {gd.MAX_PIN_RUNS} physically contiguous runs"
         table = (len(client.windows()) + len(runs or []) + 1) * abi.WINDOW_ENTRY_SIZE

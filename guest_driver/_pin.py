@@ -3,7 +3,7 @@
 ``protocols/guest_pin.py`` says why a kernel module: an unprivileged process may lend
 its pages to the device only if the kernel holds them for as long as the host may
 touch them and tells the daemon, not the process, where they are.  Here: loading the
-module and giving its device node to the daemon's group, and reading a pin's frames.
+module and giving its device node to the daemon's group, and reading a pin's runs.
 """
 
 from __future__ import annotations
@@ -21,10 +21,7 @@ from protocols import guest_pin as gp
 log = logging.getLogger("ava-vdevd")
 
 DEVICE_PATH = Path("/dev") / gp.DEVICE_NAME
-PAGE = 4096
-#: Pages the largest pin holds (one more where it does not start on a page).
-MAX_PAGES = gp.MAX_PIN_BYTES // PAGE + 1
-_FRAMES = gp.PinFrames.compile()
+_RUNS = gp.PinRuns.compile()
 
 
 def module_loaded() -> bool:
@@ -65,46 +62,19 @@ def is_pin(fd: int) -> bool:
         return False
 
 
-def _frames_call(fd: int, buf: ctypes.Array | None, capacity: int) -> tuple[int, object]:
-    req = bytearray(_FRAMES.build(dict(frames=ctypes.addressof(buf) if buf is not None else 0,
-                                       capacity=capacity, count=0, addr=0, length=0)))
+def runs_of(fd: int, capacity: int) -> list[tuple[int, int]] | None:
+    """The scatter list of pin ``fd`` (its physically contiguous runs of guest memory,
+    as the kernel coalesced them), or None when it has more than ``capacity``."""
+    buf = (ctypes.c_uint64 * (2 * max(capacity, 1)))()
+    req = bytearray(_RUNS.build(dict(runs=ctypes.addressof(buf), capacity=capacity, count=0,
+                                     addr=0, length=0)))
     try:
-        rc = fcntl.ioctl(fd, gp.IOC_FRAMES, req)
+        fcntl.ioctl(fd, gp.IOC_RUNS, req)
     except OSError as exc:
-        if exc.errno != errno.E2BIG:
-            raise
-        rc = -errno.E2BIG
-    return rc, _FRAMES.parse(bytes(req))
-
-
-def frames(fd: int) -> tuple[int, int, list[int]]:
-    """(addr, length, one guest-physical address a page) of pin ``fd``: its size asked
-    first, so the buffer is the pin's, not the largest one's."""
-    _, head = _frames_call(fd, None, 0)
-    count = head.count          # type: ignore[attr-defined]
-    if not 0 < count <= MAX_PAGES:
-        raise OSError(errno.EINVAL, f"a pin of {count} pages")
-    buf = (ctypes.c_uint64 * count)()
-    rc, out = _frames_call(fd, buf, count)
-    if rc != 0 or out.count != count:   # type: ignore[attr-defined]
-        raise OSError(errno.EIO, "the pin's frames changed")
-    return out.addr, out.length, list(buf)      # type: ignore[attr-defined]
-
-
-def runs(addr: int, length: int, pages: list[int], limit: int) -> list[tuple[int, int]] | None:
-    """The scatter list of [addr, addr + length), given each of its pages' guest
-    address: one ``(gpa, bytes)`` per physically contiguous run; None past ``limit``
-    runs (it stops there: a hostile pin of 1 GiB in 4 KiB pieces costs no more)."""
-    out: list[tuple[int, int]] = []
-    done, skip = 0, addr % PAGE
-    for gpa in pages:
-        size = min(PAGE - skip, length - done)
-        if out and out[-1][0] + out[-1][1] == gpa + skip:
-            out[-1] = (out[-1][0], out[-1][1] + size)
-        elif len(out) == limit:
+        if exc.errno == errno.E2BIG:
             return None
-        else:
-            out.append((gpa + skip, size))
-        done += size
-        skip = 0
-    return out
+        raise
+    count = _RUNS.parse(bytes(req)).count
+    if count > capacity:
+        return None
+    return [(buf[2 * i], buf[2 * i + 1]) for i in range(count)]

@@ -89,7 +89,6 @@ VU_ENUMS = [
 DAEMON_STRUCTS = [
     ("ava_daemon_request", gd.Request),
     ("ava_daemon_reply", gd.Reply),
-    ("ava_daemon_pin_run", gd.PinRun),
 ]
 DAEMON_ENUMS = [
     ("AVA_DAEMON_OP_", gd.DaemonOp),
@@ -97,16 +96,17 @@ DAEMON_ENUMS = [
     ("AVA_DAEMON_HELLO_", gd.HelloFeatures),
 ]
 DAEMON_CONSTANTS = ["DAEMON_PROTOCOL", "MAX_CLIENT_MEMORY", "CHUNK_SIZE", "REQUEST_SIZE",
-                    "REPLY_SIZE", "MAX_REPLY", "MAX_PIN_RUNS", "PIN_RUN_SIZE"]
+                    "REPLY_SIZE", "MAX_REPLY", "MAX_PIN_RUNS"]
 DAEMON_STRINGS = ["DEFAULT_SOCKET", "DEFAULT_GROUP"]
 
 
 PIN_STRUCTS = [
     ("ava_pin_request", gp.PinRequest),
-    ("ava_pin_frames", gp.PinFrames),
+    ("ava_pin_runs", gp.PinRuns),
+    ("ava_pin_run", gp.PinRun),
 ]
-PIN_CONSTANTS = ["MAX_PIN_BYTES", "IOCTL_TYPE", "PIN_REQUEST_SIZE", "PIN_FRAMES_SIZE",
-                 "IOC_PIN", "IOC_FRAMES"]
+PIN_CONSTANTS = ["MAX_PIN_BYTES", "IOCTL_TYPE", "PIN_REQUEST_SIZE", "PIN_RUNS_SIZE",
+                 "PIN_RUN_SIZE", "IOC_PIN", "IOC_RUNS"]
 PIN_STRINGS = ["DEVICE_NAME", "MODULE_NAME", "PIN_FD_NAME"]
 
 

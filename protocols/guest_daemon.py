@@ -25,6 +25,10 @@ import enum
 
 from construct import Int32sl, Int32ul, Int64ul, Struct
 
+#: A PIN's reply carries the runs as the module gave them (guest_pin.PinRun).
+from .guest_pin import PIN_RUN_SIZE as PIN_RUN_SIZE
+from .guest_pin import PinRun as PinRun
+
 #: The version a runtime sends in HELLO (``arg0``); the daemon refuses others.
 DAEMON_PROTOCOL = 1
 #: Where the daemon listens unless told otherwise (``AVA_VDEV_DAEMON`` in the runtime).
@@ -91,15 +95,9 @@ Reply = Struct(
 )
 REPLY_SIZE = 24
 
-#: One physically contiguous run of a PIN's scatter list.
-PinRun = Struct(
-    "addr" / Int64ul,     # guest-physical
-    "length" / Int64ul,
-)
-PIN_RUN_SIZE = 16
 
 #: Largest reply: HELLO's header and one address per chunk, or a PIN's and its runs.
-MAX_REPLY = REPLY_SIZE + max(8 * (MAX_CLIENT_MEMORY // CHUNK_SIZE), 16 * MAX_PIN_RUNS)
+MAX_REPLY = REPLY_SIZE + max(8 * (MAX_CLIENT_MEMORY // CHUNK_SIZE), PIN_RUN_SIZE * MAX_PIN_RUNS)
 
 assert Request.sizeof() == REQUEST_SIZE and Reply.sizeof() == REPLY_SIZE
-assert PinRun.sizeof() == PIN_RUN_SIZE and PIN_RUN_SIZE * MAX_PIN_RUNS <= MAX_REPLY - REPLY_SIZE
+assert PIN_RUN_SIZE * MAX_PIN_RUNS <= MAX_REPLY - REPLY_SIZE

@@ -15,8 +15,9 @@ charged to the calling user's ``RLIMIT_MEMLOCK``, as io_uring charges its pins: 
 user, for as long as the pin lives, whoever holds it) and answers with a new fd that
 holds them.  The application passes that fd to the daemon (``DaemonOp.PIN``, with
 ``SCM_RIGHTS``) and closes its own copy.  The daemon, and only a caller with
-``CAP_SYS_ADMIN``, asks the fd for its ``FRAMES``, opens the windows, and answers the
-scatter list.  Closing the last copy of the fd unpins the pages: the daemon closes its
+``CAP_SYS_ADMIN``, asks the fd for its ``RUNS`` (the range's guest-physical scatter
+list, coalesced by the kernel: no per-page work in the daemon), opens the windows, and
+answers the scatter list.  Closing the last copy of the fd unpins the pages: the daemon closes its
 copy once the windows are gone (``RETURN``) and the quarantine is over (a command of
 the process's own may still use the pages), or, should the process die first, once
 its quarantine is over.
@@ -47,14 +48,22 @@ PinRequest = Struct(
 )
 PIN_REQUEST_SIZE = 16
 
-PinFrames = Struct(
-    "frames" / Int64ul,     # where to write one 64-bit guest-physical address a page
+PinRuns = Struct(
+    "runs" / Int64ul,       # where to write the PinRun records
     "capacity" / Int32ul,   # how many fit there
-    "count" / Int32ul,      # out: pages pinned (all of them are written, or E2BIG)
+    "count" / Int32ul,      # out: runs of the range (all of them are written, or E2BIG)
     "addr" / Int64ul,       # out: the pinned range's first byte, in the pinning process
     "length" / Int64ul,     # out: its bytes
 )
-PIN_FRAMES_SIZE = 32
+PIN_RUNS_SIZE = 32
+
+#: One physically contiguous run of the pinned range: [addr, addr + length) of guest
+#: memory, in the range's order.
+PinRun = Struct(
+    "addr" / Int64ul,
+    "length" / Int64ul,
+)
+PIN_RUN_SIZE = 16
 
 # ioctl numbers as <linux/ioctl.h> builds them: direction, size, type, number.
 _IOC_WRITE, _IOC_READ = 1, 2
@@ -66,7 +75,8 @@ def _ioc(direction: int, nr: int, size: int) -> int:
 
 #: On the device: pin a PinRequest's range; returns a new fd (O_CLOEXEC) holding it.
 IOC_PIN = _ioc(_IOC_WRITE, 1, PIN_REQUEST_SIZE)
-#: On a pin's fd (CAP_SYS_ADMIN only): the frames of its pages, in PinFrames.
-IOC_FRAMES = _ioc(_IOC_READ | _IOC_WRITE, 2, PIN_FRAMES_SIZE)
+#: On a pin's fd (CAP_SYS_ADMIN only): its scatter list, in PinRuns.
+IOC_RUNS = _ioc(_IOC_READ | _IOC_WRITE, 2, PIN_RUNS_SIZE)
 
-assert PinRequest.sizeof() == PIN_REQUEST_SIZE and PinFrames.sizeof() == PIN_FRAMES_SIZE
+assert PinRequest.sizeof() == PIN_REQUEST_SIZE and PinRuns.sizeof() == PIN_RUNS_SIZE
+assert PinRun.sizeof() == PIN_RUN_SIZE

@@ -72,7 +72,7 @@ def test_pin_ioctl_numbers_are_the_kernels(tmp_path):
     src.write_text(f'#include <linux/ioctl.h>\n#include "{pin_h}"\n'
                    "_Static_assert(AVA_PIN_IOC_PIN == _IOW(AVA_PIN_IOCTL_TYPE, 1, "
                    "struct ava_pin_request), \"PIN\");\n"
-                   "_Static_assert(AVA_PIN_IOC_FRAMES == _IOWR(AVA_PIN_IOCTL_TYPE, 2, "
-                   "struct ava_pin_frames), \"FRAMES\");\n")
+                   "_Static_assert(AVA_PIN_IOC_RUNS == _IOWR(AVA_PIN_IOCTL_TYPE, 2, "
+                   "struct ava_pin_runs), \"RUNS\");\n")
     subprocess.run(["gcc", "-std=gnu11", "-Wall", "-Werror", "-c", "-o", str(tmp_path / "o.o"),
                     str(src)], check=True)

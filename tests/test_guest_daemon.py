@@ -654,19 +654,18 @@ def eventually(holds, timeout: float = 10.0) -> bool:
 def pinning_daemon(lending_daemon, monkeypatch):
     """A daemon that takes pins of the ava_vdev_pin module, with the module faked (the
     host has no guest kernel module): a memfd named ``fake-pin`` is a pin of 3 pages,
-    two of them contiguous; one named ``scattered-pin`` has more runs than a PIN may."""
+    two of them contiguous (2 runs); one named ``scattered-pin`` has more runs than a
+    PIN may."""
     from guest_driver import _pin
 
-    def frames(fd):
-        name = os.readlink(f"/proc/self/fd/{fd}")
-        if "scattered" in name:
-            return 0x7000, (gd.MAX_PIN_RUNS + 1) * 4096, \
-                [0x1000000 + 2 * i * 4096 for i in range(gd.MAX_PIN_RUNS + 1)]
-        return 0x7010, 3 * 4096 - 16, [0x200000, 0x201000, 0x500000]
+    def runs_of(fd, capacity):
+        if "scattered" in os.readlink(f"/proc/self/fd/{fd}"):
+            return None                 # the kernel counted more runs than fit
+        return [(0x200010, 8176), (0x500000, 4096)]
 
     monkeypatch.setattr(_pin, "is_pin", lambda fd: os.readlink(
         f"/proc/self/fd/{fd}").startswith(("/memfd:fake-pin", "/memfd:scattered-pin")))
-    monkeypatch.setattr(_pin, "frames", frames)
+    monkeypatch.setattr(_pin, "runs_of", runs_of)
     lending_daemon.pin_ready = True
     return lending_daemon
 

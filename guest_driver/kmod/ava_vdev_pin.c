@@ -16,8 +16,9 @@
  *       charges its pins: to the user, not to the process, so the charge stays for
  *       as long as the pin does, whoever holds the fd) and returns a new fd that
  *       holds the pin;
- *   that fd, ioctl AVA_PIN_IOC_FRAMES (CAP_SYS_ADMIN only: the daemon)
- *       writes the pages' guest-physical addresses;
+ *   that fd, ioctl AVA_PIN_IOC_RUNS (CAP_SYS_ADMIN only: the daemon)
+ *       writes the range's scatter list: its physically contiguous runs of guest
+ *       memory, in order (the daemon does no per-page work);
  *   closing the fd's last reference
  *       unpins the pages (marked dirty: the device may have written them).
  *
@@ -81,40 +82,51 @@ static int ava_pin_release(struct inode *inode, struct file *file)
 	return 0;
 }
 
-static long ava_pin_frames(struct ava_pin *pin, void __user *argp)
+/* The range's runs, written while they fit `capacity`; all of them counted. */
+static long ava_pin_runs(struct ava_pin *pin, void __user *argp)
 {
-	struct ava_pin_frames req;
-	u64 __user *out;
+	struct ava_pin_runs req;
+	struct ava_pin_run run = { 0 };
+	struct ava_pin_run __user *out;
+	u64 done = 0, skip = pin->addr & ~PAGE_MASK;
+	u32 n = 0;
 	unsigned long i;
 
 	if (!capable(CAP_SYS_ADMIN))
 		return -EPERM;
 	if (copy_from_user(&req, argp, sizeof(req)))
 		return -EFAULT;
-	req.count = pin->npages;
+	out = u64_to_user_ptr(req.runs);
+	for (i = 0; i < pin->npages; i++) {
+		u64 gpa = ((u64)page_to_pfn(pin->pages[i]) << PAGE_SHIFT) + skip;
+		u64 size = min_t(u64, PAGE_SIZE - skip, pin->length - done);
+
+		if (n && run.addr + run.length == gpa) {
+			run.length += size;
+		} else {
+			if (n && n <= req.capacity && copy_to_user(out + n - 1, &run, sizeof(run)))
+				return -EFAULT;
+			run.addr = gpa;
+			run.length = size;
+			n++;
+		}
+		done += size;
+		skip = 0;
+	}
+	if (n && n <= req.capacity && copy_to_user(out + n - 1, &run, sizeof(run)))
+		return -EFAULT;
+	req.count = n;
 	req.addr = pin->addr;
 	req.length = pin->length;
-	if (req.capacity < pin->npages) {
-		if (copy_to_user(argp, &req, sizeof(req)))
-			return -EFAULT;
-		return -E2BIG;
-	}
-	out = u64_to_user_ptr(req.frames);
-	for (i = 0; i < pin->npages; i++) {
-		u64 gpa = (u64)page_to_pfn(pin->pages[i]) << PAGE_SHIFT;
-
-		if (put_user(gpa, out + i))
-			return -EFAULT;
-	}
 	if (copy_to_user(argp, &req, sizeof(req)))
 		return -EFAULT;
-	return 0;
+	return n > req.capacity ? -E2BIG : 0;
 }
 
 static long ava_pin_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
-	if (cmd == AVA_PIN_IOC_FRAMES)
-		return ava_pin_frames(file->private_data, (void __user *)arg);
+	if (cmd == AVA_PIN_IOC_RUNS)
+		return ava_pin_runs(file->private_data, (void __user *)arg);
 	return -ENOTTY;
 }
 

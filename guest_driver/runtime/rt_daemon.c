@@ -149,7 +149,7 @@ static int dm_pin(struct ava_device *dev, int fd, uint64_t token, struct ava_sg_
                   uint32_t cap, uint32_t *count)
 {
     struct ava_daemon_reply reply;
-    struct ava_daemon_pin_run runs[AVA_MAX_PIN_RUNS];
+    struct ava_pin_run runs[AVA_MAX_PIN_RUNS];
     memset(runs, 0, sizeof(runs));      /* a short reply leaves zero runs: refused below */
     int rc = daemon_call_fd(dev, AVA_DAEMON_OP_PIN, 0, 0, token, fd, &reply, runs,
                             sizeof(runs), NULL);

@@ -153,13 +153,15 @@ def pins(me: Process, check, out: int) -> None:
     finally:
         os.close(dev)
     try:
-        frames = bytearray(gp.PinFrames.build(dict(frames=0, capacity=0, count=0, addr=0,
-                                                   length=0)))
-        fcntl.ioctl(pin, gp.IOC_FRAMES, frames)
+        runs = bytearray(gp.PinRuns.build(dict(runs=0, capacity=0, count=0, addr=0,
+                                               length=0)))
+        fcntl.ioctl(pin, gp.IOC_RUNS, runs)
         leaked = True
     except PermissionError:
         leaked = False
-    check("read my own pin's frame numbers from the module", not leaked)
+    except OSError:             # E2BIG: the kernel counted the runs for this caller
+        leaked = True
+    check("read my own pin's guest addresses from the module", not leaked)
     try:
         reply, extra, _ = me.request(gd.DaemonOp.PIN, 0, 2, fds_in=[pin])
     finally:
