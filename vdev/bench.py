@@ -254,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(shares, throughput, interactive latency, scheduler cost)")
     parser.add_argument("--vm", action="store_true", help="ring, opencl: also measure inside a "
                         "lab guest (opencl: the transfers, as root: zero-copy, then copied "
-                        "through staging with zero-copy off)")
+                        "through staging with zero-copy off, then as an ordinary user, "
+                        "lending through the ava_vdev_pin module)")
     parser.add_argument("--daemon", action="store_true",
                         help="ring, opencl: also measure through the guest daemon ava-vdevd "
                              "(an unprivileged application's path) beside the direct one")
