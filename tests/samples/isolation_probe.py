@@ -176,7 +176,49 @@ def pins(me: Process, check, out: int) -> None:
     check("my own page, once returned",
           me.call(ECHO, payload_addr=first.addr, payload_len=64, reply_addr=out,
                   reply_len=512) == -errno.EFAULT)
+    bad_pins(addr, check)
     page.close()
+
+
+def bad_pins(addr: int, check) -> None:
+    """What the module refuses, each with its errno and nothing pinned: no bytes, more
+    than a pin may hold, a range that wraps, memory that is not mapped, memory that is
+    not writable, an unknown request, a pin's request on the device itself, and a pin
+    past the caller's RLIMIT_MEMLOCK (last: it lowers the limit)."""
+    import resource
+
+    def pin(where: int, length: int, request: int = gp.IOC_PIN) -> int:
+        dev = os.open(f"/dev/{gp.DEVICE_NAME}", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            fd = fcntl.ioctl(dev, request, bytearray(gp.PinRequest.build(
+                dict(addr=where, length=length))))
+            os.close(fd)
+            return 0
+        except OSError as exc:
+            return exc.errno or -1
+        finally:
+            os.close(dev)
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    readonly = libc.mmap(None, 1 << 16, mmap.PROT_READ, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                         -1, 0)
+    for what, got, want in (
+            ("pin no bytes", pin(addr, 0), errno.EINVAL),
+            ("pin more than 1 GiB", pin(addr, gp.MAX_PIN_BYTES + 1), errno.EINVAL),
+            ("pin a range that wraps", pin((1 << 64) - 4096, 8192), errno.EINVAL),
+            ("pin memory that is not mapped", pin(4096, 4096), errno.EFAULT),
+            ("pin memory I may not write", pin(readonly, 4096), errno.EFAULT),
+            ("an unknown request to the module", pin(addr, 4096, gp.IOC_PIN + 7), errno.ENOTTY),
+            ("a pin's own request on the device", pin(addr, 4096, gp.IOC_RUNS), errno.ENOTTY)):
+        check(f"{what} ({errno.errorcode.get(got, got)})", got == want)
+    libc.munmap(ctypes.c_void_p(readonly), ctypes.c_size_t(1 << 16))
+    _soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    resource.setrlimit(resource.RLIMIT_MEMLOCK, (4096, hard))
+    got = pin(addr, 64 << 10)
+    check(f"pin past my RLIMIT_MEMLOCK ({errno.errorcode.get(got, got)})", got == errno.ENOMEM)
 
 
 def victim(path: str, state: str) -> None:
