@@ -145,7 +145,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 def test_idle_server_burns_no_cpu(server_proc):
-    """A guest connected with an enabled ring and nothing to do: under 2 % of a core."""
+    """A guest connected with an enabled ring and nothing to do: the server sleeps.  Its
+    CPU time is taken over three 2 s windows and the least counts, under 5 % of a core
+    (it uses 1-2 % here; a poller that spins, or wakes every few milliseconds, uses
+    tens of percent): the machine's other load inflates a window, not all three."""
     from ringutil import Allocator, PyRing, connect_guest
 
     from protocols.device_abi import SelftestOp
@@ -160,12 +163,15 @@ def test_idle_server_burns_no_cpu(server_proc):
             ring = await PyRing.create(cli, mem, Allocator(mem.size))
             assert await ring.call(SelftestOp.NOP) == (0, 0)
             await trio.sleep(0.5)               # let it settle into IDLE
-            before = cpu_seconds(proc.pid)
-            await trio.sleep(5)
-            used["cpu"] = cpu_seconds(proc.pid) - before
+            windows = []
+            for _ in range(3):
+                before = cpu_seconds(proc.pid)
+                await trio.sleep(2)
+                windows.append(cpu_seconds(proc.pid) - before)
+            used["cpu"] = min(windows)
             assert await ring.call(SelftestOp.NOP) == (0, 0), "still serving after idling"
             await cli.aclose()
 
     trio.run(idle_guest)
     assert stop(proc)[0] == 0
-    assert used["cpu"] < 0.1, f"idle server used {used['cpu']:.2f} s of CPU in 5 s"
+    assert used["cpu"] < 0.1, f"idle server used {used['cpu']:.2f} s of CPU in 2 s at least"

@@ -84,8 +84,8 @@ DAEMON_PAIRS = 3
 
 
 def run_opencl(build_dir: str, *, quick: bool = False, examples: bool = True,
-               daemon: bool = False, progress: Callable[[str], None] = lambda _: None
-               ) -> Figures:
+               daemon: bool = False, pairs: int = DAEMON_PAIRS,
+               progress: Callable[[str], None] = lambda _: None) -> Figures:
     """{"native": clbench's figures, "device": ..., "examples": {...} or a reason}; with
     ``daemon`` also "daemon": clbench through ava-vdevd on the same server."""
     from .bench import loopback_daemon, loopback_server, median_figures
@@ -105,13 +105,13 @@ def run_opencl(build_dir: str, *, quick: bool = False, examples: bool = True,
                 # machine's noise between two runs is wider than the difference sought.
                 # The server takes one client at a time: the daemon holds it meanwhile.
                 runs: dict[str, list[Figures]] = {"direct": [results["device"]], "daemon": []}
-                for i in range(DAEMON_PAIRS):
+                for i in range(max(pairs, 1)):
                     if i:
-                        progress(f"clbench, through the device ({i + 1} of {DAEMON_PAIRS})")
+                        progress(f"clbench, through the device ({i + 1} of {pairs})")
                         runs["direct"].append(_clbench(exe, device_env, args, "device"))
                     with loopback_daemon(sock) as path:
                         progress(f"clbench, through the device and ava-vdevd ({i + 1} of "
-                                 f"{DAEMON_PAIRS})")
+                                 f"{pairs})")
                         # As much DMA memory as the direct loopback path maps (1 GiB).
                         env = dict(os.environ, OCL_ICD_VENDORS=vendors, AVA_VDEV_DAEMON=path,
                                    AVA_VDEV_MEM="1G")

@@ -259,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--daemon", action="store_true",
                         help="ring, opencl: also measure through the guest daemon ava-vdevd "
                              "(an unprivileged application's path) beside the direct one")
+    parser.add_argument("--pairs", type=int, default=3, metavar="N",
+                        help="ring, opencl with --daemon: alternating runs of each path, "
+                             "each figure's median counting (default 3; more narrow the "
+                             "machine's noise)")
     parser.add_argument("--quick", action="store_true",
                         help="ring, opencl: fewer iterations; tenants: 3.5 s workloads "
                              "(smoke test)")
@@ -304,14 +308,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.what == "opencl":
         results = run_opencl(build_dir, quick=args.quick, examples=not args.no_examples,
-                             daemon=args.daemon,
+                             daemon=args.daemon, pairs=args.pairs,
                              progress=lambda what: print(f"  running {what}", file=sys.stderr,
                                                          flush=True))
         if args.vm:
             results["vm"] = run_vm_transfers()
         print(json.dumps(results, indent=2) if args.json else report_opencl(results))
         return 0
-    results = run_loopback(build_dir, args.quick, daemon=args.daemon)
+    results = run_loopback(build_dir, args.quick, daemon=args.daemon, pairs=args.pairs)
     if args.vm:
         results["vm"] = run_vm(args.quick)
     if args.json:
