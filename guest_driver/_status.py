@@ -50,8 +50,11 @@ def status(lib_path: Path) -> str:
                 used.append(f"  queue {q}: {QueueState(state)!s}, {reg(abi.queue_reg(q, QReg.SIZE))} "
                             f"slots, {who}")
         lib.ava_zero_copy.argtypes = [ctypes.c_void_p]
+        lib.ava_zero_copy_min.argtypes = [ctypes.c_void_p]
+        lib.ava_zero_copy_min.restype = ctypes.c_size_t
         lines.append("zero-copy:  " + (
-            "yes: transfers of 256 KiB or more lend the application's pages"
+            f"yes: blocking transfers of {lib.ava_zero_copy_min(dev) >> 10} KiB or more lend "
+            "the application's pages"
             if lib.ava_zero_copy(dev) else
             "no: transfers are copied through DMA memory (zero-copy is for processes in a "
             "VM: root's, and other users' where ava-vdevd has the ava_vdev_pin module)"))

@@ -526,6 +526,11 @@ int ava_zero_copy(const struct ava_device *dev)
     return dev->zero_copy;
 }
 
+size_t ava_zero_copy_min(const struct ava_device *dev)
+{
+    return dev->zero_copy_min;
+}
+
 size_t ava_arena_size(const struct ava_device *dev)
 {
     return dev->arena_size;

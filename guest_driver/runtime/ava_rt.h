@@ -85,6 +85,8 @@ int ava_pin(struct ava_device *dev, const void *p, size_t n, struct ava_pin *out
 void ava_unpin(struct ava_device *dev, struct ava_pin *pin);
 /* Whether transfers of application memory may go in place (0 or 1). */
 int ava_zero_copy(const struct ava_device *dev);
+/* From how many bytes on a transfer may lend its pages (AVA_VDEV_ZERO_COPY_MIN). */
+size_t ava_zero_copy_min(const struct ava_device *dev);
 /* Whether a transfer of n bytes would lend its pages (not whether this memory can:
  * ava_pin tells that). */
 int ava_pin_eligible(const struct ava_device *dev, size_t n);
