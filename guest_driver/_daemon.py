@@ -180,13 +180,6 @@ class LentPins:
         self.fds = []
 
 
-def _is_io_uring(fd: int) -> bool:
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[io_uring]"
-    except OSError:
-        return False
-
-
 _libc = ctypes.CDLL(None, use_errno=True)
 _SYS_PIDFD_GETFD = 438       # the same number on every architecture
 
@@ -622,13 +615,10 @@ class Daemon:
                 fd = pidfd_getfd(client.pidfd, target)
             except OSError as exc:
                 why = f"cannot take its fd {target}: {exc}"
-        if not why and not _is_io_uring(fd):
+        if not why and not _pin.reads_as(fd, "anon_inode:[io_uring]"):
             why = f"its fd {target} is not an io_uring"
         if why:
-            if fd >= 0:
-                os.close(fd)
-            log.warning("%s: pin %d refused: %s", client.describe(), token, why)
-            self._reply(client, -errno.EPERM)
+            self._refuse_pin(client, fd, token, why)
             return
         client.lent[token] = fd
         self._reply(client, 0)
@@ -657,11 +647,8 @@ class Daemon:
         table = (len(client.windows()) + len(runs or []) + 1) * abi.WINDOW_ENTRY_SIZE
         if not why and table > TABLE_SLOT:
             why = "its queues' window tables are full"
-        if why:
-            if fd >= 0:
-                os.close(fd)
-            log.info("%s: pin %d refused: %s", client.describe(), token, why)
-            self._reply(client, -errno.EPERM)
+        if why:     # an ordinary outcome (too scattered a range, a full table): info
+            self._refuse_pin(client, fd, token, why, logging.INFO)
             return
         assert runs is not None
         client.lent[token] = fd
@@ -675,6 +662,14 @@ class Daemon:
             return
         self._reply(client, 0, count=len(runs), extra=b"".join(
             _PIN_RUN.build(dict(addr=a, length=n)) for a, n in runs))
+
+    def _refuse_pin(self, client: Client, fd: int, token: int, why: str,
+                    level: int = logging.WARNING) -> None:
+        """A LEND or PIN refused: the fd it brought goes, the process stages a copy."""
+        if fd >= 0:
+            os.close(fd)
+        log.log(level, "%s: pin %d refused: %s", client.describe(), token, why)
+        self._reply(client, -errno.EPERM)
 
     def _return(self, client: Client, token: int) -> None:
         """A pin comes back: its windows go first, then the pages may be unpinned.

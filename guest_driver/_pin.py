@@ -54,12 +54,18 @@ def set_up(module: Path | None, gid: int | None) -> str | None:
     return None
 
 
-def is_pin(fd: int) -> bool:
-    """Whether ``fd`` is a pin the module made (nothing else reads as one)."""
+def reads_as(fd: int, name: str) -> bool:
+    """Whether fd ``fd`` of this process reads as ``name`` in /proc (an anonymous
+    inode's kind: nothing else reads as one)."""
     try:
-        return os.readlink(f"/proc/self/fd/{fd}") == gp.PIN_FD_NAME
+        return os.readlink(f"/proc/self/fd/{fd}") == name
     except OSError:
         return False
+
+
+def is_pin(fd: int) -> bool:
+    """Whether ``fd`` is a pin the module made."""
+    return reads_as(fd, gp.PIN_FD_NAME)
 
 
 def runs_of(fd: int, capacity: int) -> list[tuple[int, int]] | None:

@@ -179,7 +179,7 @@ class Executor:
                     self._fences_changed.wait()
                     pause = FENCE_POLL_S
                 pending = list(self._fences)
-            done = [entry for entry in pending if self.engine.fence_settled(entry[2])]
+            done = [entry for entry in pending if self.engine.fence_done(entry[2])]
             if done:
                 with self._fences_changed:
                     self._fences = [e for e in self._fences if e not in done]

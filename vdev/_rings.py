@@ -52,12 +52,13 @@ class Flight:
 
 
 class Fence:
-    """``RingEngine.fence``: the owner, its commands taken by then, and the backend's
-    fence point once those are over (None before)."""
+    """``RingEngine.fence``: the queue, the owner, its commands taken by then, and the
+    backend's fence point once those are over (None before)."""
 
-    __slots__ = ("owner", "point", "taken")
+    __slots__ = ("owner", "point", "queue", "taken")
 
-    def __init__(self, owner: int, taken: int):
+    def __init__(self, queue: int, owner: int, taken: int):
+        self.queue = queue
         self.owner = owner
         self.taken = taken
         self.point: int | None = None
@@ -289,41 +290,41 @@ class RingEngine:
         with self._lock:
             flight = self._flights.get(owner)
             taken = flight.taken if flight is not None else 0
-            fence = Fence(owner, taken)
+            fence = Fence(queue, owner, taken)
             self._fences.setdefault(queue, []).append(fence)
         return fence
-
-    def fence_settled(self, fence: Fence) -> bool:
-        """Whether one fence (what ``fence`` returned) is settled."""
-        return self._fence_done(fence)
 
     def settling(self, queue: int) -> bool:
         """Whether any fence of ``queue`` is not settled yet (QueueState.SETTLING)."""
         with self._lock:
             fences = list(self._fences.get(queue, ()))
-        if not fences:
-            return False
-        pending = [f for f in fences if not self._fence_done(f)]
-        with self._lock:
-            mine = self._fences.get(queue)
-            if mine is not None:
-                mine[:] = [f for f in mine if f not in fences or f in pending]
-                if not mine:
-                    del self._fences[queue]
-        return bool(pending)
+        return not all([self.fence_done(f) for f in fences])    # each looked at: pruned
 
-    def _fence_done(self, fence: Fence) -> bool:
+    def fence_done(self, fence: Fence) -> bool:
+        """Whether ``fence`` (what ``fence`` returned) is settled; a settled one is
+        forgotten."""
+        if self._fence_pending(fence):
+            return False
+        with self._lock:
+            mine = self._fences.get(fence.queue)
+            if mine is not None and fence in mine:
+                mine.remove(fence)
+                if not mine:
+                    del self._fences[fence.queue]
+        return True
+
+    def _fence_pending(self, fence: Fence) -> bool:
         flight = self._flights.get(fence.owner)
         if flight is not None and any(seq <= fence.taken for seq in list(flight.running)):
-            return False
+            return True
         fence_point = getattr(self.backend, "fence_point", None)
         if fence_point is None:
-            return True             # a backend whose commands keep no memory once over
+            return False            # a backend whose commands keep no memory once over
         if fence.point is None:
             # Every command taken before the fence is over: whatever they left running
             # was issued by now.
             fence.point = fence_point(fence.owner)
-        return bool(self.backend.fence_done(fence.owner, fence.point))  # type: ignore[attr-defined]
+        return not self.backend.fence_done(fence.owner, fence.point)  # type: ignore[attr-defined]
 
     def disable_queue(self, queue: int) -> None:
         """The ring is no longer served (a command of it still running goes on: the

@@ -29,27 +29,14 @@ static int daemon_call_fd(struct ava_device *dev, uint32_t op, uint32_t flags, u
                           void *extra, size_t extra_cap, int *fd_out)
 {
     struct ava_daemon_request req = {.op = op, .flags = flags, .arg0 = arg0, .arg1 = arg1};
-    struct iovec out_iov = {.iov_base = &req, .iov_len = sizeof(req)};
-    char out_ctrl[CMSG_SPACE(sizeof(int))];
-    struct msghdr out_msg = {.msg_iov = &out_iov, .msg_iovlen = 1};
-    if (fd_in >= 0) {
-        memset(out_ctrl, 0, sizeof(out_ctrl));
-        out_msg.msg_control = out_ctrl;
-        out_msg.msg_controllen = sizeof(out_ctrl);
-        struct cmsghdr *c = CMSG_FIRSTHDR(&out_msg);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(c), &fd_in, sizeof(int));
-    }
     pthread_mutex_lock(&dev->sock_lock);
     int rc = 0;
     if (dev->sock_broken) {
         rc = -EPIPE;
         goto out;
     }
-    if (sendmsg(dev->sock, &out_msg, MSG_NOSIGNAL) != (ssize_t)sizeof(req)) {
-        rc = -errno;
+    rc = rt_send_all(dev->sock, &req, sizeof(req), fd_in);
+    if (rc != 0) {
         dev->sock_broken = 1;
         goto out;
     }

@@ -81,6 +81,9 @@ int rt_daemon_open(struct ava_device *dev, const char *path);
  * and eventfd interrupts): re-arm an eventfd, and close all three. */
 void rt_eventfd_drain(struct ava_device *dev, int fd);
 void rt_socket_memfd_close(struct ava_device *dev);
+/* Send all of buf on socket fd, with pass_fd (unless -1) as SCM_RIGHTS on the first
+ * part (a SEQPACKET record goes whole); 0 or -errno. */
+int rt_send_all(int fd, const void *buf, size_t len, int pass_fd);
 /* The daemon's socket: AVA_VDEV_DAEMON, or the default. */
 const char *rt_daemon_path(void);
 int rt_arena_init(struct ava_device *dev);

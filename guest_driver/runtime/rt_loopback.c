@@ -19,7 +19,7 @@
 
 #define IOVA_BASE 0x100000000ull
 
-static int send_all(int fd, const void *buf, size_t len, int pass_fd)
+int rt_send_all(int fd, const void *buf, size_t len, int pass_fd)
 {
     struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
     char ctrl[CMSG_SPACE(sizeof(int))];
@@ -85,7 +85,7 @@ static int request(struct ava_device *dev, uint16_t cmd, const void *payload, si
                            .flags = no_reply ? VFU_FLAG_NO_REPLY : 0};
     memcpy(buf, &h, sizeof(h));
     memcpy(buf + sizeof(h), payload, len);
-    int rc = send_all(dev->sock, buf, total, pass_fd);
+    int rc = rt_send_all(dev->sock, buf, total, pass_fd);
     if (rc == 0 && !no_reply) {
         struct vfu_header r;
         rc = recv_all(dev->sock, &r, sizeof(r));
