@@ -63,6 +63,66 @@ def test_payload_far_larger_than_the_ring(build_dir, loopback_server):
     assert "256 MiB echo" in res.stdout and ": ok" in res.stdout
 
 
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_full_ring_waits_for_room_without_burning_a_core(build_dir, loopback_server):
+    """600 commands behind a 2 s SLEEP: the ring (256 slots) fills, and the process
+    waits for room by napping, where it used to yield in a loop for as long as the ring
+    stayed full (a core's worth, which a 2-core machine's host poller needed).  Every
+    command still runs, in order, once the SLEEP ends."""
+    env = dict(os.environ, AVA_VDEV_SOCKET=loopback_server[0])
+    start = time.monotonic()
+    guest = subprocess.Popen([str(build_dir / "ava-echo"), "--sleep-us", "2000000", "--fill",
+                              "600"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        assert "sleeping" in guest.stdout.readline()
+        time.sleep(0.5)                 # the ring is full by now
+        before = _cpu_seconds(guest.pid)
+        time.sleep(1.0)
+        waited = _cpu_seconds(guest.pid) - before
+        out, err = guest.communicate(timeout=60)
+    finally:
+        if guest.poll() is None:
+            guest.kill()
+            guest.communicate()
+    assert guest.returncode == 0, err
+    assert "600 commands behind the sleep: ok" in out
+    assert time.monotonic() - start >= 2.0
+    # Napping costs a few ms a second; a yield loop, most of a second (a generous line).
+    assert waited < 0.3, f"the process used {waited:.2f} s of CPU in 1 s waiting for room"
+
+
+def test_a_full_ring_notices_a_server_that_is_gone(build_dir, loopback_server):
+    """Waiting for room in a full ring, the process checks that the device still answers:
+    the server killed meanwhile fails the call instead of waiting for ever."""
+    path, server = loopback_server
+    env = dict(os.environ, AVA_VDEV_SOCKET=path)
+    guest = subprocess.Popen([str(build_dir / "ava-echo"), "--sleep-us", "10000000", "--fill",
+                              "600"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        assert "sleeping" in guest.stdout.readline()
+        time.sleep(0.5)
+        server.kill()
+        server.wait()
+        try:
+            out, err = guest.communicate(timeout=60)    # a hang detector (about 0.5 s)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the process waited for room in a ring of a device that is gone")
+    finally:
+        if guest.poll() is None:
+            guest.kill()
+            guest.communicate()
+    assert guest.returncode != 0
+    assert "commands behind the sleep: ok" not in out
+    assert "stopped answering" in err or "dropped by the device" in err, err
+
+
 def test_bench_runs_and_reports_figures(build_dir, loopback_server):
     import json
     res = run_tool(build_dir, loopback_server[0], "ava-bench", "--quick")

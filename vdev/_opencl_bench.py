@@ -88,7 +88,7 @@ def run_opencl(build_dir: str, *, quick: bool = False, examples: bool = True,
                progress: Callable[[str], None] = lambda _: None) -> Figures:
     """{"native": clbench's figures, "device": ..., "examples": {...} or a reason}; with
     ``daemon`` also "daemon": clbench through ava-vdevd on the same server."""
-    from .bench import loopback_daemon, loopback_server, median_figures
+    from .bench import alternating_runs, loopback_daemon, loopback_server, median_figures
     args = ["--quick"] if quick else []
     results: Figures = {}
     with tempfile.TemporaryDirectory(prefix="ava-clbench-", dir="/tmp") as d:
@@ -101,23 +101,25 @@ def run_opencl(build_dir: str, *, quick: bool = False, examples: bool = True,
             device_env = dict(os.environ, OCL_ICD_VENDORS=vendors, AVA_VDEV_SOCKET=sock)
             results["device"] = _clbench(exe, device_env, args, "device")
             if daemon:
-                # Alternating pairs against the same server, each figure's median: this
-                # machine's noise between two runs is wider than the difference sought.
-                # The server takes one client at a time: the daemon holds it meanwhile.
-                runs: dict[str, list[Figures]] = {"direct": [results["device"]], "daemon": []}
-                for i in range(max(pairs, 1)):
-                    if i:
-                        progress(f"clbench, through the device ({i + 1} of {pairs})")
-                        runs["direct"].append(_clbench(exe, device_env, args, "device"))
+                # Pairs against the same server, each path first as often as second, each
+                # figure's median: this machine's noise between two runs is wider than the
+                # difference sought.  The server takes one client at a time: the daemon
+                # holds it meanwhile.
+                def direct() -> Figures:
+                    progress("clbench, through the device")
+                    return _clbench(exe, device_env, args, "device")
+
+                def through_daemon() -> Figures:
                     with loopback_daemon(sock) as path:
-                        progress(f"clbench, through the device and ava-vdevd ({i + 1} of "
-                                 f"{pairs})")
+                        progress("clbench, through the device and ava-vdevd")
                         # As much DMA memory as the direct loopback path maps (1 GiB).
                         env = dict(os.environ, OCL_ICD_VENDORS=vendors, AVA_VDEV_DAEMON=path,
                                    AVA_VDEV_MEM="1G")
-                        runs["daemon"].append(_clbench(exe, env, args, "daemon"))
-                results["daemon"] = median_figures(runs["daemon"])
-                results["daemon_direct"] = median_figures(runs["direct"])
+                        return _clbench(exe, env, args, "daemon")
+                directs, daemons = alternating_runs(pairs, direct, through_daemon,
+                                                    done=[results["device"]])
+                results["daemon"] = median_figures(daemons)
+                results["daemon_direct"] = median_figures(directs)
         progress("the host's own time per call, in-process")
         results["host"] = host_cost(1000 if quick else 3000)
         if not examples:
@@ -252,7 +254,7 @@ def report_opencl(r: Figures) -> str:
         from .bench import change_verdict
         direct = r.get("daemon_direct") or device
         lines.append(f"  through ava-vdevd against the direct path (same server, medians of "
-                     f"{through.get('runs', 1)} alternating runs each; target: within 5 %):")
+                     f"{through.get('runs', 1)} runs each, ABBA; target: within 5 %):")
         for label, key, unit, higher_better, _ in ROWS:
             ours, theirs = through[key], direct[key]
             change, verdict = change_verdict(ours, theirs, higher_better)

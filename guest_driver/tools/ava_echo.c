@@ -1,6 +1,9 @@
 /* ava-echo: verified echo round trips through the device (threads x iterations),
  * a large scatter-list echo, or a long SLEEP command (to be killed mid-command).
- *   ava-echo [--threads N] [--iters M] [--size S] [--big BYTES] [--sleep-us US] [--reset-at I]
+ *   ava-echo [--threads N] [--iters M] [--size S] [--big BYTES] [--sleep-us US [--fill N]]
+ *            [--reset-at I]
+ * --fill posts the SLEEP and then N NOPs without waiting: past the ring's size, the
+ * process waits for room in its ring behind the SLEEP. 
  * --reset-at resets the device (STATUS = 0) before round trip I and checks that the
  * call in flight fails cleanly and the runtime carries on with a fresh queue. */
 #define _GNU_SOURCE
@@ -105,17 +108,18 @@ int main(int argc, char **argv)
 {
     int threads = 1;
     size_t big = 0;
-    long sleep_us = -1;
+    long sleep_us = -1, fill = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--iters") && i + 1 < argc) iters = atol(argv[++i]);
         else if (!strcmp(argv[i], "--size") && i + 1 < argc) size = strtoull(argv[++i], NULL, 0);
         else if (!strcmp(argv[i], "--big") && i + 1 < argc) big = strtoull(argv[++i], NULL, 0);
         else if (!strcmp(argv[i], "--sleep-us") && i + 1 < argc) sleep_us = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--fill") && i + 1 < argc) fill = atol(argv[++i]);
         else if (!strcmp(argv[i], "--reset-at") && i + 1 < argc) reset_at = atol(argv[++i]);
         else {
             fprintf(stderr, "usage: ava-echo [--threads N] [--iters M] [--size S] [--big BYTES] "
-                            "[--sleep-us US] [--reset-at I]\n");
+                            "[--sleep-us US [--fill N]] [--reset-at I]\n");
             return 2;
         }
     }
@@ -134,7 +138,21 @@ int main(int argc, char **argv)
             ava_close(dev);
             return 1;
         }
-        int rc = ava_call(q, AVA_SELFTEST_OP_SLEEP, NULL, 0, NULL, 0, args, &r);
+        int rc;
+        if (fill > 0) {
+            struct ava_cmd cmd = {.opcode = AVA_SELFTEST_OP_SLEEP, .arg = {(uint64_t)sleep_us}};
+            uint64_t seq = 0;
+            rc = ava_submit(q, &cmd, &seq);
+            struct ava_cmd nop = {.opcode = AVA_SELFTEST_OP_NOP};
+            for (long i = 0; i < fill && rc == 0; i++)
+                rc = ava_submit(q, &nop, &seq);
+            if (rc == 0)
+                rc = ava_wait(q, seq, &r);
+            if (rc == 0)
+                printf("ava-echo: %ld commands behind the sleep: ok\n", fill);
+        } else {
+            rc = ava_call(q, AVA_SELFTEST_OP_SLEEP, NULL, 0, NULL, 0, args, &r);
+        }
         if (rc)
             fprintf(stderr, "ava-echo: %s\n", ava_last_error());
         ava_close(dev);
