@@ -6,7 +6,7 @@ import itertools
 import struct
 
 import pytest
-from clwire import FakeDma, encode
+from clwire import FakeDma, decode, encode
 from test_opencl_backend import Guest
 
 from host_backend import OpenClBackend
@@ -298,6 +298,73 @@ def test_blocking_calls_that_need_not_wait_are_answered_at_once(world):
         backend.fast_path = True
     assert status == -14, "CL_EXEC_STATUS_ERROR_FOR_EVENTS_IN_WAIT_LIST, as natively"
     assert _settled(backend, F["clGetContextInfo"], b"", g.owner) is None, "only blocking calls"
+
+
+def _transfer_settled(backend, fn, owner, dma, **values):
+    """``execute_settled`` on a buffer transfer whose data lies at 0x10000 of ``dma``:
+    (status, completion) or None (the call would go to a worker thread)."""
+    payload = encode(fn, **values)
+    dma.ram[0:len(payload)] = payload
+    ctx = CommandContext(dma, queue=0, owner=owner)
+    ctx.opcode, ctx.flags = fn.opcode, 0
+    ctx.payload_addr, ctx.payload_len, ctx.reply_addr, ctx.reply_len = 0, len(payload), 4096, 256
+    answer = backend.execute_settled(ctx)
+    if answer is None:
+        return None
+    return struct.unpack_from("<q", dma.ram, 4096)[0], answer
+
+
+def test_small_blocking_transfers_on_an_idle_queue_run_at_once(world):
+    """A blocking clEnqueueWriteBuffer / clEnqueueReadBuffer of at most 64 KiB of one
+    guest range, with no wait list, on an idle queue runs on the ring poller (a worker's
+    hand-off cost more than the copy), with the implementation's status and bytes, an
+    error included; a non-blocking one, one with a wait list, a larger one and one on a
+    queue with a command still waiting go to a worker thread as before."""
+    backend, g, objects = world
+    backend.settle_poll_s = 2.0         # (a loaded machine: see the test above)
+    queue = objects["clGetCommandQueueInfo"]["object"]
+    ctx = objects["clGetContextInfo"]["object"]
+    buf = next(ids)
+    assert g.call("clCreateBuffer", buf, context=ctx, flags=CL_MEM_READ_WRITE, size=8192,
+                  host_ptr=None)[0] == 0
+    write, read = F["clEnqueueWriteBuffer"], F["clEnqueueReadBuffer"]
+    dma = FakeDma()
+    data = bytes((i * 13) & 0xFF for i in range(4096))
+    dma.ram[0x10000:0x10000 + 4096] = data
+    common = dict(command_queue=queue, buffer=buf, offset=4096, size=4096,
+                  ptr=(api.HOSTDATA_RANGE, 0x10000, 4096), num_events_in_wait_list=0,
+                  event_wait_list=None, event=0)
+    before = backend.settled_calls
+    assert _transfer_settled(backend, write, g.owner, dma, blocking_write=1, **common)[0] == 0
+    dma.ram[0x10000:0x10000 + 4096] = bytes(4096)
+    assert _transfer_settled(backend, read, g.owner, dma, blocking_read=1, **common)[0] == 0
+    assert bytes(dma.ram[0x10000:0x10000 + 4096]) == data
+    assert backend.settled_calls == before + 2
+    # Past the buffer's end: the implementation's status, as a worker would have had it.
+    past = dict(common, offset=8192 - 100)
+    status = _transfer_settled(backend, read, g.owner, dma, blocking_read=1, **past)[0]
+    native = decode(read, backend.call(read, encode(read, blocking_read=1, **past), g.owner,
+                                       dma))[0]
+    assert status == native == -30, "CL_INVALID_VALUE"
+    # What must wait, or may: a worker's.
+    assert _transfer_settled(backend, write, g.owner, dma, blocking_write=0, **common) is None
+    big = dict(common, offset=0, size=128 << 10, ptr=(api.HOSTDATA_RANGE, 0x10000, 128 << 10))
+    assert _transfer_settled(backend, write, g.owner, dma, blocking_write=1, **big) is None
+    ended = objects["clGetEventInfo"]["object"]
+    waits = dict(common, num_events_in_wait_list=1, event_wait_list=[ended])
+    assert _transfer_settled(backend, write, g.owner, dma, blocking_write=1, **waits) is None
+    gate, behind = next(ids), next(ids)
+    assert g.call("clCreateUserEvent", gate, context=ctx)[0] == 0
+    assert g.call("clEnqueueMarkerWithWaitList", command_queue=queue, num_events_in_wait_list=1,
+                  event_wait_list=[gate], event=behind)[0] == 0
+    assert _transfer_settled(backend, write, g.owner, dma, blocking_write=1, **common) is None, \
+        "a command waits on the user event: the write must wait too"
+    assert g.call("clSetUserEventStatus", event=gate, execution_status=0)[0] == 0
+    assert g.call("clFinish", command_queue=queue)[0] == 0
+    other = dict(common, buffer=buf + 999)
+    status = _transfer_settled(backend, write, g.owner, dma, blocking_write=1, **other)[0]
+    assert status == -38, "CL_INVALID_MEM_OBJECT, as a worker answers an unknown id"
+    assert g.call("clReleaseMemObject", memobj=buf)[0] == 0
 
 
 def test_launches_match_the_interpreter(world):

@@ -122,7 +122,7 @@ int main(int argc, char **argv)
         printf("{\"device\": \"%s\"", name);
         for (int kind = 0; kind < 3; kind++)
             for (int s = 0; s < 3; s++)
-                printf(", \"%s_%s_gbs\": %.3f", kinds[kind], size_names[s], gbs[kind][s]);
+                printf(", \"%s_%s_gbs\": %.5g", kinds[kind], size_names[s], gbs[kind][s]);
         printf("}\n");
         return 0;
     }
@@ -230,7 +230,7 @@ int main(int argc, char **argv)
            launch_median, launch_p99, async_us);
     for (int kind = 0; kind < 3; kind++)
         for (int s = 0; s < 3; s++)
-            printf("\"%s_%s_gbs\": %.3f, ", kinds[kind], size_names[s], gbs[kind][s]);
+            printf("\"%s_%s_gbs\": %.5g, ", kinds[kind], size_names[s], gbs[kind][s]);
     printf("\"build_cold_ms\": %.1f, \"build_warm_ms\": %.1f, \"build_inc_cold_ms\": %.1f, "
            "\"build_inc_warm_ms\": %.1f}\n", build_cold, build_warm, build_inc_cold,
            build_inc_warm);
