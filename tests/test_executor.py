@@ -356,6 +356,60 @@ def test_a_standby_executor_serves_each_next_client(shim, cl_server):
     assert not os.path.exists(f"/proc/{third}"), "the standby ends with the server"
 
 
+def thread_nices(pid: int) -> list[int]:
+    """The nice value of each thread of ``pid`` (nice is a thread's on Linux)."""
+    nices = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                nices.append(int(f.read().rsplit(")", 1)[1].split()[16]))
+        except OSError:
+            continue        # a thread that ended meanwhile
+    return nices
+
+
+HOLD_APP = VADD_APP + r"""
+sys.stdout.flush()
+sys.stdin.readline()        # connected until told
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the server gives a standby its priority back "
+                                               "only as root")
+def test_when_clients_come_and_go_the_next_standby_starts_during_a_session(shim, cl_server):
+    """After a short session (a host process over loopback, one of a series), a session
+    that takes the standby starts the next one at once, at nice 19, so the next client
+    finds it ready (it used to start when the session ended, and pyopencl's examples,
+    one after another, waited about 50 ms each for it).  A session that takes it gives
+    it back the server's priority, every thread of it."""
+    path, server, log = cl_server
+    env = dict(device_env(shim, path), PYOPENCL_CTX="0")
+    first = executor_of(server.pid)
+    run_vadd(env)                      # short: the next sessions churn
+    serving, ended = executor_of(server.pid, not_pid=first), {first}
+    for _ in range(2):                 # a standby started after a session, then during one
+        app = subprocess.Popen([sys.executable, "-c", "import sys\n" + HOLD_APP], env=env,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        try:
+            assert app.stdout.readline().strip() == "twice ok", app.stderr.read()
+            executors = children(server.pid) - ended
+            assert serving in executors and len(executors) == 2, (executors, read(log))
+            (spare,) = executors - {serving}
+            assert set(thread_nices(serving)) == {os.getpriority(os.PRIO_PROCESS, server.pid)}, \
+                "the session's executor runs at the server's priority"
+            assert set(thread_nices(spare)) == {19}, "the next standby waits at nice 19"
+            assert f"started a standby executor (pid {spare}, backend opencl) for the next " \
+                   "client, at nice 19 until one takes it" in read(log)
+        finally:
+            app.communicate("\n", timeout=60)
+        assert app.returncode == 0, app.stderr[-2000:]
+        ended.add(serving)
+        serving = spare
+    assert len(executors_started(log)) == 3, read(log)
+    stops_on_sigterm(server, log)
+
+
 def test_a_standby_that_died_while_it_waited_is_replaced(shim, cl_server):
     path, server, log = cl_server
     standby = executor_of(server.pid)

@@ -98,6 +98,9 @@ def test_large_and_odd_transfers(shim, cl_server, tmp_path):
     ours = through_device(shim, cl_server, [str(exe)], env={"AVA_ICD_DEBUG": "1"})
     assert ours.returncode == 0, ours.stdout + ours.stderr
     assert ours.stdout == theirs.stdout
+    # Every round trip, traced with its status and time.
+    assert re.search(r"ava-vdev ICD: clEnqueueReadBuffer -> 0 \(\d+\.\d us\)", ours.stderr), \
+        ours.stderr[-2000:]
     lent = re.findall(r"(\d+) bytes at \S+ lent in place", ours.stderr)
     # The map's read and the unmap's write, and nothing else.
     assert lent == ["8388608", "8388608"], ours.stderr

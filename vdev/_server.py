@@ -26,6 +26,15 @@ from ._session import Session, session_name
 log = logging.getLogger("vdev.server")
 #: Backend loggers that -v turns to DEBUG in the executor too (evictions, restores).
 DEBUG_LOGGERS = ("host_backend.memory",)
+#: A session shorter than this says clients come and go (host processes over the
+#: loopback transport, one after another): the next standby then starts as soon as a
+#: session takes the current one, at the lowest CPU priority until a session takes it
+#: in turn.  Started when a session ended instead, a standby was not ready for a client
+#: that came 0.1-0.15 s later (a Python process's start): each of pyopencl's examples
+#: waited about 50 ms for it.  A long session (a VM's) keeps no second executor idle.
+CHURN_S = 5.0
+#: The nice value of a standby started during a session (``CHURN_S``).
+EARLY_STANDBY_NICE = 19
 
 
 class SocketInUse(Exception):
@@ -92,6 +101,10 @@ class Server:
         #: session takes it.
         self.standby = standby and not in_process
         self._standby: ExecutorProcess | None = None
+        #: Whether the standby runs at EARLY_STANDBY_NICE (started during a session).
+        self._standby_niced = False
+        #: How long the last session lasted (None: none yet).
+        self._last_session_s: float | None = None
         #: What executors load instead of parsing C (see ``_prepare_executors``).
         self._prepared_fd: int | None = None
 
@@ -133,7 +146,7 @@ class Server:
 
     # -- the standby executor ----------------------------------------------------------
 
-    def _start_standby(self) -> None:
+    def _start_standby(self, *, early: bool = False) -> None:
         if not self.standby or self._standby is not None:
             return
         try:
@@ -143,8 +156,12 @@ class Server:
                         "%s", exc)
             return
         self._standby = proc
-        log.info("started a standby executor (pid %d, backend %s) for the next client",
-                 proc.pid, self.backend_name)
+        # (Its only thread yet: the threads it starts inherit the value.)
+        self._standby_niced = early and _renice(proc.pid, EARLY_STANDBY_NICE)
+        log.info("started a standby executor (pid %d, backend %s) for the next client%s",
+                 proc.pid, self.backend_name,
+                 f", at nice {EARLY_STANDBY_NICE} until one takes it" if self._standby_niced
+                 else "")
 
     def _take_standby(self) -> ExecutorProcess | None:
         """The standby, for a session's first executor; None when there is none or it
@@ -154,8 +171,20 @@ class Server:
             log.warning("the standby executor (pid %d) %s while it waited; starting another "
                         "for this client", proc.pid, describe_exit(proc.proc.returncode))
             proc.close()
-            return None
+            proc = None
+        if proc is not None and self._standby_niced:
+            _renice(proc.pid, os.getpriority(os.PRIO_PROCESS, 0))   # the server's own
+        self._standby_niced = False
+        if self._churning():
+            self._start_standby(early=True)
         return proc
+
+    def _churning(self) -> bool:
+        """Whether to start the next standby now (``CHURN_S``).  Only where the server
+        may give it its priority back (root) and no tenant table sets executors'
+        priorities (a manager's VMs: long sessions)."""
+        return (self._last_session_s is not None and self._last_session_s < CHURN_S
+                and os.geteuid() == 0 and self.tenant is None)
 
     def _stop_standby(self) -> None:
         proc, self._standby = self._standby, None
@@ -225,6 +254,7 @@ class Server:
                 busy = self.session.name if self.session else "another client"
                 log.warning("%s refused: %s is being served (one client at a time)", name, busy)
                 return
+            started = trio.current_time()
             try:
                 if self.in_process:
                     self.session = Session(self.device, conn, name=name,
@@ -237,7 +267,9 @@ class Server:
                                            stall_timeout=self.stall_timeout,
                                            standby=self._take_standby)
                 await self.session.run()
-                # Its executor has ended: the next client's starts now, while none waits.
+                self._last_session_s = trio.current_time() - started
+                # Its executor has ended: the next client's starts now, while none waits
+                # (unless it started when this session took its own: _churning).
                 self._start_standby()
             finally:
                 self.session = None
@@ -245,3 +277,20 @@ class Server:
                 self._one_at_a_time.release()
         finally:
             conn.close()
+
+
+def _renice(pid: int, value: int) -> bool:
+    """Set every thread of ``pid`` to nice ``value`` (on Linux, nice is a thread's: a
+    process's threads keep their own); whether all were."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    done = True
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, int(tid), value)
+        except OSError as exc:      # gone meanwhile, or not ours to raise
+            log.debug("renice thread %s of pid %d to %d: %s", tid, pid, value, exc)
+            done = False
+    return done

@@ -3,18 +3,25 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ava_icd.h"
 #include "ava_rt.h"
 
-static int debug = -1;
+/* AVA_ICD_DEBUG: every round trip's status and time, and every failure to reach the
+ * device. */
+static int debugging(void)
+{
+    static int debug = -1;
+    if (debug < 0)
+        debug = getenv("AVA_ICD_DEBUG") != NULL;
+    return debug;
+}
 
 static void report(const char *name, int err)
 {
     static int reported;
-    if (debug < 0)
-        debug = getenv("AVA_ICD_DEBUG") != NULL;
-    if (!reported || debug) {
+    if (!reported || debugging()) {
         reported = 1;
         /* The runtime's own words (which path, why, and a hint) when it has them. */
         const char *why = ava_last_error();
@@ -33,6 +40,9 @@ int64_t ava_icd_invoke(uint16_t opcode, const char *name, struct ava_enc *e, siz
     if (!d->buf)
         return CL_OUT_OF_HOST_MEMORY;
     size_t got = 0;
+    struct timespec start, end;
+    if (debugging())
+        clock_gettime(CLOCK_MONOTONIC, &start);
     int rc = ava_transport_call(opcode, e->buf, e->len, d->buf, reply_cap, &got);
     if (rc != 0) {
         report(name, rc < 0 ? -rc : EIO);
@@ -43,8 +53,11 @@ int64_t ava_icd_invoke(uint16_t opcode, const char *name, struct ava_enc *e, siz
     d->len = got;
     d->pos = 0;
     int64_t status = (int64_t)ava_dec_u64(d);
-    if (debug > 0)
-        fprintf(stderr, "ava-vdev ICD: %s -> %lld\n", name, (long long)status);
+    if (debugging()) {
+        clock_gettime(CLOCK_MONOTONIC, &end);
+        fprintf(stderr, "ava-vdev ICD: %s -> %lld (%.1f us)\n", name, (long long)status,
+                (end.tv_sec - start.tv_sec) * 1e6 + (end.tv_nsec - start.tv_nsec) / 1e3);
+    }
     return status;
 }
 
