@@ -61,6 +61,9 @@ section reclaim; $BUILD/ava-echo --sleep-us 3000000 & P=$!; sleep 1; kill -9 $P;
 echo "victim $P"; python3 -c "$QUEUE_OWNERS"
 $BUILD/ava-echo --iters 200 | tail -1
 echo "after:"; python3 -c "$QUEUE_OWNERS"
+section interrupts; grep uio_pci_generic /proc/interrupts
+for i in 1 2 3 4 5; do $BUILD/ava-echo --sleep-us 50000 >/dev/null; done
+grep uio_pci_generic /proc/interrupts
 section done
 """
 
@@ -91,6 +94,10 @@ AVA_ICD_DEBUG=1 prlimit --memlock=$((8 << 20)) $AS_ALICE /tmp/zero_copy 16 2>&1
 echo "as alice, memlock raised:"
 AVA_ICD_DEBUG=1 prlimit --memlock=$((64 << 20)) $AS_ALICE /tmp/zero_copy 16 2>&1
 echo "module: $(grep -c '^ava_vdev_pin ' /proc/modules) $(stat -c '%G %a' /dev/ava-vdev-pin)"
+echo "through ava-vdevd:"; install -m 755 $BUILD/ava-echo /tmp/ava-echo
+grep uio_pci_generic /proc/interrupts
+for i in 1 2 3 4 5; do $AS_ALICE /tmp/ava-echo --sleep-us 50000 >/dev/null; done
+grep uio_pci_generic /proc/interrupts
 section isolation
 $AS_ALICE python3 tests/samples/isolation_probe.py victim /tmp/victim.json > /tmp/victim.out 2>&1 & V=$!
 i=0; while [ ! -e /tmp/victim.json ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
@@ -243,6 +250,20 @@ def test_runtime_over_uio(lab_run, scratch):
     before, after = sections["reclaim"].split("after:")
     assert f"owner pid {victim}" in before, "the killed process still held its queue"
     assert f"owner pid {victim}" not in after, "the next process reclaimed it"
+    assert interrupts_taken(sections["interrupts"]) >= 5, \
+        f"each 50 ms wait ends on an interrupt: {sections['interrupts']}"
+
+
+def interrupts_taken(text: str) -> int:
+    """How many interrupts the device's line took between the first and the last
+    /proc/interrupts line of ``text``.  uio_pci_generic masks the line in its handler,
+    and the runtime and ava-vdevd re-arm it through the config space: before they did
+    (they wrote /dev/uioN, which is ENOSYS there), no interrupt came past the first and
+    every wait ended on its 10 ms poll."""
+    counts = [sum(int(n) for n in re.findall(r"\b(\d+)\b", line.split(":", 1)[1].split("IO-APIC")[0]))
+              for line in text.splitlines() if "uio_pci_generic" in line]
+    assert len(counts) >= 2, text
+    return counts[-1] - counts[0]
 
 
 def differing_properties(guest: dict[str, str], host: dict[str, str]) -> dict[str, tuple]:
@@ -284,6 +305,9 @@ def test_opencl_programs_in_the_guest(lab_run, scratch, tmp_path):
     assert "16777216" in lent.findall(raised), raised
     assert re.search(r"4194304 bytes at \S+ are copied, not lent: zero-copy: cannot pin", raised)
     assert "module: 1 ava 660" in raised, raised
+    raised, through_daemon = raised.split("through ava-vdevd:")
+    assert interrupts_taken(through_daemon) >= 5, \
+        f"each of alice's 50 ms waits ends on an interrupt through ava-vdevd: {through_daemon}"
     probe = sections["isolation"]
     assert "attacker done" in probe and "BROKE" not in probe and "got through" not in probe, probe
     assert probe.count("refused:") == 22 and "victim alive" in probe, probe

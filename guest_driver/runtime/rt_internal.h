@@ -56,6 +56,7 @@ struct ava_device {
     size_t zero_copy_min;    /* ... from this many bytes on */
     volatile uint32_t *bar0; /* uio */
     int uio_fd;
+    int config_fd;           /* uio: the PCI config space (INTx is re-armed there) */
     char bdf[32];
     pthread_key_t queue_key;
     int num_queues;

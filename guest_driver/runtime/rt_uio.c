@@ -16,6 +16,8 @@
 #include "rt_internal.h"
 
 #define SYSFS "/sys/bus/pci/devices"
+#define PCI_COMMAND_OFFSET 0x04
+#define PCI_COMMAND_INTX_DISABLE_BIT (1u << 10)
 
 static int read_hex(const char *path, unsigned *out)
 {
@@ -55,16 +57,33 @@ static int uio_irq_fd(struct ava_device *dev, unsigned q)
     return dev->uio_fd;
 }
 
+/* uio_pci_generic's handler masks INTx with the command register's INTx-disable bit
+ * and has no irqcontrol (a write to /dev/uioN is ENOSYS): the line is re-armed through
+ * the config space, as its documentation says.  Without it no interrupt came past the
+ * first, and every wait past the yield ended on its 10 ms poll. */
+static int enable_intx(struct ava_device *dev)
+{
+    uint16_t command;
+    if (dev->config_fd < 0 ||
+        pread(dev->config_fd, &command, sizeof(command), PCI_COMMAND_OFFSET) != sizeof(command))
+        return -1;
+    if (!(command & PCI_COMMAND_INTX_DISABLE_BIT))
+        return 0;
+    command &= (uint16_t)~PCI_COMMAND_INTX_DISABLE_BIT;
+    return pwrite(dev->config_fd, &command, sizeof(command), PCI_COMMAND_OFFSET) ==
+           sizeof(command) ? 0 : -1;
+}
+
 static void uio_irq_ack(struct ava_device *dev, int fd)
 {
     uint32_t count;
     while (read(fd, &count, sizeof(count)) == (ssize_t)sizeof(count))
         ;
-    dev->bar0[AVA_REG_IRQ_STATUS / 4] = 0xffffffffu;   /* W1C: drop the line */
-    uint32_t one = 1;
-    if (write(fd, &one, sizeof(one)) < 0) {             /* re-enable INTx */
-        /* nothing to do: the 10 ms poll timeout still wakes waiters */
-    }
+    /* W1C: drop the line, while INTx is still disabled (this trapped access is also
+     * QEMU's end of interrupt without KVM), then re-arm it.  A failure leaves waits to
+     * their 10 ms poll. */
+    dev->bar0[AVA_REG_IRQ_STATUS / 4] = 0xffffffffu;
+    enable_intx(dev);
 }
 
 static void uio_close(struct ava_device *dev)
@@ -75,6 +94,8 @@ static void uio_close(struct ava_device *dev)
         munmap((void *)dev->bar0, AVA_BAR0_SIZE);
     if (dev->uio_fd >= 0)
         close(dev->uio_fd);
+    if (dev->config_fd >= 0)
+        close(dev->config_fd);
 }
 
 static const struct transport_ops uio_ops = {
@@ -214,6 +235,7 @@ int rt_uio_open(struct ava_device *dev)
 {
     dev->ops = &uio_ops;
     dev->uio_fd = -1;
+    dev->config_fd = -1;
     int rc = find_device(dev->bdf, sizeof(dev->bdf));
     if (rc == 0)
         rc = bind_uio(dev->bdf);
@@ -235,10 +257,9 @@ int rt_uio_open(struct ava_device *dev)
     if (rc == 0)
         rc = map_hugepages(dev);
     if (rc == 0) {
-        uint32_t one = 1;
-        if (write(dev->uio_fd, &one, sizeof(one)) < 0) {
-            /* INTx control unsupported: waits fall back to their poll timeout */
-        }
+        snprintf(path, sizeof(path), SYSFS "/%s/config", dev->bdf);
+        dev->config_fd = open(path, O_RDWR | O_CLOEXEC);
+        enable_intx(dev);       /* without it, waits fall back to their poll timeout */
     }
     return rc;
 }
