@@ -246,10 +246,11 @@ def test_kernel_arguments_match_the_interpreter(world):
         assert fast == slow and not took, why
 
 
-def _settled(backend, fn, payload, owner):
-    """``execute_settled`` on a command carrying ``payload``: (status, reply) or None
-    (the call would go to a worker thread)."""
-    dma = FakeDma()
+def _settled(backend, fn, payload, owner, dma=None):
+    """``execute_settled`` on a command carrying ``payload`` (at 0 of ``dma``, which
+    may hold the application data it names): (status, reply) or None (the call would
+    go to a worker thread)."""
+    dma = dma or FakeDma()
     dma.ram[0:len(payload)] = payload
     ctx = CommandContext(dma, queue=0, owner=owner)
     ctx.opcode, ctx.flags = fn.opcode, 0
@@ -301,17 +302,8 @@ def test_blocking_calls_that_need_not_wait_are_answered_at_once(world):
 
 
 def _transfer_settled(backend, fn, owner, dma, **values):
-    """``execute_settled`` on a buffer transfer whose data lies at 0x10000 of ``dma``:
-    (status, completion) or None (the call would go to a worker thread)."""
-    payload = encode(fn, **values)
-    dma.ram[0:len(payload)] = payload
-    ctx = CommandContext(dma, queue=0, owner=owner)
-    ctx.opcode, ctx.flags = fn.opcode, 0
-    ctx.payload_addr, ctx.payload_len, ctx.reply_addr, ctx.reply_len = 0, len(payload), 4096, 256
-    answer = backend.execute_settled(ctx)
-    if answer is None:
-        return None
-    return struct.unpack_from("<q", dma.ram, 4096)[0], answer
+    """``_settled`` on a buffer transfer whose data lies at 0x10000 of ``dma``."""
+    return _settled(backend, fn, encode(fn, **values), owner, dma)
 
 
 def test_small_blocking_transfers_on_an_idle_queue_run_at_once(world):
