@@ -27,14 +27,12 @@ from typing import Any
 
 from protocols import device_abi as abi
 from protocols import guest_daemon as gd
+from protocols.pci import Cmd, ConfigReg
 
 log = logging.getLogger("ava-vdevd")
 
 CHUNK = gd.CHUNK_SIZE
 SYSFS = "/sys/bus/pci/devices"
-#: The PCI command register's offset and its INTx-disable bit (PCI 2.3).
-PCI_COMMAND = 0x04
-PCI_COMMAND_INTX_DISABLE = 1 << 10
 PAGE = 4096
 _PFN_MASK = (1 << 55) - 1
 
@@ -193,10 +191,10 @@ class UioDevice:
     def _enable_intx(config: int) -> None:
         """Clear the command register's INTx-disable bit (uio_pci_generic's handler set
         it)."""
-        command = int.from_bytes(os.pread(config, 2, PCI_COMMAND), "little")
-        if command & PCI_COMMAND_INTX_DISABLE:
-            os.pwrite(config, (command & ~PCI_COMMAND_INTX_DISABLE).to_bytes(2, "little"),
-                      PCI_COMMAND)
+        command = int.from_bytes(os.pread(config, 2, ConfigReg.COMMAND), "little")
+        if command & Cmd.INTX_DISABLE:
+            os.pwrite(config, (command & ~Cmd.INTX_DISABLE).to_bytes(2, "little"),
+                      ConfigReg.COMMAND)
 
     def read32(self, off: int) -> int:
         return int(self._regs[off // 4])

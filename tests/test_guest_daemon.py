@@ -771,17 +771,19 @@ def test_the_daemon_rearms_intx_through_the_config_space(tmp_path):
     irqcontrol (writing /dev/uioN is ENOSYS): ava-vdevd clears the bit through the
     config space after each interrupt, touching no other bit (the lab guest's test
     counts the interrupts: test_vm_opencl)."""
-    from guest_driver._daemon_devices import PCI_COMMAND, UioDevice
+    from guest_driver._daemon_devices import UioDevice
+    from protocols.pci import ConfigReg
+    at = ConfigReg.COMMAND
     config = tmp_path / "config"
-    config.write_bytes(bytes(PCI_COMMAND) + (0x0407).to_bytes(2, "little") + b"\x10\x00"
+    config.write_bytes(bytes(at) + (0x0407).to_bytes(2, "little") + b"\x10\x00"
                        + bytes(58))
     fd = os.open(config, os.O_RDWR)
     try:
         UioDevice._enable_intx(fd)
-        assert config.read_bytes()[PCI_COMMAND:PCI_COMMAND + 4] == b"\x07\x00\x10\x00"
+        assert config.read_bytes()[at:at + 4] == b"\x07\x00\x10\x00"
         before = os.stat(config).st_mtime_ns
         UioDevice._enable_intx(fd)          # already enabled: nothing written
         assert os.stat(config).st_mtime_ns == before
-        assert config.read_bytes()[PCI_COMMAND:PCI_COMMAND + 2] == b"\x07\x00"
+        assert config.read_bytes()[at:at + 2] == b"\x07\x00"
     finally:
         os.close(fd)

@@ -242,7 +242,7 @@ static int check_alive(struct ava_queue *q)
 
 /* Room for a command at the tail: its slot, and the slot's staging, are free once the
  * host completed the command that used them last (posted commands may still be in
- * flight).  A full ring holds a whole ring of work for the host, so this waits until a
+ * flight).  A full ring holds a whole ring of work for the host, so this waits until
  * a quarter of it is free, napping (10 us, growing to 200 us: far less than the work
  * still queued) instead of spinning for each slot.  Spinning kept a core busy for as
  * long as a burst of posted launches kept the ring full: on a 2-core machine, the core

@@ -12,12 +12,11 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
+#include <linux/pci_regs.h>
 
 #include "rt_internal.h"
 
 #define SYSFS "/sys/bus/pci/devices"
-#define PCI_COMMAND_OFFSET 0x04
-#define PCI_COMMAND_INTX_DISABLE_BIT (1u << 10)
 
 static int read_hex(const char *path, unsigned *out)
 {
@@ -65,12 +64,12 @@ static int enable_intx(struct ava_device *dev)
 {
     uint16_t command;
     if (dev->config_fd < 0 ||
-        pread(dev->config_fd, &command, sizeof(command), PCI_COMMAND_OFFSET) != sizeof(command))
+        pread(dev->config_fd, &command, sizeof(command), PCI_COMMAND) != sizeof(command))
         return -1;
-    if (!(command & PCI_COMMAND_INTX_DISABLE_BIT))
+    if (!(command & PCI_COMMAND_INTX_DISABLE))
         return 0;
-    command &= (uint16_t)~PCI_COMMAND_INTX_DISABLE_BIT;
-    return pwrite(dev->config_fd, &command, sizeof(command), PCI_COMMAND_OFFSET) ==
+    command &= (uint16_t)~PCI_COMMAND_INTX_DISABLE;
+    return pwrite(dev->config_fd, &command, sizeof(command), PCI_COMMAND) ==
            sizeof(command) ? 0 : -1;
 }
 
