@@ -52,7 +52,7 @@ class InfoQuery:
     """One query's fast path: ``query(payload, owner)`` is the encoded reply, or None
     for the interpreter to run the call."""
 
-    __slots__ = ("_cfunc_name", "_excluded", "_filled_on", "_handles", "_hooked", "_layout",
+    __slots__ = ("_cfunc", "_cfunc_name", "_excluded", "_filled_on", "_handles", "_hooked", "_layout",
                  "_out_at", "_param_at", "_scalars", "_size_at", "_size_ret_at", "fn",
                  "metered_hook", "partition_hook")
 
@@ -60,6 +60,7 @@ class InfoQuery:
         self.fn = fn
         self._layout = struct.Struct(f"<{len(fn.args)}Q")
         self._cfunc_name = fn.name
+        self._cfunc: Any = None         # bound at the first call (the library loads late)
         handles, scalars = [], []
         out: api.OutBuffer | None = None
         for i, arg in enumerate(fn.args):
@@ -128,40 +129,77 @@ class InfoQuery:
             handle = words[at]
             if handle == 0:
                 return None
-            ptr = _owned(entries.get(handle if handle >= HOST_ID_BASE else owner_key | handle),
-                         obj_type, owner)
-            if ptr is None:
+            entry = entries.get(handle if handle >= HOST_ID_BASE else owner_key | handle)
+            if entry is None or entry.obj_type != obj_type or (
+                    entry.owner is not None and entry.owner != owner) or entry.ptr == ffi.NULL:
                 return None
-            words[at] = ptr
+            words[at] = entry.ptr
         cap = words[self._out_at]
+        flag = words[self._size_ret_at]
+        if flag != 1 and flag != NULL_LEN:
+            return None
+        scratch = None
         if cap == NULL_LEN:
             out = ffi.NULL
             alloc = 0
+            size_ret = ffi.new(_SIZE_T_P)
         else:
             if cap != words[self._size_at]:
                 return None
             alloc = min(cap, MAX_OUT_BUFFER)
             words[self._size_at] = alloc
-            out = ffi.new(_CHARS, alloc or 1)
+            if alloc <= _SCRATCH_BYTES:
+                # A small answer (nearly all): a cell of the pool, zeroed as a new one
+                # would be (a short answer's padding must not carry an older one's bytes).
+                scratch = _SCRATCH.pop() if _SCRATCH else _Scratch()
+                out, size_ret = scratch.out, scratch.size_ret
+                ffi.memmove(out, _ZEROS, alloc)
+                size_ret[0] = 0
+            else:
+                out = ffi.new(_CHARS, alloc)
+                size_ret = ffi.new(_SIZE_T_P)
         words[self._out_at] = out
-        flag = words[self._size_ret_at]
-        if flag != 1 and flag != NULL_LEN:
-            return None
-        size_ret = words[self._size_ret_at] = ffi.new(_SIZE_T_P)
-        status = int(getattr(lib(), self._cfunc_name)(*words))
-        parts = [_I64.pack(status)]
-        if out != ffi.NULL:
-            if status in self._filled_on:
-                written = min(alloc, int(size_ret[0]))
+        words[self._size_ret_at] = size_ret
+        try:
+            cfunc = self._cfunc
+            if cfunc is None:
+                cfunc = self._cfunc = getattr(lib(), self._cfunc_name)
+            status = int(cfunc(*words))
+            returned = int(size_ret[0])
+            if out == ffi.NULL:
+                reply = _I64.pack(status)
+            elif status in self._filled_on:
+                written = min(alloc, returned)
                 if written < alloc <= 16:
                     written = alloc         # as the interpreter (see _post_out_buffer)
-                parts.append(written.to_bytes(8, "little"))
-                parts.append(ffi.buffer(out, written)[:] + bytes(-written % 8))
+                reply = b"".join((_I64.pack(status), written.to_bytes(8, "little"),
+                                  ffi.unpack(out, written), bytes(-written % 8)))
             else:
-                parts.append(_EMPTY_BLOB)
+                reply = _I64.pack(status) + _EMPTY_BLOB
+        finally:
+            if scratch is not None:
+                _SCRATCH.append(scratch)
         if flag == 1:
-            parts.append(int(size_ret[0]).to_bytes(8, "little"))
-        return b"".join(parts)
+            return reply + returned.to_bytes(8, "little")
+        return reply
+
+
+class _Scratch:
+    """An info query's output cells, reused (two ``ffi.new`` a query cost more than the
+    C call itself): a pool entry is taken by one call at a time (``list.pop`` and
+    ``append`` are atomic), so calls on several threads each have their own."""
+
+    __slots__ = ("out", "size_ret")
+
+    def __init__(self) -> None:
+        self.out = ffi.new(_CHARS, _SCRATCH_BYTES)
+        self.size_ret = ffi.new(_SIZE_T_P)
+
+
+#: Answers up to this size use a pooled cell (``_Scratch``); longer ones a new one.
+_SCRATCH_BYTES = 256
+_ZEROS = bytes(_SCRATCH_BYTES)
+_SCRATCH: list[_Scratch] = []
 
 
 _KERNEL_ARG_HEAD = struct.Struct("<4Q")        # kernel, arg_index, arg_size, tag

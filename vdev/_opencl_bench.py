@@ -188,9 +188,11 @@ def _fmt(value: float) -> str:
 ROWS: tuple[tuple[str, str, str, bool, tuple[str, float] | None], ...] = (
     ("info query (kept in the guest)", "info_query_us", "us", False, ("abs", 0.5)),
     ("forwarded null call", "forwarded_info_us", "us", False, ("abs", 5.0)),
-    ("clSetKernelArg", "set_arg_us", "us", False, None),
+    ("clSetKernelArg, another buffer", "set_arg_us", "us", False, None),
+    ("clSetKernelArg, the same buffer", "set_arg_same_us", "us", False, None),
     ("launch, 4 args + finish, median", "launch4_median_us", "us", False, ("ratio", 1.2)),
     ("launch, 4 args + finish, p99", "launch4_p99_us", "us", False, ("ratio", 1.5)),
+    ("the same, 1st arg another buffer", "launch4_changing_median_us", "us", False, None),
     ("1,000 launches, then finish", "async_launches_us", "us", False, ("ratio", 1.1)),
     *((f"{kind} {size.upper().replace('K', ' KiB').replace('M', ' MiB')}",
        f"{kind}_{size}_gbs", "GB/s", True, ("ratio", 0.9) if size == "64m" else None)

@@ -167,6 +167,10 @@ int64_t ava_icd_invoke(uint16_t opcode, const char *name, struct ava_enc *e, siz
 
 int ava_icd_post(uint16_t opcode, struct ava_enc *e);
 
+/* A predicted call answered without sending it (AVA_IN_PLACE): 0, or -1 when
+ * AVA_ICD_SYNC=1 wants every call sent.  AVA_ICD_DEBUG traces it. */
+int ava_icd_in_place(const char *name);
+
 /* ---- predicted calls (icd_predict.c; spec: predicted) ----------------------------- */
 
 /* What a kernel argument's status can depend on: its size, how the guest sends it
@@ -183,18 +187,36 @@ struct ava_launch_shape {
 
 #define AVA_PREDICT_KEY_MAX 256
 
+#define AVA_ARG_VALUE_BYTES 32
+
+/* A kernel argument's value exactly, as the host receives it: how it travels, its
+ * size, the object's id (ids are never reused) or the bytes themselves. */
+struct ava_arg_value {
+    uint64_t tag, size, id;
+    uint8_t bytes[AVA_ARG_VALUE_BYTES];
+};
+
 /* One call's prediction, from ava_predict_<name> to ava_predict_done. */
 struct ava_prediction {
     void *kernel;                 /* NULL: nothing to learn from this call */
     int launch;                   /* a launch; else a kernel argument */
     uint32_t index;
     struct ava_arg_class cls;
+    int has_value;                /* a kernel argument: ``value`` is known */
+    struct ava_arg_value value;
     struct ava_launch_shape shape;
     size_t key_len;               /* a payload-learned call (spec: "payload"): its key */
     uint8_t key[AVA_PREDICT_KEY_MAX];
 };
 
-/* Whether the call may be posted: 1 when an identical call succeeded before. */
+/* What a prediction answers: the call goes by round trip (0), is posted (AVA_POSTED),
+ * or need not be sent at all (AVA_IN_PLACE: a kernel argument set again to the value
+ * it holds, whose set succeeded: nothing would change on the host). */
+#define AVA_POSTED 1
+#define AVA_IN_PLACE 2
+
+/* Whether the call may be posted: AVA_POSTED when an identical call succeeded
+ * before (a kernel argument: AVA_IN_PLACE when it holds that value now). */
 int ava_predict_clSetKernelArg(struct ava_prediction *p, cl_kernel kernel, cl_uint arg_index,
                                size_t arg_size, const void *arg_value);
 int ava_predict_clEnqueueNDRangeKernel(struct ava_prediction *p, cl_command_queue queue,

@@ -61,15 +61,30 @@ int64_t ava_icd_invoke(uint16_t opcode, const char *name, struct ava_enc *e, siz
     return status;
 }
 
+/* AVA_ICD_SYNC=1: every call goes by round trip. */
+static int synchronous(void)
+{
+    static int sync = -1;
+    if (sync < 0)
+        sync = getenv("AVA_ICD_SYNC") != NULL && strcmp(getenv("AVA_ICD_SYNC"), "0") != 0;
+    return sync;
+}
+
 /* Post a call whose status the caller can already know (spec: async_ok).  Returns 0
  * when it went out; otherwise the caller makes the call synchronously, which also
  * yields the right error.  AVA_ICD_SYNC=1 turns posting off. */
 int ava_icd_post(uint16_t opcode, struct ava_enc *e)
 {
-    static int sync = -1;
-    if (sync < 0)
-        sync = getenv("AVA_ICD_SYNC") != NULL && strcmp(getenv("AVA_ICD_SYNC"), "0") != 0;
-    if (sync || e->oom)
+    if (synchronous() || e->oom)
         return -1;
     return ava_transport_post(opcode, e->buf, e->len) == 0 ? 0 : -1;
+}
+
+int ava_icd_in_place(const char *name)
+{
+    if (synchronous())
+        return -1;
+    if (debugging())
+        fprintf(stderr, "ava-vdev ICD: %s -> 0 (in place: the same value is set)\n", name);
+    return 0;
 }

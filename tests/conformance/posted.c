@@ -204,6 +204,29 @@ int main(void)
     CASE("launch after the other thread set add", clEnqueueNDRangeKernel(queue, kern, 1, NULL,
                                                                          &g, &l, 0, NULL, NULL));
     CASE("sum (add = 100 from the other thread)", sum_a());
+
+    /* Set again to the value it holds, an argument is not sent through the device
+     * (nothing would change); another object is, even at the address of one released
+     * (the allocator gives it again, natively and in the guest). */
+    printf("-- arguments set again to the values they hold, and to new buffers\n");
+    for (int r = 0; r < 3; r++) {
+        int add = r + 1;
+        set_all(add);
+        CASE("launch", clEnqueueNDRangeKernel(queue, kern, 1, NULL, &g, &l, 0, NULL, NULL));
+        CASE("  set add again, the same", clSetKernelArg(kern, 2, sizeof(int), &add));
+        CASE("  launch", clEnqueueNDRangeKernel(queue, kern, 1, NULL, &g, &l, 0, NULL, NULL));
+    }
+    CASE("sum", sum_a());
+    for (int r = 0; r < 3; r++) {
+        CASE("release a", clReleaseMemObject(a));
+        a = clCreateBuffer(context, CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR, sizeof(zeros),
+                           zeros, &err);
+        CASE("  another a", err);
+        set_all(r);
+        CASE("  launch on it", clEnqueueNDRangeKernel(queue, kern, 1, NULL, &g, &l, 0, NULL,
+                                                      NULL));
+        CASE("  its sum", sum_a());
+    }
     CASE("release kernel", clReleaseKernel(kern));
     CASE("release kernel s", clReleaseKernel(ks));
     return 0;

@@ -4,9 +4,13 @@
  *   info_query_us         clGetDeviceInfo of a param that never changes
  *   forwarded_info_us     clGetContextInfo(CL_CONTEXT_REFERENCE_COUNT): a call that
  *                         must be asked of the implementation (a forwarded null call)
- *   set_arg_us            clSetKernelArg of a buffer
+ *   set_arg_us            clSetKernelArg of a buffer, another each time (two in turn)
+ *   set_arg_same_us       clSetKernelArg of the buffer the argument already holds
  *   launch4_median_us, launch4_p99_us
- *                         four clSetKernelArg, clEnqueueNDRangeKernel, clFinish
+ *                         four clSetKernelArg, clEnqueueNDRangeKernel, clFinish, each
+ *                         time with the same four values (as programs re-set them)
+ *   launch4_changing_median_us
+ *                         the same, the first buffer another each time (two in turn)
  *   async_launches_us     1,000 launches back to back, then clFinish (the whole)
  *   {write,read,map}_{4k,1m,64m}_gbs
  *                         blocking transfers; map is map for reading + unmap
@@ -155,32 +159,49 @@ int main(int argc, char **argv)
     CHECK(err);
     cl_mem a = clCreateBuffer(ctx, CL_MEM_READ_WRITE, 4096, NULL, &err);
     CHECK(err);
+    cl_mem a2 = clCreateBuffer(ctx, CL_MEM_READ_WRITE, 4096, NULL, &err);
+    CHECK(err);
     cl_mem b = clCreateBuffer(ctx, CL_MEM_READ_ONLY, 4096, NULL, &err);
     CHECK(err);
+    cl_mem turns[2] = {a, a2};
     int kval = 1;
     float fval = 0.5f;
     size_t g = 1024;
+    CHECK(clSetKernelArg(k, 0, sizeof(a2), &a2));
     CHECK(clSetKernelArg(k, 0, sizeof(a), &a));
     t0 = now();
     for (int i = 0; i < n; i++)
-        CHECK(clSetKernelArg(k, 0, sizeof(a), &a));
+        CHECK(clSetKernelArg(k, 0, sizeof(a), &turns[i & 1]));
     double set_arg_us = (now() - t0) * 1e6 / n;
+    t0 = now();
+    for (int i = 0; i < n; i++)
+        CHECK(clSetKernelArg(k, 0, sizeof(a), &a));
+    double set_arg_same_us = (now() - t0) * 1e6 / n;
 
     int m = quick ? 1000 : 10000;
     double *lat = malloc(sizeof(double) * m);
-    for (int i = -10; i < m; i++) {       /* ten to warm up */
-        double s = now();
-        CHECK(clSetKernelArg(k, 0, sizeof(a), &a));
-        CHECK(clSetKernelArg(k, 1, sizeof(b), &b));
-        CHECK(clSetKernelArg(k, 2, sizeof(kval), &kval));
-        CHECK(clSetKernelArg(k, 3, sizeof(fval), &fval));
-        CHECK(clEnqueueNDRangeKernel(q, k, 1, NULL, &g, NULL, 0, NULL, NULL));
-        CHECK(clFinish(q));
-        if (i >= 0)
-            lat[i] = (now() - s) * 1e6;
+    double launch_median = 0, launch_p99 = 0, launch_changing_median = 0;
+    for (int changing = 0; changing < 2; changing++) {
+        for (int i = -10; i < m; i++) {       /* ten to warm up */
+            double s = now();
+            CHECK(clSetKernelArg(k, 0, sizeof(a), changing ? &turns[i & 1] : &a));
+            CHECK(clSetKernelArg(k, 1, sizeof(b), &b));
+            CHECK(clSetKernelArg(k, 2, sizeof(kval), &kval));
+            CHECK(clSetKernelArg(k, 3, sizeof(fval), &fval));
+            CHECK(clEnqueueNDRangeKernel(q, k, 1, NULL, &g, NULL, 0, NULL, NULL));
+            CHECK(clFinish(q));
+            if (i >= 0)
+                lat[i] = (now() - s) * 1e6;
+        }
+        qsort(lat, m, sizeof(double), cmp_double);
+        if (changing) {
+            launch_changing_median = lat[m / 2];
+        } else {
+            launch_median = lat[m / 2];
+            launch_p99 = lat[m * 99 / 100];
+        }
     }
-    qsort(lat, m, sizeof(double), cmp_double);
-    double launch_median = lat[m / 2], launch_p99 = lat[m * 99 / 100];
+    CHECK(clSetKernelArg(k, 0, sizeof(a), &a));
 
     int burst = 1000;
     double async_us = 1e30;
@@ -225,9 +246,10 @@ int main(int argc, char **argv)
         rmdir(inc_dir);
 
     printf("{\"device\": \"%s\", \"info_query_us\": %.4f, \"forwarded_info_us\": %.4f, "
-           "\"set_arg_us\": %.4f, \"launch4_median_us\": %.2f, \"launch4_p99_us\": %.2f, "
+           "\"set_arg_us\": %.4f, \"set_arg_same_us\": %.4f, \"launch4_median_us\": %.2f, "
+           "\"launch4_p99_us\": %.2f, \"launch4_changing_median_us\": %.2f, "
            "\"async_launches_us\": %.1f, ", name, info_us, forwarded_us, set_arg_us,
-           launch_median, launch_p99, async_us);
+           set_arg_same_us, launch_median, launch_p99, launch_changing_median, async_us);
     for (int kind = 0; kind < 3; kind++)
         for (int s = 0; s < 3; s++)
             printf("\"%s_%s_gbs\": %.5g, ", kinds[kind], size_names[s], gbs[kind][s]);
