@@ -67,6 +67,7 @@ CL_QUEUE_PROPERTIES = 0x1093
 CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE = 1 << 0
 _PROPS_SIZE = ffi.sizeof("cl_command_queue_properties")
 _PROPS_P = ffi.typeof("cl_command_queue_properties *")
+_LAUNCH = api.BY_NAME["clEnqueueNDRangeKernel"]
 CL_DEVICE_GLOBAL_MEM_SIZE = 0x101F
 CL_DEVICE_MAX_MEM_ALLOC_SIZE = 0x1010
 #: How long making room may wait, in all, for commands in flight to end.
@@ -169,6 +170,8 @@ class DeviceMemory:
         self._spare: list[bytearray] = []       # host buffers of contents restored
         #: kernel id -> argument index -> (memory object id, the address it was set to)
         self._kernel_args: dict[int, dict[int, tuple[int, int]]] = {}
+        #: queue address -> (its pointer object, ``_in_order``'s answer)
+        self._queue_order: dict[int, tuple[Any, int]] = {}
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -328,11 +331,7 @@ class DeviceMemory:
         cl = lib()
         in_order = 0
         if queue is not None and queue != ffi.NULL:
-            props = ffi.new(_PROPS_P)
-            if cl.clGetCommandQueueInfo(queue, CL_QUEUE_PROPERTIES, _PROPS_SIZE, props,
-                                        ffi.NULL) == CL_SUCCESS \
-                    and not props[0] & CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE:
-                in_order = _addr(queue)
+            in_order = self._in_order(queue)
         for mem in call.mems:
             cl.clRetainEvent(event)
             if in_order and mem.busy and mem.busy_queue == in_order:
@@ -345,19 +344,35 @@ class DeviceMemory:
             mem.busy.append(event)
             mem.held_back = False
 
+    def _in_order(self, queue) -> int:
+        """The address of ``queue`` if it runs its commands in order, else 0.  A queue's
+        properties never change, so each is asked once: the answer is kept with the
+        queue's own pointer object (the one its table entry holds), and a queue made
+        later at the same address, with another pointer object, is asked again."""
+        address = _addr(queue)
+        known = self._queue_order.get(address)
+        if known is not None and known[0] is queue:
+            return known[1]
+        props = ffi.new(_PROPS_P)
+        in_order = address if lib().clGetCommandQueueInfo(
+            queue, CL_QUEUE_PROPERTIES, _PROPS_SIZE, props, ffi.NULL) == CL_SUCCESS \
+            and not props[0] & CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE else 0
+        self._queue_order[address] = (queue, in_order)
+        return in_order
+
     def launch(self, kernel_id: int, kernel, call) -> None:
         """Before a kernel launch: the memory objects its arguments name are resident,
         held for the call, and set again where they were made again since."""
         args = self._kernel_args.get(kernel_id)
         if not args:
             return
-        handles = self.backend.handles
+        entries = self.backend.handles._entries
         for index, (mem_id, _) in list(args.items()):
             mem = self.mems.get(mem_id)
-            entry = handles._entries.get(mem_id)
+            entry = entries.get(mem_id)
             if mem is None or entry is None:
                 continue                        # released by the guest: as natively
-            ptr = self.use(mem_id, entry, call, api.BY_NAME["clEnqueueNDRangeKernel"])
+            ptr = self.use(mem_id, entry, call, _LAUNCH)
             # The address the kernel holds now, read after ``use``: making this object
             # again may have evicted an argument already seen (its slot then holds
             # NULL), and the allocator may hand a remade object its old address.
@@ -833,8 +848,11 @@ def _all_devices() -> list:
     return [device for _, devices in platforms_and_devices() for device in devices]
 
 
+_UINTPTR = ffi.typeof("uintptr_t")
+
+
 def _addr(ptr) -> int:
-    return int(ffi.cast("uintptr_t", ptr))
+    return int(ffi.cast(_UINTPTR, ptr))
 
 
 def _kept(cargs: list, index: dict) -> list:

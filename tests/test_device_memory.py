@@ -11,6 +11,7 @@ from clwire import FakeDma, decode, encode
 from test_opencl_backend import Guest, ids
 
 from host_backend import OpenClBackend
+from host_backend._cl import ffi
 from host_backend._handles import key
 from protocols import opencl_api as api
 
@@ -418,3 +419,24 @@ def test_the_guest_sees_the_memory_it_is_promised():
         assert status == -30, "a short buffer is refused as natively"
     finally:
         b.close()
+
+
+def test_a_queue_is_asked_its_order_once_and_a_new_one_at_the_same_address_again(small):
+    """Launches ask whether their queue runs in order (``DeviceMemory._in_order``) once
+    per queue.  A queue made later at the address of one released is another pointer
+    object: it is asked again, not answered for the one before (an out-of-order queue
+    taken for in order would drop events of commands still running)."""
+    g = Session(small)
+    queue = next(ids)
+    assert g.call("clCreateCommandQueue", queue, context=g.ctx, device=g.dev,
+                  properties=1)[0] == 0        # CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE
+    ptr = small.handles.entry(key(queue, g.owner)).ptr
+    address = int(ffi.cast("uintptr_t", ptr))
+    assert small.memory._in_order(ptr) == 0
+    own = small.handles.entry(key(g.queue, g.owner)).ptr
+    assert small.memory._in_order(own) == int(ffi.cast("uintptr_t", own)), "in order"
+    # What an in-order queue released at this address left, as the cache holds it.
+    small.memory._queue_order[address] = (ffi.cast("cl_command_queue", address), address)
+    assert small.memory._in_order(ptr) == 0
+    assert small.memory._queue_order[address] == (ptr, 0)
+    assert g.call("clReleaseCommandQueue", command_queue=queue)[0] == 0
