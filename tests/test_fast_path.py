@@ -458,3 +458,8 @@ def test_launches_match_the_interpreter(world):
     for why, payload in odd.items():
         fast, slow, took = both_paths(backend, fn, payload, g.owner)
         assert fast == slow and not took, why
+    # A shape seen before (its decoding is kept by its bytes) sent by another process:
+    # the ids are not that process's, as for any launch.
+    assert raw[:-8] in backend._fast[fn.opcode]._shapes
+    fast, slow, took = both_paths(backend, fn, raw, g.owner + 1)
+    assert fast == slow and not took and fast[:8] != bytes(8), "another owner's ids"
