@@ -428,6 +428,7 @@ class LaunchCall:
                 if handles.check_new(event_key):
                     return None
             backend._settle_transfers()
+            epoch = backend.tails.epoch
             try:            # (the kernel's key: what its arguments were recorded under)
                 memory.launch(kernel_key, kernel, held)
             except CallError as exc:
@@ -444,6 +445,8 @@ class LaunchCall:
                 event = cell[0]
         finally:
             with backend._lock:
+                if status == 0:         # the queue's newest command (a finish asks it)
+                    backend.tails.launched(queue, event, epoch, bool(memory.in_order(queue)))
                 if event_key and event != ffi.NULL:
                     handles.add(event_key, "cl_event", event, owner)
                 if held.mems and status == 0:

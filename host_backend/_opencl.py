@@ -46,6 +46,7 @@ from ._kernel_args import (
     KernelArgGuard,
     strip_added_option,
 )
+from ._queue_tails import QueueTails
 from ._residency import DeviceMemory
 from ._tenancy import DEVICE_COMMANDS, Tenancy, call_class
 from ._watch import KernelWatch
@@ -132,6 +133,11 @@ class OpenClBackend:
         self._reaping = 0                       # reaper jobs waiting for calls to end
         self._reaper = _Reaper()
         self.kernel_args = KernelArgGuard()
+        #: Each in-order queue's last command, where the host holds its event (a
+        #: launch's): what a finish asks (``_idle``).
+        self.tails = QueueTails()
+        self._enqueue_opcodes = frozenset(fn.opcode for fn in api.FUNCTIONS
+                                          if fn.name.startswith("clEnqueue"))
         #: include_root: where build include directories live, when they should keep
         #: their paths beyond this session (the server's kernel cache).
         self.includes = IncludeStore(include_root)
@@ -264,24 +270,37 @@ class OpenClBackend:
         return self._idle(queue_id, owner)
 
     def _idle(self, queue_id: int, owner: int) -> bool:
-        """Whether ``owner``'s queue has ended every command (a marker enqueued now ends
-        within ``settle_poll_s``)."""
+        """Whether ``owner``'s queue has ended every command within ``settle_poll_s``:
+        its last command, where it is a launch whose event the host holds
+        (``QueueTails``), else a marker enqueued now."""
         queue = self._owned_object("cl_command_queue", queue_id, owner)
         if queue is None:
             return False
         cl = lib()
+        with self._lock:
+            tail = self.tails.take(queue)
+        if tail is not None:        # the queue's last command, a launch: no marker
+            try:
+                cl.clFlush(queue)
+                return self._ends_soon(tail)
+            finally:
+                cl.clReleaseEvent(tail)
         event = ffi.new("cl_event *")
         if cl.clEnqueueMarkerWithWaitList(queue, 0, ffi.NULL, event) != CL_SUCCESS:
             return False
         try:
             cl.clFlush(queue)
-            deadline = time.monotonic() + self.settle_poll_s
-            while not self._ended(event[0]):
-                if time.monotonic() > deadline:
-                    return False
-            return True
+            return self._ends_soon(event[0])
         finally:
             cl.clReleaseEvent(event[0])
+
+    def _ends_soon(self, event) -> bool:
+        """Whether ``event`` ends within ``settle_poll_s``."""
+        deadline = time.monotonic() + self.settle_poll_s
+        while not self._ended(event):
+            if time.monotonic() > deadline:
+                return False
+        return True
 
     def _events_ended(self, payload: bytes, owner: int) -> bool:
         dec = Decoder(payload)
@@ -350,6 +369,8 @@ class OpenClBackend:
         """The session ended: everything goes, on the reaper thread (a release can
         wait on commands; the caller is the vfio-user loop), which is then stopped."""
         self.summary()
+        with self._lock:
+            self.tails.close()
         doomed = self._forget_objects(lambda entry: entry.owner is not None)
         self._reaper.submit(self._release_dead_owners, doomed,
                             {e.owner for _, e in doomed if e.owner is not None})
@@ -450,6 +471,7 @@ class OpenClBackend:
         dec = Decoder(payload)
         call = Call()
         seq = 0
+        enqueues_on = None
         try:
             with self._lock:
                 seq = self._call_started(owner)
@@ -462,6 +484,11 @@ class OpenClBackend:
                     cargs[call.deferred] = 1      # nothing to follow it by: it blocks
                     call.deferred = None
                 self._memory_before(fn, cargs, call)
+                if fn.opcode in self._enqueue_opcodes:
+                    queue_at = call.index.get("command_queue")
+                    enqueues_on = cargs[queue_at] if queue_at is not None else None
+                    if enqueues_on is not None:
+                        self.tails.forget(enqueues_on)
                 if self.meter is not None or self.tenancy.sub is not None:
                     self.tenancy.before(fn, cargs, call, metered=self.meter is not None)
             filters = self._info_filters.get(fn.name)
@@ -511,6 +538,9 @@ class OpenClBackend:
                 cleanup()
             if call.own_event is not None and call.own_event[0] != ffi.NULL:
                 lib().clReleaseEvent(call.own_event[0])
+            if enqueues_on is not None:     # a launch recorded meanwhile is not the newest
+                with self._lock:
+                    self.tails.forget(enqueues_on)
             if seq:
                 self._call_ended(owner, seq, call)
         return enc.bytes()
@@ -748,6 +778,7 @@ class OpenClBackend:
             self.memory.context_gone(entry.ptr)
         elif entry.obj_type == "cl_command_queue":
             self.tenancy.queue_gone(entry.ptr)
+            self.tails.forget(entry.ptr)
 
     def _refused(self, which: str, fn_name: str, nbytes: int = 0) -> None:
         """A quota said no: the log says which, and by how much."""

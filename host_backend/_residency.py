@@ -170,7 +170,7 @@ class DeviceMemory:
         self._spare: list[bytearray] = []       # host buffers of contents restored
         #: kernel id -> argument index -> (memory object id, the address it was set to)
         self._kernel_args: dict[int, dict[int, tuple[int, int]]] = {}
-        #: queue address -> (its pointer object, ``_in_order``'s answer)
+        #: queue address -> (its pointer object, ``in_order``'s answer)
         self._queue_order: dict[int, tuple[Any, int]] = {}
 
     # -- configuration ---------------------------------------------------------------------
@@ -331,7 +331,7 @@ class DeviceMemory:
         cl = lib()
         in_order = 0
         if queue is not None and queue != ffi.NULL:
-            in_order = self._in_order(queue)
+            in_order = self.in_order(queue)
         for mem in call.mems:
             cl.clRetainEvent(event)
             if in_order and mem.busy and mem.busy_queue == in_order:
@@ -344,7 +344,7 @@ class DeviceMemory:
             mem.busy.append(event)
             mem.held_back = False
 
-    def _in_order(self, queue) -> int:
+    def in_order(self, queue) -> int:
         """The address of ``queue`` if it runs its commands in order, else 0.  A queue's
         properties never change, so each is asked once: the answer is kept with the
         queue's own pointer object (the one its table entry holds), and a queue made

@@ -432,11 +432,11 @@ def test_a_queue_is_asked_its_order_once_and_a_new_one_at_the_same_address_again
                   properties=1)[0] == 0        # CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE
     ptr = small.handles.entry(key(queue, g.owner)).ptr
     address = int(ffi.cast("uintptr_t", ptr))
-    assert small.memory._in_order(ptr) == 0
+    assert small.memory.in_order(ptr) == 0
     own = small.handles.entry(key(g.queue, g.owner)).ptr
-    assert small.memory._in_order(own) == int(ffi.cast("uintptr_t", own)), "in order"
+    assert small.memory.in_order(own) == int(ffi.cast("uintptr_t", own)), "in order"
     # What an in-order queue released at this address left, as the cache holds it.
     small.memory._queue_order[address] = (ffi.cast("cl_command_queue", address), address)
-    assert small.memory._in_order(ptr) == 0
+    assert small.memory.in_order(ptr) == 0
     assert small.memory._queue_order[address] == (ptr, 0)
     assert g.call("clReleaseCommandQueue", command_queue=queue)[0] == 0

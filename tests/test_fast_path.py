@@ -10,8 +10,10 @@ from clwire import FakeDma, decode, encode
 from test_opencl_backend import Guest
 
 from host_backend import OpenClBackend
+from host_backend._cl import lib
 from host_backend._fastpath import InfoQuery
 from host_backend._handles import key
+from host_backend._queue_tails import QueueTails
 from protocols import opencl_api as api
 from vdev._backend import CommandContext
 
@@ -463,3 +465,96 @@ def test_launches_match_the_interpreter(world):
     assert raw[:-8] in backend._fast[fn.opcode]._shapes
     fast, slow, took = both_paths(backend, fn, raw, g.owner + 1)
     assert fast == slow and not took and fast[:8] != bytes(8), "another owner's ids"
+
+
+def test_a_finish_after_a_launch_asks_the_launchs_event(world):
+    """A finish after a launch on an in-order queue asks the launch's event (the
+    queue's tail), not a marker; any other command put on the queue since (here one
+    held back by a user event) makes it ask again, so a finish never ends before a
+    command that is still waiting.  Out-of-order queues and queues released keep no
+    tail."""
+    backend, g, objects = world
+    backend.settle_poll_s = 2.0
+    queue = objects["clGetCommandQueueInfo"]["object"]
+    ctx, dev = objects["clGetContextInfo"]["object"], objects["clGetKernelWorkGroupInfo"]["device"]
+    kern = objects["clGetKernelInfo"]["object"]
+    buf = next(ids)
+    assert g.call("clCreateBuffer", buf, context=ctx, flags=CL_MEM_READ_WRITE, size=4096,
+                  host_ptr=None)[0] == 0
+    assert g.call("clSetKernelArg", kernel=kern, arg_index=0,
+                  arg_value=(api.KARG_MEM, buf))[0] == 0
+    launch, finish = F["clEnqueueNDRangeKernel"], F["clFinish"]
+
+    def launched(on):
+        before = backend.fast_calls
+        payload = encode(launch, command_queue=on, kernel=kern, work_dim=1,
+                         global_work_offset=None, global_work_size=[64], local_work_size=None,
+                         num_events_in_wait_list=0, event_wait_list=None, event=0)
+        assert decode(launch, backend.call(launch, payload, g.owner))[0] == 0
+        assert backend.fast_calls == before + 1, "the fast path's launch"
+        return backend.handles.entry(key(on, g.owner)).ptr
+
+    def tail(ptr):
+        with backend._lock:
+            event = backend.tails.take(ptr)
+        if event is not None:
+            lib().clReleaseEvent(event)
+        return event
+
+    assert g.call("clFinish", command_queue=queue)[0] == 0
+    backend.enable_kernel_watch()       # as in an executor: every launch has an event
+    try:
+        ptr = launched(queue)
+        assert tail(ptr) is not None
+        assert _settled(backend, finish, encode(finish, command_queue=queue), g.owner)[0] == 0
+        # Another command goes on the queue, held back by a user event: the launch is
+        # no longer the queue's tail, and the finish must not end.
+        gate = next(ids)
+        assert g.call("clCreateUserEvent", gate, context=ctx)[0] == 0
+        assert g.call("clEnqueueMarkerWithWaitList", command_queue=queue,
+                      num_events_in_wait_list=1, event_wait_list=[gate], event=next(ids))[0] == 0
+        assert tail(ptr) is None
+        backend.settle_poll_s = 0.05
+        assert _settled(backend, finish, encode(finish, command_queue=queue), g.owner) is None
+        assert g.call("clSetUserEventStatus", event=gate, execution_status=0)[0] == 0
+        assert g.call("clFinish", command_queue=queue)[0] == 0
+        # Out of order: never a tail.  Released: its tail goes.
+        ooo, other = next(ids), next(ids)
+        assert g.call("clCreateCommandQueue", ooo, context=ctx, device=dev, properties=1)[0] == 0
+        assert tail(launched(ooo)) is None
+        assert g.call("clCreateCommandQueue", other, context=ctx, device=dev,
+                      properties=0)[0] == 0
+        other_ptr = launched(other)
+        assert tail(other_ptr) is not None
+        tails = len(backend.tails)
+        for q in (ooo, other):
+            assert g.call("clFinish", command_queue=q)[0] == 0
+            assert g.call("clReleaseCommandQueue", command_queue=q)[0] == 0
+        assert len(backend.tails) == tails - 1
+    finally:
+        backend.kernels = None
+        backend.settle_poll_s = 2.0
+
+
+def test_a_launch_enqueued_beside_another_command_is_no_tail(world):
+    """``QueueTails.launched``: a launch that another enqueue started beside (the
+    epoch moved while it was enqueued) may not be the newest command: not recorded;
+    one that nothing started beside is."""
+    backend, g, objects = world
+    queue = backend.handles.entry(key(objects["clGetCommandQueueInfo"]["object"], g.owner)).ptr
+    event = backend.handles.entry(key(objects["clGetEventInfo"]["object"], g.owner)).ptr
+    tails = QueueTails()
+    try:
+        epoch = tails.epoch
+        tails.forget(queue)                 # another thread's command, meanwhile
+        tails.launched(queue, event, epoch, True)
+        assert len(tails) == 0 and tails.take(queue) is None
+        tails.launched(queue, event, tails.epoch, True)
+        assert len(tails) == 1
+        taken = tails.take(queue)
+        assert taken == event
+        lib().clReleaseEvent(taken)
+        tails.launched(queue, event, tails.epoch, False)    # out of order: forgotten
+        assert len(tails) == 0
+    finally:
+        tails.close()
