@@ -440,3 +440,33 @@ def test_a_queue_is_asked_its_order_once_and_a_new_one_at_the_same_address_again
     assert small.memory.in_order(ptr) == 0
     assert small.memory._queue_order[address] == (ptr, 0)
     assert g.call("clReleaseCommandQueue", command_queue=queue)[0] == 0
+
+
+def test_a_small_blocking_transfer_of_a_buffer_in_the_host_store_goes_to_a_worker(small):
+    """A small blocking transfer on an idle queue runs on the ring poller
+    (``execute_settled``) only for a buffer on the device: one waiting in the host
+    store is made again first, which may move others and take long, so it goes to a
+    worker as any blocking call; through that path it reads and writes exactly."""
+    from test_fast_path import _settled
+    g = Session(small)
+    data = pattern(7)
+    buf = g.buffer(data)
+    others = push_out(g, buf)
+    assert not g.mem(buf).resident
+    read, write = F["clEnqueueReadBuffer"], F["clEnqueueWriteBuffer"]
+    at = 1 << 20
+    common = dict(command_queue=g.queue, buffer=buf, offset=0, size=4096,
+                  ptr=(api.HOSTDATA_RANGE, at, 4096), num_events_in_wait_list=0,
+                  event_wait_list=None, event=0)
+    before = small.settled_calls
+    assert _settled(small, read, encode(read, blocking_read=1, **common), g.owner, g.dma) is None
+    assert _settled(small, write, encode(write, blocking_write=1, **common), g.owner,
+                    g.dma) is None
+    assert small.settled_calls == before and not g.mem(buf).resident, "nothing ran"
+    assert g.read(buf) == data, "the worker's path brings it back, exactly"
+    # Back on the device and the queue idle: the poller's again.
+    assert g.mem(buf).resident
+    assert _settled(small, read, encode(read, blocking_read=1, **common), g.owner,
+                    g.dma)[0] == 0
+    assert bytes(g.dma.ram[at:at + 4096]) == data[:4096] and small.settled_calls == before + 1
+    del others
