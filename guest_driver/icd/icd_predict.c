@@ -132,6 +132,7 @@ int ava_predict_clSetKernelArg(struct ava_prediction *p, cl_kernel kernel, cl_ui
     if (arg_class(arg_size, arg_value_, &p->cls) != 0) {
         p->cls.w[0] = CLASS_UNKNOWN;        /* still learnt from: it changes the state */
     }
+    p->has_value = arg_value(arg_size, arg_value_, &p->value);
     int hit = 0;
     pthread_mutex_lock(&predict_lock);
     struct kernel_ext *x = kernel_state(kernel);
@@ -141,7 +142,6 @@ int ava_predict_clSetKernelArg(struct ava_prediction *p, cl_kernel kernel, cl_ui
         if (arg_index < TRACKED_ARGS && !(p->cls.w[0] & CLASS_UNKNOWN)) {
             for (int i = 0; i < KNOWN_CLASSES; i++)
                 hit |= same_class(&x->ok[arg_index][i], &p->cls);
-            p->has_value = arg_value(arg_size, arg_value_, &p->value);
             if (hit && p->has_value && x->value_valid[arg_index] &&
                 memcmp(&x->value[arg_index], &p->value, sizeof(p->value)) == 0)
                 hit = AVA_IN_PLACE;
