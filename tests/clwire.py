@@ -18,3 +18,9 @@ class FakeDma:
         if addr + length > len(self.ram):
             raise ValueError("outside guest memory")
         return memoryview(self.ram)[addr:addr + length]
+
+    def read(self, addr, length):
+        return bytes(self.translate(addr, length))
+
+    def write(self, addr, length, data):
+        self.translate(addr, length, write=True)[:len(data)] = data

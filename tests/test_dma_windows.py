@@ -263,3 +263,33 @@ async def test_the_device_offers_dma_windows(guest):
     cli, _, _ = guest
     assert await cli.read32(Reg.DEVICE_FEATURES_LO) & abi.Feature.DMA_WINDOWS
     assert await cli.read32(Reg.ABI_VERSION) == abi.ABI_VERSION
+
+
+def test_a_windowed_view_reads_and_writes_inside_its_windows_only(tmp_path):
+    """``WindowedDma``: a command's payload (``read``) and reply (``write``) are
+    checked against the queue's windows as views (``translate``) are, before the map's
+    own checks; inside a window they reach guest memory."""
+    import fcntl
+
+    from vdev._dma import DmaError, DmaMap
+    from vdev._windows import queue_view
+    fd = os.memfd_create("windows", os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, 2 * MIB)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+    dma = DmaMap()
+    try:
+        dma.add(RAM_IOVA, 2 * MIB, 3, 0, os.dup(fd))
+        view = queue_view(dma, 0, [(RAM_IOVA + MIB, RAM_IOVA + MIB + 4096)])
+        inside = RAM_IOVA + MIB
+        view.write(inside, 4096, b"inside")
+        assert view.read(inside, 6) == b"inside" == dma.read(inside, 6)
+        for iova, length in ((RAM_IOVA, 8), (inside + 4090, 8), (inside - 1, 2), (-1, 1)):
+            with pytest.raises(DmaError) as exc:
+                view.read(iova, length)
+            assert exc.value.errno == errno.EFAULT
+            with pytest.raises(DmaError):
+                view.write(iova, length, b"x")
+        assert dma.read(RAM_IOVA, 8) == bytes(8), "nothing written outside the window"
+    finally:
+        dma.clear()
+        os.close(fd)

@@ -294,7 +294,7 @@ async def test_dma_unmap_of_something_not_mapped(client, guest_ram):
     assert exc.value.errno == errno.EINVAL
 
 
-async def test_translate_refuses_anything_outside_one_range(client, server, guest_ram):
+async def test_translate_read_and_write_refuse_anything_outside_one_range(client, server, guest_ram):
     from vdev import DmaError
     await client.dma_map(0x100000, 0x100000, fd=os.dup(guest_ram.fd))
     await client.dma_map(0x200000, 0x100000, fd=os.dup(guest_ram.fd), offset=0x100000)
@@ -307,7 +307,17 @@ async def test_translate_refuses_anything_outside_one_range(client, server, gues
                                 (0x100000, -1, False), (0xFFFFFFFFFFFFFFFF, 2, False)):
         with pytest.raises(DmaError):
             dma.translate(iova, length, write=write)
+        # A command's payload and reply go through read and write: the same refusals.
+        with pytest.raises(DmaError):
+            if write:
+                dma.write(iova, length, b"x")
+            else:
+                dma.read(iova, length)
     assert len(dma.translate(0x1FFFFC, 4)) == 4
+    dma.write(0x1FFFFC, 4, b"ab")
+    assert dma.read(0x1FFFFC, 4)[:2] == b"ab"
+    with pytest.raises(DmaError):
+        dma.write(0x1FFFFC, 2, b"abc")      # more than the checked length
 
 
 async def test_more_fds_than_negotiated(client, caplog, client_fds):

@@ -101,7 +101,7 @@ class CommandContext:
     def read_payload(self) -> bytes:
         if not self.flags & _PAYLOAD_SG:       # the common case, without the lists
             n = self.payload_len
-            return bytes(self.dma.translate(self.payload_addr, n)) if n else b""
+            return self.dma.read(self.payload_addr, n) if n else b""
         views = self.payload()
         return bytes(views[0]) if len(views) == 1 else b"".join(views)
 
@@ -112,7 +112,7 @@ class CommandContext:
             if n > cap:
                 raise DmaError(errno.EMSGSIZE, f"reply buffer holds {cap} bytes, need {n}")
             if cap:
-                self.dma.translate(self.reply_addr, cap, write=True)[:n] = data
+                self.dma.write(self.reply_addr, cap, data)
             return n
         return scatter(self.reply(), [memoryview(data)])
 

@@ -254,18 +254,37 @@ class DmaMap:
         Raises DmaError (EFAULT) for anything unmapped, crossing a range's end,
         message-only, negative, or not permitted by the range's flags.
         """
+        mfile, start = self._place(iova, length, write)
+        return (mfile.view if write else mfile.view_ro)[start:start + length]
+
+    def read(self, iova: int, length: int) -> bytes:
+        """A copy of guest memory ``[iova, iova+length)``, checked as ``translate``
+        checks (a command's payload: one copy, without a view between)."""
+        mfile, start = self._place(iova, length, False)
+        return mfile.mm[start:start + length]
+
+    def write(self, iova: int, length: int, data: bytes | memoryview) -> None:
+        """Write ``data`` at ``iova``, into ``[iova, iova+length)`` checked as
+        ``translate`` checks for writing (a command's reply buffer, of which ``data``
+        fills the start)."""
+        if len(data) > length:
+            raise DmaError(errno.EMSGSIZE, f"{len(data)} bytes do not fit {length}")
+        mfile, start = self._place(iova, length, True)
+        mfile.mm[start:start + len(data)] = data
+
+    def _place(self, iova: int, length: int, write: bool) -> tuple[_MappedFile, int]:
+        """The mapped file and offset of ``[iova, iova+length)`` (see ``translate``)."""
         if iova < 0 or length < 0:
             raise DmaError(errno.EFAULT, f"bad DMA access {iova:#x}+{length:#x}")
         # Hot path: the range the last access hit (rings and staging repeat).
         rng = self._last
         if rng is not None and rng.iova <= iova and iova + length <= rng.iova + rng.size \
                 and rng.file is not None and rng.flags & (2 if write else 1):
-            start = rng.offset + (iova - rng.iova)
-            return (rng.file.view if write else rng.file.view_ro)[start:start + length]
+            return rng.file, rng.offset + (iova - rng.iova)
         with self._lock:
-            return self._translate(iova, length, write)
+            return self._place_slow(iova, length, write)
 
-    def _translate(self, iova: int, length: int, write: bool) -> memoryview:
+    def _place_slow(self, iova: int, length: int, write: bool) -> tuple[_MappedFile, int]:
         i = bisect.bisect_right(self._starts, iova) - 1
         if i < 0:
             raise DmaError(errno.EFAULT, f"DMA address {iova:#x} is not mapped")
@@ -280,5 +299,4 @@ class DmaMap:
             raise DmaError(errno.EFAULT, f"DMA range {rng.iova:#x} does not permit "
                            f"{'writes' if write else 'reads'}")
         self._last = rng
-        start = rng.offset + (iova - rng.iova)
-        return (rng.file.view if write else rng.file.view_ro)[start:start + length]
+        return rng.file, rng.offset + (iova - rng.iova)

@@ -86,6 +86,18 @@ class WindowedDma:
         return i >= 0 and iova + length <= self._ends[i]
 
     def translate(self, iova: int, length: int, *, write: bool = False) -> memoryview:
+        self._check(iova, length)
+        return self.dma.translate(iova, length, write=write)
+
+    def read(self, iova: int, length: int) -> bytes:
+        self._check(iova, length)
+        return self.dma.read(iova, length)
+
+    def write(self, iova: int, length: int, data: bytes | memoryview) -> None:
+        self._check(iova, length)
+        self.dma.write(iova, length, data)
+
+    def _check(self, iova: int, length: int) -> None:
         # Hot path: the window the last access hit (rings and staging repeat).
         if not (self._lo <= iova and iova + length <= self._hi and length >= 0):
             i = bisect.bisect_right(self._starts, iova) - 1
@@ -93,7 +105,6 @@ class WindowedDma:
                 raise DmaError(errno.EFAULT, f"queue {self.queue}: DMA access "
                                f"{iova:#x}+{length:#x} is outside the queue's DMA windows")
             self._lo, self._hi = self._starts[i], self._ends[i]
-        return self.dma.translate(iova, length, write=write)
 
 
 def queue_view(dma: DmaMap, queue: int, windows: Windows | None) -> DmaMap | WindowedDma:
