@@ -68,6 +68,8 @@ CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE = 1 << 0
 _PROPS_SIZE = ffi.sizeof("cl_command_queue_properties")
 _PROPS_P = ffi.typeof("cl_command_queue_properties *")
 _LAUNCH = api.BY_NAME["clEnqueueNDRangeKernel"]
+#: Queues whose order ``in_order`` keeps at most; past it it starts again.
+_QUEUE_ORDERS = 4096
 CL_DEVICE_GLOBAL_MEM_SIZE = 0x101F
 CL_DEVICE_MAX_MEM_ALLOC_SIZE = 0x1010
 #: How long making room may wait, in all, for commands in flight to end.
@@ -357,6 +359,8 @@ class DeviceMemory:
         in_order = address if lib().clGetCommandQueueInfo(
             queue, CL_QUEUE_PROPERTIES, _PROPS_SIZE, props, ffi.NULL) == CL_SUCCESS \
             and not props[0] & CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE else 0
+        if len(self._queue_order) >= _QUEUE_ORDERS:
+            self._queue_order.clear()         # (queues come and go at new addresses)
         self._queue_order[address] = (queue, in_order)
         return in_order
 
