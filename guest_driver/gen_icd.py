@@ -296,9 +296,8 @@ def render_function(fn: api.Function) -> str:
             has_event = f"new_{events[0]} != NULL" if events else "0"
             predict = (f"ava_predict_payload(&pred, {fn.opcode:#x}, &e, {wait}, "
                        f"{has_event})")
-        body.append(f"int predicted = {predict};")
-        body.append(f"int posted = predicted && (predicted == AVA_IN_PLACE ? "
-                    f"ava_icd_in_place(\"{fn.name}\") : ava_icd_post({fn.opcode:#x}, &e)) == 0;")
+        body.append(f"int posted = ava_icd_predicted({predict}, {fn.opcode:#x}, "
+                    f"\"{fn.name}\", &e) == 0;")
         body.append("if (posted)")
         body.append("    status = CL_SUCCESS;   /* an identical call succeeded */")
         body.append("else")

@@ -68,6 +68,14 @@ def platforms_and_devices() -> list[tuple[object, list]]:
     return found
 
 
+_UINTPTR = ffi.typeof("uintptr_t")
+
+
+def address(ptr) -> int:
+    """An OpenCL object's address (what tables key it by; it never reaches a guest)."""
+    return int(ffi.cast(_UINTPTR, ptr))
+
+
 def lib():
     """The loaded OpenCL library (loaded on first use; raises OSError with a hint)."""
     global _lib

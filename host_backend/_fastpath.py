@@ -129,35 +129,32 @@ class InfoQuery:
             handle = words[at]
             if handle == 0:
                 return None
-            entry = entries.get(handle if handle >= HOST_ID_BASE else owner_key | handle)
-            if entry is None or entry.obj_type != obj_type or (
-                    entry.owner is not None and entry.owner != owner) or entry.ptr == ffi.NULL:
+            ptr = _owned(entries.get(handle if handle >= HOST_ID_BASE else owner_key | handle),
+                         obj_type, owner)
+            if ptr is None:
                 return None
-            words[at] = entry.ptr
+            words[at] = ptr
         cap = words[self._out_at]
         flag = words[self._size_ret_at]
         if flag != 1 and flag != NULL_LEN:
             return None
-        scratch = None
-        if cap == NULL_LEN:
-            out = ffi.NULL
-            alloc = 0
-            size_ret = ffi.new(_SIZE_T_P)
-        else:
+        alloc = 0
+        if cap != NULL_LEN:
             if cap != words[self._size_at]:
                 return None
-            alloc = min(cap, MAX_OUT_BUFFER)
-            words[self._size_at] = alloc
-            if alloc <= _SCRATCH_BYTES:
-                # A small answer (nearly all): a cell of the pool, zeroed as a new one
-                # would be (a short answer's padding must not carry an older one's bytes).
-                scratch = _SCRATCH.pop() if _SCRATCH else _Scratch()
-                out, size_ret = scratch.out, scratch.size_ret
-                ffi.memmove(out, _ZEROS, alloc)
-                size_ret[0] = 0
-            else:
-                out = ffi.new(_CHARS, alloc)
-                size_ret = ffi.new(_SIZE_T_P)
+            alloc = words[self._size_at] = min(cap, MAX_OUT_BUFFER)
+        # The output cells: a pool's, zeroed as new ones would be (a short answer's
+        # padding must not carry an older one's bytes); a long answer's own.
+        scratch = _SCRATCH.pop() if _SCRATCH else _Scratch()
+        size_ret = scratch.size_ret
+        size_ret[0] = 0
+        if cap == NULL_LEN:
+            out = ffi.NULL
+        elif alloc <= _SCRATCH_BYTES:
+            out = scratch.out
+            ffi.memmove(out, _ZEROS, alloc)
+        else:
+            out = ffi.new(_CHARS, alloc)
         words[self._out_at] = out
         words[self._size_ret_at] = size_ret
         try:
@@ -177,8 +174,7 @@ class InfoQuery:
             else:
                 reply = _I64.pack(status) + _EMPTY_BLOB
         finally:
-            if scratch is not None:
-                _SCRATCH.append(scratch)
+            _SCRATCH.append(scratch)
         if flag == 1:
             return reply + returned.to_bytes(8, "little")
         return reply

@@ -173,5 +173,5 @@ class HandleTable:
 
 
 def _address(ptr) -> int:
-    from ._cl import ffi
-    return int(ffi.cast("uintptr_t", ptr))
+    from ._cl import address
+    return address(ptr)

@@ -453,12 +453,9 @@ class OpenClBackend:
         if fast is not None and self.fast_path and not (
                 (fast.metered_hook and self.meter is not None)
                 or (fast.partition_hook and self.tenancy.sub is not None)):
-            # _call_started and _call_ended, inline (every fast call: a ``with`` costs
-            # twice a plain acquire and release here).
-            lock, running = self._lock, self._running
-            lock.acquire()
-            running[owner] = running.get(owner, 0) + 1
-            self._call_seq += 1
+            lock = self._lock
+            lock.acquire()          # (not ``with``: twice the cost, on every call)
+            self._call_started(owner)
             lock.release()
             try:
                 reply = fast(self, payload, owner)

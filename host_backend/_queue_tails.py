@@ -21,9 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._cl import ffi, lib
-
-_UINTPTR = ffi.typeof("uintptr_t")
+from ._cl import address, ffi, lib
 
 
 class QueueTails:
@@ -44,18 +42,19 @@ class QueueTails:
             self.forget(queue)
             return
         lib().clRetainEvent(event)
-        self._drop(self._tails.pop(_addr(queue), None))
-        self._tails[_addr(queue)] = (queue, event)
+        at = address(queue)
+        self._drop(self._tails.get(at))
+        self._tails[at] = (queue, event)
 
     def forget(self, queue) -> None:
         """Another command goes (or went) onto ``queue``, or the queue is gone."""
         self.epoch += 1
-        self._drop(self._tails.pop(_addr(queue), None))
+        self._drop(self._tails.pop(address(queue), None))
 
     def take(self, queue) -> Any:
         """The event of ``queue``'s last command, with a reference of the caller's to
         release; None when it is not known."""
-        tail = self._tails.get(_addr(queue))
+        tail = self._tails.get(address(queue))
         if tail is None or tail[0] is not queue:
             return None         # (a queue made since at the address of one gone)
         lib().clRetainEvent(tail[1])
@@ -70,7 +69,3 @@ class QueueTails:
     def _drop(tail: tuple[Any, Any] | None) -> None:
         if tail is not None:
             lib().clReleaseEvent(tail[1])
-
-
-def _addr(ptr) -> int:
-    return int(ffi.cast(_UINTPTR, ptr))

@@ -49,6 +49,7 @@ from typing import Any
 from protocols import opencl_api as api
 
 from ._args import CallError
+from ._cl import address as _addr
 from ._cl import ffi, lib, platforms_and_devices
 
 log = logging.getLogger("host_backend.memory")
@@ -850,13 +851,6 @@ def _flush(events: list) -> None:
 
 def _all_devices() -> list:
     return [device for _, devices in platforms_and_devices() for device in devices]
-
-
-_UINTPTR = ffi.typeof("uintptr_t")
-
-
-def _addr(ptr) -> int:
-    return int(ffi.cast(_UINTPTR, ptr))
 
 
 def _kept(cargs: list, index: dict) -> list:

@@ -167,9 +167,10 @@ int64_t ava_icd_invoke(uint16_t opcode, const char *name, struct ava_enc *e, siz
 
 int ava_icd_post(uint16_t opcode, struct ava_enc *e);
 
-/* A predicted call answered without sending it (AVA_IN_PLACE): 0, or -1 when
- * AVA_ICD_SYNC=1 wants every call sent.  AVA_ICD_DEBUG traces it. */
-int ava_icd_in_place(const char *name);
+/* A predicted call (spec: predicted) as its prediction says: 0 when it was posted
+ * (AVA_POSTED) or needs no sending (AVA_IN_PLACE, traced under AVA_ICD_DEBUG); -1
+ * when it must go by round trip (no prediction, AVA_ICD_SYNC=1, a post that failed). */
+int ava_icd_predicted(int prediction, uint16_t opcode, const char *name, struct ava_enc *e);
 
 /* ---- predicted calls (icd_predict.c; spec: predicted) ----------------------------- */
 

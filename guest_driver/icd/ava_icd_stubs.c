@@ -828,8 +828,7 @@ ava_clSetKernelArg(cl_kernel kernel, cl_uint arg_index, size_t arg_size, const v
     ava_enc_handle(&e, AVA_OBJ_KERNEL, kernel);
     ava_enc_u64(&e, (uint64_t)arg_index);
     ava_enc_kernel_arg(&e, arg_size, arg_value);
-    int predicted = ava_predict_clSetKernelArg(&pred, kernel, arg_index, arg_size, arg_value);
-    int posted = predicted && (predicted == AVA_IN_PLACE ? ava_icd_in_place("clSetKernelArg") : ava_icd_post(0x126, &e)) == 0;
+    int posted = ava_icd_predicted(ava_predict_clSetKernelArg(&pred, kernel, arg_index, arg_size, arg_value), 0x126, "clSetKernelArg", &e) == 0;
     if (posted)
         status = CL_SUCCESS;   /* an identical call succeeded */
     else
@@ -1119,8 +1118,7 @@ ava_clEnqueueCopyBuffer(cl_command_queue command_queue, cl_mem src_buffer, cl_me
     ava_enc_u64(&e, (uint64_t)num_events_in_wait_list);
     ava_enc_handles(&e, AVA_OBJ_EVENT, (const void *const *)event_wait_list, num_events_in_wait_list);
     ava_enc_u64(&e, new_event ? ava_obj_id(new_event) : 0);
-    int predicted = ava_predict_payload(&pred, 0x132, &e, event_wait_list != NULL || num_events_in_wait_list, new_event != NULL);
-    int posted = predicted && (predicted == AVA_IN_PLACE ? ava_icd_in_place("clEnqueueCopyBuffer") : ava_icd_post(0x132, &e)) == 0;
+    int posted = ava_icd_predicted(ava_predict_payload(&pred, 0x132, &e, event_wait_list != NULL || num_events_in_wait_list, new_event != NULL), 0x132, "clEnqueueCopyBuffer", &e) == 0;
     if (posted)
         status = CL_SUCCESS;   /* an identical call succeeded */
     else
@@ -1296,8 +1294,7 @@ ava_clEnqueueNDRangeKernel(cl_command_queue command_queue, cl_kernel kernel, cl_
     ava_enc_u64(&e, (uint64_t)num_events_in_wait_list);
     ava_enc_handles(&e, AVA_OBJ_EVENT, (const void *const *)event_wait_list, num_events_in_wait_list);
     ava_enc_u64(&e, new_event ? ava_obj_id(new_event) : 0);
-    int predicted = ava_predict_clEnqueueNDRangeKernel(&pred, command_queue, kernel, work_dim, global_work_offset, global_work_size, local_work_size, num_events_in_wait_list, event_wait_list, event);
-    int posted = predicted && (predicted == AVA_IN_PLACE ? ava_icd_in_place("clEnqueueNDRangeKernel") : ava_icd_post(0x13b, &e)) == 0;
+    int posted = ava_icd_predicted(ava_predict_clEnqueueNDRangeKernel(&pred, command_queue, kernel, work_dim, global_work_offset, global_work_size, local_work_size, num_events_in_wait_list, event_wait_list, event), 0x13b, "clEnqueueNDRangeKernel", &e) == 0;
     if (posted)
         status = CL_SUCCESS;   /* an identical call succeeded */
     else
@@ -1325,8 +1322,7 @@ ava_clEnqueueTask(cl_command_queue command_queue, cl_kernel kernel, cl_uint num_
     ava_enc_u64(&e, (uint64_t)num_events_in_wait_list);
     ava_enc_handles(&e, AVA_OBJ_EVENT, (const void *const *)event_wait_list, num_events_in_wait_list);
     ava_enc_u64(&e, new_event ? ava_obj_id(new_event) : 0);
-    int predicted = ava_predict_clEnqueueTask(&pred, command_queue, kernel, num_events_in_wait_list, event_wait_list, event);
-    int posted = predicted && (predicted == AVA_IN_PLACE ? ava_icd_in_place("clEnqueueTask") : ava_icd_post(0x13c, &e)) == 0;
+    int posted = ava_icd_predicted(ava_predict_clEnqueueTask(&pred, command_queue, kernel, num_events_in_wait_list, event_wait_list, event), 0x13c, "clEnqueueTask", &e) == 0;
     if (posted)
         status = CL_SUCCESS;   /* an identical call succeeded */
     else
@@ -1351,8 +1347,7 @@ ava_clEnqueueMarker(cl_command_queue command_queue, cl_event *event)
     if (event && !(new_event = ava_obj_new(AVA_OBJ_EVENT))) { status = CL_OUT_OF_HOST_MEMORY; goto done; }
     ava_enc_handle(&e, AVA_OBJ_COMMAND_QUEUE, command_queue);
     ava_enc_u64(&e, new_event ? ava_obj_id(new_event) : 0);
-    int predicted = ava_predict_payload(&pred, 0x13e, &e, 0, new_event != NULL);
-    int posted = predicted && (predicted == AVA_IN_PLACE ? ava_icd_in_place("clEnqueueMarker") : ava_icd_post(0x13e, &e)) == 0;
+    int posted = ava_icd_predicted(ava_predict_payload(&pred, 0x13e, &e, 0, new_event != NULL), 0x13e, "clEnqueueMarker", &e) == 0;
     if (posted)
         status = CL_SUCCESS;   /* an identical call succeeded */
     else
@@ -1374,8 +1369,7 @@ ava_clEnqueueBarrier(cl_command_queue command_queue)
     ava_enc_init(&e);
     struct ava_prediction pred;
     ava_enc_handle(&e, AVA_OBJ_COMMAND_QUEUE, command_queue);
-    int predicted = ava_predict_payload(&pred, 0x140, &e, 0, 0);
-    int posted = predicted && (predicted == AVA_IN_PLACE ? ava_icd_in_place("clEnqueueBarrier") : ava_icd_post(0x140, &e)) == 0;
+    int posted = ava_icd_predicted(ava_predict_payload(&pred, 0x140, &e, 0, 0), 0x140, "clEnqueueBarrier", &e) == 0;
     if (posted)
         status = CL_SUCCESS;   /* an identical call succeeded */
     else
@@ -1785,8 +1779,7 @@ ava_clEnqueueFillBuffer(cl_command_queue command_queue, cl_mem buffer, const voi
     ava_enc_u64(&e, (uint64_t)num_events_in_wait_list);
     ava_enc_handles(&e, AVA_OBJ_EVENT, (const void *const *)event_wait_list, num_events_in_wait_list);
     ava_enc_u64(&e, new_event ? ava_obj_id(new_event) : 0);
-    int predicted = ava_predict_payload(&pred, 0x166, &e, event_wait_list != NULL || num_events_in_wait_list, new_event != NULL);
-    int posted = predicted && (predicted == AVA_IN_PLACE ? ava_icd_in_place("clEnqueueFillBuffer") : ava_icd_post(0x166, &e)) == 0;
+    int posted = ava_icd_predicted(ava_predict_payload(&pred, 0x166, &e, event_wait_list != NULL || num_events_in_wait_list, new_event != NULL), 0x166, "clEnqueueFillBuffer", &e) == 0;
     if (posted)
         status = CL_SUCCESS;   /* an identical call succeeded */
     else
@@ -1862,8 +1855,7 @@ ava_clEnqueueMarkerWithWaitList(cl_command_queue command_queue, cl_uint num_even
     ava_enc_u64(&e, (uint64_t)num_events_in_wait_list);
     ava_enc_handles(&e, AVA_OBJ_EVENT, (const void *const *)event_wait_list, num_events_in_wait_list);
     ava_enc_u64(&e, new_event ? ava_obj_id(new_event) : 0);
-    int predicted = ava_predict_payload(&pred, 0x169, &e, event_wait_list != NULL || num_events_in_wait_list, new_event != NULL);
-    int posted = predicted && (predicted == AVA_IN_PLACE ? ava_icd_in_place("clEnqueueMarkerWithWaitList") : ava_icd_post(0x169, &e)) == 0;
+    int posted = ava_icd_predicted(ava_predict_payload(&pred, 0x169, &e, event_wait_list != NULL || num_events_in_wait_list, new_event != NULL), 0x169, "clEnqueueMarkerWithWaitList", &e) == 0;
     if (posted)
         status = CL_SUCCESS;   /* an identical call succeeded */
     else
@@ -1890,8 +1882,7 @@ ava_clEnqueueBarrierWithWaitList(cl_command_queue command_queue, cl_uint num_eve
     ava_enc_u64(&e, (uint64_t)num_events_in_wait_list);
     ava_enc_handles(&e, AVA_OBJ_EVENT, (const void *const *)event_wait_list, num_events_in_wait_list);
     ava_enc_u64(&e, new_event ? ava_obj_id(new_event) : 0);
-    int predicted = ava_predict_payload(&pred, 0x16a, &e, event_wait_list != NULL || num_events_in_wait_list, new_event != NULL);
-    int posted = predicted && (predicted == AVA_IN_PLACE ? ava_icd_in_place("clEnqueueBarrierWithWaitList") : ava_icd_post(0x16a, &e)) == 0;
+    int posted = ava_icd_predicted(ava_predict_payload(&pred, 0x16a, &e, event_wait_list != NULL || num_events_in_wait_list, new_event != NULL), 0x16a, "clEnqueueBarrierWithWaitList", &e) == 0;
     if (posted)
         status = CL_SUCCESS;   /* an identical call succeeded */
     else

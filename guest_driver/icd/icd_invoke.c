@@ -80,9 +80,11 @@ int ava_icd_post(uint16_t opcode, struct ava_enc *e)
     return ava_transport_post(opcode, e->buf, e->len) == 0 ? 0 : -1;
 }
 
-int ava_icd_in_place(const char *name)
+int ava_icd_predicted(int prediction, uint16_t opcode, const char *name, struct ava_enc *e)
 {
-    if (synchronous())
+    if (prediction == AVA_POSTED)
+        return ava_icd_post(opcode, e);
+    if (prediction != AVA_IN_PLACE || synchronous())
         return -1;
     if (debugging())
         fprintf(stderr, "ava-vdev ICD: %s -> 0 (in place: the same value is set)\n", name);
