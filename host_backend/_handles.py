@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Protocol
 
 HOST_ID_BASE = 1 << 63
 _ID_MASK = (1 << 64) - 1
@@ -31,6 +32,12 @@ def key(handle: int, owner: int) -> int:
 def guest_id(handle_key: int) -> int:
     """The id the guest knows for a key."""
     return handle_key & _ID_MASK
+
+
+class Mirror(Protocol):
+    def put(self, key: int, obj_type: str, ptr: object, owner: int | None) -> None: ...
+
+    def drop(self, key: int) -> None: ...
 
 
 class LimitExceeded(Exception):
@@ -55,6 +62,15 @@ class HandleTable:
         self._by_ptr: dict[tuple[str, int], int] = {}     # (type, real address) -> id
         self._next_host_id = itertools.count(HOST_ID_BASE + 1)
         self._shared = 0
+        #: What else keeps a copy of the entries (the lane's, in C): told of every
+        #: change here, the one place entries change.
+        self.mirror: Mirror | None = None
+
+    def set_mirror(self, mirror: Mirror) -> None:
+        """Keep ``mirror`` up to date from now on, starting with every entry."""
+        self.mirror = mirror
+        for handle, entry in self._entries.items():
+            mirror.put(handle, entry.obj_type, entry.ptr, entry.owner)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -81,6 +97,8 @@ class HandleTable:
             self._by_ptr[key] = handle
             self._entries[handle] = Entry(obj_type, ptr, None)
             self._shared += 1
+            if self.mirror is not None:
+                self.mirror.put(handle, obj_type, ptr, None)
         return handle
 
     def alias_shared(self, handle: int, obj_type: str, ptr) -> None:
@@ -88,6 +106,8 @@ class HandleTable:
         which also reads back as that id; the original object still does too."""
         self._entries[handle].ptr = ptr
         self._by_ptr[(obj_type, _address(ptr))] = handle
+        if self.mirror is not None:
+            self.mirror.put(handle, obj_type, ptr, None)
 
     @property
     def created(self) -> int:
@@ -122,6 +142,8 @@ class HandleTable:
         self._entries[handle] = Entry(obj_type, ptr, owner, 1, nbytes)
         self._by_ptr[(obj_type, _address(ptr))] = handle
         self.bytes_used += nbytes
+        if self.mirror is not None:
+            self.mirror.put(handle, obj_type, ptr, owner)
 
     def replace(self, handle: int, ptr) -> None:
         """A live id now stands for another real object (one made again after
@@ -136,6 +158,8 @@ class HandleTable:
         entry.ptr = ptr
         if _address(ptr):
             self._by_ptr[(entry.obj_type, _address(ptr))] = handle
+        if self.mirror is not None:
+            self.mirror.put(handle, entry.obj_type, ptr, entry.owner)
 
     def entry(self, handle: int) -> Entry | None:
         return self._entries.get(handle)
@@ -165,6 +189,8 @@ class HandleTable:
     def forget(self, handle: int) -> Entry | None:
         entry = self._entries.pop(handle, None)
         if entry is not None:
+            if self.mirror is not None:
+                self.mirror.drop(handle)
             self.bytes_used -= entry.nbytes
             key = (entry.obj_type, _address(entry.ptr))
             if self._by_ptr.get(key) == handle:

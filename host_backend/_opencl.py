@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import queue
 import struct
 import threading
@@ -46,6 +47,8 @@ from ._kernel_args import (
     KernelArgGuard,
     strip_added_option,
 )
+from ._lane import LANE_OFF_ENV, Lane, LaneRing, LaneUnavailable
+from ._lane import load as load_lane
 from ._queue_tails import QueueTails
 from ._residency import DeviceMemory
 from ._tenancy import DEVICE_COMMANDS, Tenancy, call_class
@@ -68,6 +71,8 @@ CL_COMMAND_USER = 0x1204
 DEAD_OWNER_EVENT_STATUS = -5        # CL_OUT_OF_RESOURCES
 #: How long releasing a dead owner's objects waits for its calls still running.
 RELEASE_DEADLINE_S = 10.0
+#: How often a teardown looks again at the lane's calls in flight (they do not signal).
+LANE_POLL_S = 0.001
 CL_MEM_OBJECT_ALLOCATION_FAILURE = -4
 CL_INVALID_BUFFER_SIZE = -61
 #: How long the ring poller waits for a marker to end before a clFinish goes to a
@@ -103,7 +108,7 @@ class OpenClBackend:
                  device_memory: int | None = None, guest_memory: int | None = None,
                  host_store: int = 16 << 30, swap_dir: str | None = None,
                  compute_units: int | None = None, platform: int = 0, device: int = 0,
-                 include_root: str | None = None):
+                 include_root: str | None = None, lane: bool = True):
         self.blocking_opcodes = frozenset(fn.opcode for fn in api.FUNCTIONS if fn.blocking)
         #: Under a manager: the commands admitted in turn, and each call's latency class.
         self.device_opcodes = frozenset(fn.opcode for fn in api.FUNCTIONS
@@ -165,6 +170,59 @@ class OpenClBackend:
             query = self._fast_path_of(fn)
             if query is not None:
                 self._fast[fn.opcode] = query
+        #: Plain info queries run from the ring in C (``_lane``); None: off.
+        self.lane: Lane | None = None
+        self.lane_calls = 0
+        #: False: the lane takes nothing (the Python fast path answers; benchmarks
+        #: compare the two).
+        self.use_lane = True
+        if lane:
+            self._start_lane()
+
+    def _start_lane(self) -> None:
+        if os.environ.get(LANE_OFF_ENV) == "0":
+            log.info("the info-query lane is off (%s=0)", LANE_OFF_ENV)
+            return
+        try:
+            self.lane = Lane(load_lane(), [q for q in self._fast.values()
+                                           if isinstance(q, InfoQuery)], lib(), ffi)
+        except (LaneUnavailable, OSError) as exc:
+            log.warning("the info-query lane is off (calls take the Python path): %s", exc)
+            return
+        self.handles.set_mirror(self.lane)
+
+    # -- the lane (the ring engine asks) ---------------------------------------------
+
+    def lane_opcodes(self) -> frozenset[int] | None:
+        """The opcodes the lane may take now (None: none).  It answers what the fast
+        path answers, and not in a metered or partitioned session (whose hooks answer
+        some queries)."""
+        lane = self.lane
+        if (lane is None or lane.broken or not self.fast_path or not self.use_lane
+                or self.meter is not None or self.tenancy.sub is not None):
+            return None
+        return lane.opcodes
+
+    def lane_ring(self, queue: int, owner: int, slots: int, view: memoryview,
+                  intervals: list, status_cell: tuple | None) -> LaneRing | None:
+        """What the lane reads of a ring (None: the ring's commands are Python's)."""
+        if not 0 <= owner < 1 << 64:
+            return None
+        return LaneRing(queue, owner, slots, view, intervals, status_cell)
+
+    def run_lane(self, ring: LaneRing, head: int, tail: int) -> tuple[int, bool]:
+        """Run the commands at ``[head, tail)`` the lane takes: (how many, whether the
+        guest asked for an interrupt after the last)."""
+        assert self.lane is not None
+        done, irq = self.lane.run(ring, head, tail, self.memory.adjusts_context_counts)
+        if done:
+            self.calls += done
+            self.fast_calls += done
+            self.lane_calls += done
+        return done, irq
+
+    def _lane_inflight(self) -> int:
+        return self.lane.inflight if self.lane is not None else 0
 
     def enable_kernel_watch(self) -> KernelWatch:
         self.kernels = KernelWatch()
@@ -361,6 +419,9 @@ class OpenClBackend:
         """Log the session's device-memory figures (when anything moved)."""
         with self._lock:
             self.memory.summary()
+        if self.calls:
+            log.info("calls: %d, %d of them by the fast path, %d of those by the C lane",
+                     self.calls, self.fast_calls, self.lane_calls)
         if self.posted:
             log.info("posted calls: %d (answered in the guest without waiting), mispredicted: "
                      "%d", self.posted, self.mispredicted)
@@ -396,14 +457,16 @@ class OpenClBackend:
         with self._calls_done:
             self._reaping += 1
             try:
-                while any(self._running.get(o) for o in owners):
+                # (A lane call that looked an object up before the teardown took it
+                # off the table may still be running: the lane counts them.)
+                while any(self._running.get(o) for o in owners) or self._lane_inflight():
                     left = deadline - time.monotonic()
                     if left <= 0:
                         log.warning("owners %s: %d objects left unreleased: calls still "
                                     "running after %.0f s (a kernel that does not end?)",
                                     sorted(owners), len(doomed), RELEASE_DEADLINE_S)
                         return
-                    self._calls_done.wait(left)
+                    self._calls_done.wait(min(left, LANE_POLL_S) if self._lane_inflight() else left)
             finally:
                 self._reaping -= 1
         self._release(doomed)

@@ -44,6 +44,8 @@ from .device_abi import MAX_WINDOWS, _offsets
 #: The environment variable naming the OpenCL declarations a server prepared for its
 #: executors (host_backend._cl.prepared_source), as a path: ``/proc/self/fd/N``.
 PREPARED_ENV = "AVA_CL_PREPARED"
+#: The host backend's lane library, which the server compiled (a sealed memfd's path).
+LANE_ENV = "AVA_LANE_LIB"
 MAX_RECORD = 32 + 16 * MAX_WINDOWS
 
 
@@ -136,5 +138,5 @@ STATUS_SIZE = 4096
 STATUS_OFFSETS = _offsets(Status)
 assert Status.sizeof() <= STATUS_SIZE
 
-__all__ = ["MAX_RECORD", "PREPARED_ENV", "STATUS_OFFSETS", "STATUS_SIZE", "Control", "ControlOp",
+__all__ = ["LANE_ENV", "MAX_RECORD", "PREPARED_ENV", "STATUS_OFFSETS", "STATUS_SIZE", "Control", "ControlOp",
            "Event", "EventOp", "Status"]

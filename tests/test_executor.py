@@ -325,17 +325,18 @@ def test_a_standby_executor_serves_each_next_client(shim, cl_server):
     path, server, log = cl_server
     standby = executor_of(server.pid)
     with open(f"/proc/{standby}/environ", "rb") as f:
-        prepared = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v
-                        ).get(xp.PREPARED_ENV.encode(), b"").decode()
-    assert prepared.startswith("/proc/self/fd/"), "the server prepared the declarations"
-    fd = prepared.rsplit("/", 1)[1]
-    assert os.readlink(f"/proc/{standby}/fd/{fd}").startswith("/memfd:ava-cl-declarations")
-    sealed = os.open(f"/proc/{standby}/fd/{fd}", os.O_RDWR)
-    try:
-        with pytest.raises(PermissionError):
-            os.write(sealed, b"import os")              # sealed: no executor changes it
-    finally:
-        os.close(sealed)
+        environ = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+    for name, memfd in ((xp.PREPARED_ENV, "ava-cl-declarations"), (xp.LANE_ENV, "ava-lane")):
+        handed = environ.get(name.encode(), b"").decode()
+        assert handed.startswith("/proc/self/fd/"), f"the server prepared {memfd}"
+        fd = handed.rsplit("/", 1)[1]
+        assert os.readlink(f"/proc/{standby}/fd/{fd}").startswith(f"/memfd:{memfd}")
+        sealed = os.open(f"/proc/{standby}/fd/{fd}", os.O_RDWR)
+        try:
+            with pytest.raises(PermissionError):
+                os.write(sealed, b"import os")              # sealed: no executor changes it
+        finally:
+            os.close(sealed)
     env = dict(device_env(shim, path), PYOPENCL_CTX="0")
     run_vadd(env)
     text = read(log)
@@ -346,6 +347,13 @@ def test_a_standby_executor_serves_each_next_client(shim, cl_server):
     assert executors_started(log) == [standby], text
     assert "prepared declarations" not in text and "other declarations" not in text, \
         "the executor loaded what the server prepared"
+    assert "lane is off" not in text, text
+    deadline = time.monotonic() + 20        # (said when the session has ended)
+    while not re.search(lane_line := r"of them by the fast path, [1-9]\d* of those by the C lane",
+                        read(log)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert re.search(lane_line, read(log)), \
+        "the executor's lane, loaded from the server's memfd in its sandbox, answered calls"
     nxt = executor_of(server.pid, not_pid=standby)
     assert f"started a standby executor (pid {nxt}" in read(log)
     run_vadd(env)

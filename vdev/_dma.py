@@ -107,6 +107,8 @@ class DmaMap:
         # The ring engine translates from its own thread while the session maps.
         self._lock = threading.RLock()
         self._last: DmaRange | None = None     # translate's one-entry cache
+        #: Moves on at every change of the ranges (views made from them are stale).
+        self.generation = 0
 
     def __len__(self) -> int:
         return len(self._ranges)
@@ -160,6 +162,7 @@ class DmaMap:
         pos = bisect.bisect_left(self._starts, iova)
         self._ranges.insert(pos, rng)
         self._starts.insert(pos, iova)
+        self.generation += 1
         return rng
 
     @staticmethod
@@ -218,6 +221,7 @@ class DmaMap:
             raise DmaError(errno.ENOENT, f"no DMA range {iova:#x}+{size:#x} to unmap")
         rng = self._ranges.pop(i)
         self._starts.pop(i)
+        self.generation += 1
         self._release(rng)
         return rng
 
@@ -228,6 +232,7 @@ class DmaMap:
 
     def _clear(self) -> None:
         self._last = None
+        self.generation += 1
         for rng in self._ranges:
             self._release(rng)
         self._ranges.clear()
@@ -245,6 +250,15 @@ class DmaMap:
         """Every range with its file's fd (still owned by the map; None: no fd)."""
         with self._lock:
             return [(rng, rng.file.fd if rng.file else None) for rng in self._ranges]
+
+    def host_intervals(self) -> list[tuple[int, int, mmap.mmap, int, bool, bool]]:
+        """Every fd-backed range as (start, end, its file's mapping, the offset of
+        start in it, readable, writable): what code outside Python (the OpenCL
+        backend's lane) may reach, checked as ``translate`` checks."""
+        with self._lock:
+            return [(r.iova, r.end, r.file.mm, r.offset, bool(r.flags & DmaMapFlags.READ),
+                     bool(r.flags & DmaMapFlags.WRITE) and r.file.writable)
+                    for r in self._ranges if r.file is not None]
 
     # -- access ------------------------------------------------------------------
 

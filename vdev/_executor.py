@@ -45,7 +45,7 @@ from construct import ConstructError
 from protocols import device_abi as abi
 from protocols import executor as xp
 from protocols.device_abi import RingStatus
-from protocols.executor import PREPARED_ENV, ControlOp, EventOp
+from protocols.executor import LANE_ENV, PREPARED_ENV, ControlOp, EventOp
 
 from ._dma import DmaError, DmaMap, DmaRange
 from ._queues import QueueTable
@@ -97,6 +97,8 @@ class ExecutorConfig:
     vm_name: str = ""
     #: The OpenCL declarations the server prepared (a sealed memfd; None: none).
     prepared_fd: int | None = None
+    #: The backend's lane library the server compiled (a sealed memfd; None: none).
+    lane_fd: int | None = None
 
 
 class ExecutorGone(Exception):
@@ -173,6 +175,9 @@ class ExecutorProcess:
         if config.prepared_fd is not None:
             child_fds += (config.prepared_fd,)
             env[PREPARED_ENV] = f"/proc/self/fd/{config.prepared_fd}"
+        if config.lane_fd is not None:
+            child_fds += (config.lane_fd,)
+            env[LANE_ENV] = f"/proc/self/fd/{config.lane_fd}"
         argv = [sys.executable, "-m", "vdev._executor_child", "--control", str(child_fds[0]),
                 "--events", str(child_fds[1]), "--doorbell", str(child_fds[2]),
                 "--status", str(child_fds[3]), "--backend", config.backend, "--name", name,

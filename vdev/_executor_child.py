@@ -65,6 +65,7 @@ class StatusPage:
             commands=0, kernel_since=0, kernel_owner=0, kernel_opcode=0, teardown_since=0))
         self.commands = 0
         self._cmd = xp.STATUS_OFFSETS["command_since"]
+        self.command_cell = (self._mm, self._cmd)
 
     # CommandMonitor (the ring engine's threads)
     def started(self, queue: int, opcode: int, inline: bool) -> None:
@@ -74,6 +75,9 @@ class StatusPage:
 
     def finished(self) -> None:
         _U64.pack_into(self._mm, self._cmd, 0)
+
+    def counted(self, commands: int) -> None:
+        self.commands += commands
 
     def put(self, name: str, value: int) -> None:
         _U64.pack_into(self._mm, xp.STATUS_OFFSETS[name], value)

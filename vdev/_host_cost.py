@@ -121,7 +121,8 @@ def _bench() -> Iterator[_Bench]:
 
 
 def host_cost(n: int = 3000) -> dict[str, dict[str, float]]:
-    """{call: {"fast": us, "interpreter": us}} for a forwarded null call (a context's
+    """{call: {"lane": us, "fast": us, "interpreter": us}} (the backend's C lane on,
+    then its Python fast path alone, then its interpreter alone) for a forwarded null call (a context's
     reference count), a kernel argument naming a buffer, and a launch whose kernel
     names two buffers (no event asked for); each the best of three rounds of ``n``."""
     with _bench() as b:
@@ -154,12 +155,13 @@ def host_cost(n: int = 3000) -> dict[str, dict[str, float]]:
         figures: dict[str, dict[str, float]] = {}
         for key, (name, values) in calls.items():
             figures[key] = {}
-            for path in ("fast", "interpreter"):
-                b.backend.fast_path = path == "fast"
+            for path in ("lane", "fast", "interpreter"):
+                b.backend.fast_path = path != "interpreter"
+                b.backend.use_lane = path == "lane"
                 best = float("inf")
                 for _ in range(3):
                     best = min(best, b.through_ring(name, n, **values))
                     b.call("clFinish", command_queue=queue)     # launches end between rounds
                 figures[key][path] = best
-        b.backend.fast_path = True
+        b.backend.fast_path = b.backend.use_lane = True
         return figures

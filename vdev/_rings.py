@@ -18,7 +18,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 from protocols import device_abi as abi
 from protocols.device_abi import CmdFlags, RingStatus
@@ -35,6 +35,7 @@ _CQE = struct.Struct("<QiI")
 assert _CMD.size == abi.COMMAND_SIZE and _CQE.size == abi.COMPLETION_SIZE
 #: Word indices of the header fields (the ring is 64-byte aligned).
 _TAIL_W, _HEAD_W = abi.RING_TAIL // 8, abi.RING_HEAD // 8
+_CMD_SIZE = abi.COMMAND_SIZE
 _STATUS_W, _ARMED_W = abi.RING_STATUS // 4, abi.RING_IRQ_ARMED // 4
 assert not (abi.RING_TAIL % 8 or abi.RING_HEAD % 8 or abi.RING_STATUS % 4 or abi.RING_IRQ_ARMED % 4)
 
@@ -77,10 +78,15 @@ class Ring:
         "flight",
         "generation",
         "head",
+        "lane",
+        "lane_dma",
+        "lane_generation",
+        "lane_view",
         "mask",
         "queue",
         "running",
         "slots",
+        "u16",
         "u32",
         "u64",
         "view",
@@ -102,12 +108,19 @@ class Ring:
         self.cmd_base = abi.RING_HEADER_SIZE
         self.cq_base = abi.RING_HEADER_SIZE + slots * abi.COMMAND_SIZE
         self.commands = 0
+        #: What the backend's lane reads of this ring (``RingEngine._run_lane``), and
+        #: what it was made from: made again when any of them changes.
+        self.lane: object = None
+        self.lane_dma: object = None
+        self.lane_generation = -1
+        self.lane_view: memoryview | None = None
 
     def set_view(self, view: memoryview) -> None:
         """The ring's memory, also as 32- and 64-bit words: header fields are read and
         written with one aligned access each, as the guest's atomics expect
         (``struct.pack_into`` zeroes the bytes first, then writes them one by one)."""
         self.view = view
+        self.u16 = view.cast("H")
         self.u32 = view.cast("I")
         self.u64 = view.cast("Q")
 
@@ -191,6 +204,27 @@ class CommandMonitor(Protocol):
 
     def finished(self) -> None: ...
 
+    def counted(self, commands: int) -> None:
+        """``commands`` more ran outside Python (a backend's lane), which wrote their
+        start and end into ``command_cell`` itself."""
+
+    #: Where the current command is recorded (a buffer and the offset in it of its
+    #: start time, queue and opcode: u64, u32, u32), for a lane to write.
+    @property
+    def command_cell(self) -> tuple[Any, int] | None: ...
+
+
+class Lane(Protocol):
+    """A backend's lane: commands it runs outside Python, straight from the ring."""
+
+    def lane_opcodes(self) -> frozenset[int] | None: ...
+
+    def lane_ring(self, queue: int, owner: int, slots: int, view: memoryview,
+                  intervals: list[tuple[int, int, Any, int, bool, bool]],
+                  status_cell: tuple[Any, int] | None) -> object | None: ...
+
+    def run_lane(self, ring: object, head: int, tail: int) -> tuple[int, bool]: ...
+
 
 class Admission(Protocol):
     """A tenant's scheduler under a manager (``_tenants.TenantScheduler``): told of
@@ -233,6 +267,10 @@ class RingEngine:
         #: ``_execute_settled``), if it has one.
         self._settled: Callable[[CommandContext], tuple[int, int] | None] | None = getattr(
             backend, "execute_settled", None)
+        #: The backend's lane, if it has one: commands it runs outside Python, in order,
+        #: up to the first it does not take (not under a manager, which admits each).
+        self._lane: Lane | None = backend if (
+            admission is None and hasattr(backend, "run_lane")) else None  # type: ignore[assignment]
         self._rings: dict[int, Ring] = {}
         #: Each owner's commands taken off its rings and not yet over (fences).
         self._flights: dict[int, Flight] = {}
@@ -442,6 +480,8 @@ class RingEngine:
     def poll_once(self) -> int:
         """Run every command published on every ring; returns how many."""
         done = 0
+        lane = self._lane
+        opcodes = lane.lane_opcodes() if lane is not None else None
         for ring in self._active:
             if ring.busy:
                 continue
@@ -454,11 +494,52 @@ class RingEngine:
                 continue
             gen = ring.generation
             while head < tail and ring.generation == gen:
+                if opcodes is not None and ring.u16[
+                        (ring.cmd_base + (head & ring.mask) * _CMD_SIZE) >> 1] in opcodes:
+                    assert lane is not None
+                    ran, irq = self._run_lane(lane, ring, head, tail)
+                    head += ran
+                    done += ran
+                    if ran and irq:
+                        continue        # it stopped for the interrupt, not the command
+                    if head == tail or ring.generation != gen:
+                        break
                 if not self._process(ring, head):
                     break       # handed to a worker; the queue waits for it
                 head += 1
                 done += 1
         return done
+
+    def _run_lane(self, lane: Lane, ring: Ring, head: int, tail: int) -> tuple[int, bool]:
+        """The commands at ``[head, tail)`` that the lane takes, run by it: (how many,
+        whether it stopped to raise the queue's interrupt).  It reads the ring and
+        the guest memory the queue may reach as described now, counted as one command
+        of the ring's owner taken off the ring (fences wait for it)."""
+        flight = ring.flight
+        flight.taken = ring.running = taken = flight.taken + 1
+        flight.running.add(taken)
+        try:
+            dma = ring.ctx.dma
+            if ring.lane_dma is not dma or ring.lane_generation != dma.generation \
+                    or ring.lane_view is not ring.view:
+                cell = getattr(self._monitor, "command_cell", None)
+                ring.lane = lane.lane_ring(ring.queue, ring.ctx.owner, ring.slots, ring.view,
+                                           dma.host_intervals(), cell)
+                ring.lane_dma, ring.lane_generation, ring.lane_view = dma, dma.generation, ring.view
+            state = ring.lane
+            if state is None:
+                return 0, False
+            ran, irq = lane.run_lane(state, head, tail)
+        finally:
+            flight.running.discard(taken)
+        if ran:
+            ring.head = head + ran
+            ring.commands += ran
+            if self._monitor is not None:
+                self._monitor.counted(ran)
+            if irq:
+                self._raise_irq(ring.queue)
+        return ran, irq
 
     def _process(self, ring: Ring, index: int) -> bool:
         """Run command ``index``; False if it went to a worker thread."""

@@ -107,6 +107,9 @@ class Server:
         self._last_session_s: float | None = None
         #: What executors load instead of parsing C (see ``_prepare_executors``).
         self._prepared_fd: int | None = None
+        #: The OpenCL backend's lane, compiled here for every executor (its sandbox
+        #: cannot reach the build cache).
+        self._lane_fd: int | None = None
 
     def executor_config(self) -> ExecutorConfig:
         level = logging.getLogger("vdev").getEffectiveLevel()
@@ -117,32 +120,30 @@ class Server:
                               backend_options=self.backend_options, debug_loggers=debug,
                               tenant_fd=self.tenant[0] if self.tenant else None,
                               tenant_slot=self.tenant[1] if self.tenant else 0,
-                              vm_name=self.vm_name, prepared_fd=self._prepared_fd)
+                              vm_name=self.vm_name, prepared_fd=self._prepared_fd,
+                              lane_fd=self._lane_fd)
 
     def _prepare_executors(self) -> None:
         """Parse the OpenCL declarations once, here, for every executor of this server
-        (``host_backend._cl_prepared``): each then starts 60-70 ms sooner.  They
-        travel in a sealed memfd, which no executor can change and which goes with
-        this process however it ends.  Any failure only costs that time."""
+        (``host_backend._cl_prepared``): each then starts 60-70 ms sooner; and
+        compile the backend's lane (``host_backend._lane``, cached), which an
+        executor's sandbox could not.  Each travels in a sealed memfd, which no
+        executor can change and which goes with this process however it ends.  Any
+        failure only costs time: the declarations parsed by each executor, the
+        lane's calls taking the Python path."""
         if self.in_process or self.backend_name != "opencl" or self._prepared_fd is not None:
             return
         from host_backend._cl_prepared import prepared_source
-        fd = -1
+        from host_backend._lane import LaneUnavailable, library_path
         try:
-            data = prepared_source().encode()
-            fd = os.memfd_create("ava-cl-declarations", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK
-                        | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+            self._prepared_fd = _sealed_memfd("ava-cl-declarations", prepared_source().encode())
         except Exception as exc:
             log.warning("cannot prepare the OpenCL declarations for executors (each parses "
                         "them itself): %s", exc)
-            if fd >= 0:
-                os.close(fd)
-            return
-        self._prepared_fd = fd
+        try:
+            self._lane_fd = _sealed_memfd("ava-lane", library_path().read_bytes())
+        except (LaneUnavailable, OSError) as exc:
+            log.warning("the info-query lane is off (its calls take the Python path): %s", exc)
 
     # -- the standby executor ----------------------------------------------------------
 
@@ -230,9 +231,10 @@ class Server:
                     nursery.start_soon(self._serve_connection, conn, self._serial)
         finally:
             self._stop_standby()
-            if self._prepared_fd is not None:
-                os.close(self._prepared_fd)
-                self._prepared_fd = None
+            for fd in (self._prepared_fd, self._lane_fd):
+                if fd is not None:
+                    os.close(fd)
+            self._prepared_fd = self._lane_fd = None
             listener.close()
             self._listener = None
             try:
@@ -294,3 +296,19 @@ def _renice(pid: int, value: int) -> bool:
             log.debug("renice thread %s of pid %d to %d: %s", tid, pid, value, exc)
             done = False
     return done
+
+
+def _sealed_memfd(name: str, data: bytes) -> int:
+    """``data`` in a memfd sealed against every change (an executor may read it only;
+    it goes with this process however it ends)."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK
+                    | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import errno
+import mmap
 import struct
 
 from protocols import device_abi as abi
@@ -80,6 +81,20 @@ class WindowedDma:
         self._starts = [s for s, _ in windows]
         self._ends = [e for _, e in windows]
         self._lo, self._hi = windows[0] if windows else (0, 0)   # the last window hit
+
+    @property
+    def generation(self) -> int:
+        return self.dma.generation
+
+    def host_intervals(self) -> list[tuple[int, int, mmap.mmap, int, bool, bool]]:
+        """``DmaMap.host_intervals`` cut to the windows."""
+        cut = []
+        for start, end, mm, offset, readable, writable in self.dma.host_intervals():
+            for lo, hi in self.windows:
+                a, b = max(start, lo), min(end, hi)
+                if a < b:
+                    cut.append((a, b, mm, offset + (a - start), readable, writable))
+        return cut
 
     def allows(self, iova: int, length: int) -> bool:
         i = bisect.bisect_right(self._starts, iova) - 1

@@ -1,0 +1,342 @@
+"""The C lane (host_backend/_lane.c): plain info queries run straight from the ring.
+
+Every command goes through a real ring in a memfd "guest RAM", run by the ring
+engine on this thread, once with the lane and once without it (the Python fast path
+and the interpreter behind it): the completions and the reply bytes must be the same,
+for good input and for every kind of bad input, and the lane must have answered the
+good calls itself."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import itertools
+import mmap
+import os
+import struct
+
+import pytest
+from clwire import encode
+from test_fast_path import ODD_PARAMS, PARAMS, SIZES
+from test_opencl_backend import Guest
+
+from host_backend import OpenClBackend
+from host_backend._lane import TYPES
+from protocols import device_abi as abi
+from protocols import opencl_api as api
+from protocols.device_abi import CmdFlags
+from vdev._dma import DmaMap
+from vdev._rings import RingEngine
+
+F = api.BY_NAME
+IOVA = 1 << 32
+RAM = 4 << 20
+SLOTS = 16
+PAYLOAD_AT, REPLY_AT = 1 << 20, 2 << 20
+READ_ONLY_IOVA = 1 << 40              # a second range, mapped for reading only
+OWNER = 77
+CL_CONTEXT_REFERENCE_COUNT = 0x1080
+CL_MEM_READ_WRITE = 1
+CMD = struct.Struct("<HHIQQQIIQQQ")
+CQE = struct.Struct("<QiI")
+ids = itertools.count(70_000)
+
+
+class Monitor:
+    """A status page's command cell, as the executor keeps one."""
+
+    def __init__(self):
+        self.page = mmap.mmap(-1, 4096)
+        self.command_cell = (self.page, 64)
+        self.commands = 0
+
+    def started(self, queue, opcode, inline):
+        self.commands += 1
+
+    def finished(self):
+        pass
+
+    def counted(self, commands):
+        self.commands += commands
+
+
+class World:
+    """A backend, a ring in guest RAM, the objects the queries name."""
+
+    def __init__(self):
+        self.fd = os.memfd_create("ava-lane-test", os.MFD_ALLOW_SEALING)
+        os.ftruncate(self.fd, RAM)
+        fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+        self.ram = mmap.mmap(self.fd, RAM)
+        self.dma = DmaMap()
+        self.dma.add(IOVA, RAM, 3, 0, os.dup(self.fd))
+        self.dma.add(READ_ONLY_IOVA, 1 << 20, 1, 0, os.dup(self.fd))
+        self.backend = OpenClBackend()
+        assert self.backend.lane is not None, "the lane loads (gcc and libc6-dev are installed)"
+        self.backend.prepare()
+        self.irqs: list[int] = []
+        self.monitor = Monitor()
+        self.engine = RingEngine(self.dma, self.backend, raise_irq=self.irqs.append,
+                                 fail_queue=lambda q, e: None, monitor=self.monitor)
+        assert self.engine.enable_queue(0, IOVA, SLOTS, OWNER) == 0
+        self.index = 0
+        self.guest = Guest(self.backend, owner=OWNER)
+
+    def close(self):
+        self.engine.disable_queue(0)
+        self.backend.close()
+        self.ram.close()
+        os.close(self.fd)
+
+    def run(self, opcode, payload, *, flags=0, payload_addr=IOVA + PAYLOAD_AT,
+            reply_addr=IOVA + REPLY_AT, reply_len=8192, payload_len=None, seq=None):
+        """Publish one command and run it: (completion status, result length, reply)."""
+        self.ram[PAYLOAD_AT:PAYLOAD_AT + len(payload)] = payload
+        self.ram[REPLY_AT:REPLY_AT + 8192] = b"\xa5" * 8192
+        index = self.index
+        at = abi.command_offset(SLOTS, index)
+        self.ram[at:at + 64] = CMD.pack(
+            opcode, flags, len(payload) if payload_len is None else payload_len,
+            index if seq is None else seq, payload_addr, reply_addr, reply_len, 0, 0, 0, 0)
+        struct.pack_into("<Q", self.ram, abi.RING_TAIL, index + 1)
+        assert self.engine.poll_once() == 1
+        self.index = index + 1
+        assert struct.unpack_from("<Q", self.ram, abi.RING_HEAD)[0] == index + 1
+        seq_done, status, length = CQE.unpack_from(self.ram, abi.completion_offset(SLOTS, index))
+        assert seq_done == index
+        return status, length, bytes(self.ram[REPLY_AT:REPLY_AT + max(length, 0)])
+
+    def both(self, opcode, payload, **kw):
+        """The outcome with the lane, then without it; and whether the lane answered."""
+        before = self.backend.lane_calls
+        lane = self.run(opcode, payload, **kw)
+        took = self.backend.lane_calls > before
+        self.backend.use_lane = False
+        try:
+            python = self.run(opcode, payload, **kw)
+        finally:
+            self.backend.use_lane = True
+        return lane, python, took
+
+
+@pytest.fixture(scope="module")
+def world():
+    w = World()
+    g = w.guest
+    ctx, dev = g.context()
+    platform = g.platform()
+    queue, prog, kern, event = (next(ids) for _ in range(4))
+    assert g.call("clCreateCommandQueue", queue, context=ctx, device=dev, properties=0)[0] == 0
+    src = b"__kernel void twice(__global int *a) { a[get_global_id(0)] *= 2; }"
+    assert g.call("clCreateProgramWithSource", prog, context=ctx, count=1, strings=[src])[0] == 0
+    assert g.call("clBuildProgram", program=prog, num_devices=1, device_list=[dev],
+                  options=b"\0")[0] == 0
+    assert g.call("clCreateKernel", kern, program=prog, kernel_name=b"twice\0")[0] == 0
+    assert g.call("clEnqueueMarkerWithWaitList", command_queue=queue,
+                  num_events_in_wait_list=0, event_wait_list=None, event=event)[0] == 0
+    assert g.call("clFinish", command_queue=queue)[0] == 0
+    w.objects = {"clGetPlatformInfo": dict(object=platform), "clGetDeviceInfo": dict(object=dev),
+                 "clGetContextInfo": dict(object=ctx), "clGetCommandQueueInfo": dict(object=queue),
+                 "clGetEventInfo": dict(object=event), "clGetKernelInfo": dict(object=kern),
+                 "clGetKernelWorkGroupInfo": dict(object=kern, device=dev),
+                 "clGetProgramBuildInfo": dict(object=prog, device=dev)}
+    yield w
+    w.close()
+
+
+def refcount(w, **changes):
+    values = dict(w.objects["clGetContextInfo"], param_name=CL_CONTEXT_REFERENCE_COUNT,
+                  param_value_size=4, param_value=4, param_value_size_ret=True)
+    values.update(changes)
+    return encode(F["clGetContextInfo"], **values)
+
+
+@pytest.mark.parametrize("name", sorted(set(PARAMS) - {"clGetSamplerInfo"}))
+def test_replies_match_the_python_path(world, name):
+    """Every param of each query (and odd ones), each size: the same completion and the
+    same reply bytes, and the lane answered most of them."""
+    fn = F[name]
+    answered = 0
+    for param in [*PARAMS[name], *ODD_PARAMS]:
+        for size, cap, size_ret in SIZES:
+            payload = encode(fn, **world.objects[name], param_name=param, param_value_size=size,
+                             param_value=cap, param_value_size_ret=size_ret)
+            lane, python, took = world.both(fn.opcode, payload)
+            assert lane == python, (name, hex(param), size, cap, size_ret)
+            answered += took
+    assert answered > len(PARAMS[name]), f"{name}: the lane answered {answered} calls"
+
+
+def test_bad_input_gets_the_python_paths_answer(world):
+    """Each kind of bad input: the lane leaves the command to Python, which answers it
+    (an error status or completion), and the ring goes on."""
+    fn = F["clGetContextInfo"]
+    ctx = world.objects["clGetContextInfo"]["object"]
+    lane, python, took = world.both(fn.opcode, refcount(world))
+    assert lane == python and took and lane[0] == 0
+    good = refcount(world)
+    words = list(struct.unpack("<5Q", good))
+    cases = {
+        "unknown id": (refcount(world, object=ctx + 1000), {}),
+        "NULL object": (refcount(world, object=0), {}),
+        "an object of another type": (refcount(world, object=world.objects[
+            "clGetCommandQueueInfo"]["object"]), {}),
+        "capacity is not the size": (refcount(world, param_value=8), {}),
+        "bad presence flag": (struct.pack("<5Q", *words[:4], 7), {}),
+        "param wider than cl_uint": (struct.pack("<5Q", words[0], 1 << 32 | words[1],
+                                                 *words[2:]), {}),
+        "truncated payload": (good[:-8], {}),
+        "payload longer than the shape": (good + bytes(8), {}),
+        "payload length not the payload's": (good, dict(payload_len=16)),
+        "payload outside guest RAM": (good, dict(payload_addr=IOVA + RAM - 8)),
+        "payload at an unmapped address": (good, dict(payload_addr=8 << 40)),
+        "reply outside guest RAM": (good, dict(reply_addr=IOVA + RAM - 8, reply_len=64)),
+        "reply in memory mapped for reading only": (good, dict(reply_addr=READ_ONLY_IOVA)),
+        "reply buffer too short": (good, dict(reply_len=8)),
+        "a scatter-listed payload": (good, dict(flags=int(CmdFlags.PAYLOAD_SG))),
+        "a wrong sequence number": (good, dict(seq=12345)),
+        "an answer longer than the lane keeps": (refcount(world, param_value_size=6000,
+                                                          param_value=6000), {}),
+    }
+    for why, (payload, kw) in cases.items():
+        lane, python, took = world.both(fn.opcode, payload, **kw)
+        assert lane == python, why
+        assert not took, f"{why}: the lane took it"
+    for why in ("unknown id", "NULL object", "an object of another type"):
+        assert struct.unpack_from("<q", world.both(fn.opcode, cases[why][0])[0][2])[0] == -34, \
+            f"{why}: CL_INVALID_CONTEXT"
+    assert world.both(fn.opcode, good, reply_addr=8 << 40)[0][0] == -errno.EFAULT
+    other = Guest(world.backend, owner=OWNER + 1)
+    assert other.call("clGetContextInfo", **dict(world.objects["clGetContextInfo"],
+                      param_name=CL_CONTEXT_REFERENCE_COUNT, param_value_size=4,
+                      param_value=4, param_value_size_ret=None))[0] == -34
+
+
+def test_another_owners_ring_does_not_reach_these_objects(world):
+    """The same ids published on a ring of another owner: CL_INVALID_CONTEXT, as the
+    Python path answers, and not by the lane."""
+    world.engine.disable_queue(0)
+    assert world.engine.enable_queue(0, IOVA, SLOTS, OWNER + 5) == 0
+    struct.pack_into("<Q", world.ram, abi.RING_HEAD, world.index)
+    ring = world.engine._rings[0]
+    ring.head = world.index
+    try:
+        lane, python, took = world.both(F["clGetContextInfo"].opcode, refcount(world))
+        assert lane == python and not took
+        assert struct.unpack_from("<q", lane[2])[0] == -34
+    finally:
+        world.engine.disable_queue(0)
+        assert world.engine.enable_queue(0, IOVA, SLOTS, OWNER) == 0
+        ring = world.engine._rings[0]
+        ring.head = world.index
+        struct.pack_into("<Q", world.ram, abi.RING_HEAD, world.index)
+
+
+def test_a_released_object_is_gone_from_the_lane_too(world):
+    """The lane's copy of the handle table follows it: a released context answers
+    CL_INVALID_CONTEXT on both paths; the copy holds what the table holds."""
+    g = world.guest
+    ctx = next(ids)
+    dev = world.objects["clGetDeviceInfo"]["object"]
+    assert g.call("clCreateContext", ctx, properties=None, num_devices=1, devices=[dev])[0] == 0
+    payload = refcount(world, object=ctx)
+    lane, python, took = world.both(F["clGetContextInfo"].opcode, payload)
+    assert lane == python and took and struct.unpack_from("<q", lane[2])[0] == 0
+    assert g.call("clReleaseContext", context=ctx)[0] == 0
+    lane, python, took = world.both(F["clGetContextInfo"].opcode, payload)
+    assert lane == python and not took and struct.unpack_from("<q", lane[2])[0] == -34
+    table = world.backend.handles
+    assert world.backend.lane.entries == sum(
+        1 for e in table._entries.values() if e.obj_type in TYPES)
+    assert world.backend.lane.inflight == 0
+
+
+def test_the_guest_gets_its_interrupt_and_the_status_page_its_command(world):
+    """An armed ring is interrupted after the lane's completion (and disarmed), as after
+    Python's; the status page counts the lane's commands and shows none running."""
+    before = world.monitor.commands
+    calls = world.backend.lane_calls
+    struct.pack_into("<I", world.ram, abi.RING_IRQ_ARMED, 1)
+    assert world.run(F["clGetContextInfo"].opcode, refcount(world))[0] == 0
+    assert world.backend.lane_calls == calls + 1
+    assert world.irqs[-1:] == [0]
+    assert struct.unpack_from("<I", world.ram, abi.RING_IRQ_ARMED)[0] == 0
+    assert world.monitor.commands == before + 1
+    since, queue, opcode = struct.unpack_from("<QII", world.monitor.page, 64)
+    assert since == 0, "no command is running"
+    assert (queue, opcode) == (0, F["clGetContextInfo"].opcode), "the last one is recorded"
+
+
+def test_a_burst_of_queries_is_answered_in_one_pass(world):
+    """Several published at once: the lane answers them in order, each its own reply,
+    and stops at the first it does not take, which Python runs."""
+    fn = F["clGetContextInfo"]
+    good = refcount(world)
+    start = world.index
+    replies = []
+    for i in range(4):
+        payload = good if i != 2 else refcount(world, object=0)
+        at = PAYLOAD_AT + i * 64
+        world.ram[at:at + len(payload)] = payload
+        slot = abi.command_offset(SLOTS, start + i)
+        world.ram[slot:slot + 64] = CMD.pack(fn.opcode, 0, len(payload), start + i, IOVA + at,
+                                             IOVA + REPLY_AT + i * 64, 64, 0, 0, 0, 0)
+        replies.append(REPLY_AT + i * 64)
+    calls = world.backend.lane_calls
+    struct.pack_into("<Q", world.ram, abi.RING_TAIL, start + 4)
+    assert world.engine.poll_once() == 4
+    world.index = start + 4
+    assert world.backend.lane_calls == calls + 3
+    statuses = [struct.unpack_from("<q", world.ram, at)[0] for at in replies]
+    assert statuses == [0, 0, -34, 0]
+
+
+def test_a_range_unmapped_is_not_read_by_the_lane(world):
+    """Guest memory the DMA map no longer has: the lane's view of the ring is made
+    again, and the command fails as Python fails it (EFAULT)."""
+    extra = 1 << 36
+    world.dma.add(extra, 1 << 20, 3, 0, os.dup(world.fd))
+    payload = refcount(world)
+    world.ram[0x10000:0x10000 + len(payload)] = payload
+    # (the range maps the file's first MiB: guest address extra + 0x10000 is RAM 0x10000)
+    lane = world.run(F["clGetContextInfo"].opcode, b"", payload_addr=extra + 0x10000,
+                     payload_len=len(payload))
+    assert lane[0] == 0 and struct.unpack_from("<q", lane[2])[0] == 0
+    world.dma.remove(extra, 1 << 20)
+    calls = world.backend.lane_calls
+    status = world.run(F["clGetContextInfo"].opcode, b"", payload_addr=extra + 0x10000,
+                       payload_len=len(payload))[0]
+    assert status == -errno.EFAULT and world.backend.lane_calls == calls
+
+
+def test_windows_bound_the_lane_as_they_bind_python(world):
+    """A queue limited to DMA windows: a payload outside them fails (EFAULT) without
+    the lane reading it; inside them the lane answers."""
+    ring_end = abi.ring_bytes(SLOTS)
+    world.engine.set_windows(0, ((IOVA, IOVA + ring_end), (IOVA + REPLY_AT, IOVA + REPLY_AT + 8192)))
+    try:
+        calls = world.backend.lane_calls
+        assert world.run(F["clGetContextInfo"].opcode, refcount(world))[0] == -errno.EFAULT
+        assert world.backend.lane_calls == calls
+        world.engine.set_windows(0, ((IOVA, IOVA + ring_end), (IOVA + PAYLOAD_AT, IOVA + REPLY_AT + 8192)))
+        assert world.run(F["clGetContextInfo"].opcode, refcount(world))[0] == 0
+        assert world.backend.lane_calls == calls + 1
+    finally:
+        world.engine._rings[0].ctx.dma = world.dma
+
+
+def test_off_when_asked_and_under_a_metered_session(world, monkeypatch):
+    """``use_lane`` off, the fast path off, or a scheduler metering the VM: the lane
+    takes nothing."""
+    backend = world.backend
+    assert backend.lane_opcodes()
+    for attr, value in (("use_lane", False), ("fast_path", False), ("meter", object())):
+        monkeypatch.setattr(backend, attr, value)
+        assert backend.lane_opcodes() is None, attr
+        monkeypatch.undo()
+    monkeypatch.setenv("AVA_HOST_LANE", "0")
+    off = OpenClBackend()
+    try:
+        assert off.lane is None and off.lane_opcodes() is None
+    finally:
+        off.close()
