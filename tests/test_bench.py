@@ -36,7 +36,7 @@ def test_opencl_benchmark_prints_device_beside_native():
     assert figures["examples"] == {"skipped": "--no-examples"}
     from vdev._opencl_bench import HOST_ROWS
     for _, key, _ in HOST_ROWS:
-        assert figures["host"][key]["fast"] > 0 and figures["host"][key]["interpreter"] > 0, key
+        assert all(figures["host"][key][path] > 0 for path in ("lane", "fast", "interpreter")), key
 
 
 def test_opencl_benchmark_report_names_every_figure_and_target():
@@ -48,12 +48,16 @@ def test_opencl_benchmark_report_names_every_figure_and_target():
     for label, *_ in ROWS:
         assert label in text, label
     assert "<= 0.5 us: met" in text and "<= 5 us: met" in text
-    host = {"null": {"fast": 1.5, "interpreter": 6.0}, "set_arg": {"fast": 3.0, "interpreter": 6.0},
-            "launch": {"fast": 20.0, "interpreter": 30.0}}
+    host = {"null": {"lane": 1.5, "fast": 5.0, "interpreter": 6.0},
+            "set_arg": {"lane": 3.0, "fast": 3.0, "interpreter": 6.0},
+            "launch": {"lane": 20.0, "fast": 20.0, "interpreter": 30.0}}
     with_host = report_opencl({"native": side, "device": side, "host": host})
     null_row = next(line for line in with_host.splitlines() if "forwarded null call" in line
-                    and "interpreter" not in line and "4.00x" in line)
-    assert "<= 2 us: met" in null_row
+                    and "<= 2 us" in line)
+    assert "1.50 us" in null_row and "5.00 us" in null_row and "6.00 us" in null_row
+    assert "<= 2 us: met" in null_row, "the target is the lane's figure (the path calls take)"
+    host["null"]["lane"] = 2.5
+    assert "<= 2 us: NOT met" in report_opencl({"native": side, "device": side, "host": host})
     assert "pyopencl examples, cold (wall)" in text and "1.50x  <= 1.1x: NOT met" in text
     # --vm: the guest's transfers (zero-copy, as root) beside native, and the copying run.
     vm = {key: 1.0 for _, key, *_ in ROWS if key.endswith("_gbs")}
