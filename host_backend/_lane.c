@@ -57,6 +57,8 @@ struct lane_ring {
     uint32_t queue, nintervals;
     struct lane_interval *intervals;
     uint8_t *status_cell;          /* command_since u64, queue u32, opcode u32; or NULL */
+    uint32_t stop;                 /* set when the queue is disabled: the lane returns */
+    uint32_t pad;
 };
 
 struct lane_layout {
@@ -361,12 +363,25 @@ static int run_one(struct lane *L, const struct lane_ring *R, uint64_t index, ui
     return 1;
 }
 
-/* Run the commands at [head, tail) that the lane takes, in order.  Returns how many,
- * times 2, plus 1 when the last one's guest asked for an interrupt (armed; cleared
- * here), which the caller raises.  counts_adjusted: a hooked param's answer is not
- * the implementation's now (Python's). */
+static void relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ volatile("yield");
+#endif
+}
+
+/* Run the commands from head that the lane takes, in order: those at [head, tail),
+ * then those the guest publishes within spin_ns of the last one's completion (a
+ * program's next query comes a microsecond or two after its reply: answered here, it
+ * need not wait for the Python loop to come round), LANE_MAX_RUN at most.  Returns
+ * how many, times 2, plus 1 when the last one's guest asked for an interrupt (armed;
+ * cleared here), which the caller raises.  counts_adjusted: a hooked param's answer
+ * is not the implementation's now (Python's). */
+#define LANE_MAX_RUN 256
 uint64_t lane_run(struct lane *L, const struct lane_ring *R, uint64_t head, uint64_t tail,
-                  uint32_t counts_adjusted)
+                  uint32_t counts_adjusted, uint64_t spin_ns)
 {
     uint32_t irq = 0;
     /* Room for the longest reply: status, length, LANE_OUT_MAX bytes, size. */
@@ -374,12 +389,32 @@ uint64_t lane_run(struct lane *L, const struct lane_ring *R, uint64_t head, uint
     uint64_t done = 0;
     if (!R->slots || (R->slots & (R->slots - 1)))
         return 0;
-    for (uint64_t index = head; index < tail; index++) {
+    const uint64_t *tail_word = (const uint64_t *)(R->ring + L->layout.tail_at);
+    uint32_t *armed = (uint32_t *)(R->ring + L->layout.armed_at);
+    uint64_t index = head;
+    while (done < LANE_MAX_RUN && !__atomic_load_n(&R->stop, __ATOMIC_ACQUIRE)) {
+        if (index == tail) {
+            /* Wait a little for the next command; a tail that is not ahead of the
+             * head by at most the ring's size is Python's to refuse. */
+            uint64_t until = spin_ns ? now_ns() + spin_ns : 0;
+            for (;;) {
+                uint64_t t = __atomic_load_n(tail_word, __ATOMIC_ACQUIRE);
+                if (t != index) {
+                    if (t - index > R->slots)
+                        return done << 1;
+                    tail = t;
+                    break;
+                }
+                if (!until || now_ns() >= until || __atomic_load_n(&R->stop, __ATOMIC_ACQUIRE))
+                    return done << 1;
+                relax();
+            }
+        }
         if (!run_one(L, R, index, scratch, counts_adjusted))
             break;
+        index++;
         done++;
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
-        uint32_t *armed = (uint32_t *)(R->ring + L->layout.armed_at);
         if (__atomic_load_n(armed, __ATOMIC_RELAXED)) {
             __atomic_store_n(armed, 0, __ATOMIC_RELAXED);
             irq = 1;

@@ -61,6 +61,8 @@ struct lane_ring {
     uint32_t queue, nintervals;
     struct lane_interval *intervals;
     uint8_t *status_cell;
+    uint32_t stop;
+    uint32_t pad;
 };
 struct lane_layout {
     uint32_t tail_at, head_at, armed_at, header_size, command_size, completion_size;
@@ -76,7 +78,7 @@ int lane_put(struct lane *L, uint64_t handle, uint64_t tag, uint32_t type, uint6
              uint32_t shared, void *ptr);
 void lane_drop(struct lane *L, uint64_t handle, uint64_t tag);
 uint64_t lane_run(struct lane *L, const struct lane_ring *R, uint64_t head, uint64_t tail,
-                  uint32_t counts_adjusted);
+                  uint32_t counts_adjusted, uint64_t spin_ns);
 """
 
 #: The object types a plain info query names (``InfoQuery.plain``: never a memory
@@ -85,6 +87,7 @@ TYPES = {name: code for code, name in enumerate(
     ("cl_platform_id", "cl_device_id", "cl_context", "cl_command_queue", "cl_program",
      "cl_kernel", "cl_event", "cl_sampler"), start=1)}
 _U64 = (1 << 64) - 1
+SPIN_NS = 5_000
 
 ffi = FFI()
 ffi.cdef(_CDEF)
@@ -155,6 +158,10 @@ class Lane:
         for query, fn in zip(queries, self._fns, strict=True):
             lib.lane_set_fn(self._lane, query.fn.opcode, fn)
         self.broken = False
+        #: How long the lane waits for a ring's next command after its last one: a
+        #: program's next query, a microsecond or two after its reply, is then answered
+        #: without the Python loop (which serves the other rings meanwhile, so short).
+        self.spin_ns = SPIN_NS
         self._run = lib.lane_run
         #: The opcodes the lane may take: the ring engine reads a command's opcode and
         #: asks the lane only for these.
@@ -216,9 +223,10 @@ class Lane:
     # -- running -------------------------------------------------------------------------
 
     def run(self, ring: LaneRing, head: int, tail: int, counts_adjusted: bool) -> tuple[int, bool]:
-        """Run the commands at ``[head, tail)`` the lane takes; (how many, whether to
-        raise the queue's interrupt after the last)."""
-        answer = self._run(self._lane, ring.c, head, tail, counts_adjusted)
+        """Run the commands from ``head`` the lane takes (those to ``tail``, and those
+        published within ``spin_ns`` of the last); (how many, whether to raise the
+        queue's interrupt after the last)."""
+        answer = self._run(self._lane, ring.c, head, tail, counts_adjusted, self.spin_ns)
         return answer >> 1, bool(answer & 1)
 
 
@@ -256,6 +264,10 @@ class LaneRing:
             c.status_cell = ffi.cast("uint8_t *", page) + status_cell[1]
         else:
             c.status_cell = ffi.NULL
+
+    def stop(self) -> None:
+        """The queue is disabled: a lane run on it returns (at its next command)."""
+        self.c.stop = 1
 
 
 def _cl_address(ptr: Any) -> int:

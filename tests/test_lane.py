@@ -340,3 +340,55 @@ def test_off_when_asked_and_under_a_metered_session(world, monkeypatch):
         assert off.lane is None and off.lane_opcodes() is None
     finally:
         off.close()
+
+
+def _publish(world, index, payload, slot_payload_at):
+    fn = F["clGetContextInfo"]
+    world.ram[slot_payload_at:slot_payload_at + len(payload)] = payload
+    slot = abi.command_offset(SLOTS, index)
+    world.ram[slot:slot + 64] = CMD.pack(fn.opcode, 0, len(payload), index,
+                                         IOVA + slot_payload_at, IOVA + REPLY_AT + 256 * (index % 4),
+                                         256, 0, 0, 0, 0)
+    struct.pack_into("<Q", world.ram, abi.RING_TAIL, index + 1)
+
+
+def test_the_next_query_published_meanwhile_is_answered_in_the_same_run(world, monkeypatch):
+    """A program's next query, published while the lane waits after its last, is
+    answered by the same run; with nothing more the run ends after ``spin_ns``; a
+    queue disabled meanwhile ends it at once."""
+    import threading
+    import time
+    lane = world.backend.lane
+    monkeypatch.setattr(lane, "spin_ns", 200_000_000)      # 0.2 s
+    start = world.index
+    calls = world.backend.lane_calls
+
+    def second():
+        deadline = time.monotonic() + 5
+        while struct.unpack_from("<Q", world.ram, abi.RING_HEAD)[0] != start + 1:
+            assert time.monotonic() < deadline
+        _publish(world, start + 1, refcount(world), PAYLOAD_AT + 512)
+
+    helper = threading.Thread(target=second)
+    helper.start()
+    _publish(world, start, refcount(world), PAYLOAD_AT)
+    began = time.monotonic()
+    assert world.engine.poll_once() == 2
+    helper.join()
+    assert time.monotonic() - began >= 0.15, "it waited spin_ns for a third"
+    world.index = start + 2
+    assert world.backend.lane_calls == calls + 2
+    for index in (start, start + 1):
+        assert CQE.unpack_from(world.ram, abi.completion_offset(SLOTS, index))[:2] == (index, 0)
+        assert struct.unpack_from("<q", world.ram, REPLY_AT + 256 * (index % 4))[0] == 0
+
+    monkeypatch.setattr(lane, "spin_ns", 30_000_000_000)   # 30 s: only the disable ends it
+    threading.Timer(0.2, world.engine.disable_queue, (0,)).start()
+    _publish(world, start + 2, refcount(world), PAYLOAD_AT)
+    began = time.monotonic()
+    assert world.engine.poll_once() == 1
+    assert time.monotonic() - began < 10, "the disable ended the lane's wait"
+    world.index = start + 3
+    assert world.engine.enable_queue(0, IOVA, SLOTS, OWNER) == 0
+    world.engine._rings[0].head = world.index
+    struct.pack_into("<Q", world.ram, abi.RING_HEAD, world.index)

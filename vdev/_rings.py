@@ -371,6 +371,9 @@ class RingEngine:
             ring = self._rings.pop(queue, None)
             if ring is not None:
                 ring.generation += 1
+                stop = getattr(ring.lane, "stop", None)
+                if stop is not None:
+                    stop()          # a lane run on it returns
             self._active = tuple(self._rings.values())
 
     def release_queue(self, queue: int, owner: int = 0, last: bool = True) -> None:
@@ -502,7 +505,7 @@ class RingEngine:
                     done += ran
                     if ran and irq:
                         continue        # it stopped for the interrupt, not the command
-                    if head == tail or ring.generation != gen:
+                    if head >= tail or ring.generation != gen:
                         break
                 if not self._process(ring, head):
                     break       # handed to a worker; the queue waits for it
