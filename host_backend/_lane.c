@@ -91,7 +91,7 @@ struct lane *lane_new(const struct lane_layout *layout)
     return L;
 }
 
-void lane_clear(struct lane *L)
+static void lane_clear(struct lane *L)
 {
     pthread_mutex_lock(&L->lock);
     for (uint32_t b = 0; b < LANE_BUCKETS; b++) {

@@ -32,6 +32,8 @@ from cffi import FFI
 from protocols import device_abi as abi
 from protocols.executor import LANE_ENV
 
+from ._cl import address
+
 if TYPE_CHECKING:
     from ._fastpath import InfoQuery
 
@@ -70,7 +72,6 @@ struct lane_layout {
 struct lane;
 struct lane *lane_new(const struct lane_layout *layout);
 void lane_free(struct lane *L);
-void lane_clear(struct lane *L);
 void lane_set_fn(struct lane *L, uint32_t opcode, const struct lane_fn *fn);
 int64_t lane_inflight(struct lane *L);
 uint64_t lane_entries(struct lane *L);
@@ -201,15 +202,12 @@ class Lane:
             self.drop(key)
             return
         if self.lib.lane_put(self._lane, key & _U64, key >> 64, code, owner or 0,
-                             owner is None, ffi.cast("void *", int(_cl_address(ptr)))) != 0:
+                             owner is None, ffi.cast("void *", address(ptr))) != 0:
             self.broken = True          # an incomplete mirror: the lane stays off
             log.error("the lane's handle mirror is out of memory: the lane is off")
 
     def drop(self, key: int) -> None:
         self.lib.lane_drop(self._lane, key & _U64, key >> 64)
-
-    def clear(self) -> None:
-        self.lib.lane_clear(self._lane)
 
     @property
     def inflight(self) -> int:
@@ -268,8 +266,3 @@ class LaneRing:
     def stop(self) -> None:
         """The queue is disabled: a lane run on it returns (at its next command)."""
         self.c.stop = 1
-
-
-def _cl_address(ptr: Any) -> int:
-    from ._cl import address
-    return address(ptr)

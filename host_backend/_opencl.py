@@ -211,8 +211,8 @@ class OpenClBackend:
         return LaneRing(queue, owner, slots, view, intervals, status_cell)
 
     def run_lane(self, ring: LaneRing, head: int, tail: int) -> tuple[int, bool]:
-        """Run the commands at ``[head, tail)`` the lane takes: (how many, whether the
-        guest asked for an interrupt after the last)."""
+        """Run the commands from ``head`` the lane takes (``Lane.run``): (how many,
+        whether the guest asked for an interrupt after the last)."""
         assert self.lane is not None
         done, irq = self.lane.run(ring, head, tail, self.memory.adjusts_context_counts)
         if done:

@@ -42,11 +42,9 @@ SIZES = ((0, None, True), (4, 4, True), (8, 8, False), (1, 1, True), (4096, 4096
          (8, None, False))
 
 
-@pytest.fixture(scope="module")
-def world():
-    backend = OpenClBackend()
-    backend.prepare()
-    g = Guest(backend, owner=7)
+def info_objects(g):
+    """One object of each kind the info queries name, made by ``g``: {query: the
+    arguments naming its object}.  A sampler only where the device supports images."""
     ctx, dev = g.context()
     platform = g.platform()
     queue, prog, kern, buf, event, sampler = (next(ids) for _ in range(6))
@@ -70,6 +68,15 @@ def world():
                "clGetProgramBuildInfo": dict(object=prog, device=dev)}
     if status == 0:         # PoCL may lack image support
         objects["clGetSamplerInfo"] = dict(object=sampler)
+    return objects
+
+
+@pytest.fixture(scope="module")
+def world():
+    backend = OpenClBackend()
+    backend.prepare()
+    g = Guest(backend, owner=7)
+    objects = info_objects(g)
     yield backend, g, objects
     backend.close()
 

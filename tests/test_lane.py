@@ -17,7 +17,7 @@ import struct
 
 import pytest
 from clwire import encode
-from test_fast_path import ODD_PARAMS, PARAMS, SIZES
+from test_fast_path import ODD_PARAMS, PARAMS, SIZES, info_objects
 from test_opencl_backend import Guest
 
 from host_backend import OpenClBackend
@@ -36,7 +36,6 @@ PAYLOAD_AT, REPLY_AT = 1 << 20, 2 << 20
 READ_ONLY_IOVA = 1 << 40              # a second range, mapped for reading only
 OWNER = 77
 CL_CONTEXT_REFERENCE_COUNT = 0x1080
-CL_MEM_READ_WRITE = 1
 CMD = struct.Struct("<HHIQQQIIQQQ")
 CQE = struct.Struct("<QiI")
 ids = itertools.count(70_000)
@@ -122,24 +121,7 @@ class World:
 @pytest.fixture(scope="module")
 def world():
     w = World()
-    g = w.guest
-    ctx, dev = g.context()
-    platform = g.platform()
-    queue, prog, kern, event = (next(ids) for _ in range(4))
-    assert g.call("clCreateCommandQueue", queue, context=ctx, device=dev, properties=0)[0] == 0
-    src = b"__kernel void twice(__global int *a) { a[get_global_id(0)] *= 2; }"
-    assert g.call("clCreateProgramWithSource", prog, context=ctx, count=1, strings=[src])[0] == 0
-    assert g.call("clBuildProgram", program=prog, num_devices=1, device_list=[dev],
-                  options=b"\0")[0] == 0
-    assert g.call("clCreateKernel", kern, program=prog, kernel_name=b"twice\0")[0] == 0
-    assert g.call("clEnqueueMarkerWithWaitList", command_queue=queue,
-                  num_events_in_wait_list=0, event_wait_list=None, event=event)[0] == 0
-    assert g.call("clFinish", command_queue=queue)[0] == 0
-    w.objects = {"clGetPlatformInfo": dict(object=platform), "clGetDeviceInfo": dict(object=dev),
-                 "clGetContextInfo": dict(object=ctx), "clGetCommandQueueInfo": dict(object=queue),
-                 "clGetEventInfo": dict(object=event), "clGetKernelInfo": dict(object=kern),
-                 "clGetKernelWorkGroupInfo": dict(object=kern, device=dev),
-                 "clGetProgramBuildInfo": dict(object=prog, device=dev)}
+    w.objects = info_objects(w.guest)
     yield w
     w.close()
 

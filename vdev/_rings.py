@@ -514,8 +514,9 @@ class RingEngine:
         return done
 
     def _run_lane(self, lane: Lane, ring: Ring, head: int, tail: int) -> tuple[int, bool]:
-        """The commands at ``[head, tail)`` that the lane takes, run by it: (how many,
-        whether it stopped to raise the queue's interrupt).  It reads the ring and
+        """The commands from ``head`` that the lane takes (those up to ``tail``, and any
+        the guest publishes while it waits), run by it: (how many, whether it stopped
+        to raise the queue's interrupt).  It reads the ring and
         the guest memory the queue may reach as described now, counted as one command
         of the ring's owner taken off the ring (fences wait for it)."""
         flight = ring.flight
