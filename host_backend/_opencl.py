@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from protocols import opencl_api as api
 from protocols import opencl_caps as caps
@@ -37,7 +37,14 @@ from ._args import (
     CallError,
 )
 from ._cl import ffi, lib, platforms_and_devices
-from ._fastpath import InfoQuery, KernelArgCall, LaunchCall
+from ._fastpath import (
+    SMALL_TRANSFER,
+    InfoQuery,
+    KernelArgCall,
+    LaunchCall,
+    SmallTransferCall,
+    spin_until_ended,
+)
 from ._handles import HOST_ID_BASE, HandleTable, _address, guest_id
 from ._handles import key as handle_key
 from ._includes import IncludeStore
@@ -82,10 +89,9 @@ CL_INVALID_BUFFER_SIZE = -61
 SETTLE_POLL_S = 50e-6
 #: The largest blocking buffer transfer run on the ring poller when its queue is idle
 #: (``_small_transfer_ready``): a copy of this size takes a few microseconds.
-SETTLED_TRANSFER_MAX = 64 << 10
-#: Such a transfer's payload: queue, buffer, blocking, offset, size, the guest range
-#: (mode, address, length), no wait list (0, NULL_LEN), the event id.
-_SMALL_TRANSFER = struct.Struct("<11Q")
+SETTLED_TRANSFER_MAX = 1 << 20
+#: The blocking calls ``execute_settled`` runs without blocking (``SmallTransferCall``).
+_SPUN = frozenset({"clEnqueueReadBuffer", "clEnqueueWriteBuffer"})
 assert all([a.name for a in api.BY_NAME[name].args][:1] == ["command_queue"]
            and [type(a.kind) for a in api.BY_NAME[name].args][1:] == [
                api.Handle, api.Scalar, api.Scalar, api.Scalar, api.HostData, api.Scalar,
@@ -170,6 +176,7 @@ class OpenClBackend:
             query = self._fast_path_of(fn)
             if query is not None:
                 self._fast[fn.opcode] = query
+        self._small_transfers = {name: SmallTransferCall(api.BY_NAME[name]) for name in _SPUN}
         #: Plain info queries run from the ring in C (``_lane``); None: off.
         self.lane: Lane | None = None
         self.lane_calls = 0
@@ -255,13 +262,14 @@ class OpenClBackend:
 
     # -- Backend protocol --------------------------------------------------------------
 
-    def execute(self, ctx) -> tuple[int, int]:
+    def execute(self, ctx, *, spin: bool = False) -> tuple[int, int]:
+        """Run one command (``spin``: see ``call``)."""
         fn = api.BY_OPCODE.get(ctx.opcode)
         if fn is None:
             return -errno.ENOSYS, 0
         self.calls += 1
         try:
-            reply = self.call(fn, ctx.read_payload(), ctx.owner, ctx.dma)
+            reply = self.call(fn, ctx.read_payload(), ctx.owner, ctx.dma, spin=spin)
         except WireError as exc:
             log.warning("queue %d: malformed %s: %s", ctx.queue, fn.name, exc)
             if ctx.flags & _POSTED:
@@ -301,7 +309,21 @@ class OpenClBackend:
             self.settled_calls += 1
             return 0, ctx.write_reply(_SUCCESS_REPLY)
         self.settled_calls += 1
-        return self.execute(ctx)
+        if fn.name not in _SPUN:
+            return self.execute(ctx)
+        small = self._small_transfers[fn.name]
+        if not ctx.flags & _POSTED:
+            with self._lock:
+                seq = self._call_started(ctx.owner)
+            try:
+                reply = small(self, payload, ctx.owner, ctx.dma)
+            finally:
+                self._call_ended(ctx.owner, seq)
+            if reply is not None:
+                self.calls += 1
+                self.fast_calls += 1
+                return 0, ctx.write_reply(reply)
+        return self.execute(ctx, spin=True)
 
     def _queue_idle(self, payload: bytes, owner: int) -> bool:
         if len(payload) != 8:
@@ -315,10 +337,10 @@ class OpenClBackend:
         wake-ups) cost more than the 4 KiB copy itself: 4 KiB transfers ran at 0.02-0.04
         GB/s, against PoCL's 0.06-0.16 natively."""
         n = len(payload)
-        if n != _SMALL_TRANSFER.size:       # a range (not a scatter list), no wait list
+        if n != SMALL_TRANSFER.size:       # a range (not a scatter list), no wait list
             return False
         (queue_id, mem_id, blocking, _offset, size, mode, _addr, length, num_events,
-         listed, _event) = _SMALL_TRANSFER.unpack(payload)
+         listed, _event) = SMALL_TRANSFER.unpack(payload)
         if not blocking or size > SETTLED_TRANSFER_MAX or mode != api.HOSTDATA_RANGE \
                 or length != size or num_events != 0 or listed != api.NULL_LEN or mem_id == 0:
             return False
@@ -337,8 +359,10 @@ class OpenClBackend:
         cl = lib()
         with self._lock:
             tail = self.tails.take(queue)
-        if tail is not None:        # the queue's last command, a launch: no marker
+        if tail is not None:        # the queue's last command is known: no marker
             try:
+                if self._ended(tail):
+                    return True     # (it ran: nothing of the queue's waits for a flush)
                 cl.clFlush(queue)
                 return self._ends_soon(tail)
             finally:
@@ -507,11 +531,13 @@ class OpenClBackend:
 
     # -- one call -------------------------------------------------------------------------
 
-    def call(self, fn: api.Function, payload: bytes, owner: int, dma=None) -> bytes:
+    def call(self, fn: api.Function, payload: bytes, owner: int, dma=None, *,
+             spin: bool = False) -> bytes:
         """Run ``fn`` with the encoded ``payload``; returns the encoded reply.  ``dma``
         resolves guest addresses (application data passed by reference).  Calls in
         progress are counted per owner: a dead owner's objects are released only once
-        none is left (see ``_release_dead_owners``)."""
+        none is left (see ``_release_dead_owners``).  ``spin``: a blocking buffer
+        transfer on an idle queue, run by the ring poller (``_spun``)."""
         fast = self._fast.get(fn.opcode)
         if fast is not None and self.fast_path and not (
                 (fast.metered_hook and self.meter is not None)
@@ -532,6 +558,8 @@ class OpenClBackend:
         call = Call()
         seq = 0
         enqueues_on = None
+        epoch = 0
+        ended = None            # a spun transfer's event (``_spun``), the caller's reference
         try:
             with self._lock:
                 seq = self._call_started(owner)
@@ -549,6 +577,7 @@ class OpenClBackend:
                     enqueues_on = cargs[queue_at] if queue_at is not None else None
                     if enqueues_on is not None:
                         self.tails.forget(enqueues_on)
+                        epoch = self.tails.epoch
                 if self.meter is not None or self.tenancy.sub is not None:
                     self.tenancy.before(fn, cargs, call, metered=self.meter is not None)
             filters = self._info_filters.get(fn.name)
@@ -565,6 +594,8 @@ class OpenClBackend:
                 result = self._binaries_skipped(cargs)
             elif call.segments is not None:
                 result = self._segmented(fn, cargs, call)
+            elif spin and enqueues_on is not None:
+                result, ended = self._spun(fn, cargs, call, enqueues_on)
             else:
                 result = getattr(lib(), fn.name)(*cargs)
             if fn.name in self._AS_NATIVE:
@@ -598,9 +629,17 @@ class OpenClBackend:
                 cleanup()
             if call.own_event is not None and call.own_event[0] != ffi.NULL:
                 lib().clReleaseEvent(call.own_event[0])
-            if enqueues_on is not None:     # a launch recorded meanwhile is not the newest
+            if enqueues_on is not None:
                 with self._lock:
-                    self.tails.forget(enqueues_on)
+                    if ended is not None and self.tails.epoch == epoch:
+                        # Nothing else went onto the queue since: its newest command
+                        # ended, and a finish or the next small transfer need no marker.
+                        self.tails.record(enqueues_on, ended, epoch,
+                                          bool(self.memory.in_order(enqueues_on)))
+                    else:           # a launch recorded meanwhile is not the newest
+                        self.tails.forget(enqueues_on)
+            if ended is not None:
+                lib().clReleaseEvent(ended)
             if seq:
                 self._call_ended(owner, seq, call)
         return enc.bytes()
@@ -711,6 +750,31 @@ class OpenClBackend:
         if previous is not None:
             cl.clReleaseEvent(previous)
         return CL_SUCCESS
+
+    def _spun(self, fn: api.Function, cargs, call: Call, queue) -> tuple[int, Any]:
+        """A blocking buffer transfer that ``execute_settled`` runs on the ring poller
+        and ``SmallTransferCall`` does not take (the guest asked for an event), run as
+        that does: enqueued without blocking, its event polled until it ends.  Returns
+        the enqueue's status, and the command's event (a reference of the caller's: it
+        is the queue's newest command, and it ended) or None."""
+        at = call.index
+        args = list(cargs)
+        flag = at.get("blocking_read", at.get("blocking_write"))
+        assert flag is not None             # (_SPUN's functions)
+        args[flag] = 0
+        cell = cargs[at["event"]]           # the guest's, or the host's own (_memory_before)
+        ours = cell == ffi.NULL
+        if ours:
+            cell = args[at["event"]] = ffi.new("cl_event *")
+        cl = lib()
+        status = getattr(cl, fn.name)(*args)
+        if status != CL_SUCCESS:
+            return status, None
+        event = cell[0]
+        if not ours:
+            cl.clRetainEvent(event)
+        spin_until_ended(cl, queue, event)
+        return status, event
 
     def _hold_transfer(self, call: Call, owner: int, seq: int) -> None:
         """A non-blocking transfer went to the implementation: its views of guest RAM

@@ -13,6 +13,7 @@ from host_backend import OpenClBackend
 from host_backend._cl import lib
 from host_backend._fastpath import InfoQuery
 from host_backend._handles import key
+from host_backend._opencl import SETTLED_TRANSFER_MAX
 from host_backend._queue_tails import QueueTails
 from protocols import opencl_api as api
 from vdev._backend import CommandContext
@@ -22,6 +23,7 @@ ids = itertools.count(50_000)
 CL_CONTEXT_REFERENCE_COUNT = 0x1080
 CL_PROGRAM_BUILD_OPTIONS = 0x1182
 CL_MEM_READ_WRITE = 1
+CL_EVENT_COMMAND_EXECUTION_STATUS = 0x11D3
 
 #: Each fast-pathed query, its object argument's kind, and the params tried: its
 #: cl.h range and a few around it, and values no query knows.
@@ -316,7 +318,7 @@ def _transfer_settled(backend, fn, owner, dma, **values):
 
 
 def test_small_blocking_transfers_on_an_idle_queue_run_at_once(world):
-    """A blocking clEnqueueWriteBuffer / clEnqueueReadBuffer of at most 64 KiB of one
+    """A blocking clEnqueueWriteBuffer / clEnqueueReadBuffer of at most 1 MiB of one
     guest range, with no wait list, on an idle queue runs on the ring poller (a worker's
     hand-off cost more than the copy), with the implementation's status and bytes, an
     error included; a non-blocking one, one with a wait list, a larger one and one on a
@@ -349,7 +351,8 @@ def test_small_blocking_transfers_on_an_idle_queue_run_at_once(world):
     assert status == native == -30, "CL_INVALID_VALUE"
     # What must wait, or may: a worker's.
     assert _transfer_settled(backend, write, g.owner, dma, blocking_write=0, **common) is None
-    big = dict(common, offset=0, size=128 << 10, ptr=(api.HOSTDATA_RANGE, 0x10000, 128 << 10))
+    too_big = SETTLED_TRANSFER_MAX + 4096
+    big = dict(common, offset=0, size=too_big, ptr=(api.HOSTDATA_RANGE, 0x10000, too_big))
     assert _transfer_settled(backend, write, g.owner, dma, blocking_write=1, **big) is None
     ended = objects["clGetEventInfo"]["object"]
     waits = dict(common, num_events_in_wait_list=1, event_wait_list=[ended])
@@ -366,6 +369,141 @@ def test_small_blocking_transfers_on_an_idle_queue_run_at_once(world):
     status = _transfer_settled(backend, write, g.owner, dma, blocking_write=1, **other)[0]
     assert status == -38, "CL_INVALID_MEM_OBJECT, as a worker answers an unknown id"
     assert g.call("clReleaseMemObject", memobj=buf)[0] == 0
+
+
+def _ram_after(dma, at, n, run, *args, **kwargs):
+    """``run(*args, **kwargs)``'s answer, and the ``n`` guest bytes at ``at`` after it
+    (they start as a pattern each time, so a read that wrote nothing shows)."""
+    dma.ram[at:at + n] = bytes((i * 7 + 1) & 0xFF for i in range(n))
+    return run(*args, **kwargs), bytes(dma.ram[at:at + n])
+
+
+def test_small_transfers_match_the_interpreter(world):
+    """``SmallTransferCall`` (a small blocking transfer the poller runs without blocking,
+    polling its event): the reply and the guest's bytes are the interpreter's blocking
+    call's, for transfers that succeed and transfers the implementation refuses; ids it
+    does not take itself (unknown, another owner's, NULL) get the interpreter's answer
+    through the same settled path."""
+    backend, g, objects = world
+    backend.settle_poll_s = 2.0
+    queue = objects["clGetCommandQueueInfo"]["object"]
+    ctx = objects["clGetContextInfo"]["object"]
+    buf, stranger_buf = next(ids), next(ids)
+    assert g.call("clCreateBuffer", buf, context=ctx, flags=CL_MEM_READ_WRITE, size=8192,
+                  host_ptr=None)[0] == 0
+    stranger = Guest(backend, owner=g.owner + 1)
+    stranger_ctx = next(ids)
+    assert stranger.call("clCreateContext", stranger_ctx, properties=None, num_devices=1,
+                         devices=[objects["clGetKernelWorkGroupInfo"]["device"]])[0] == 0
+    assert stranger.call("clCreateBuffer", stranger_buf, context=stranger_ctx,
+                         flags=CL_MEM_READ_WRITE, size=8192, host_ptr=None)[0] == 0
+    dma = FakeDma()
+    at = 0x20000
+    cases = {
+        "the whole buffer": dict(offset=0, size=8192),
+        "a part": dict(offset=4096, size=100),
+        "past the end": dict(offset=8192 - 100, size=4096),
+        "nothing": dict(offset=0, size=0),
+        "an unknown buffer": dict(offset=0, size=64, buffer=buf + 999),
+        "another owner's buffer": dict(offset=0, size=64, buffer=stranger_buf),
+        "a NULL buffer": dict(offset=0, size=64, buffer=0),
+        "an unknown queue": dict(offset=0, size=64, command_queue=queue + 999),
+    }
+    taken = 0
+    for name, flag in (("clEnqueueWriteBuffer", "blocking_write"),
+                       ("clEnqueueReadBuffer", "blocking_read")):
+        fn = F[name]
+        for why, case in cases.items():
+            values = dict(command_queue=queue, buffer=buf, num_events_in_wait_list=0,
+                          event_wait_list=None, event=0, **{flag: 1})
+            values.update(case)
+            values["ptr"] = (api.HOSTDATA_RANGE, at, values["size"])
+            before = backend.fast_calls
+            fast = _ram_after(dma, at, 8192, _transfer_settled, backend, fn, g.owner, dma,
+                              **values)
+            took = backend.fast_calls > before
+            payload = encode(fn, **values)
+            backend.fast_path = False
+            try:
+                slow = _ram_after(dma, at, 8192, backend.call, fn, payload, g.owner, dma)
+            finally:
+                backend.fast_path = True
+            if why in ("a NULL buffer", "an unknown queue"):
+                assert fast[0] is None, f"{name}, {why}: a worker's, as before"
+                continue
+            assert fast[0] is not None, f"{name}, {why}: settled"
+            assert fast[0][1] == slow[0], f"{name}, {why}: the reply"
+            assert fast[1] == slow[1], f"{name}, {why}: the guest's bytes"
+            taken += took
+            if why in ("an unknown buffer", "another owner's buffer"):
+                assert not took, f"{name}, {why}: the interpreter's"
+    assert taken == 8, "the fast path ran every transfer of the caller's own objects"
+    for mem in backend.memory.mems.values():
+        assert mem.in_call == 0, "no hold outlives its call"
+    assert g.call("clReleaseMemObject", memobj=buf)[0] == 0
+    assert stranger.call("clReleaseMemObject", memobj=stranger_buf)[0] == 0
+    assert stranger.call("clReleaseContext", context=stranger_ctx)[0] == 0
+
+
+def test_a_small_transfer_leaves_its_queue_idle_for_the_next(world):
+    """A small transfer the poller ran ended before its reply: it is the queue's tail,
+    so a finish, or the next small transfer, asks its event instead of a marker.  One
+    with a guest event (the interpreter's, run the same way) gives the guest an event
+    that is complete.  A bad guest range is the command's error, with no hold left."""
+    backend, g, objects = world
+    backend.settle_poll_s = 2.0
+    queue = objects["clGetCommandQueueInfo"]["object"]
+    ctx = objects["clGetContextInfo"]["object"]
+    queue_ptr = backend.handles.entry(key(queue, g.owner)).ptr
+    buf, event = next(ids), next(ids)
+    assert g.call("clCreateBuffer", buf, context=ctx, flags=CL_MEM_READ_WRITE, size=4096,
+                  host_ptr=None)[0] == 0
+    write, finish = F["clEnqueueWriteBuffer"], F["clFinish"]
+    dma = FakeDma()
+    common = dict(command_queue=queue, buffer=buf, blocking_write=1, offset=0, size=4096,
+                  ptr=(api.HOSTDATA_RANGE, 0x10000, 4096), num_events_in_wait_list=0,
+                  event_wait_list=None)
+
+    def tail():
+        with backend._lock:
+            ended = backend.tails.take(queue_ptr)
+        if ended is None:
+            return None
+        try:
+            return backend._ended(ended)
+        finally:
+            lib().clReleaseEvent(ended)
+
+    assert g.call("clFinish", command_queue=queue)[0] == 0
+    assert _transfer_settled(backend, write, g.owner, dma, event=0, **common)[0] == 0
+    assert tail() is True, "the transfer is the queue's tail, and it ended"
+    # So a finish asks its event, which ended: settled even with no time to wait for
+    # a marker.
+    backend.settle_poll_s = 0.0
+    try:
+        assert _settled(backend, finish, encode(finish, command_queue=queue), g.owner)[0] == 0
+    finally:
+        backend.settle_poll_s = 2.0
+    before = backend.fast_calls
+    assert _transfer_settled(backend, write, g.owner, dma, event=event, **common)[0] == 0
+    assert backend.fast_calls == before, "a guest event: the interpreter's"
+    status, out = g.call("clGetEventInfo", object=event,
+                         param_name=CL_EVENT_COMMAND_EXECUTION_STATUS, param_value_size=4,
+                         param_value=4, param_value_size_ret=None)
+    assert status == 0 and int.from_bytes(out["param_value"], "little") == 0, "CL_COMPLETE"
+    assert tail() is True
+    # Another command on the queue: no longer its tail.
+    assert g.call("clEnqueueMarkerWithWaitList", command_queue=queue, num_events_in_wait_list=0,
+                  event_wait_list=None, event=0)[0] == 0
+    assert tail() is None
+    with pytest.raises(ValueError, match="outside guest memory"):
+        _transfer_settled(backend, write, g.owner, dma, event=0,
+                          **dict(common, ptr=(api.HOSTDATA_RANGE, len(dma.ram) - 100, 4096)))
+    assert backend.memory.mems[key(buf, g.owner)].in_call == 0
+    assert _transfer_settled(backend, write, g.owner, dma, event=0, **common)[0] == 0
+    for handle, release in ((event, "clReleaseEvent"), (buf, "clReleaseMemObject")):
+        arg = "event" if release == "clReleaseEvent" else "memobj"
+        assert g.call(release, **{arg: handle})[0] == 0
 
 
 def test_launches_match_the_interpreter(world):
@@ -544,7 +682,7 @@ def test_a_finish_after_a_launch_asks_the_launchs_event(world):
 
 
 def test_a_launch_enqueued_beside_another_command_is_no_tail(world):
-    """``QueueTails.launched``: a launch that another enqueue started beside (the
+    """``QueueTails.record``: a launch that another enqueue started beside (the
     epoch moved while it was enqueued) may not be the newest command: not recorded;
     one that nothing started beside is."""
     backend, g, objects = world
@@ -554,14 +692,14 @@ def test_a_launch_enqueued_beside_another_command_is_no_tail(world):
     try:
         epoch = tails.epoch
         tails.forget(queue)                 # another thread's command, meanwhile
-        tails.launched(queue, event, epoch, True)
+        tails.record(queue, event, epoch, True)
         assert len(tails) == 0 and tails.take(queue) is None
-        tails.launched(queue, event, tails.epoch, True)
+        tails.record(queue, event, tails.epoch, True)
         assert len(tails) == 1
         taken = tails.take(queue)
         assert taken == event
         lib().clReleaseEvent(taken)
-        tails.launched(queue, event, tails.epoch, False)    # out of order: forgotten
+        tails.record(queue, event, tails.epoch, False)    # out of order: forgotten
         assert len(tails) == 0
     finally:
         tails.close()

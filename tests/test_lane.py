@@ -14,6 +14,7 @@ import itertools
 import mmap
 import os
 import struct
+import time
 
 import pytest
 from clwire import encode
@@ -21,6 +22,7 @@ from test_fast_path import ODD_PARAMS, PARAMS, SIZES, info_objects
 from test_opencl_backend import Guest
 
 from host_backend import OpenClBackend
+from host_backend._handles import key
 from host_backend._lane import TYPES
 from protocols import device_abi as abi
 from protocols import opencl_api as api
@@ -418,3 +420,71 @@ def test_random_commands_get_the_same_answers_with_and_without_the_lane(world):
         assert lane == python, (fn.name, payload.hex(), kw)
         took += answered
     assert took > 300, f"the lane answered {took} of 1,500"
+
+
+def _run_to_completion(w, opcode, payload, **kw):
+    """``World.run`` for a command that may go to a worker thread: its completion once
+    the worker is done (status, result length, reply)."""
+    w.ram[PAYLOAD_AT:PAYLOAD_AT + len(payload)] = payload
+    index = w.index
+    at = abi.command_offset(SLOTS, index)
+    w.ram[at:at + 64] = CMD.pack(opcode, 0, len(payload), index, IOVA + PAYLOAD_AT,
+                                 IOVA + REPLY_AT, 8192, 0, 0, 0, 0)
+    struct.pack_into("<Q", w.ram, abi.RING_TAIL, index + 1)
+    deadline = time.monotonic() + 30
+    while struct.unpack_from("<Q", w.ram, abi.RING_HEAD)[0] != index + 1:
+        w.engine.poll_once()
+        assert time.monotonic() < deadline, "the command never completed"
+        time.sleep(0.001)
+    w.index = index + 1
+    seq_done, status, length = CQE.unpack_from(w.ram, abi.completion_offset(SLOTS, index))
+    assert seq_done == index
+    return status, length, bytes(w.ram[REPLY_AT:REPLY_AT + max(length, 0)])
+
+
+def test_small_transfers_on_the_poller_refuse_bad_guest_ranges(world):
+    """A small blocking transfer the ring poller runs (``SmallTransferCall``) with a
+    guest range it may not use: a read into memory mapped for reading only, a range past
+    guest RAM, an unmapped one.  Each is the command's error completion, as when a
+    worker runs it (the fast path off), no hold is left on the buffer, and the ring goes
+    on: the next transfer moves the bytes."""
+    backend, g = world.backend, world.guest
+    ctx = world.objects["clGetContextInfo"]["object"]
+    queue = world.objects["clGetCommandQueueInfo"]["object"]
+    buf = next(ids)
+    assert g.call("clCreateBuffer", buf, context=ctx, flags=1, size=4096, host_ptr=None)[0] == 0
+    backend.settle_poll_s = 2.0
+    write, read = F["clEnqueueWriteBuffer"], F["clEnqueueReadBuffer"]
+
+    def transfer(fn, flag, addr, size=4096):
+        return encode(fn, command_queue=queue, buffer=buf, offset=0, size=size,
+                      ptr=(api.HOSTDATA_RANGE, addr, size), num_events_in_wait_list=0,
+                      event_wait_list=None, event=0, **{flag: 1})
+
+    cases = {
+        "a read into memory mapped for reading only": transfer(read, "blocking_read",
+                                                               READ_ONLY_IOVA),
+        "a read past guest RAM": transfer(read, "blocking_read", IOVA + RAM - 100),
+        "a write from past guest RAM": transfer(write, "blocking_write", IOVA + RAM - 100),
+        "a write from an unmapped address": transfer(write, "blocking_write", 8 << 40),
+    }
+    for why, payload in cases.items():
+        fn = write if "write" in why else read
+        before = backend.settled_calls
+        poller = world.run(fn.opcode, payload)
+        assert backend.settled_calls == before + 1, f"{why}: the poller's"
+        backend.fast_path = False
+        try:
+            worker = _run_to_completion(world, fn.opcode, payload)
+        finally:
+            backend.fast_path = True
+        assert poller[0] < 0 and poller == worker, why
+        assert backend.memory.mems[key(buf, OWNER)].in_call == 0, f"{why}: a hold left"
+    data = bytes((i * 5) & 0xFF for i in range(4096))
+    world.ram[3 << 20:(3 << 20) + 4096] = data
+    assert world.run(write.opcode, transfer(write, "blocking_write", IOVA + (3 << 20)))[0] == 0
+    world.ram[3 << 20:(3 << 20) + 4096] = bytes(4096)
+    status, _, reply = world.run(read.opcode, transfer(read, "blocking_read", IOVA + (3 << 20)))
+    assert status == 0 and struct.unpack_from("<q", reply)[0] == 0
+    assert bytes(world.ram[3 << 20:(3 << 20) + 4096]) == data
+    assert g.call("clReleaseMemObject", memobj=buf)[0] == 0
