@@ -293,6 +293,44 @@ class KernelArgCall:
         return _I64.pack(status)
 
 
+_NULL_MARKER = struct.Struct("<4Q")     # queue, no wait list (0, NULL_LEN), no event (0)
+
+
+class NullMarkerCall:
+    """``clEnqueueMarkerWithWaitList`` with no wait list and no event, on a queue of the
+    caller's: answered CL_SUCCESS, and nothing is enqueued.  Such a marker can be seen
+    by nothing: no event reports it, and a later finish, wait or marker waits for the
+    same commands with it or without it (it holds no command back, even on an
+    out-of-order queue, as a barrier would).  The guest sends one to unmap a mapping
+    made for reading; enqueued, it cost an interpreter's call, and it hid the queue's
+    last transfer from the finish that follows (``QueueTails``), which then waited for
+    a marker of its own (25 us on PoCL).  A queue id not found is the interpreter's
+    (CL_INVALID_COMMAND_QUEUE); so is every other shape, and a metered session, whose
+    scheduler admits each command."""
+
+    metered_hook = True
+    partition_hook = False
+
+    def __init__(self, fn: api.Function):
+        assert [a.name for a in fn.args] == [
+            "command_queue", "num_events_in_wait_list", "event_wait_list", "event"]
+        self.fn = fn
+
+    def __call__(self, backend: Any, payload: bytes, owner: int) -> bytes | None:
+        if len(payload) != 32:
+            return None
+        queue_raw, num_events, listed, event_raw = _NULL_MARKER.unpack(payload)
+        if num_events or listed != NULL_LEN or event_raw or queue_raw == 0:
+            return None
+        if _owned(backend.handles._entries.get(handle_key(queue_raw, owner)),
+                  "cl_command_queue", owner) is None:
+            return None
+        return _SUCCESS
+
+
+_SUCCESS = bytes(8)
+
+
 _WORDS: dict[int, struct.Struct] = {}
 
 

@@ -42,6 +42,7 @@ from ._fastpath import (
     InfoQuery,
     KernelArgCall,
     LaunchCall,
+    NullMarkerCall,
     SmallTransferCall,
     spin_until_ended,
 )
@@ -105,6 +106,9 @@ RELEASE_ORDER = (("cl_event", "clReleaseEvent"), ("cl_kernel", "clReleaseKernel"
                  ("cl_program", "clReleaseProgram"), ("cl_mem", "clReleaseMemObject"),
                  ("cl_sampler", "clReleaseSampler"), ("cl_command_queue", "clReleaseCommandQueue"),
                  ("cl_context", "clReleaseContext"), ("cl_device_id", "clReleaseDevice"))
+
+
+FastCall = InfoQuery | KernelArgCall | LaunchCall | NullMarkerCall
 
 
 class OpenClBackend:
@@ -171,7 +175,7 @@ class OpenClBackend:
         #: Blocking calls answered without a worker thread (see ``execute_settled``).
         self.settled_calls = 0
         self.settle_poll_s = SETTLE_POLL_S
-        self._fast: dict[int, InfoQuery | KernelArgCall | LaunchCall] = {}
+        self._fast: dict[int, FastCall] = {}
         for fn in api.FUNCTIONS:
             query = self._fast_path_of(fn)
             if query is not None:
@@ -675,9 +679,11 @@ class OpenClBackend:
     _SESSION_HOOKED_PARAMS: ClassVar[dict[str, frozenset[int]]] = {
         "clGetContextInfo": frozenset({CL_CONTEXT_REFERENCE_COUNT})}
 
-    def _fast_path_of(self, fn: api.Function) -> InfoQuery | KernelArgCall | LaunchCall | None:
+    def _fast_path_of(self, fn: api.Function) -> FastCall | None:
         if fn.name == "clSetKernelArg":
             return KernelArgCall(fn)
+        if fn.name == "clEnqueueMarkerWithWaitList":
+            return NullMarkerCall(fn)
         if fn.name == "clEnqueueNDRangeKernel":
             return LaunchCall(fn)
         hooked = self._HOOKED_PARAMS.get(fn.name, frozenset())

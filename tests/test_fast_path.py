@@ -493,9 +493,11 @@ def test_a_small_transfer_leaves_its_queue_idle_for_the_next(world):
     assert status == 0 and int.from_bytes(out["param_value"], "little") == 0, "CL_COMPLETE"
     assert tail() is True
     # Another command on the queue: no longer its tail.
+    marker = next(ids)
     assert g.call("clEnqueueMarkerWithWaitList", command_queue=queue, num_events_in_wait_list=0,
-                  event_wait_list=None, event=0)[0] == 0
+                  event_wait_list=None, event=marker)[0] == 0
     assert tail() is None
+    assert g.call("clReleaseEvent", event=marker)[0] == 0
     with pytest.raises(ValueError, match="outside guest memory"):
         _transfer_settled(backend, write, g.owner, dma, event=0,
                           **dict(common, ptr=(api.HOSTDATA_RANGE, len(dma.ram) - 100, 4096)))
@@ -504,6 +506,75 @@ def test_a_small_transfer_leaves_its_queue_idle_for_the_next(world):
     for handle, release in ((event, "clReleaseEvent"), (buf, "clReleaseMemObject")):
         arg = "event" if release == "clReleaseEvent" else "memobj"
         assert g.call(release, **{arg: handle})[0] == 0
+
+
+def test_a_marker_nothing_can_see_is_not_enqueued(world):
+    """``NullMarkerCall``: a marker with no wait list and no event, on a queue of the
+    caller's, is CL_SUCCESS without a command (the queue's tail stays what it was);
+    one with an event or a wait list, an unknown queue, another owner's queue get the
+    interpreter's answer, the same as with the fast path off."""
+    backend, g, objects = world
+    backend.settle_poll_s = 2.0
+    fn = F["clEnqueueMarkerWithWaitList"]
+    queue = objects["clGetCommandQueueInfo"]["object"]
+    ctx = objects["clGetContextInfo"]["object"]
+    queue_ptr = backend.handles.entry(key(queue, g.owner)).ptr
+    ended = objects["clGetEventInfo"]["object"]
+    stranger = Guest(backend, owner=g.owner + 1)
+    stranger_ctx, stranger_queue, buf = next(ids), next(ids), next(ids)
+    dev = objects["clGetKernelWorkGroupInfo"]["device"]
+    assert stranger.call("clCreateContext", stranger_ctx, properties=None, num_devices=1,
+                         devices=[dev])[0] == 0
+    assert stranger.call("clCreateCommandQueue", stranger_queue, context=stranger_ctx,
+                         device=dev, properties=0)[0] == 0
+    assert g.call("clCreateBuffer", buf, context=ctx, flags=CL_MEM_READ_WRITE, size=4096,
+                  host_ptr=None)[0] == 0
+    write = F["clEnqueueWriteBuffer"]
+    assert _transfer_settled(backend, write, g.owner, FakeDma(), command_queue=queue,
+                             buffer=buf, blocking_write=1, offset=0, size=4096,
+                             ptr=(api.HOSTDATA_RANGE, 0x10000, 4096),
+                             num_events_in_wait_list=0, event_wait_list=None, event=0)[0] == 0
+
+    def has_tail():
+        with backend._lock:
+            event = backend.tails.take(queue_ptr)
+        if event is not None:
+            lib().clReleaseEvent(event)
+        return event is not None
+
+    null = dict(command_queue=queue, num_events_in_wait_list=0, event_wait_list=None, event=0)
+    assert has_tail()
+    before = backend.fast_calls
+    assert decode(fn, backend.call(fn, encode(fn, **null), g.owner))[0] == 0
+    assert backend.fast_calls == before + 1 and has_tail(), "nothing was enqueued"
+    cases = {
+        "an unknown queue": dict(null, command_queue=queue + 999),
+        "another owner's queue": dict(null, command_queue=stranger_queue),
+        "a NULL queue": dict(null, command_queue=0),
+        "a wait list": dict(null, num_events_in_wait_list=1, event_wait_list=[ended]),
+        "an event": dict(null, event=next(ids)),
+    }
+    for why, values in cases.items():
+        payload = encode(fn, **values)
+        before = backend.fast_calls
+        fast = backend.call(fn, payload, g.owner)
+        assert backend.fast_calls == before, f"{why}: the interpreter's"
+        if why == "an event":       # (a second call would claim the same id)
+            assert decode(fn, fast)[0] == 0 and not has_tail(), "a command was enqueued"
+            assert g.call("clReleaseEvent", event=values["event"])[0] == 0
+            continue
+        backend.fast_path = False
+        try:
+            slow = backend.call(fn, payload, g.owner)
+        finally:
+            backend.fast_path = True
+        assert fast == slow, why
+        if "queue" in why:
+            assert decode(fn, fast)[0] == -36, f"{why}: CL_INVALID_COMMAND_QUEUE"
+    assert g.call("clFinish", command_queue=queue)[0] == 0
+    assert g.call("clReleaseMemObject", memobj=buf)[0] == 0
+    assert stranger.call("clReleaseCommandQueue", command_queue=stranger_queue)[0] == 0
+    assert stranger.call("clReleaseContext", context=stranger_ctx)[0] == 0
 
 
 def test_launches_match_the_interpreter(world):
