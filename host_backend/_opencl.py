@@ -245,7 +245,13 @@ class OpenClBackend:
         """Give the platforms and devices their ids now, in enumeration order, so that
         every executor of a VM hands out the same ids: a guest process that survived a
         device reset can create new contexts with the ids it already has."""
-        for platform, devices in platforms_and_devices():
+        found = platforms_and_devices()
+        if not found:
+            log.warning("no OpenCL platform on this host: the guest's programs will find no "
+                        "platform (CL_PLATFORM_NOT_FOUND_KHR). Hint: check the host's OpenCL "
+                        "with clinfo, and the loader's OCL_ICD_VENDORS (%s)",
+                        os.environ.get("OCL_ICD_VENDORS", "not set: /etc/OpenCL/vendors"))
+        for platform, devices in found:
             self.handles.id_for_shared("cl_platform_id", platform, _address(platform))
             for device in devices:
                 self.handles.id_for_shared("cl_device_id", device, _address(device))

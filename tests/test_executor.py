@@ -10,6 +10,7 @@ Everything that may die runs in a child process; pytest only watches.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -549,3 +550,38 @@ def test_status_page_fits_and_parses():
     assert len(blank) <= xp.STATUS_SIZE
     assert xp.Status.parse(blank).kernel_owner == 8
     assert xp.STATUS_OFFSETS["teardown_since"] == len(blank) - 8
+
+
+def test_a_loader_pointed_at_the_guest_driver_is_not_passed_on(tmp_path, monkeypatch, caplog):
+    """An OCL_ICD_VENDORS (a directory or an .icd file) or OCL_ICD_FILENAMES that names
+    the guest driver, exported in the shell the server starts from, is left out of the
+    executors' environment, with a warning that says why: it would give them no host
+    platform.  One that names another implementation is passed on as it is."""
+    from vdev._executor import executor_environment, names_guest_driver
+    guest = tmp_path / "guest"
+    guest.mkdir()
+    (guest / "ava.icd").write_text("/root/.cache/ava-vdev/build/libava_icd.so\n")
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "pocl.icd").write_text("libpocl.so.2\n")
+    cases = {
+        ("OCL_ICD_VENDORS", str(guest)): True,
+        ("OCL_ICD_VENDORS", str(guest / "ava.icd")): True,
+        ("OCL_ICD_FILENAMES", "/opt/x/libava_icd.so"): True,
+        ("OCL_ICD_VENDORS", str(host)): False,
+        ("OCL_ICD_FILENAMES", "/usr/lib/x86_64-linux-gnu/libpocl.so.2"): False,
+        ("OCL_ICD_VENDORS", str(tmp_path / "missing")): False,
+    }
+    for (var, value), guest_driver in cases.items():
+        assert names_guest_driver(value) is guest_driver, (var, value)
+        monkeypatch.setenv(var, value)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="vdev.executor"):
+            env = executor_environment()
+        if guest_driver:
+            assert var not in env, (var, value)
+            assert any("guest driver" in r.getMessage() and var in r.getMessage()
+                       for r in caplog.records), "the log says why"
+        else:
+            assert env[var] == value
+        monkeypatch.delenv(var)

@@ -135,8 +135,51 @@ ENV_PREFIXES = ("POCL_", "OCL_", "AVA_", "CUDA_", "NVIDIA_", "ROCR_", "HSA_", "G
 ENV_NAMES = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "LD_LIBRARY_PATH", "VIRTUAL_ENV"})
 
 
+#: The OpenCL loader's variables, and the guest driver's library: a loader that a
+#: client's settings point at the guest driver (an ``OCL_ICD_VENDORS`` exported for a
+#: program on the same machine, then the server started from that shell) would give
+#: the executor no host platform, and every session ``CL_PLATFORM_NOT_FOUND_KHR``.
+LOADER_VARIABLES = ("OCL_ICD_VENDORS", "OCL_ICD_FILENAMES")
+GUEST_DRIVER_LIBRARY = "libava_icd"
+_warned_loader: set[tuple[str, str]] = set()
+
+
+def names_guest_driver(value: str) -> bool:
+    """Whether a loader variable's value (``:``-separated library paths, ``.icd``
+    files or vendors directories) names the guest driver."""
+    for entry in value.split(":"):
+        if GUEST_DRIVER_LIBRARY in os.path.basename(entry):
+            return True
+        if os.path.isdir(entry):
+            try:
+                icds = [os.path.join(entry, n) for n in os.listdir(entry) if n.endswith(".icd")]
+            except OSError:
+                continue
+        else:
+            icds = [entry] if entry.endswith(".icd") else []
+        for icd in icds:
+            try:
+                with open(icd, encoding="utf-8", errors="replace") as f:
+                    if GUEST_DRIVER_LIBRARY in f.read(4096):
+                        return True
+            except OSError:
+                continue
+    return False
+
+
 def executor_environment() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k in ENV_NAMES or k.startswith(ENV_PREFIXES)}
+    for var in LOADER_VARIABLES:
+        value = env.get(var)
+        if value is not None and names_guest_driver(value):
+            del env[var]
+            if (var, value) not in _warned_loader:
+                _warned_loader.add((var, value))
+                log.warning("%s=%s names the ava-vdev guest driver (%s.so), which is the "
+                            "guest's OpenCL, not the host's: executors do not get it, and "
+                            "use the host's own vendors (/etc/OpenCL/vendors). Hint: set it "
+                            "only for the programs that use the device", var, value,
+                            GUEST_DRIVER_LIBRARY)
     # The executor imports this very checkout (it starts in /, so its own directory would
     # not be on its path), whether the project is installed or run from a source tree.
     project = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
