@@ -107,9 +107,9 @@ def test_the_host_cost_runs_each_call_through_the_ring_by_both_paths(monkeypatch
     seen = []
     real_call = OpenClBackend.call
 
-    def spy(self, fn, payload, owner, dma=None):
+    def spy(self, fn, payload, owner, dma=None, **options):
         before = self.fast_calls
-        reply = real_call(self, fn, payload, owner, dma)
+        reply = real_call(self, fn, payload, owner, dma, **options)
         seen.append((fn.name, self.fast_path, self.fast_calls > before, reply[:8]))
         return reply
 
