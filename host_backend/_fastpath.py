@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 from protocols import opencl_api as api
@@ -507,26 +508,26 @@ def _owned(entry: Any, obj_type: str, owner: int) -> Any:
 #: blocking, offset, size, the guest range (mode, address, length), no wait list
 #: (0, NULL_LEN), the event id.
 SMALL_TRANSFER = struct.Struct("<11Q")
-#: How long a spun transfer's event is polled before the poller waits for it asleep
-#: (it ends within microseconds unless another thread's command went onto the queue
-#: first).
+#: How long the poller polls a small transfer's event before a worker waits for it
+#: instead: one on an idle queue ends within microseconds (100 us for 1 MiB), unless
+#: another thread's command went onto the queue in front of it meanwhile.
 SPUN_POLL_S = 2e-3
 _CL_COMPLETE_STATUS = 0x11D3         # CL_EVENT_COMMAND_EXECUTION_STATUS
 
 
-def spin_until_ended(cl: Any, queue: Any, event: Any) -> None:
-    """Flush ``queue`` and poll ``event`` until its command ended (``SPUN_POLL_S`` at
-    most, then wait for it asleep).  The implementation's own blocking call sleeps on
-    a condition variable until its scheduler thread wakes it: on PoCL a 4 KiB write
-    took 55-60 us so, 20-25 us polled."""
+def ended_within(cl: Any, queue: Any, event: Any, seconds: float) -> bool:
+    """Flush ``queue`` and poll ``event`` for up to ``seconds``: whether its command
+    ended.  The implementation's own blocking call sleeps on a condition variable until
+    its scheduler thread wakes it: on PoCL a 4 KiB write took 55-60 us so, 20-25 us
+    polled."""
     cl.clFlush(queue)
     state = ffi.new("cl_int *")
-    deadline = time.monotonic() + SPUN_POLL_S
+    deadline = time.monotonic() + seconds
     while cl.clGetEventInfo(event, _CL_COMPLETE_STATUS, 4, state, ffi.NULL) == 0 \
             and state[0] > 0:
         if time.monotonic() > deadline:
-            cl.clWaitForEvents(1, ffi.new(_EVENTS, [event]))
-            return
+            return False
+    return True
 
 
 class SmallTransferCall:
@@ -534,10 +535,15 @@ class SmallTransferCall:
     runs because its queue is idle (``OpenClBackend.execute_settled``), of the shape
     ``SMALL_TRANSFER`` with no event asked for: a buffer of the caller's, resident,
     and one range of guest memory.  Run as the same transfer without blocking, its
-    event polled until it ends (``spin_until_ended``), so the call returns when the
+    event polled until it ends (``ended_within``), so the call returns when the
     transfer is over, with its enqueue's status (what the blocking call returns: PoCL's
     finishes the queue after enqueueing).  The ended command is the queue's tail
     (``QueueTails``): the next one on an idle queue needs no marker.
+
+    Another thread's command may go onto the queue between the idle check and the
+    enqueue, and wait for a user event that only a later command sets: past
+    ``SPUN_POLL_S`` the call returns the rest of the transfer (a function: the wait,
+    then the reply) for a worker thread, so the poller goes on to that command.
 
     As the interpreter does: the buffer is held for the call and its use recorded
     (``DeviceMemory.use``); the guest range is translated for reading (a write) or
@@ -551,7 +557,10 @@ class SmallTransferCall:
         self.fn = fn
         self.into_guest = fn.name == "clEnqueueReadBuffer"
 
-    def __call__(self, backend: Any, payload: bytes, owner: int, dma: Any) -> bytes | None:
+    def __call__(self, backend: Any, payload: bytes, owner: int, dma: Any
+                 ) -> bytes | Callable[[], bytes] | None:
+        """The reply; or, for a transfer still waiting after ``SPUN_POLL_S``, a function
+        that waits for it and returns the reply; or None (the interpreter's)."""
         (queue_raw, mem_raw, _blocking, offset, size, _mode, addr, length, _n, _listed,
          event_raw) = SMALL_TRANSFER.unpack(payload)
         if event_raw or queue_raw == 0 or mem_raw == 0:
@@ -576,18 +585,35 @@ class SmallTransferCall:
         cl = lib()
         cell = ffi.new(_EVENT_P)
         status = -1
+        waits = False
         try:
             status = int(getattr(cl, self.fn.name)(queue, ptr, 0, offset, size, view, 0,
                                                   ffi.NULL, cell))
-            if status == 0:
-                spin_until_ended(cl, queue, cell[0])
+            waits = status == 0 and not ended_within(cl, queue, cell[0], SPUN_POLL_S)
         finally:
-            with backend._lock:
-                if status == 0:
-                    backend.tails.record(queue, cell[0], epoch, bool(memory.in_order(queue)))
-                else:
-                    backend.tails.forget(queue)
-                memory.end_call(held)
+            if not waits:
+                self._over(backend, queue, cell, status, epoch, held)
+        if not waits:
+            return _I64.pack(status)
+
+        def rest(view: Any = view) -> bytes:
+            """(``view``: the guest memory the transfer uses stays referenced, and so
+            mapped, until it is over.)"""
+            try:
+                cl.clWaitForEvents(1, ffi.new(_EVENTS, [cell[0]]))
+            finally:
+                self._over(backend, queue, cell, status, epoch, held)
+            return _I64.pack(status)
+        return rest
+
+    @staticmethod
+    def _over(backend: Any, queue: Any, cell: Any, status: int, epoch: int, held: _Held) -> None:
+        """The transfer is over (or never started): the queue's tail, the buffer's hold."""
+        with backend._lock:
             if status == 0:
-                cl.clReleaseEvent(cell[0])
-        return _I64.pack(status)
+                backend.tails.record(queue, cell[0], epoch, bool(backend.memory.in_order(queue)))
+            else:
+                backend.tails.forget(queue)
+            backend.memory.end_call(held)
+        if status == 0:
+            lib().clReleaseEvent(cell[0])

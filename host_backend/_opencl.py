@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from protocols import opencl_api as api
 from protocols import opencl_caps as caps
@@ -44,7 +44,6 @@ from ._fastpath import (
     LaunchCall,
     NullMarkerCall,
     SmallTransferCall,
-    spin_until_ended,
 )
 from ._handles import HOST_ID_BASE, HandleTable, _address, guest_id
 from ._handles import key as handle_key
@@ -93,8 +92,6 @@ SETTLE_POLL_S = 50e-6
 #: worker's hand-off and wake-ups cost it (1 MiB writes 240-250 us handed off, 98 us
 #: on the poller; the poller's other queues wait meanwhile, as for any command).
 SETTLED_TRANSFER_MAX = 1 << 20
-#: The blocking calls ``execute_settled`` runs without blocking (``SmallTransferCall``).
-_SPUN = frozenset({"clEnqueueReadBuffer", "clEnqueueWriteBuffer"})
 assert all([a.name for a in api.BY_NAME[name].args][:1] == ["command_queue"]
            and [type(a.kind) for a in api.BY_NAME[name].args][1:] == [
                api.Handle, api.Scalar, api.Scalar, api.Scalar, api.HostData, api.Scalar,
@@ -182,7 +179,9 @@ class OpenClBackend:
             query = self._fast_path_of(fn)
             if query is not None:
                 self._fast[fn.opcode] = query
-        self._small_transfers = {name: SmallTransferCall(api.BY_NAME[name]) for name in _SPUN}
+        #: The blocking calls ``execute_settled`` runs without blocking.
+        self._small_transfers = {name: SmallTransferCall(api.BY_NAME[name]) for name in (
+            "clEnqueueReadBuffer", "clEnqueueWriteBuffer")}
         #: Plain info queries run from the ring in C (``_lane``); None: off.
         self.lane: Lane | None = None
         self.lane_calls = 0
@@ -274,14 +273,13 @@ class OpenClBackend:
 
     # -- Backend protocol --------------------------------------------------------------
 
-    def execute(self, ctx, *, spin: bool = False) -> tuple[int, int]:
-        """Run one command (``spin``: see ``call``)."""
+    def execute(self, ctx) -> tuple[int, int]:
         fn = api.BY_OPCODE.get(ctx.opcode)
         if fn is None:
             return -errno.ENOSYS, 0
         self.calls += 1
         try:
-            reply = self.call(fn, ctx.read_payload(), ctx.owner, ctx.dma, spin=spin)
+            reply = self.call(fn, ctx.read_payload(), ctx.owner, ctx.dma)
         except WireError as exc:
             log.warning("queue %d: malformed %s: %s", ctx.queue, fn.name, exc)
             if ctx.flags & _POSTED:
@@ -294,13 +292,16 @@ class OpenClBackend:
                 self._mispredicted(ctx, fn, f"status {status}")
         return 0, ctx.write_reply(reply)
 
-    def execute_settled(self, ctx) -> tuple[int, int] | None:
+    def execute_settled(self, ctx) -> tuple[int, int] | Callable[[], tuple[int, int]] | None:
         """A blocking call answered on the ring poller because it need not wait: a
         ``clFinish`` of a queue whose commands have all ended (a marker enqueued now has
         ended: CL_SUCCESS, as the implementation's own would answer), a
         ``clWaitForEvents`` of events that have all ended (run as it is: it returns at
-        once).  None: the call goes to a worker thread as any blocking call.  Not under
-        a manager, whose scheduler admits each call in turn."""
+        once), a small transfer on such a queue (``SmallTransferCall``; or the rest of it,
+        for a worker to wait for, in the rare case that another thread's command got in
+        front of it meanwhile: see ``vdev._backend.Unfinished``).  None: the call goes to a worker thread
+        as any blocking call.  Not under a manager, whose scheduler admits each call in
+        turn."""
         fn = api.BY_OPCODE.get(ctx.opcode)
         if fn is None or self.meter is not None or not self.fast_path:
             return None
@@ -320,22 +321,45 @@ class OpenClBackend:
             self.calls += 1
             self.settled_calls += 1
             return 0, ctx.write_reply(_SUCCESS_REPLY)
+        if fn.name in self._small_transfers:
+            return self._small_transfer(ctx, payload, self._small_transfers[fn.name])
         self.settled_calls += 1
-        if fn.name not in _SPUN:
-            return self.execute(ctx)
-        small = self._small_transfers[fn.name]
-        if not ctx.flags & _POSTED:
-            with self._lock:
-                seq = self._call_started(ctx.owner)
-            try:
-                reply = small(self, payload, ctx.owner, ctx.dma)
-            finally:
-                self._call_ended(ctx.owner, seq)
-            if reply is not None:
-                self.calls += 1
-                self.fast_calls += 1
-                return 0, ctx.write_reply(reply)
-        return self.execute(ctx, spin=True)
+        return self.execute(ctx)
+
+    def _small_transfer(self, ctx, payload: bytes, small: SmallTransferCall
+                        ) -> tuple[int, int] | Callable[[], tuple[int, int]] | None:
+        """``execute_settled`` for a small transfer: its reply, the rest of it for a
+        worker to wait for, or None (the interpreter's, on a worker)."""
+        if ctx.flags & _POSTED:
+            return None
+        owner = ctx.owner
+        with self._lock:
+            seq = self._call_started(owner)
+        waits = False
+        try:
+            outcome = small(self, payload, owner, ctx.dma)
+            if outcome is None:
+                return None
+            self.settled_calls += 1
+            if callable(outcome):
+                waits = True
+                wait: Callable[[], bytes] = outcome
+
+                def finish() -> tuple[int, int]:
+                    try:
+                        reply = wait()
+                    finally:
+                        self._call_ended(owner, seq)
+                    self.calls += 1
+                    self.fast_calls += 1
+                    return 0, ctx.write_reply(reply)
+                return finish
+        finally:
+            if not waits:
+                self._call_ended(owner, seq)
+        self.calls += 1
+        self.fast_calls += 1
+        return 0, ctx.write_reply(outcome)
 
     def _queue_idle(self, payload: bytes, owner: int) -> bool:
         if len(payload) != 8:
@@ -345,16 +369,17 @@ class OpenClBackend:
     def _small_transfer_ready(self, payload: bytes, owner: int) -> bool:
         """A blocking ``clEnqueueReadBuffer`` / ``clEnqueueWriteBuffer`` that will not
         wait: of at most ``SETTLED_TRANSFER_MAX`` bytes of one guest range, no wait
-        list, a resident buffer, an idle queue.  A worker's hand-off (two thread
+        list, no event asked for, a resident buffer, an idle queue.  A worker's hand-off (two thread
         wake-ups) cost more than the 4 KiB copy itself: 4 KiB transfers ran at 0.02-0.04
         GB/s, against PoCL's 0.06-0.16 natively."""
         n = len(payload)
         if n != SMALL_TRANSFER.size:       # a range (not a scatter list), no wait list
             return False
         (queue_id, mem_id, blocking, _offset, size, mode, _addr, length, num_events,
-         listed, _event) = SMALL_TRANSFER.unpack(payload)
+         listed, event) = SMALL_TRANSFER.unpack(payload)
         if not blocking or size > SETTLED_TRANSFER_MAX or mode != api.HOSTDATA_RANGE \
-                or length != size or num_events != 0 or listed != api.NULL_LEN or mem_id == 0:
+                or length != size or num_events != 0 or listed != api.NULL_LEN or mem_id == 0 \
+                or event != 0:
             return False
         mem = self.memory.mems.get(handle_key(mem_id, owner))
         if mem is not None and not (mem.resident and mem.root.resident):
@@ -543,13 +568,11 @@ class OpenClBackend:
 
     # -- one call -------------------------------------------------------------------------
 
-    def call(self, fn: api.Function, payload: bytes, owner: int, dma=None, *,
-             spin: bool = False) -> bytes:
+    def call(self, fn: api.Function, payload: bytes, owner: int, dma=None) -> bytes:
         """Run ``fn`` with the encoded ``payload``; returns the encoded reply.  ``dma``
         resolves guest addresses (application data passed by reference).  Calls in
         progress are counted per owner: a dead owner's objects are released only once
-        none is left (see ``_release_dead_owners``).  ``spin``: a blocking buffer
-        transfer on an idle queue, run by the ring poller (``_spun``)."""
+        none is left (see ``_release_dead_owners``)."""
         fast = self._fast.get(fn.opcode)
         if fast is not None and self.fast_path and not (
                 (fast.metered_hook and self.meter is not None)
@@ -570,8 +593,6 @@ class OpenClBackend:
         call = Call()
         seq = 0
         enqueues_on = None
-        epoch = 0
-        ended = None            # a spun transfer's event (``_spun``), the caller's reference
         try:
             with self._lock:
                 seq = self._call_started(owner)
@@ -589,7 +610,6 @@ class OpenClBackend:
                     enqueues_on = cargs[queue_at] if queue_at is not None else None
                     if enqueues_on is not None:
                         self.tails.forget(enqueues_on)
-                        epoch = self.tails.epoch
                 if self.meter is not None or self.tenancy.sub is not None:
                     self.tenancy.before(fn, cargs, call, metered=self.meter is not None)
             filters = self._info_filters.get(fn.name)
@@ -606,8 +626,6 @@ class OpenClBackend:
                 result = self._binaries_skipped(cargs)
             elif call.segments is not None:
                 result = self._segmented(fn, cargs, call)
-            elif spin and enqueues_on is not None:
-                result, ended = self._spun(fn, cargs, call, enqueues_on)
             else:
                 result = getattr(lib(), fn.name)(*cargs)
             if fn.name in self._AS_NATIVE:
@@ -641,17 +659,9 @@ class OpenClBackend:
                 cleanup()
             if call.own_event is not None and call.own_event[0] != ffi.NULL:
                 lib().clReleaseEvent(call.own_event[0])
-            if enqueues_on is not None:
+            if enqueues_on is not None:     # a launch recorded meanwhile is not the newest
                 with self._lock:
-                    if ended is not None and self.tails.epoch == epoch:
-                        # Nothing else went onto the queue since: its newest command
-                        # ended, and a finish or the next small transfer need no marker.
-                        self.tails.record(enqueues_on, ended, epoch,
-                                          bool(self.memory.in_order(enqueues_on)))
-                    else:           # a launch recorded meanwhile is not the newest
-                        self.tails.forget(enqueues_on)
-            if ended is not None:
-                lib().clReleaseEvent(ended)
+                    self.tails.forget(enqueues_on)
             if seq:
                 self._call_ended(owner, seq, call)
         return enc.bytes()
@@ -764,31 +774,6 @@ class OpenClBackend:
         if previous is not None:
             cl.clReleaseEvent(previous)
         return CL_SUCCESS
-
-    def _spun(self, fn: api.Function, cargs, call: Call, queue) -> tuple[int, Any]:
-        """A blocking buffer transfer that ``execute_settled`` runs on the ring poller
-        and ``SmallTransferCall`` does not take (the guest asked for an event), run as
-        that does: enqueued without blocking, its event polled until it ends.  Returns
-        the enqueue's status, and the command's event (a reference of the caller's: it
-        is the queue's newest command, and it ended) or None."""
-        at = call.index
-        args = list(cargs)
-        flag = at.get("blocking_read", at.get("blocking_write"))
-        assert flag is not None             # (_SPUN's functions)
-        args[flag] = 0
-        cell = cargs[at["event"]]           # the guest's, or the host's own (_memory_before)
-        ours = cell == ffi.NULL
-        if ours:
-            cell = args[at["event"]] = ffi.new("cl_event *")
-        cl = lib()
-        status = getattr(cl, fn.name)(*args)
-        if status != CL_SUCCESS:
-            return status, None
-        event = cell[0]
-        if not ours:
-            cl.clRetainEvent(event)
-        spin_until_ended(cl, queue, event)
-        return status, event
 
     def _hold_transfer(self, call: Call, owner: int, seq: int) -> None:
         """A non-blocking transfer went to the implementation: its views of guest RAM

@@ -27,6 +27,15 @@ _SG = struct.Struct("<QII")
 MAX_TRANSFER = 1 << 32
 
 
+#: What a backend's ``execute_settled`` may return for a command it started on the
+#: ring poller that turned out to wait after all (a transfer that found another
+#: thread's command in front of it on its queue): the rest of the command, which a
+#: worker thread runs, waiting and answering as the blocking command's execution
+#: would.  So the poller never waits for what only a later command of its own can end
+#: (a user event that another guest thread sets).
+Unfinished = Callable[[], tuple[int, int]]
+
+
 class Backend(Protocol):
     name: str
     blocking_opcodes: frozenset[int]

@@ -18,16 +18,17 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from protocols import device_abi as abi
 from protocols.device_abi import CmdFlags, RingStatus
 from protocols.tenants import CallClass
 
-from ._backend import Backend, CommandContext
+from ._backend import Backend, CommandContext, Unfinished
 from ._dma import DmaError, DmaMap
 from ._windows import WindowedDma, Windows, queue_view
 
+_T = TypeVar("_T")
 log = logging.getLogger("vdev.rings")
 
 _CMD = struct.Struct("<HHIQQQII QQQ".replace(" ", ""))
@@ -265,8 +266,8 @@ class RingEngine:
         self._call_classes: dict[int, int] = getattr(backend, "call_classes", {})
         #: The backend's answer to a blocking command that need not wait (see
         #: ``_execute_settled``), if it has one.
-        self._settled: Callable[[CommandContext], tuple[int, int] | None] | None = getattr(
-            backend, "execute_settled", None)
+        self._settled: Callable[[CommandContext], tuple[int, int] | Unfinished | None] | None = \
+            getattr(backend, "execute_settled", None)
         #: The backend's lane, if it has one: commands it runs outside Python, in order,
         #: up to the first it does not take (not under a manager, which admits each).
         self._lane: Lane | None = backend if (
@@ -571,13 +572,14 @@ class RingEngine:
                 settled = self._execute_settled(ctx)
                 if monitor is not None:
                     monitor.finished()
-            if settled is None:
+            if settled is None or callable(settled):
                 ring.busy = True
                 if monitor is not None:
                     monitor.started(ring.queue, opcode, False)
                 with self._lock:
                     self._handed_off += 1
-                self._workers.submit(self._run_blocking, ring, index, ring.generation, flags)
+                self._workers.submit(self._run_blocking, ring, index, ring.generation, flags,
+                                     settled)
                 return False        # over (flight.running) when the worker is done
             status, result_len = settled
         elif admission is not None:
@@ -619,15 +621,16 @@ class RingEngine:
         assert result is not None           # execute always answers
         return result
 
-    def _execute_settled(self, ctx: CommandContext) -> tuple[int, int] | None:
+    def _execute_settled(self, ctx: CommandContext) -> tuple[int, int] | Unfinished | None:
         """A blocking command whose wait is already over (a finish of an idle queue, a
-        wait for events that ended), answered here; None: it goes to a worker.  A
-        hand-off costs two thread wake-ups, several times the call itself."""
+        wait for events that ended), answered here; None: it goes to a worker; an
+        ``Unfinished``: it started here, and a worker waits for its end.  A hand-off
+        costs two thread wake-ups, several times the call itself."""
         assert self._settled is not None
         return self._guarded(self._settled, ctx)
 
-    def _guarded(self, run: Callable[[CommandContext], tuple[int, int] | None],
-                 ctx: CommandContext) -> tuple[int, int] | None:
+    def _guarded(self, run: Callable[[CommandContext], _T],
+                 ctx: CommandContext) -> _T | tuple[int, int]:
         """``run(ctx)``, with a bad guest address and a backend's own failure turned
         into the command's error completion (the queue goes on)."""
         try:
@@ -640,10 +643,13 @@ class RingEngine:
                           self.backend.name, ctx.opcode)
             return -errno.EIO, 0
 
-    def _run_blocking(self, ring: Ring, index: int, generation: int, flags: int) -> None:
+    def _run_blocking(self, ring: Ring, index: int, generation: int, flags: int,
+                      started: Unfinished | None = None) -> None:
         taken = ring.running
         try:
-            if self._admission is not None:
+            if started is not None:
+                status, result_len = self._guarded(lambda _ctx: started(), ring.ctx)
+            elif self._admission is not None:
                 status, result_len = self._admitted(ring.ctx, self._admission, None, None)
             else:
                 status, result_len = self._execute(ring.ctx)
