@@ -422,15 +422,20 @@ def test_random_commands_get_the_same_answers_with_and_without_the_lane(world):
     assert took > 300, f"the lane answered {took} of 1,500"
 
 
-def _run_to_completion(w, opcode, payload, **kw):
-    """``World.run`` for a command that may go to a worker thread: its completion once
-    the worker is done (status, result length, reply)."""
+def _publish_command(w, opcode, payload):
+    """Publish one command on ``w``'s ring at its next index (not run yet); the index."""
     w.ram[PAYLOAD_AT:PAYLOAD_AT + len(payload)] = payload
     index = w.index
     at = abi.command_offset(SLOTS, index)
     w.ram[at:at + 64] = CMD.pack(opcode, 0, len(payload), index, IOVA + PAYLOAD_AT,
                                  IOVA + REPLY_AT, 8192, 0, 0, 0, 0)
     struct.pack_into("<Q", w.ram, abi.RING_TAIL, index + 1)
+    return index
+
+
+def _completion(w, index):
+    """Command ``index``'s completion once it is over, on the poller or a worker thread
+    (status, result length, reply)."""
     deadline = time.monotonic() + 30
     while struct.unpack_from("<Q", w.ram, abi.RING_HEAD)[0] != index + 1:
         w.engine.poll_once()
@@ -440,6 +445,11 @@ def _run_to_completion(w, opcode, payload, **kw):
     seq_done, status, length = CQE.unpack_from(w.ram, abi.completion_offset(SLOTS, index))
     assert seq_done == index
     return status, length, bytes(w.ram[REPLY_AT:REPLY_AT + max(length, 0)])
+
+
+def _run_to_completion(w, opcode, payload):
+    """``World.run`` for a command that may go to a worker thread."""
+    return _completion(w, _publish_command(w, opcode, payload))
 
 
 def test_small_transfers_on_the_poller_refuse_bad_guest_ranges(world):
@@ -512,25 +522,13 @@ def test_the_poller_hands_a_transfer_stuck_behind_a_user_event_to_a_worker(world
     payload = encode(write, command_queue=queue, buffer=buf, blocking_write=1, offset=0,
                      size=4096, ptr=(api.HOSTDATA_RANGE, IOVA + (3 << 20), 4096),
                      num_events_in_wait_list=0, event_wait_list=None, event=0)
-    world.ram[PAYLOAD_AT:PAYLOAD_AT + len(payload)] = payload
-    index = world.index
-    at = abi.command_offset(SLOTS, index)
-    world.ram[at:at + 64] = CMD.pack(write.opcode, 0, len(payload), index, IOVA + PAYLOAD_AT,
-                                     IOVA + REPLY_AT, 8192, 0, 0, 0, 0)
-    struct.pack_into("<Q", world.ram, abi.RING_TAIL, index + 1)
+    index = _publish_command(world, write.opcode, payload)
     start = time.monotonic()
     assert world.engine.poll_once() == 0, "handed to a worker"
     assert time.monotonic() - start < 1.0, "the poller did not wait for the user event"
     assert struct.unpack_from("<Q", world.ram, abi.RING_HEAD)[0] == index, "not over yet"
     assert g.call("clSetUserEventStatus", event=gate, execution_status=0)[0] == 0
-    deadline = time.monotonic() + 30
-    while struct.unpack_from("<Q", world.ram, abi.RING_HEAD)[0] != index + 1:
-        world.engine.poll_once()
-        assert time.monotonic() < deadline, "the worker never completed the transfer"
-        time.sleep(0.001)
-    world.index = index + 1
-    seq_done, status, _ = CQE.unpack_from(world.ram, abi.completion_offset(SLOTS, index))
-    assert (seq_done, status) == (index, 0)
+    assert _completion(world, index)[0] == 0
     assert struct.unpack_from("<q", world.ram, REPLY_AT)[0] == 0, "CL_SUCCESS"
     assert backend.memory.mems[key(buf, OWNER)].in_call == 0
     monkeypatch.undo()
