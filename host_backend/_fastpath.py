@@ -33,8 +33,11 @@ from ._args import MAX_OUT_BUFFER, CallError
 from ._cl import ffi, lib
 from ._handles import HOST_ID_BASE
 from ._handles import key as handle_key
+from ._watch import CL_EVENT_COMMAND_EXECUTION_STATUS
 
 _I64 = struct.Struct("<q")
+#: An encoded reply of CL_SUCCESS and nothing else.
+SUCCESS_REPLY = _I64.pack(0)
 _EMPTY_BLOB = bytes(8)
 _SIZE_T_P = ffi.typeof("size_t *")
 _CHARS = ffi.typeof("char[]")
@@ -326,10 +329,7 @@ class NullMarkerCall:
         if _owned(backend.handles._entries.get(handle_key(queue_raw, owner)),
                   "cl_command_queue", owner) is None:
             return None
-        return _SUCCESS
-
-
-_SUCCESS = bytes(8)
+        return SUCCESS_REPLY
 
 
 _WORDS: dict[int, struct.Struct] = {}
@@ -512,20 +512,22 @@ SMALL_TRANSFER = struct.Struct("<11Q")
 #: instead: one on an idle queue ends within microseconds (100 us for 1 MiB), unless
 #: another thread's command went onto the queue in front of it meanwhile.
 SPUN_POLL_S = 2e-3
-_CL_COMPLETE_STATUS = 0x11D3         # CL_EVENT_COMMAND_EXECUTION_STATUS
 
 
 def ended_within(cl: Any, queue: Any, event: Any, seconds: float) -> bool:
-    """Flush ``queue`` and poll ``event`` for up to ``seconds``: whether its command
-    ended.  The implementation's own blocking call sleeps on a condition variable until
-    its scheduler thread wakes it: on PoCL a 4 KiB write took 55-60 us so, 20-25 us
-    polled."""
-    cl.clFlush(queue)
+    """Whether ``event``'s command, on ``queue``, ends within ``seconds``, polled
+    (``queue`` is flushed first, unless the command already ended).  The ring poller
+    asks so where it must not block: the implementation's own blocking call sleeps on a
+    condition variable until its scheduler thread wakes it (on PoCL a 4 KiB write took
+    55-60 us so, 20-25 us polled)."""
     state = ffi.new("cl_int *")
-    deadline = time.monotonic() + seconds
-    while cl.clGetEventInfo(event, _CL_COMPLETE_STATUS, 4, state, ffi.NULL) == 0 \
-            and state[0] > 0:
-        if time.monotonic() > deadline:
+    deadline = None
+    while cl.clGetEventInfo(event, CL_EVENT_COMMAND_EXECUTION_STATUS, 4, state,
+                            ffi.NULL) == 0 and state[0] > 0:
+        if deadline is None:
+            cl.clFlush(queue)
+            deadline = time.monotonic() + seconds
+        elif time.monotonic() > deadline:
             return False
     return True
 

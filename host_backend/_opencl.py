@@ -39,11 +39,13 @@ from ._args import (
 from ._cl import ffi, lib, platforms_and_devices
 from ._fastpath import (
     SMALL_TRANSFER,
+    SUCCESS_REPLY,
     InfoQuery,
     KernelArgCall,
     LaunchCall,
     NullMarkerCall,
     SmallTransferCall,
+    ended_within,
 )
 from ._handles import HOST_ID_BASE, HandleTable, _address, guest_id
 from ._handles import key as handle_key
@@ -65,7 +67,6 @@ from ._wire import Decoder, Encoder, WireError
 log = logging.getLogger("host_backend.opencl")
 
 _POSTED = int(CmdFlags.POSTED)
-_SUCCESS_REPLY = bytes(8)           # an encoded reply's status word for CL_SUCCESS
 
 CL_MEM_SIZE = 0x1102
 CL_CONTEXT_REFERENCE_COUNT = 0x1080
@@ -287,7 +288,7 @@ class OpenClBackend:
             return -errno.EINVAL, 0
         if ctx.flags & _POSTED:
             self.posted += 1
-            if reply[:8] != _SUCCESS_REPLY:
+            if reply[:8] != SUCCESS_REPLY:
                 status = int.from_bytes(reply[:8], "little", signed=True)
                 self._mispredicted(ctx, fn, f"status {status}")
         return 0, ctx.write_reply(reply)
@@ -297,11 +298,11 @@ class OpenClBackend:
         ``clFinish`` of a queue whose commands have all ended (a marker enqueued now has
         ended: CL_SUCCESS, as the implementation's own would answer), a
         ``clWaitForEvents`` of events that have all ended (run as it is: it returns at
-        once), a small transfer on such a queue (``SmallTransferCall``; or the rest of it,
-        for a worker to wait for, in the rare case that another thread's command got in
-        front of it meanwhile: see ``vdev._backend.Unfinished``).  None: the call goes to a worker thread
-        as any blocking call.  Not under a manager, whose scheduler admits each call in
-        turn."""
+        once), a small transfer on such a queue (``SmallTransferCall``; or the rest of
+        it, for a worker to wait for, in the rare case that another thread's command got
+        in front of it meanwhile: see ``vdev._backend.Unfinished``).  None: the call
+        goes to a worker thread as any blocking call.  Not under a manager, whose
+        scheduler admits each call in turn."""
         fn = api.BY_OPCODE.get(ctx.opcode)
         if fn is None or self.meter is not None or not self.fast_path:
             return None
@@ -320,9 +321,10 @@ class OpenClBackend:
         if fn.name == "clFinish":
             self.calls += 1
             self.settled_calls += 1
-            return 0, ctx.write_reply(_SUCCESS_REPLY)
-        if fn.name in self._small_transfers:
-            return self._small_transfer(ctx, payload, self._small_transfers[fn.name])
+            return 0, ctx.write_reply(SUCCESS_REPLY)
+        small = self._small_transfers.get(fn.name)
+        if small is not None:
+            return self._small_transfer(ctx, payload, small)
         self.settled_calls += 1
         return self.execute(ctx)
 
@@ -341,25 +343,27 @@ class OpenClBackend:
             if outcome is None:
                 return None
             self.settled_calls += 1
-            if callable(outcome):
-                waits = True
-                wait: Callable[[], bytes] = outcome
+            if not callable(outcome):
+                return self._answered(ctx, outcome)
+            waits = True
+            rest: Callable[[], bytes] = outcome
 
-                def finish() -> tuple[int, int]:
-                    try:
-                        reply = wait()
-                    finally:
-                        self._call_ended(owner, seq)
-                    self.calls += 1
-                    self.fast_calls += 1
-                    return 0, ctx.write_reply(reply)
-                return finish
+            def finish() -> tuple[int, int]:
+                try:
+                    reply = rest()
+                finally:
+                    self._call_ended(owner, seq)
+                return self._answered(ctx, reply)
+            return finish
         finally:
             if not waits:
                 self._call_ended(owner, seq)
+
+    def _answered(self, ctx, reply: bytes) -> tuple[int, int]:
+        """A call the fast path ran, answered."""
         self.calls += 1
         self.fast_calls += 1
-        return 0, ctx.write_reply(outcome)
+        return 0, ctx.write_reply(reply)
 
     def _queue_idle(self, payload: bytes, owner: int) -> bool:
         if len(payload) != 8:
@@ -369,9 +373,9 @@ class OpenClBackend:
     def _small_transfer_ready(self, payload: bytes, owner: int) -> bool:
         """A blocking ``clEnqueueReadBuffer`` / ``clEnqueueWriteBuffer`` that will not
         wait: of at most ``SETTLED_TRANSFER_MAX`` bytes of one guest range, no wait
-        list, no event asked for, a resident buffer, an idle queue.  A worker's hand-off (two thread
-        wake-ups) cost more than the 4 KiB copy itself: 4 KiB transfers ran at 0.02-0.04
-        GB/s, against PoCL's 0.06-0.16 natively."""
+        list, no event asked for, a resident buffer, an idle queue.  A worker's hand-off
+        (two thread wake-ups) cost more than the 4 KiB copy itself: 4 KiB transfers ran
+        at 0.02-0.04 GB/s, against PoCL's 0.06-0.16 natively."""
         n = len(payload)
         if n != SMALL_TRANSFER.size:       # a range (not a scatter list), no wait list
             return False
@@ -388,8 +392,8 @@ class OpenClBackend:
 
     def _idle(self, queue_id: int, owner: int) -> bool:
         """Whether ``owner``'s queue has ended every command within ``settle_poll_s``:
-        its last command, where it is a launch whose event the host holds
-        (``QueueTails``), else a marker enqueued now."""
+        its last command, where the host holds its event (``QueueTails``: a launch, a
+        small transfer), else a marker enqueued now."""
         queue = self._owned_object("cl_command_queue", queue_id, owner)
         if queue is None:
             return False
@@ -398,28 +402,16 @@ class OpenClBackend:
             tail = self.tails.take(queue)
         if tail is not None:        # the queue's last command is known: no marker
             try:
-                if self._ended(tail):
-                    return True     # (it ran: nothing of the queue's waits for a flush)
-                cl.clFlush(queue)
-                return self._ends_soon(tail)
+                return ended_within(cl, queue, tail, self.settle_poll_s)
             finally:
                 cl.clReleaseEvent(tail)
         event = ffi.new("cl_event *")
         if cl.clEnqueueMarkerWithWaitList(queue, 0, ffi.NULL, event) != CL_SUCCESS:
             return False
         try:
-            cl.clFlush(queue)
-            return self._ends_soon(event[0])
+            return ended_within(cl, queue, event[0], self.settle_poll_s)
         finally:
             cl.clReleaseEvent(event[0])
-
-    def _ends_soon(self, event) -> bool:
-        """Whether ``event`` ends within ``settle_poll_s``."""
-        deadline = time.monotonic() + self.settle_poll_s
-        while not self._ended(event):
-            if time.monotonic() > deadline:
-                return False
-        return True
 
     def _events_ended(self, payload: bytes, owner: int) -> bool:
         dec = Decoder(payload)

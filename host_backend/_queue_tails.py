@@ -10,8 +10,9 @@ finish of an idle queue costs native OpenCL almost nothing.  On an in-order queu
 the last command ends after every command before it, so its event says the same:
 the launch fast path (``_fastpath.LaunchCall``) holds an event for every launch it
 runs, and records it here as the queue's tail.  So does a small blocking transfer
-the ring poller ran (``_fastpath.SmallTransferCall``): it ended, so the queue is idle, and a
-program that writes or reads a little at a time pays no marker per transfer.
+the ring poller ran (``_fastpath.SmallTransferCall``): it ended, so the queue is
+idle, and a program that writes or reads a little at a time pays no marker per
+transfer.
 
 Every other command that goes onto a queue (the interpreter's enqueues, from any
 thread) first forgets the queue's tail, and again once it is enqueued; a command

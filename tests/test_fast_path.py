@@ -371,6 +371,18 @@ def test_small_blocking_transfers_on_an_idle_queue_run_at_once(world):
     assert g.call("clReleaseMemObject", memobj=buf)[0] == 0
 
 
+def _queue_tail(backend, queue_ptr):
+    """The queue's recorded last command (``QueueTails``): None, or whether it ended."""
+    with backend._lock:
+        event = backend.tails.take(queue_ptr)
+    if event is None:
+        return None
+    try:
+        return backend._ended(event)
+    finally:
+        lib().clReleaseEvent(event)
+
+
 def _ram_after(dma, at, n, run, *args, **kwargs):
     """``run(*args, **kwargs)``'s answer, and the ``n`` guest bytes at ``at`` after it
     (they start as a pattern each time, so a read that wrote nothing shows)."""
@@ -463,19 +475,9 @@ def test_a_small_transfer_leaves_its_queue_idle_for_the_next(world):
                   ptr=(api.HOSTDATA_RANGE, 0x10000, 4096), num_events_in_wait_list=0,
                   event_wait_list=None)
 
-    def tail():
-        with backend._lock:
-            ended = backend.tails.take(queue_ptr)
-        if ended is None:
-            return None
-        try:
-            return backend._ended(ended)
-        finally:
-            lib().clReleaseEvent(ended)
-
     assert g.call("clFinish", command_queue=queue)[0] == 0
     assert _transfer_settled(backend, write, g.owner, dma, event=0, **common)[0] == 0
-    assert tail() is True, "the transfer is the queue's tail, and it ended"
+    assert _queue_tail(backend, queue_ptr) is True, "the transfer is the queue's tail, and it ended"
     # So a finish asks its event, which ended: settled even with no time to wait for
     # a marker.
     backend.settle_poll_s = 0.0
@@ -492,12 +494,12 @@ def test_a_small_transfer_leaves_its_queue_idle_for_the_next(world):
                          param_value=4, param_value_size_ret=None)
     assert status == 0 and int.from_bytes(out["param_value"], "little") == 0, "CL_COMPLETE"
     assert _transfer_settled(backend, write, g.owner, dma, event=0, **common)[0] == 0
-    assert tail() is True
+    assert _queue_tail(backend, queue_ptr) is True
     # Another command on the queue: no longer its tail.
     marker = next(ids)
     assert g.call("clEnqueueMarkerWithWaitList", command_queue=queue, num_events_in_wait_list=0,
                   event_wait_list=None, event=marker)[0] == 0
-    assert tail() is None
+    assert _queue_tail(backend, queue_ptr) is None
     assert g.call("clReleaseEvent", event=marker)[0] == 0
     with pytest.raises(ValueError, match="outside guest memory"):
         _transfer_settled(backend, write, g.owner, dma, event=0,
@@ -544,10 +546,7 @@ def test_a_small_transfer_behind_another_threads_command_is_left_to_a_worker(wor
     assert g.call("clSetUserEventStatus", event=gate, execution_status=0)[0] == 0
     assert struct.unpack("<q", rest())[0] == 0
     assert mem.in_call == 0
-    with backend._lock:
-        tail = backend.tails.take(queue_ptr)
-    assert tail is not None and backend._ended(tail), "the transfer is the queue's tail"
-    lib().clReleaseEvent(tail)
+    assert _queue_tail(backend, queue_ptr) is True, "the transfer is the queue's tail"
     read = F["clEnqueueReadBuffer"]
     dma.ram[0x10000:0x10000 + 4096] = bytes(4096)
     assert decode(read, backend.call(read, encode(
@@ -588,11 +587,7 @@ def test_a_marker_nothing_can_see_is_not_enqueued(world):
                              num_events_in_wait_list=0, event_wait_list=None, event=0)[0] == 0
 
     def has_tail():
-        with backend._lock:
-            event = backend.tails.take(queue_ptr)
-        if event is not None:
-            lib().clReleaseEvent(event)
-        return event is not None
+        return _queue_tail(backend, queue_ptr) is not None
 
     null = dict(command_queue=queue, num_events_in_wait_list=0, event_wait_list=None, event=0)
     assert has_tail()
@@ -763,11 +758,7 @@ def test_a_finish_after_a_launch_asks_the_launchs_event(world):
         return backend.handles.entry(key(on, g.owner)).ptr
 
     def tail(ptr):
-        with backend._lock:
-            event = backend.tails.take(ptr)
-        if event is not None:
-            lib().clReleaseEvent(event)
-        return event
+        return _queue_tail(backend, ptr)
 
     assert g.call("clFinish", command_queue=queue)[0] == 0
     backend.enable_kernel_watch()       # as in an executor: every launch has an event
